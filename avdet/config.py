@@ -1,0 +1,336 @@
+"""Typed configuration: dataclasses loaded from YAML with dotted command-line overrides.
+
+Every stage has a small dataclass config. ``load_config(Cls, path, ["train.lr=1e-3"])`` builds one from an optional
+YAML file and overrides; unknown keys, wrong types and impossible values raise :class:`ConfigError` naming the key
+before any work starts. ``save_config`` writes the resolved config next to a stage's output.
+
+This module also holds the method's own configs (audio, model, loss, Sinkhorn, self-labels, detector); the data and
+distributed layers keep theirs beside their code and compose them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type, or impossible. The message names the key."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# machinery
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert ``value`` (from YAML or a CLI string already parsed by YAML) to type ``tp`` or raise naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: {value!r} is not any of {[_type_name(a) for a in args]}")
+    if typing.get_origin(tp) is typing.Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping for section {_type_name(tp)}, got {value!r}")
+        return _from_dict(tp, value, prefix=key + ".")
+    if origin in (list, tuple):
+        (item_tp, *_rest) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v != ""]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported config type {tp!r}")
+
+
+def _from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(prefix + k for k in unknown)} "
+            f"(known in {prefix.rstrip('.') or cls.__name__}: {', '.join(sorted(names))})"
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    obj = cls(**kwargs)
+    return obj
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested dict (lists, not tuples) of a config dataclass: what YAML and JSON hold."""
+    def plain(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(cfg)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["train.lr=1e-3", "model.k=9"]`` -> nested dict. Values are parsed as YAML scalars."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        key, raw = item.split("=", 1)
+        key = key.strip().lstrip("-")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, key, value)
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Defaults of ``cls`` <- YAML file at ``path`` <- dotted ``overrides``; then ``validate()`` every section."""
+    data: dict = to_dict(cls())
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: top level must be a mapping, got {type(loaded).__name__}")
+        data = _merge(data, loaded)
+    data = _merge(data, parse_overrides(overrides or []))
+    cfg = _from_dict(cls, data)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Any, prefix: str = "") -> None:
+    """Call ``cfg.check()`` on every nested section; a check raises ConfigError with keys relative to its section."""
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            validate(v, prefix + f.name + ".")
+    check = getattr(cfg, "check", None)
+    if check is not None:
+        try:
+            check()
+        except ConfigError as e:
+            raise ConfigError(f"{prefix}{e}") from None
+
+
+def require(ok: bool, key: str, why: str) -> None:
+    """Validation helper: ``require(k >= 1, "num_clusters", "must be >= 1")``."""
+    if not ok:
+        raise ConfigError(f"{key} {why}")
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved config as YAML (atomically) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
+    return path
+
+
+def replace(cfg: T, **changes: Any) -> T:
+    return dataclasses.replace(cfg, **changes)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the method's configs (METHOD.md §2-§5; defaults where the paper is silent are this project's choice)
+
+
+@dataclass
+class AudioConfig:
+    """Waveform -> log-mel spectrogram. 1 s at 16 kHz with hop 160 gives 101 time frames."""
+    sample_rate: int = 16000
+    window_s: float = 1.0
+    n_fft: int = 512
+    win_length: int = 400
+    hop_length: int = 160
+    n_mels: int = 64
+    f_min: float = 0.0
+    f_max: float = 8000.0
+
+    @property
+    def num_samples(self) -> int:
+        return int(round(self.sample_rate * self.window_s))
+
+    def check(self) -> None:
+        require(self.sample_rate > 0, "sample_rate", "must be > 0")
+        require(self.window_s > 0, "window_s", "must be > 0")
+        require(self.n_mels >= 1, "n_mels", "must be >= 1")
+        require(self.win_length <= self.n_fft, "win_length", "must be <= n_fft")
+        require(0 <= self.f_min < self.f_max <= self.sample_rate / 2, "f_max", "must satisfy 0 <= f_min < f_max <= sample_rate/2")
+
+
+@dataclass
+class ModelConfig:
+    """Stage-1 network: ResNet-18-family visual and audio backbones, localisation and classification heads."""
+    image_size: int = 224
+    visual_width: int = 64          # ResNet base width (64 = torchvision resnet18); narrower for the CPU demo
+    audio_width: int = 64
+    embed_dim: int = 128            # C, the shared localisation space
+    num_clusters: int = 300         # K pseudo-classes
+    rho_init: float = 0.07          # learnable temperature ρ of the heatmap
+    visual_weights: str | None = None   # local path of pretrained weights (state_dict); never downloaded
+    audio_weights: str | None = None
+
+    def check(self) -> None:
+        require(self.num_clusters >= 1, "num_clusters", "must be >= 1 (K pseudo-classes)")
+        require(self.image_size >= 32, "image_size", "must be >= 32")
+        require(self.visual_width >= 4 and self.audio_width >= 4, "visual_width", "and audio_width must be >= 4")
+        require(self.embed_dim >= 1, "embed_dim", "must be >= 1")
+        require(self.rho_init > 0, "rho_init", "must be > 0")
+
+
+@dataclass
+class LossConfig:
+    lam: float = 0.5                # λ in L = λ·L_NC + (1−λ)·L_clust
+
+    def check(self) -> None:
+        require(0.0 <= self.lam <= 1.0, "lam", "must be in [0, 1]")
+
+
+@dataclass
+class SinkhornConfig:
+    """Sinkhorn-Knopp self-labelling over the whole dataset."""
+    lambda_sk: float = 20.0         # inverse entropic regularisation (SeLa/SeLaVi ~20-25)
+    marginal: str = "uniform"       # "uniform" or "gaussian"
+    gaussian_std: float = 0.5       # for the Gaussian marginal: std of cluster sizes, relative to K (paper: AudioSet)
+    max_iters: int = 200
+    tol: float = 1e-3               # stop when column marginals are within tol (relative) of the target
+    dtype: str = "float32"          # "float32" or "float64"
+    topk: int = 0                   # 0 = dense; >0 = sparse on top-k candidate clusters per sample (FAISS)
+
+    def check(self) -> None:
+        require(self.lambda_sk > 0, "lambda_sk", "must be > 0")
+        require(self.marginal in ("uniform", "gaussian"), "marginal", "must be 'uniform' or 'gaussian'")
+        require(self.gaussian_std > 0, "gaussian_std", "must be > 0")
+        require(self.max_iters >= 1, "max_iters", "must be >= 1")
+        require(self.tol > 0, "tol", "must be > 0")
+        require(self.dtype in ("float32", "float64"), "dtype", "must be 'float32' or 'float64'")
+        require(self.topk >= 0, "topk", "must be >= 0")
+
+
+@dataclass
+class SelfLabelConfig:
+    """Heatmap -> one box and one class per frame (paper §3.2)."""
+    beta: float = 0.5               # ε(h) = β·max + (1−β)·mean
+    min_confidence: float = 0.0     # drop frames whose confidence is below this
+    peakiness_scale: float = 2.0    # confidence = p(y*) · (1 − exp(−peakiness / peakiness_scale)), see selflabels.py
+    upsample: bool = True           # upsample the heatmap bilinearly to the image before thresholding (boxes.py)
+
+    def check(self) -> None:
+        require(0.0 <= self.beta <= 1.0, "beta", "must be in [0, 1]")
+        require(0.0 <= self.min_confidence <= 1.0, "min_confidence", "must be in [0, 1] (confidence is in [0, 1))")
+        require(self.peakiness_scale > 0, "peakiness_scale", "must be > 0")
+
+
+@dataclass
+class DetectorConfig:
+    """Off-the-shelf torchvision Faster R-CNN over K pseudo-classes + background."""
+    backbone: str = "resnet50_fpn"  # or "mobilenet_v3_fpn" for the CPU demo
+    num_classes: int = 300          # K pseudo-classes (background added by the builder)
+    min_size: int = 800
+    max_size: int = 1333
+    bg_iou: float = 0.5             # proposals with IoU < bg_iou against the pseudo-box are background (τ ≤ 0.7)
+    fg_iou: float = 0.5
+    backbone_weights: str | None = None
+    trainable_backbone_layers: int = 5
+
+    def check(self) -> None:
+        require(self.backbone in ("resnet50_fpn", "mobilenet_v3_fpn"), "backbone",
+                "must be 'resnet50_fpn' or 'mobilenet_v3_fpn'")
+        require(self.num_classes >= 1, "num_classes", "must be >= 1")
+        require(0.0 < self.bg_iou <= 0.7, "bg_iou", "must be in (0, 0.7]")
+        require(self.min_size >= 32 and self.max_size >= self.min_size, "min_size", "must be >= 32 and <= max_size")
+
+
+@dataclass
+class MethodConfig:
+    """Everything the method needs, in one place for jobs that compose it."""
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    sinkhorn: SinkhornConfig = field(default_factory=SinkhornConfig)
+    selflabel: SelfLabelConfig = field(default_factory=SelfLabelConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
