@@ -117,6 +117,13 @@ def _from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     return obj
 
 
+def from_dict(cls: type[T], data: dict) -> T:
+    """Build and validate a config from a plain nested dict (e.g. one that crossed a process boundary)."""
+    cfg = _from_dict(cls, data)
+    validate(cfg)
+    return cfg
+
+
 def to_dict(cfg: Any) -> dict:
     """Plain nested dict (lists, not tuples) of a config dataclass: what YAML and JSON hold."""
     def plain(v):
@@ -296,7 +303,7 @@ class SelfLabelConfig:
     """Heatmap -> one box and one class per frame (paper §3.2)."""
     beta: float = 0.5               # ε(h) = β·max + (1−β)·mean
     min_confidence: float = 0.0     # drop frames whose confidence is below this
-    peakiness_scale: float = 2.0    # confidence = p(y*) · (1 − exp(−peakiness / peakiness_scale)), see selflabels.py
+    peakiness_scale: float = 2.0    # confidence = p(y*)·(1 − exp(−peakiness/peakiness_scale)); selflabels.py
     upsample: bool = True           # upsample the heatmap bilinearly to the image before thresholding (boxes.py)
 
     def check(self) -> None:

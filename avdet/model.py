@@ -1,0 +1,146 @@
+"""The stage-1 network (paper §3.1): backbones q^v, q^a; localisation heads f^v, f^a; classification heads g^v, g^a.
+
+Both backbones are ResNet-18 topology (torchvision BasicBlock, [2, 2, 2, 2] blocks) with a configurable base width
+w (stages w, 2w, 4w, 8w; w = 64 is torchvision's resnet18 and its state_dict keys load directly).
+
+Visual stride: layer4 keeps stride 1 (no dilation: BasicBlock does not support it), so the map has stride 16 —
+a 224 px frame gives a 14×14 grid, 128 px 8×8, 112 px 7×7, 64 px 4×4. The weights keep torchvision's shapes.
+The audio backbone takes the 1-channel log-mel (B, 1, n_mels, T), keeps all strides, and is average-pooled to a
+vector.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.resnet import BasicBlock, conv1x1
+
+from .config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 trunk (no fc) with base width ``width``; returns the layer4 map (B, 8·width, H/s, W/s)."""
+
+    def __init__(self, width: int = 64, in_channels: int = 3, last_stride: int = 2):
+        super().__init__()
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(width, 1)
+        self.layer2 = self._make_layer(2 * width, 2)
+        self.layer3 = self._make_layer(4 * width, 2)
+        self.layer4 = self._make_layer(8 * width, last_stride)
+        self.out_channels = 8 * width
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def _make_layer(self, planes: int, stride: int) -> nn.Sequential:
+        down = None
+        if stride != 1 or self.inplanes != planes:
+            down = nn.Sequential(conv1x1(self.inplanes, planes, stride), nn.BatchNorm2d(planes))
+        blocks = [BasicBlock(self.inplanes, planes, stride, down), BasicBlock(planes, planes)]
+        self.inplanes = planes
+        return nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+def load_backbone_weights(module: nn.Module, path: str | Path, name: str) -> None:
+    """Load a local state_dict (torch.load, weights_only) into ``module`` non-strictly; never downloads.
+
+    A 3-channel conv1 is summed over its input channels for a 1-channel backbone (ImageNet weights -> audio);
+    other shape mismatches are skipped. Missing, unexpected and skipped keys are logged."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{name} weights: {path} does not exist (weights are never downloaded)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    own = module.state_dict()
+    skipped = []
+    for key in list(state):
+        if key in own and state[key].shape != own[key].shape:
+            w = state[key]
+            if key == "conv1.weight" and w.dim() == 4 and own[key].shape[1] == 1:
+                state[key] = w.sum(dim=1, keepdim=True)
+            else:
+                skipped.append(f"{key} {tuple(w.shape)} vs {tuple(own[key].shape)}")
+                del state[key]
+    res = module.load_state_dict(state, strict=False)
+    log.info("%s weights from %s: %d tensors loaded", name, path, len(state) - len(res.unexpected_keys))
+    if res.missing_keys:
+        log.warning("%s weights %s: missing keys %s", name, path, res.missing_keys)
+    if res.unexpected_keys:
+        log.warning("%s weights %s: unexpected keys ignored %s", name, path, res.unexpected_keys)
+    if skipped:
+        log.warning("%s weights %s: shape mismatch, skipped %s", name, path, skipped)
+
+
+def heatmap(vis_emb: torch.Tensor, aud_emb: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+    """h_u(v, a) = <f^v_u(v), f^a(a)> / ρ for matching pairs: vis_emb (B, C, h, w), aud_emb (B, C) -> (B, h, w)."""
+    return torch.einsum("bchw,bc->bhw", vis_emb, aud_emb) / rho
+
+
+def score_matrix(vis_emb: torch.Tensor, aud_emb: torch.Tensor, rho: torch.Tensor,
+                 chunk: int = 256) -> torch.Tensor:
+    """S(v, a) = max_u h_u(v, a) for every cross pair: vis_emb (Bv, C, h, w), aud_emb (Ba, C) -> (Bv, Ba).
+
+    Computed in blocks of ``chunk`` frames so the (block, Ba, h·w) similarity tensor stays bounded."""
+    bv, c = vis_emb.shape[:2]
+    flat = vis_emb.reshape(bv, c, -1)
+    blocks = [torch.einsum("vcu,ac->vau", flat[s:s + chunk], aud_emb).amax(dim=2) for s in range(0, bv, chunk)]
+    return torch.cat(blocks, dim=0) / rho
+
+
+class AVModel(nn.Module):
+    """Audio-visual model. forward(frames (B,3,H,W), audio (B,1,n_mels,T)) -> dict with
+    vis_emb (B,C,h,w) and aud_emb (B,C) (L2-normalised), vis_logits and aud_logits (B,K), rho (scalar)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.visual = ResNet18(cfg.visual_width, in_channels=3, last_stride=1)       # q^v, stride 16
+        self.audio = ResNet18(cfg.audio_width, in_channels=1, last_stride=2)         # q^a
+        self.vis_head = nn.Conv2d(self.visual.out_channels, cfg.embed_dim, 1)        # \hat f^v
+        self.aud_head = nn.Linear(self.audio.out_channels, cfg.embed_dim)            # \hat f^a
+        self.vis_cls = nn.Linear(self.visual.out_channels, cfg.num_clusters)         # \hat g^v
+        self.aud_cls = nn.Linear(self.audio.out_channels, cfg.num_clusters)          # \hat g^a
+        # learnable temperature ρ, stored as log ρ; shape (1,) not (): DeepSpeed's broadcast cannot view 0-d tensors
+        self.log_rho = nn.Parameter(torch.tensor([float(cfg.rho_init)]).log())
+        if cfg.visual_weights:
+            load_backbone_weights(self.visual, cfg.visual_weights, "visual")
+        if cfg.audio_weights:
+            load_backbone_weights(self.audio, cfg.audio_weights, "audio")
+
+    @property
+    def rho(self) -> torch.Tensor:
+        return self.log_rho.exp().squeeze(0)
+
+    def forward(self, frames: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
+        qv = self.visual(frames)                                   # (B, 8w, h, w)
+        qa = self.audio(audio).mean(dim=(2, 3))                    # (B, 8w)
+        return {
+            "vis_emb": F.normalize(self.vis_head(qv), dim=1),      # f^v_u(v), unit norm per location
+            "aud_emb": F.normalize(self.aud_head(qa), dim=1),      # f^a(a)
+            "vis_logits": self.vis_cls(qv.mean(dim=(2, 3))),       # g^v(v)
+            "aud_logits": self.aud_cls(qa),                        # g^a(a)
+            "rho": self.rho,
+        }
+
+    def heatmap(self, vis_emb: torch.Tensor, aud_emb: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w), (B, C) -> (B, h, w) heatmap of each frame with its own audio."""
+        return heatmap(vis_emb, aud_emb, self.rho)
+
+    def scores(self, vis_emb: torch.Tensor, aud_emb: torch.Tensor) -> torch.Tensor:
+        """(Bv, C, h, w), (Ba, C) -> (Bv, Ba) cross-pair scores S(v, a)."""
+        return score_matrix(vis_emb, aud_emb, self.rho)

@@ -1,0 +1,118 @@
+"""Stage 1 on a Ray cluster: Ray Data streams the shards to a Ray Train ``TorchTrainer`` whose workers run DeepSpeed;
+labels are re-optimised over the whole dataset between epochs (see :mod:`distributed.stage1_worker`).
+
+Artifacts under ``out_dir``: ``config.yaml`` (resolved), ``labels/labels-<version>.npz`` (version 0 = the random
+equipartition, version e+1 = after epoch e), ``model.pt`` (plain state_dict), ``tb/`` (TensorBoard), ``ray/`` (Ray
+Train run with the DeepSpeed checkpoints), ``done.json`` (written last: the stage is complete). Re-running a
+complete stage returns its ``done.json``; re-running an interrupted one resumes from its last checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tarfile
+from pathlib import Path
+
+from avdet.config import save_config, to_dict
+from data.raylocal import connect_ray
+from data.shards import Manifest, read_manifest
+from data.stream import ray_dataset
+from distributed.config import check_batch_vs_workers
+from distributed.labels import LabelTable, list_versions, random_equipartition
+from distributed.stage1_config import Stage1Config
+from distributed.stage1_worker import LABELS_DIR, train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+DONE = "done.json"
+
+
+def list_indices(manifest: Manifest, split: str) -> list[int]:
+    """Global indices of every sample of ``split``, read from the tar headers alone (keys are ``f"{index:012d}"``);
+    no payload is decoded."""
+    out: set[int] = set()
+    for info in manifest.split_shards(split):
+        try:
+            with tarfile.open(manifest.shard_path(info)) as tar:
+                for member in tar:
+                    stem = member.name.split(".", 1)[0]
+                    if stem.isdigit():
+                        out.add(int(stem))
+        except (tarfile.TarError, OSError) as e:
+            log.warning("shard %s: unreadable (%s); its samples get no initial label and are skipped", info.path, e)
+    return sorted(out)
+
+
+def _score_datasets(manifest: Manifest, cfg: Stage1Config) -> dict:
+    """One unshuffled dataset per rank over disjoint shards, so the relabel pass sees every sample exactly once
+    (Ray Train's equal split may drop rows; the relabel pass must not)."""
+    shards = manifest.split_shards(cfg.split)
+    n = cfg.train.num_workers
+    scfg = cfg.stream_config(shuffle=False)
+    others = [s for s in manifest.shards if s.split != cfg.split]
+    return {f"score_{r}": ray_dataset(dataclasses.replace(manifest, shards=shards[r::n] + others), cfg.split, scfg)
+            for r in range(n)}
+
+
+def _trainer(cfg: Stage1Config, manifest: Manifest, num_train: int):
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    out = Path(cfg.out_dir).resolve()
+    datasets = {"train": ray_dataset(manifest, cfg.split, cfg.stream_config(shuffle=True)),
+                **_score_datasets(manifest, cfg)}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"stage1": to_dict(dataclasses.replace(cfg, out_dir=str(out))), "num_train": num_train},
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu),
+        run_config=RunConfig(name="stage1", storage_path=str(out / "ray"),
+                             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+
+
+def run_stage1(cfg: Stage1Config) -> dict:
+    """Train stage 1 (or return the finished stage's summary). Returns {"model", "labels", "metrics", ...}."""
+    out = Path(cfg.out_dir)
+    if (out / DONE).is_file():
+        log.info("stage 1: %s is complete; skipping", out)
+        return json.loads((out / DONE).read_text())
+    manifest = read_manifest(cfg.manifest)
+    indices = list_indices(manifest, cfg.split)
+    check_batch_vs_workers(cfg.train, len(indices), cfg.relabel)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    if 0 not in list_versions(out / LABELS_DIR):
+        random_equipartition(indices, cfg.model.num_clusters, seed=cfg.train.seed).save(out / LABELS_DIR)
+    connect_ray(cfg.ray_address, num_cpus=_local_cpus(cfg))
+    log.info("stage 1: %d samples in %d shards, %d workers, %d epochs, K=%d", len(indices),
+             len(manifest.split_shards(cfg.split)), cfg.train.num_workers, cfg.train.epochs, cfg.model.num_clusters)
+    result = _trainer(cfg, manifest, len(indices)).fit()
+    if result.error is not None:
+        raise RuntimeError(f"stage 1 failed: {result.error}") from result.error
+    table = LabelTable.latest(out / LABELS_DIR)
+    summary = {"model": str(out / "model.pt"), "labels": str(out / LABELS_DIR / f"labels-{table.version:06d}.npz"),
+               "label_version": table.version, "num_samples": len(indices), "metrics": _history(result)}
+    tmp = out / (DONE + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=1))
+    tmp.replace(out / DONE)
+    return summary
+
+
+def _history(result) -> list[dict]:
+    """Per-epoch metrics (the ones reported with checkpoints), oldest first."""
+    rows = []
+    for ckpt, metrics in getattr(result, "best_checkpoints", None) or []:
+        rows.append(metrics)
+    if result.metrics and (not rows or rows[-1] != result.metrics):
+        rows.append(result.metrics)
+    return sorted(rows, key=lambda m: m.get("epoch", 0))
+
+
+def _local_cpus(cfg: Stage1Config) -> int:
+    """Logical CPUs for a local Ray: one per train worker plus room for the read tasks (logical slots, not cores)."""
+    return max(os.cpu_count() or 1, cfg.train.num_workers + cfg.stream.read_concurrency)

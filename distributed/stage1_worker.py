@@ -1,0 +1,201 @@
+"""The per-worker loop of stage 1 (runs inside each Ray Train worker, under DeepSpeed).
+
+Epoch: train on this worker's stream shard with L = λ·L_NC + (1−λ)·L_clust (negatives from the global batch), then,
+when the schedule says so, score this worker's share of the WHOLE dataset and re-optimise the labels with distributed
+Sinkhorn-Knopp (only K-vectors cross the network), then checkpoint (every rank saves its ZeRO shard; rank 0 adds the
+label table) and report. Every rank reports the same number of times, or Ray Train hangs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from avdet.config import from_dict
+from avdet.losses import joint_loss
+from avdet.metrics.clusters import cluster_metrics
+from avdet.model import AVModel
+from data.stream import iter_torch_batches
+from distributed import dist
+from distributed.engine import build_engine, load_checkpoint, save_checkpoint
+from distributed.labels import LabelTable
+from distributed.relabel import relabel_in_workers
+from distributed.stage1_config import Stage1Config
+
+log = logging.getLogger(__name__)
+
+LABELS_DIR = "labels"
+
+
+def combined_log_p(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, K) log-probabilities Sinkhorn acts on: the mean of the audio and visual log-softmaxes (SeLaVi's product of
+    the two softmaxes, in the log domain; λ_sk is applied inside Sinkhorn)."""
+    return (F.log_softmax(out["vis_logits"].float(), 1) + F.log_softmax(out["aud_logits"].float(), 1)) / 2
+
+
+def _has_batch(batch) -> bool:
+    """All ranks agree whether to take another step (streams may end at different steps): one int all-reduce."""
+    flag = torch.tensor([0 if batch is None else 1], dtype=torch.int64)
+    if dist.is_dist():
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def train_epoch(engine, stream, labels: LabelTable, lam: float, epoch: int, step: int, report_every: int,
+                writer=None) -> tuple[int, dict]:
+    """One epoch over ``stream`` (an iterator of decoded batches). Returns (global step, mean loss parts)."""
+    import ray.train
+
+    engine.train()
+    totals: dict[str, float] = {}
+    n = 0
+    it = iter(stream)
+    t0 = time.perf_counter()
+    while True:
+        batch = next(it, None)
+        if not _has_batch(batch):
+            break
+        out = engine(batch["frames"], batch["audio"])
+        loss, parts = joint_loss(out, labels.lookup(batch["index"]), lam, gather=dist.all_gather_with_grad)
+        engine.backward(loss)
+        engine.step()
+        step, n = step + 1, n + 1
+        for k, v in parts.items():
+            totals[k] = totals.get(k, 0.0) + v
+        if writer is not None:
+            for k, v in parts.items():
+                writer.add_scalar(f"stage1/{k}", v, step)
+        if step % report_every == 0:
+            rate = n * len(batch["index"]) * dist.get_world_size() / (time.perf_counter() - t0)
+            log.info("epoch %d step %d loss %.4f nce %.4f clust %.4f (%.0f samples/s)", epoch, step,
+                     parts["loss"], parts["nce"], parts["clust"], rate)
+            ray.train.report({"epoch": epoch, "step": step, **parts})
+    return step, {k: v / max(n, 1) for k, v in totals.items()}
+
+
+@torch.no_grad()
+def score_dataset(model, stream) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This worker's rows of the whole-dataset score matrix: (log_p (n,K), index (n,), true label (n,) or -1)."""
+    model.eval()
+    log_ps, idx, true = [], [], []
+    for batch in stream:
+        log_ps.append(combined_log_p(model(batch["frames"], batch["audio"])))
+        idx.append(batch["index"])
+        true.append(batch["label"])
+    k = model.cfg.num_clusters
+    if not log_ps:
+        return torch.zeros(0, k), torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(log_ps), torch.cat(idx), torch.cat(true)
+
+
+def relabel(model, stream, cfg: Stage1Config, prev: LabelTable, version: int) -> tuple[LabelTable, dict]:
+    """Score the whole dataset (this worker's part), run distributed Sinkhorn, return the new table on every rank,
+    with statistics (cluster sizes, fraction changed, NMI vs previous, and accuracy against true labels when the
+    data has them — for monitoring only; they never reach the loss)."""
+    t0 = time.perf_counter()
+    log_p, index, true = score_dataset(model, stream)
+    _, table = relabel_in_workers(log_p, index, cfg.sinkhorn, version=version, prev=prev)
+    stats = table.stats(prev)
+    stats["relabel_s"] = time.perf_counter() - t0
+    true_all = _gather_true(index, true)
+    if true_all is not None:
+        known = true_all[1] >= 0
+        pseudo = table.lookup(true_all[0][known]).numpy()
+        stats.update({f"true_{k}": v for k, v in cluster_metrics(pseudo, true_all[1][known].numpy()).items()})
+    return table, stats
+
+
+def _gather_true(index: torch.Tensor, true: torch.Tensor):
+    pairs = torch.stack([index, true], 1)
+    with torch.no_grad():
+        gathered, _ = dist.all_gather_with_grad(pairs)
+    if not bool((gathered[:, 1] >= 0).any()):
+        return None
+    return gathered[:, 0], gathered[:, 1]
+
+
+def _resume(engine, labels_dir: Path) -> tuple[int, int, LabelTable]:
+    """(next epoch, step, label table) from Ray Train's latest checkpoint, or a fresh start."""
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return 0, 0, LabelTable.load(labels_dir, 0)
+    with ckpt.as_directory() as d:
+        state = load_checkpoint(engine, Path(d) / "deepspeed")
+        table = LabelTable.load(Path(d) / LABELS_DIR, state["label_version"])
+    log.info("resumed from checkpoint: epoch %d done, step %d, labels v%d", state["epoch"], state["step"],
+             table.version)
+    return state["epoch"] + 1, state["step"], table
+
+
+def _checkpoint_and_report(engine, table: LabelTable, epoch: int, step: int, metrics: dict) -> None:
+    """Every rank saves its DeepSpeed shard into its own temp dir; Ray Train merges them into one checkpoint."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    with tempfile.TemporaryDirectory() as d:
+        save_checkpoint(engine, Path(d) / "deepspeed", {"epoch": epoch, "step": step,
+                                                         "label_version": table.version})
+        if dist.is_main_process():
+            table.save(Path(d) / LABELS_DIR)
+            (Path(d) / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point. ``config`` = {"stage1": resolved Stage1Config as a dict, "num_train": int}."""
+    import ray.train
+
+    cfg = from_dict(Stage1Config, config["stage1"])
+    dist.setup_logging(dist.get_rank())
+    torch.manual_seed(cfg.train.seed)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    out = Path(cfg.out_dir)
+    model = AVModel(cfg.model)
+    steps = max(1, config["num_train"] // (cfg.train.batch_size * dist.get_world_size()))
+    engine = build_engine(model, cfg.train, steps)
+    start_epoch, step, table = _resume(engine, out / LABELS_DIR)
+    writer = _writer(out / "tb") if dist.is_main_process() else None
+    train_shard = ray.train.get_dataset_shard("train")
+    score_shard = ray.train.get_dataset_shard(f"score_{dist.get_rank()}")
+    stream_cfg, score_cfg = cfg.stream_config(shuffle=True), cfg.stream_config(shuffle=False)
+    for epoch in range(start_epoch, cfg.train.epochs):
+        step, parts = train_epoch(engine, iter_torch_batches(train_shard, stream_cfg, epoch), table, cfg.loss.lam,
+                                  epoch, step, cfg.train.report_every, writer)
+        metrics = {"epoch": epoch, "step": step, **{f"train_{k}": v for k, v in parts.items()}}
+        if cfg.train.relabel_after(epoch):
+            table, stats = relabel(engine.module, iter_torch_batches(score_shard, score_cfg), cfg, table,
+                                   version=epoch + 1)
+            metrics.update({f"relabel_{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
+            if dist.is_main_process():
+                table.save(out / LABELS_DIR)
+        if writer is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)):
+                    writer.add_scalar(f"epoch/{k}", v, epoch)
+            writer.flush()
+        log.info("epoch %d done: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v
+                                               for k, v in metrics.items()})
+        _checkpoint_and_report(engine, table, epoch, step, metrics)
+    if dist.is_main_process():
+        _save_model(engine.module, out / "model.pt")
+    dist.barrier()
+
+
+def _writer(path: Path):
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(path))
+
+
+def _save_model(model: AVModel, path: Path) -> None:
+    """Plain state_dict of the stage-1 model (loads with ``torch.load(weights_only=True)``), written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    tmp.replace(path)
