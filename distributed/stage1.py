@@ -22,7 +22,7 @@ from data.stream import ray_dataset
 from distributed.config import check_batch_vs_workers
 from distributed.labels import LabelTable, list_versions, random_equipartition
 from distributed.stage1_config import Stage1Config
-from distributed.stage1_worker import LABELS_DIR, train_loop_per_worker
+from distributed.stage1_worker import HISTORY, LABELS_DIR, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -96,21 +96,11 @@ def run_stage1(cfg: Stage1Config) -> dict:
         raise RuntimeError(f"stage 1 failed: {result.error}") from result.error
     table = LabelTable.latest(out / LABELS_DIR)
     summary = {"model": str(out / "model.pt"), "labels": str(out / LABELS_DIR / f"labels-{table.version:06d}.npz"),
-               "label_version": table.version, "num_samples": len(indices), "metrics": _history(result)}
+               "label_version": table.version, "num_samples": len(indices), "metrics": json.loads((out / HISTORY).read_text())}
     tmp = out / (DONE + ".tmp")
     tmp.write_text(json.dumps(summary, indent=1))
     tmp.replace(out / DONE)
     return summary
-
-
-def _history(result) -> list[dict]:
-    """Per-epoch metrics (the ones reported with checkpoints), oldest first."""
-    rows = []
-    for ckpt, metrics in getattr(result, "best_checkpoints", None) or []:
-        rows.append(metrics)
-    if result.metrics and (not rows or rows[-1] != result.metrics):
-        rows.append(result.metrics)
-    return sorted(rows, key=lambda m: m.get("epoch", 0))
 
 
 def _local_cpus(cfg: Stage1Config) -> int:

@@ -30,6 +30,7 @@ from distributed.stage1_config import Stage1Config
 log = logging.getLogger(__name__)
 
 LABELS_DIR = "labels"
+HISTORY = "history.json"
 
 
 def combined_log_p(out: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -180,12 +181,23 @@ def train_loop_per_worker(config: dict) -> None:
                 if isinstance(v, (int, float)):
                     writer.add_scalar(f"epoch/{k}", v, epoch)
             writer.flush()
+        if dist.is_main_process():
+            _append_history(out / HISTORY, metrics)
         log.info("epoch %d done: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v
                                                for k, v in metrics.items()})
         _checkpoint_and_report(engine, table, epoch, step, metrics)
     if dist.is_main_process():
         _save_model(engine.module, out / "model.pt")
     dist.barrier()
+
+
+def _append_history(path: Path, metrics: dict) -> None:
+    """Per-epoch metrics, oldest first; an epoch re-run after a resume replaces its earlier row. Atomic."""
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    rows = [r for r in rows if r["epoch"] < metrics["epoch"]] + [metrics]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(rows, indent=1))
+    tmp.replace(path)
 
 
 def _writer(path: Path):
