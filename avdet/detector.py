@@ -1,0 +1,132 @@
+"""The off-the-shelf torchvision Faster R-CNN over K pseudo-classes + background (paper §3.3).
+
+Proposals whose IoU with the pseudo-box is below ``cfg.bg_iou`` (τ ≤ 0.7) are background, above ``cfg.fg_iou``
+foreground (torchvision's ``box_bg_iou_thresh`` / ``box_fg_iou_thresh``).
+
+Nothing is ever downloaded: the builders are called with ``weights=None, weights_backbone=None``. Local ImageNet
+weights of the backbone (a torchvision ``resnet50`` / ``mobilenet_v3_large`` state_dict) can be loaded after
+construction from ``cfg.backbone_weights``; the first ``5 − trainable_backbone_layers`` ResNet stages (or the
+MobileNet equivalents) are then frozen, as torchvision does for pretrained backbones. Batch norms stay
+``nn.BatchNorm2d`` so that the checkpoint rebuilds with the plain builder call.
+
+Checkpoint format (``save_detector`` / ``load_detector``), readable with plain torch + torchvision::
+
+    {"state_dict": {...}, "builder": "torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn",
+     "kwargs": {"weights": None, "weights_backbone": None, "num_classes": K + 1, "min_size": ..., ...}}
+
+    model = getattr(torchvision.models.detection, ckpt["builder"].rsplit(".", 1)[1])(**ckpt["kwargs"])
+    model.load_state_dict(ckpt["state_dict"])
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torchvision.models.detection import FasterRCNN
+
+from avdet.config import DetectorConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BUILDERS", "detector_spec", "build_detector", "save_detector", "load_detector"]
+
+BUILDERS = {
+    "resnet50_fpn": "torchvision.models.detection.fasterrcnn_resnet50_fpn",
+    "mobilenet_v3_fpn": "torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn",
+}
+_BUILDER_PREFIX = "torchvision.models.detection."
+
+
+def detector_spec(cfg: DetectorConfig) -> dict:
+    """The builder call for ``cfg``: ``{"builder": dotted torchvision name, "kwargs": {...}}`` (plain JSON values)."""
+    if cfg.backbone not in BUILDERS:
+        raise ValueError(f"detector backbone {cfg.backbone!r} unknown; choose one of {sorted(BUILDERS)}")
+    kwargs = {
+        "weights": None, "weights_backbone": None,
+        "num_classes": int(cfg.num_classes) + 1,          # K pseudo-classes + background (label 0)
+        "min_size": int(cfg.min_size), "max_size": int(cfg.max_size),
+        "box_fg_iou_thresh": float(cfg.fg_iou), "box_bg_iou_thresh": float(cfg.bg_iou),
+    }
+    return {"builder": BUILDERS[cfg.backbone], "kwargs": kwargs}
+
+
+def _call_builder(builder: str, kwargs: dict) -> FasterRCNN:
+    if not builder.startswith(_BUILDER_PREFIX):
+        raise ValueError(f"detector builder {builder!r} is not a torchvision.models.detection builder; refusing it")
+    if kwargs.get("weights") is not None or kwargs.get("weights_backbone") is not None:
+        raise ValueError(f"detector kwargs ask for downloadable weights ({kwargs}); only weights=None is allowed")
+    module = importlib.import_module(builder.rsplit(".", 1)[0])
+    return getattr(module, builder.rsplit(".", 1)[1])(**kwargs)
+
+
+def _freeze_backbone(model: FasterRCNN, backbone: str, trainable_layers: int) -> None:
+    """Freeze the early backbone stages like torchvision's ``_resnet_fpn_extractor`` / ``_mobilenet_extractor``."""
+    body = model.backbone.body
+    if backbone == "resnet50_fpn":
+        train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+        if trainable_layers >= 5:
+            train.append("bn1")
+        for name, p in body.named_parameters():
+            p.requires_grad_(any(name.startswith(t) for t in train))
+        return
+    blocks = list(body.children())
+    stages = [0] + [i for i, b in enumerate(blocks) if getattr(b, "_is_cn", False)] + [len(blocks) - 1]
+    k = min(trainable_layers, len(stages))
+    freeze_before = len(blocks) if k == 0 else stages[len(stages) - k]
+    for b in blocks[:freeze_before]:
+        for p in b.parameters():
+            p.requires_grad_(False)
+
+
+def _load_backbone_weights(model: FasterRCNN, path: str) -> None:
+    """Load a torchvision classification state_dict (resnet50 / mobilenet_v3_large) into ``model.backbone.body``."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"detector.backbone_weights: {path} does not exist (weights are never downloaded)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    state = {k.removeprefix("features."): v for k, v in state.items()}  # mobilenet_v3_large keeps blocks in .features
+    body = model.backbone.body
+    own = body.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise ValueError(f"detector.backbone_weights: no tensor of {path} matches the {type(body).__name__} backbone")
+    body.load_state_dict(matched, strict=False)
+    missing = sorted(set(own) - set(matched))
+    log.info("loaded %d backbone tensors from %s (%d left at init: %s)", len(matched), path, len(missing),
+             ", ".join(missing[:5]))
+
+
+def build_detector(cfg: DetectorConfig) -> FasterRCNN:
+    """A torchvision Faster R-CNN with ``cfg.num_classes + 1`` classes (index 0 = background); never downloads."""
+    spec = detector_spec(cfg)
+    model = _call_builder(spec["builder"], spec["kwargs"])
+    if cfg.backbone_weights:
+        _load_backbone_weights(model, cfg.backbone_weights)
+        _freeze_backbone(model, cfg.backbone, cfg.trainable_backbone_layers)
+    return model
+
+
+def save_detector(model: FasterRCNN, cfg: DetectorConfig, path: str | os.PathLike) -> Path:
+    """Write ``{"state_dict", "builder", "kwargs"}`` atomically (temp file, then rename) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spec = detector_spec(cfg)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save({"state_dict": state, "builder": spec["builder"], "kwargs": spec["kwargs"]}, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_detector(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> FasterRCNN:
+    """Rebuild a detector saved by :func:`save_detector` with torchvision alone (``weights_only=True``); eval mode."""
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    for key in ("state_dict", "builder", "kwargs"):
+        if key not in ckpt:
+            raise ValueError(f"detector checkpoint {path} has no {key!r}; was it written by save_detector?")
+    model = _call_builder(ckpt["builder"], dict(ckpt["kwargs"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()

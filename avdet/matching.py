@@ -1,0 +1,85 @@
+"""Pseudo-class (cluster) -> ground-truth class matching, for evaluation only (paper §4, METHOD.md §5).
+
+Every matcher returns a mapping array (K,) int64: ``mapping[k]`` is the class assigned to cluster k, or -1 when the
+cluster is unmatched (Hungarian with K > C, or an empty cluster). :func:`apply_mapping` turns pseudo-labels into
+class predictions with it. Ties in a vote go to the lowest class id.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+__all__ = ["confusion", "hungarian", "majority", "m_shot", "apply_mapping"]
+
+
+def _check(pseudo, true, K: int, C: int) -> tuple[np.ndarray, np.ndarray]:
+    pseudo = np.asarray(pseudo, dtype=np.int64).ravel()
+    true = np.asarray(true, dtype=np.int64).ravel()
+    if pseudo.shape != true.shape:
+        raise ValueError(f"pseudo labels ({pseudo.size}) and true labels ({true.size}) differ in length")
+    if pseudo.size and (pseudo.min() < 0 or pseudo.max() >= K):
+        raise ValueError(f"pseudo labels must lie in [0, {K}), got range [{pseudo.min()}, {pseudo.max()}]")
+    if true.size and (true.min() < 0 or true.max() >= C):
+        raise ValueError(f"true labels must lie in [0, {C}), got range [{true.min()}, {true.max()}]; "
+                         "drop unlabelled samples (-1) before matching")
+    return pseudo, true
+
+
+def confusion(pseudo, true, K: int, C: int) -> np.ndarray:
+    """(N,), (N,) -> (K, C) int64 counts: entry [k, c] = #samples in cluster k with true class c."""
+    pseudo, true = _check(pseudo, true, K, C)
+    counts = np.zeros((K, C), dtype=np.int64)
+    np.add.at(counts, (pseudo, true), 1)
+    return counts
+
+
+def hungarian(pseudo, true, K: int, C: int) -> np.ndarray:
+    """One-to-one matching maximising the matched count (scipy ``linear_sum_assignment`` on the K×C counts).
+
+    Returns (K,) int64 cluster -> class. With K > C, K − C clusters get -1;
+    with K < C, C − K classes get no cluster.
+    """
+    counts = confusion(pseudo, true, K, C)
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    mapping = np.full(K, -1, dtype=np.int64)
+    mapping[rows] = cols
+    return mapping
+
+
+def majority(pseudo, true, K: int, C: int) -> np.ndarray:
+    """Many-to-one: each cluster takes its most frequent true class (argmax per row); empty clusters -> -1."""
+    counts = confusion(pseudo, true, K, C)
+    mapping = counts.argmax(axis=1).astype(np.int64)
+    mapping[counts.sum(axis=1) == 0] = -1
+    return mapping
+
+
+def m_shot(pseudo, true, confidences, K: int, C: int, m: int) -> np.ndarray:
+    """Majority vote over the true classes of the ``m`` most confident samples of each cluster (m = 1, 10 ...).
+
+    Args:
+        pseudo: (N,) cluster ids in [0, K).  true: (N,) class ids in [0, C).
+        confidences: (N,) higher = more confident (e.g. the self-label confidence or p(y*)).
+        m: samples per cluster that are "labelled"; clusters with fewer samples use all they have.
+    Returns:
+        (K,) int64 cluster -> class; empty clusters -> -1.
+    """
+    if m < 1:
+        raise ValueError(f"m={m} must be >= 1")
+    pseudo, true = _check(pseudo, true, K, C)
+    conf = np.asarray(confidences, dtype=np.float64).ravel()
+    if conf.shape != pseudo.shape:
+        raise ValueError(f"confidences ({conf.size}) and labels ({pseudo.size}) differ in length")
+    mapping = np.full(K, -1, dtype=np.int64)
+    order = np.lexsort((-conf, pseudo))  # by cluster, then by confidence descending (stable)
+    starts = np.searchsorted(pseudo[order], np.arange(K + 1))
+    for k in range(K):
+        members = order[starts[k]:starts[k + 1]][:m]
+        if members.size:
+            mapping[k] = int(np.bincount(true[members], minlength=C).argmax())
+    return mapping
+
+
+def apply_mapping(mapping: np.ndarray, pseudo) -> np.ndarray:
+    """(K,) mapping, (N,) cluster ids -> (N,) predicted class ids (-1 for unmatched clusters)."""
+    return np.asarray(mapping, dtype=np.int64)[np.asarray(pseudo, dtype=np.int64)]
