@@ -1,0 +1,115 @@
+"""Configs of the distributed layer: how stage 1 trains (``TrainConfig``) and how labels are re-optimised
+(``RelabelConfig``). The maths of the relabelling (λ_sk, marginal, tolerance) stays in ``avdet.config.SinkhornConfig``;
+these dataclasses only say where and how the work runs. Each has ``check()`` raising ``ConfigError`` naming the key;
+``check_batch_vs_workers`` checks what only the composition (config + dataset size) can tell.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from avdet.config import ConfigError, require
+
+
+@dataclass
+class TrainConfig:
+    """Stage-1 training under DeepSpeed (inside Ray Train workers or one plain process).
+
+    ``batch_size`` is per worker and per micro-step; the global batch is batch_size × num_workers × grad_accum.
+    ``grad_clip`` 0 disables clipping. ``checkpoint_every`` counts epochs. Relabelling happens after the epochs in
+    ``relabel_epochs`` when given, else after every ``relabel_every``-th epoch (0 = never).
+    """
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.05
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    optimizer: str = "sgd"              # "sgd" | "adamw" (AdamW runs torch's implementation: no fused-Adam build)
+    num_workers: int = 1
+    use_gpu: bool = False
+    zero_stage: int = 0                 # 0 | 1 | 2 on CPU; 3 needs GPUs
+    precision: str = "fp32"             # "fp32" | "bf16" | "fp16" (fp16 needs GPUs)
+    grad_accum: int = 1
+    grad_clip: float = 0.0
+    warmup_steps: int = 0               # > 0: DeepSpeed WarmupCosineLR over the whole run; 0: constant lr
+    report_every: int = 50              # steps between ray.train.report calls (each blocks ~2 s in Train V2)
+    checkpoint_every: int = 1
+    seed: int = 0
+    max_failures: int = 0               # Ray Train FailureConfig: restarts of the worker group
+    relabel_epochs: list[int] | None = None
+    relabel_every: int = 1
+    shm_comm: bool = False              # DeepSpeed's shared-memory comm op (inference all-reduce only; JIT ~30 s)
+    log_dir: str = "runs/stage1"
+
+    def relabel_after(self, epoch: int) -> bool:
+        """True if labels are re-optimised after (0-based) ``epoch``."""
+        if self.relabel_epochs is not None:
+            return epoch in self.relabel_epochs
+        return self.relabel_every > 0 and (epoch + 1) % self.relabel_every == 0
+
+    def check(self) -> None:
+        require(self.epochs >= 1, "epochs", "must be >= 1")
+        require(self.batch_size >= 1, "batch_size", "must be >= 1 (samples per worker per step)")
+        require(self.lr > 0, "lr", "must be > 0")
+        require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        require(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
+        require(self.optimizer in ("sgd", "adamw"), "optimizer", "must be 'sgd' or 'adamw'")
+        require(self.num_workers >= 1, "num_workers", "must be >= 1")
+        require(self.zero_stage in (0, 1, 2, 3), "zero_stage", "must be 0, 1, 2 or 3")
+        require(self.zero_stage < 3 or self.use_gpu, "zero_stage",
+                "3 is not supported by DeepSpeed on CPU: use 0, 1 or 2, or set use_gpu=true")
+        require(self.precision in ("fp32", "bf16", "fp16"), "precision", "must be 'fp32', 'bf16' or 'fp16'")
+        require(self.precision != "fp16" or self.use_gpu, "precision",
+                "fp16 needs GPUs (DeepSpeed's loss scaler); use bf16 or fp32 on CPU")
+        require(self.grad_accum >= 1, "grad_accum", "must be >= 1")
+        require(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = no clipping)")
+        require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        require(self.report_every >= 1, "report_every", "must be >= 1")
+        require(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1 (epochs)")
+        require(self.max_failures >= -1, "max_failures", "must be >= 0, or -1 for unlimited")
+        require(self.relabel_every >= 0, "relabel_every", "must be >= 0 (0 = never)")
+        if self.relabel_epochs is not None:
+            bad = [e for e in self.relabel_epochs if not 0 <= e < self.epochs]
+            require(not bad, "relabel_epochs", f"entries {bad} are outside [0, epochs={self.epochs})")
+
+
+@dataclass
+class RelabelConfig:
+    """Where Sinkhorn-Knopp runs between epochs.
+
+    mode "workers": inside the training workers' process group (rows stay where they were computed).
+    mode "actors": a pool of ``num_actors`` Ray actors with their own gloo group (scales past the training group;
+    restarts a dead actor up to ``max_restarts`` times). ``warm_start``: initial labels ("random" equipartition or
+    FAISS k-means). ``topk`` > 0: sparse Sinkhorn over the top-k FAISS candidate clusters of each sample.
+    """
+    mode: str = "workers"
+    num_actors: int = 2
+    max_restarts: int = 3
+    timeout_s: float = 600.0           # gloo collective timeout and the longest a relabel round may take
+    use_gpu_faiss: bool = False
+    warm_start: str = "random"
+    kmeans_iters: int = 20
+    topk: int = 0
+
+    def check(self) -> None:
+        require(self.mode in ("workers", "actors"), "mode", "must be 'workers' or 'actors'")
+        require(self.num_actors >= 1, "num_actors", "must be >= 1")
+        require(self.max_restarts >= 0, "max_restarts", "must be >= 0")
+        require(self.timeout_s > 0, "timeout_s", "must be > 0")
+        require(self.warm_start in ("random", "kmeans"), "warm_start", "must be 'random' or 'kmeans'")
+        require(self.kmeans_iters >= 1, "kmeans_iters", "must be >= 1")
+        require(self.topk >= 0, "topk", "must be >= 0 (0 = dense Sinkhorn)")
+
+
+def check_batch_vs_workers(train: TrainConfig, num_samples: int, relabel: RelabelConfig | None = None) -> None:
+    """Composition checks: every worker gets at least one full micro-batch per epoch, and an actor pool does not
+    outnumber the samples. Raises ConfigError naming the keys involved."""
+    require(num_samples >= 1, "num_samples", "must be >= 1 (the dataset is empty)")
+    per_worker = num_samples // train.num_workers
+    if per_worker < train.batch_size:
+        raise ConfigError(
+            f"batch_size {train.batch_size} x num_workers {train.num_workers} needs >= "
+            f"{train.batch_size * train.num_workers} samples, but the dataset has {num_samples}: "
+            f"lower batch_size or num_workers")
+    if relabel is not None and relabel.mode == "actors":
+        require(relabel.num_actors <= num_samples, "num_actors",
+                f"({relabel.num_actors}) must be <= the number of samples ({num_samples})")

@@ -1,0 +1,221 @@
+"""The only place that knows about ranks (dinov2-style). Everything here falls back to one process.
+
+* ``get_rank`` / ``get_world_size`` / ``is_main_process`` / ``barrier``: 0 / 1 / True / no-op without a group.
+* ``all_gather_with_grad``: gather a batch from every rank so the contrastive loss sees the global batch
+  (METHOD.md §2); the gradient flows back to the local slice.
+* ``make_reduce``: the ``reduce(t, op)`` callable that ``avdet.sinkhorn`` takes (all-reduce of small tensors).
+* ``setup_logging``: rank 0 logs INFO, the other ranks only WARNING and above.
+* ``init_group`` / ``local_rendezvous`` / ``spawn_loopback`` / ``ensure_dist_env`` / ``free_port``: gloo groups
+  that stay on loopback on one machine (tests, the relabel actor pool).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+from datetime import timedelta
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+Reduce = Callable[[torch.Tensor, str], torch.Tensor]
+LOOPBACK = "127.0.0.1"
+
+
+def is_dist() -> bool:
+    """True when a torch.distributed process group is initialised in this process."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    """Global rank; 0 without a process group."""
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    """Number of processes in the default group; 1 without a process group."""
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every rank; no-op in one process."""
+    if get_world_size() > 1:
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# collectives
+
+
+class _AllGatherGrad(torch.autograd.Function):
+    """all_gather whose backward all-reduces (sums) the gradient of the gathered tensor and returns this rank's
+    slice: d(Σ_r loss_r)/d(x_local). Works on gloo (no reduce_scatter needed) and NCCL."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.batch = dist.get_rank(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.batch:(ctx.rank + 1) * ctx.batch]
+
+
+def all_gather_with_grad(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Gather ``t`` (B, ...) from every rank along dim 0 -> (gathered (ΣB_r, ...), offset of this rank's rows).
+
+    Autograd-aware: gradients reaching the gathered tensor from every rank's loss are summed onto the local slice
+    (so with DeepSpeed/DDP gradient averaging, a loss that is a mean over the global batch gets the right scale).
+    Equal batch sizes are the fast path; unequal sizes are padded to the largest and the padding is dropped
+    (one extra all_gather of the sizes). One process: returns ``(t, 0)``.
+    """
+    world = get_world_size()
+    if world == 1:
+        return t, 0
+    rank = dist.get_rank()
+    sizes = torch.tensor([t.shape[0]], dtype=torch.int64)
+    all_sizes = [torch.zeros_like(sizes) for _ in range(world)]
+    dist.all_gather(all_sizes, sizes)
+    counts = [int(s) for s in all_sizes]
+    top = max(counts)
+    padded = t
+    if t.shape[0] < top:
+        pad = t.new_zeros((top - t.shape[0],) + tuple(t.shape[1:]))
+        padded = torch.cat([t, pad], dim=0)
+    gathered = _AllGatherGrad.apply(padded)
+    if min(counts) != top:
+        gathered = torch.cat([gathered[r * top:r * top + c] for r, c in enumerate(counts)], dim=0)
+    return gathered, sum(counts[:rank])
+
+
+_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
+
+
+def make_reduce(group=None) -> Reduce:
+    """``reduce(t, op)`` for ``avdet.sinkhorn``: all-reduce a small tensor (op "sum" or "max") over ``group``
+    (default: the world) and return the result. Identity when no process group exists (or world size 1).
+    The tensor is reduced on a copy, so the caller's tensor is untouched."""
+    def reduce(t: torch.Tensor, op: str) -> torch.Tensor:
+        if op not in _OPS:
+            raise ValueError(f"reduce: op must be 'sum' or 'max', got {op!r}")
+        if not is_dist() or dist.get_world_size(group) == 1:
+            return t
+        out = t.detach().clone().contiguous()
+        dist.all_reduce(out, op=_OPS[op], group=group)
+        return out
+    return reduce
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# process groups on one machine
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that was free on ``host`` a moment ago (the usual race applies; tests retry on clash)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _pin_gloo_to_loopback(master_addr: str) -> None:
+    """Gloo binds the interface its hostname resolves to unless told; on one machine keep it on loopback."""
+    if master_addr.startswith("127.") and "GLOO_SOCKET_IFNAME" not in os.environ:
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+
+
+def local_rendezvous() -> str:
+    """A fresh ``file://`` init_method for a group whose processes share this machine's /tmp. Unlike a tcp://
+    rendezvous (torch's TCPStore listens on ALL interfaces whatever host it is given) it opens no port."""
+    fd, path = tempfile.mkstemp(prefix="avdet-pg-", suffix=".store")
+    os.close(fd)
+    os.unlink(path)                     # FileStore wants a missing or empty file; it deletes it when done
+    return f"file://{path}"
+
+
+def init_group(rank: int, world_size: int, init_method: str, backend: str = "gloo",
+               timeout_s: float = 300.0) -> None:
+    """Join a process group at ``init_method`` (``file://`` from ``local_rendezvous`` on one machine, or
+    ``tcp://host:port`` across nodes, rank 0 hosting the store). On one machine gloo is pinned to loopback."""
+    if init_method.startswith("file://") or init_method.startswith(f"tcp://{LOOPBACK}"):
+        _pin_gloo_to_loopback(LOOPBACK)
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=timeout_s))
+
+
+def ensure_dist_env() -> bool:
+    """Make a plain ``python script.py`` look like a launched world of one for DeepSpeed (which otherwise tries
+    MPI discovery and fails on mpi4py): set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR=127.0.0.1 and a free
+    MASTER_PORT where absent. Does nothing inside an existing process group. Returns True if it set anything."""
+    if is_dist():
+        return False
+    defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": LOOPBACK}
+    changed = False
+    for key, value in defaults.items():
+        if key not in os.environ:
+            os.environ[key], changed = value, True
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"], changed = str(free_port()), True
+    _pin_gloo_to_loopback(os.environ["MASTER_ADDR"])
+    return changed
+
+
+def _spawned(rank: int, fn: Callable, world_size: int, init_method: str, args: tuple) -> None:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))     # share the machine's cores
+    init_group(rank, world_size, init_method)
+    try:
+        fn(rank, world_size, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_loopback(fn: Callable, nprocs: int, *args) -> None:
+    """Run ``fn(rank, world_size, *args)`` in ``nprocs`` fresh processes joined in a loopback gloo group
+    (tests and one-machine benchmarks). ``fn`` must be importable (module level). Each process gets
+    cpu_count // nprocs torch threads (oversubscribed OpenMP threads slow small ops by 100x). Raises if any fails."""
+    import torch.multiprocessing as mp
+    mp.spawn(_spawned, args=(fn, nprocs, local_rendezvous(), args), nprocs=nprocs, join=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# logging
+
+
+class RankFilter(logging.Filter):
+    """Drop records below ``min_level`` on ranks other than 0; prefix every record with ``[rank r]``."""
+
+    def __init__(self, rank: int, min_level: int = logging.WARNING):
+        super().__init__()
+        self.rank, self.min_level = rank, min_level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.rank = self.rank
+        return self.rank == 0 or record.levelno >= self.min_level
+
+
+def setup_logging(rank: int | None = None, level: int = logging.INFO) -> logging.Handler:
+    """Root logger at ``level`` with one stream handler filtered by rank (default: this process's rank).
+    Idempotent: replaces the handler it installed before."""
+    rank = get_rank() if rank is None else rank
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_avdet_rank_handler", False):
+            root.removeHandler(h)
+    handler = logging.StreamHandler()
+    handler._avdet_rank_handler = True
+    handler.addFilter(RankFilter(rank))
+    handler.setFormatter(logging.Formatter("%(asctime)s [rank %(rank)s] %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler

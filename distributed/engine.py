@@ -1,0 +1,171 @@
+"""DeepSpeed engine for stage 1: config dict from ``TrainConfig``, ``deepspeed.initialize``, checkpoints.
+
+Fast init on CPU (measured on the 2-core dev machine, deepspeed 0.19.8, torch 2.14.1):
+* DeepSpeed's ``TorchBackend`` JIT-compiles the shared-memory comm op (``deepspeed_shm_comm``) on first use (~30 s
+  cold). That op serves only ``inference_all_reduce`` (tensor-parallel inference), never training collectives, so
+  unless ``TrainConfig.shm_comm`` is set we mark it incompatible in ``deepspeed.ops.__compatible_ops__`` (the
+  module-level dict DeepSpeed consults in ``comm/torch.py:build_shm_op``) and nothing is compiled: init ~2.5 s.
+* With ``shm_comm=True`` the build is cached in ``TORCH_EXTENSIONS_DIR`` (default here: ``<venv>/torch_extensions``),
+  so only the first run pays for it (warm init ~2.3 s).
+* AdamW runs with ``"torch_adam": true`` (torch.optim.AdamW): no fused-Adam build. SGD is torch.optim.SGD.
+
+Checkpoints: DeepSpeed (0.19.8, ``TorchCheckpointEngine.load``) reads every file with
+``torch.load(..., weights_only=False)``, i.e. it unpickles: only load checkpoints this project wrote. Checked: the
+model-states file (``mp_rank_00_model_states.pt``, which carries ``client_state``) loads under ``weights_only=True``
+because our client_state is plain types and tensors (RNG states included); the ZeRO optimizer-state files do not
+(they pickle ``deepspeed.runtime.fp16.loss_scaler.LossScaler``).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distributed.config import TrainConfig
+from distributed.dist import ensure_dist_env, get_rank, get_world_size, init_group, is_dist, local_rendezvous
+
+log = logging.getLogger(__name__)
+
+SHM_COMM_OP = "deepspeed_shm_comm"
+_RNG_KEY = "_rng_per_rank"
+
+
+def deepspeed_config(cfg: TrainConfig, steps_per_epoch: int) -> dict:
+    """The DeepSpeed config dict. ``steps_per_epoch`` = micro-batches per worker per epoch (for the scheduler)."""
+    if cfg.optimizer == "sgd":
+        opt = {"type": "SGD", "params": {"lr": cfg.lr, "momentum": cfg.momentum,
+                                          "weight_decay": cfg.weight_decay}}
+    else:
+        opt = {"type": "AdamW", "params": {"lr": cfg.lr, "betas": [cfg.momentum, 0.999], "eps": 1e-8,
+                                            "weight_decay": cfg.weight_decay, "torch_adam": True}}
+    ds: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "optimizer": opt,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "zero_allow_untested_optimizer": True,      # torch SGD/AdamW under ZeRO 1/2
+        "steps_per_print": 10**9,                   # we log ourselves
+        "wall_clock_breakdown": False,
+        "seed": cfg.seed,
+    }
+    if cfg.grad_clip > 0:
+        ds["gradient_clipping"] = cfg.grad_clip
+    if cfg.precision == "bf16":
+        ds["bf16"] = {"enabled": True}
+    elif cfg.precision == "fp16":
+        ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
+    if cfg.warmup_steps > 0:
+        total = max(1, math.ceil(cfg.epochs * steps_per_epoch / cfg.grad_accum))
+        ds["scheduler"] = {"type": "WarmupCosineLR",
+                           "params": {"total_num_steps": total, "warmup_num_steps": min(cfg.warmup_steps, total)}}
+    return ds
+
+
+def _default_extensions_dir() -> Path:
+    """``<venv>/torch_extensions``: JIT builds survive across runs and stay with the environment they match."""
+    return Path(sys.prefix) / "torch_extensions"
+
+
+def prepare_deepspeed(shm_comm: bool = False) -> None:
+    """Process-wide DeepSpeed setup before ``initialize``: where JIT builds are cached, and whether the shm comm op
+    may be built (see module docstring). Idempotent."""
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(_default_extensions_dir()))
+    import deepspeed.ops
+    compatible = deepspeed.ops.__compatible_ops__       # probed once, cached in the module; edits persist
+    if not shm_comm and compatible.get(SHM_COMM_OP, False):
+        compatible[SHM_COMM_OP] = False
+        log.debug("deepspeed: shm comm op disabled (training uses gloo/NCCL collectives)")
+
+
+def build_engine(model: torch.nn.Module, params_cfg: TrainConfig, steps_per_epoch: int):
+    """Wrap ``model`` in a DeepSpeed engine (optimizer, ZeRO stage, precision, clipping, accumulation from
+    ``params_cfg``). Works inside an existing process group (Ray Train), under a launcher's env (torchrun), or
+    as a plain process (a world of one on a file:// store). Returns the engine; ``engine.optimizer`` /
+    ``engine.lr_scheduler`` hang off it."""
+    params_cfg.check()
+    prepare_deepspeed(params_cfg.shm_comm)
+    import deepspeed
+    backend = None if params_cfg.use_gpu else "gloo"
+    if not is_dist() and os.environ.get("WORLD_SIZE", "1") == "1":
+        # a plain `python script.py`: a world of one on a file:// store (env:// would open a TCPStore listening
+        # on all interfaces); the env vars are still set because DeepSpeed reads RANK/LOCAL_RANK
+        ensure_dist_env()
+        init_group(0, 1, local_rendezvous(), backend=backend or "nccl")
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    config = deepspeed_config(params_cfg, steps_per_epoch)
+    params = [p for p in model.parameters() if p.requires_grad]
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=config)
+    log.info("deepspeed engine: world %d, zero %d, %s, optimizer %s", get_world_size(), params_cfg.zero_stage,
+             params_cfg.precision, params_cfg.optimizer)
+    return engine
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RNG state and checkpoints
+
+
+def rng_state() -> dict:
+    """This process's RNG states as tensors and plain types (weights_only-loadable)."""
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+             "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what ``rng_state`` returned."""
+    torch.set_rng_state(state["torch"])
+    npst = state["numpy"]
+    np.random.set_state(("MT19937", npst["key"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                         npst["gauss"]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _gather_rng() -> list[dict]:
+    """RNG states of every rank (rank order); DeepSpeed saves client_state from rank 0 only."""
+    mine = rng_state()
+    if get_world_size() == 1:
+        return [mine]
+    out: list = [None] * get_world_size()
+    torch.distributed.all_gather_object(out, mine)
+    return out
+
+
+def save_checkpoint(engine, ckpt_dir: str | Path, client_state: dict, tag: str | None = None) -> None:
+    """Save model, optimizer, scheduler and ``client_state`` (epoch, step, label-table version, ...) plus every
+    rank's RNG state. Must be called on EVERY rank (ZeRO shards are per rank; the others would hang)."""
+    state = dict(client_state)
+    state[_RNG_KEY] = _gather_rng()
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=state)
+
+
+def load_checkpoint(engine, ckpt_dir: str | Path, tag: str | None = None, restore_rng: bool = True) -> dict:
+    """Load the latest (or ``tag``) checkpoint into ``engine`` on every rank; restore this rank's RNG state (when
+    the world size matches the saved one) and return the client_state. Raises FileNotFoundError if none."""
+    path, state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    if path is None:
+        raise FileNotFoundError(f"no DeepSpeed checkpoint under {ckpt_dir} (tag {tag or 'latest'}); "
+                                f"nothing to resume from")
+    state = dict(state or {})
+    per_rank = state.pop(_RNG_KEY, None)
+    if restore_rng and per_rank is not None:
+        if len(per_rank) == get_world_size():
+            set_rng_state(per_rank[get_rank()])
+        else:
+            log.warning("checkpoint %s saved RNG for %d ranks, world is %d: RNG not restored", path,
+                        len(per_rank), get_world_size())
+    return state

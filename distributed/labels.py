@@ -1,0 +1,179 @@
+"""The label table: one pseudo-label per sample, by the sample's stable global index, versioned per relabel round.
+
+Stored as ``<dir>/labels-<version:06d>.npz`` (``indices`` sorted unique int64, ``labels`` int64, ``num_clusters``,
+``version``), written atomically (temp file + rename) so a half-written table is never read; loaded with
+``allow_pickle=False``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^labels-(\d{6,})\.npz$")
+
+
+def _nmi(a: np.ndarray, b: np.ndarray) -> float:
+    """NMI of two labellings; the project's metric (avdet.metrics.clusters) when importable."""
+    try:
+        from avdet.metrics.clusters import nmi
+    except ImportError:                                   # pragma: no cover - the metrics module ships with avdet
+        nmi = _nmi_numpy
+    return float(nmi(a, b))
+
+
+def _nmi_numpy(a: np.ndarray, b: np.ndarray) -> float:
+    """NMI (arithmetic normalisation) from the contingency matrix."""
+    _, ai = np.unique(a, return_inverse=True)
+    _, bi = np.unique(b, return_inverse=True)
+    cont = np.zeros((ai.max() + 1, bi.max() + 1), dtype=np.float64)
+    np.add.at(cont, (ai, bi), 1.0)
+    p = cont / cont.sum()
+    pa, pb = p.sum(1), p.sum(0)
+    nz = p > 0
+    mi = float((p[nz] * np.log(p[nz] / np.outer(pa, pb)[nz])).sum())
+    ha, hb = -float((pa * np.log(pa)).sum()), -float((pb * np.log(pb)).sum())
+    return 1.0 if ha + hb == 0 else 2.0 * mi / (ha + hb)
+
+
+@dataclass
+class LabelTable:
+    """indices (N,) int64 sorted unique global sample indices; labels (N,) int64 in [0, num_clusters)."""
+    indices: np.ndarray
+    labels: np.ndarray
+    num_clusters: int
+    version: int = 0
+
+    def __post_init__(self) -> None:
+        self.indices = np.ascontiguousarray(self.indices, dtype=np.int64)
+        self.labels = np.ascontiguousarray(self.labels, dtype=np.int64)
+        if self.indices.shape != self.labels.shape or self.indices.ndim != 1:
+            raise ValueError(f"LabelTable: indices {self.indices.shape} and labels {self.labels.shape} must be "
+                             f"1-D of the same length")
+        if self.indices.size > 1 and not bool(np.all(np.diff(self.indices) > 0)):
+            raise ValueError("LabelTable: indices must be sorted and unique; build it with LabelTable.from_pairs")
+        if self.labels.size and (self.labels.min() < 0 or self.labels.max() >= self.num_clusters):
+            raise ValueError(f"LabelTable: labels must lie in [0, {self.num_clusters}), got "
+                             f"[{self.labels.min()}, {self.labels.max()}]")
+
+    @classmethod
+    def from_pairs(cls, index, labels, num_clusters: int, version: int = 0) -> "LabelTable":
+        """Build from unordered (index, label) pairs (numpy or torch); duplicate indices are an error."""
+        index = np.asarray(torch.as_tensor(index).cpu().numpy(), dtype=np.int64).ravel()
+        labels = np.asarray(torch.as_tensor(labels).cpu().numpy(), dtype=np.int64).ravel()
+        order = np.argsort(index, kind="stable")
+        index, labels = index[order], labels[order]
+        dup = index[1:][index[1:] == index[:-1]]
+        if dup.size:
+            raise ValueError(f"LabelTable: {dup.size} duplicate sample indices (first: {dup[:5].tolist()}); "
+                             f"each sample must be labelled exactly once")
+        return cls(index, labels, num_clusters, version)
+
+    def __len__(self) -> int:
+        return int(self.indices.size)
+
+    def lookup(self, index) -> torch.Tensor:
+        """Labels (B,) int64 of the samples ``index`` (B,) (tensor or array). Unknown index -> KeyError."""
+        idx = torch.as_tensor(index).cpu().numpy().astype(np.int64, copy=False)
+        pos = np.searchsorted(self.indices, idx)
+        pos_c = np.minimum(pos, max(len(self) - 1, 0))
+        ok = (pos < len(self)) & (self.indices[pos_c] == idx) if len(self) else np.zeros(idx.shape, bool)
+        if not bool(np.all(ok)):
+            missing = idx[~ok]
+            raise KeyError(f"label table v{self.version}: {missing.size} sample indices have no label (first: "
+                           f"{missing[:5].tolist()}); the table covers {len(self)} samples — was it built from "
+                           f"the same dataset?")
+        return torch.from_numpy(self.labels[pos_c])
+
+    # -------------------------------------------------------------------------------------------------- statistics
+
+    def cluster_sizes(self) -> np.ndarray:
+        """(K,) int64 number of samples per cluster."""
+        return np.bincount(self.labels, minlength=self.num_clusters)
+
+    def _common(self, prev: "LabelTable") -> tuple[np.ndarray, np.ndarray]:
+        common, ia, ib = np.intersect1d(self.indices, prev.indices, assume_unique=True, return_indices=True)
+        if common.size == 0:
+            raise ValueError(f"label tables v{self.version} and v{prev.version} share no sample index")
+        return self.labels[ia], prev.labels[ib]
+
+    def fraction_changed(self, prev: "LabelTable") -> float:
+        """Fraction of the samples in both tables whose label differs (raw ids, not matched clusters)."""
+        a, b = self._common(prev)
+        return float(np.mean(a != b))
+
+    def nmi(self, prev: "LabelTable") -> float:
+        """NMI between this labelling and ``prev`` on their common samples (1 = same partition)."""
+        a, b = self._common(prev)
+        return _nmi(a, b)
+
+    def stats(self, prev: "LabelTable | None" = None) -> dict:
+        """Summary for logs: sizes min/max/empty clusters, and vs ``prev`` the fraction changed and NMI."""
+        sizes = self.cluster_sizes()
+        out = {"version": self.version, "num_samples": len(self), "num_clusters": self.num_clusters,
+               "size_min": int(sizes.min()), "size_max": int(sizes.max()), "empty_clusters": int((sizes == 0).sum())}
+        if prev is not None:
+            out["fraction_changed"] = self.fraction_changed(prev)
+            out["nmi_vs_prev"] = self.nmi(prev)
+        return out
+
+    # -------------------------------------------------------------------------------------------------- files
+
+    def save(self, directory: str | Path, version: int | None = None) -> Path:
+        """Write ``labels-<version>.npz`` atomically (default version: the table's own). Returns the path."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        version = self.version if version is None else int(version)
+        path = directory / f"labels-{version:06d}.npz"
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".labels-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, indices=self.indices, labels=self.labels,
+                         num_clusters=np.int64(self.num_clusters), version=np.int64(version))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path, version: int) -> "LabelTable":
+        path = Path(directory) / f"labels-{int(version):06d}.npz"
+        if not path.is_file():
+            raise FileNotFoundError(f"label table {path} does not exist (versions there: "
+                                    f"{list_versions(directory)})")
+        with np.load(path, allow_pickle=False) as z:
+            return cls(z["indices"], z["labels"], int(z["num_clusters"]), int(z["version"]))
+
+    @classmethod
+    def latest(cls, directory: str | Path) -> "LabelTable | None":
+        """The highest version under ``directory``, or None when there is none."""
+        versions = list_versions(directory)
+        return cls.load(directory, versions[-1]) if versions else None
+
+
+def list_versions(directory: str | Path) -> list[int]:
+    """Sorted versions of the complete tables under ``directory`` (temp files are ignored)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in directory.iterdir() if (m := _NAME.match(p.name)))
+
+
+def random_equipartition(indices, num_clusters: int, seed: int = 0, version: int = 0) -> LabelTable:
+    """Initial labels: cluster sizes differ by at most one, assignment a seeded random permutation (METHOD §2)."""
+    raw = np.asarray(torch.as_tensor(indices).cpu().numpy(), dtype=np.int64).ravel()
+    idx = np.unique(raw)
+    if idx.size != raw.size:
+        raise ValueError(f"random_equipartition: {raw.size - idx.size} duplicate sample indices")
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(idx.size, dtype=np.int64) % num_clusters)
+    return LabelTable(idx, labels, num_clusters, version)

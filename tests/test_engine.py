@@ -1,0 +1,123 @@
+"""distributed.engine + distributed.config: DeepSpeed in ONE process (world 1, gloo), ZeRO 0/1/2, checkpoints."""
+import io
+import time
+
+import pytest
+import torch
+
+from avdet.config import ConfigError
+from distributed.config import RelabelConfig, TrainConfig, check_batch_vs_workers
+from distributed.engine import (build_engine, deepspeed_config, load_checkpoint, rng_state, save_checkpoint,
+                                set_rng_state)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _teardown_group():
+    """DeepSpeed leaves a world-1 gloo group in this process: remove it so later test modules start clean."""
+    yield
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    try:
+        import deepspeed.comm.comm as ds_comm
+        ds_comm.cdb = None
+    except ImportError:
+        pass
+
+
+def test_train_config_checks_name_the_key():
+    TrainConfig().check()
+    for changes, key in [({"batch_size": 0}, "batch_size"), ({"zero_stage": 3}, "zero_stage"),
+                         ({"precision": "fp16"}, "precision"), ({"optimizer": "lamb"}, "optimizer"),
+                         ({"relabel_epochs": [0, 10]}, "relabel_epochs"), ({"grad_accum": 0}, "grad_accum")]:
+        with pytest.raises(ConfigError, match=key):
+            TrainConfig(**changes).check()
+    TrainConfig(zero_stage=3, use_gpu=True, precision="fp16").check()
+    with pytest.raises(ConfigError, match="topk"):
+        RelabelConfig(topk=-1).check()
+    with pytest.raises(ConfigError, match="mode"):
+        RelabelConfig(mode="driver").check()
+
+
+def test_relabel_schedule_and_batch_vs_workers():
+    assert [e for e in range(6) if TrainConfig(epochs=6, relabel_every=2).relabel_after(e)] == [1, 3, 5]
+    assert [e for e in range(6) if TrainConfig(epochs=6, relabel_epochs=[0, 4]).relabel_after(e)] == [0, 4]
+    assert not any(TrainConfig(relabel_every=0).relabel_after(e) for e in range(10))
+    check_batch_vs_workers(TrainConfig(batch_size=8, num_workers=2), 16)
+    with pytest.raises(ConfigError, match="batch_size 8 x num_workers 2"):
+        check_batch_vs_workers(TrainConfig(batch_size=8, num_workers=2), 15)
+    with pytest.raises(ConfigError, match="num_actors"):
+        check_batch_vs_workers(TrainConfig(batch_size=1), 3, RelabelConfig(mode="actors", num_actors=4))
+
+
+def test_deepspeed_config_dict():
+    ds = deepspeed_config(TrainConfig(optimizer="adamw", zero_stage=2, precision="bf16", grad_accum=4,
+                                      grad_clip=1.0, warmup_steps=5, epochs=2, batch_size=16), steps_per_epoch=40)
+    assert ds["train_micro_batch_size_per_gpu"] == 16 and ds["gradient_accumulation_steps"] == 4
+    assert ds["zero_optimization"] == {"stage": 2} and ds["bf16"] == {"enabled": True}
+    assert ds["optimizer"]["type"] == "AdamW" and ds["optimizer"]["params"]["torch_adam"] is True
+    assert ds["gradient_clipping"] == 1.0
+    assert ds["scheduler"]["params"] == {"total_num_steps": 20, "warmup_num_steps": 5}
+    sgd = deepspeed_config(TrainConfig(), steps_per_epoch=10)
+    assert sgd["optimizer"]["type"] == "SGD" and "scheduler" not in sgd and "gradient_clipping" not in sgd
+
+
+def test_rng_state_round_trip_is_weights_only_safe():
+    state = rng_state()
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    back = torch.load(buf, weights_only=True)                  # our client_state needs no unpickling
+    a = (torch.rand(3), __import__("numpy").random.rand(2), __import__("random").random())
+    set_rng_state(back)
+    b = (torch.rand(3), __import__("numpy").random.rand(2), __import__("random").random())
+    assert torch.equal(a[0], b[0]) and (a[1] == b[1]).all() and a[2] == b[2]
+
+
+def _model(seed):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+
+
+def _train(engine, x, y, steps):
+    losses = []
+    for _ in range(steps):
+        out = engine(x.to(next(engine.module.parameters()).dtype))
+        loss = torch.nn.functional.mse_loss(out.float(), y)
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("zero,optimizer,precision", [(0, "sgd", "fp32"), (1, "adamw", "fp32"), (2, "sgd", "bf16")])
+def test_engine_trains_and_checkpoint_round_trip(tmp_path, zero, optimizer, precision):
+    cfg = TrainConfig(batch_size=32, zero_stage=zero, optimizer=optimizer, precision=precision,
+                      lr=0.05 if optimizer == "sgd" else 0.01, grad_clip=1.0, weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 8, generator=g)
+    y = x[:, :1] * 0.5 - x[:, 1:2]
+    t0 = time.perf_counter()
+    engine = build_engine(_model(0), cfg, steps_per_epoch=10)
+    init_s = time.perf_counter() - t0
+    assert init_s < 60, f"deepspeed init took {init_s:.1f} s: a JIT build ran (see distributed/engine.py)"
+    losses = _train(engine, x, y, 8)
+    assert losses[-1] < losses[0]
+    client = {"epoch": 3, "step": 8, "label_version": 2}
+    save_checkpoint(engine, tmp_path, client)
+    expected_next = torch.rand(4)                              # RNG right after the save
+    fresh = build_engine(_model(1), cfg, steps_per_epoch=10)
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.module.parameters(), engine.module.parameters()))
+    torch.rand(100)                                            # move the RNG on; load must restore it
+    state = load_checkpoint(fresh, tmp_path)
+    assert torch.equal(torch.rand(4), expected_next)
+    assert {k: state[k] for k in client} == client
+    for a, b in zip(fresh.module.parameters(), engine.module.parameters()):
+        assert torch.equal(a, b)
+    assert _train(fresh, x, y, 1) == pytest.approx(_train(engine, x, y, 1), rel=1e-5)   # optimizer state too
+
+
+def test_load_checkpoint_missing_is_clear(tmp_path):
+    engine = build_engine(_model(0), TrainConfig(batch_size=4), steps_per_epoch=1)
+    with pytest.raises(FileNotFoundError, match="no DeepSpeed checkpoint"):
+        load_checkpoint(engine, tmp_path / "nothing")

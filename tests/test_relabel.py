@@ -1,0 +1,146 @@
+"""distributed.relabel: distributed Sinkhorn gives the single-process labels — in a 2-process gloo group
+("workers" mode), in a pool of Ray actors on loopback ("actors" mode, also after an actor is killed) — and the
+FAISS warm start / sparse path."""
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from avdet.config import SinkhornConfig
+from avdet.sinkhorn import column_marginal, sinkhorn_knopp
+from distributed.config import RelabelConfig
+from distributed.dist import spawn_loopback
+from distributed.labels import random_equipartition
+from distributed.relabel import (RelabelService, SinkhornActor, kmeans_warm_start, relabel_in_workers,
+                                 relabel_sparse, target_marginal)
+
+N, K = 600, 12
+SK = SinkhornConfig(lambda_sk=20.0, max_iters=300, tol=1e-6, dtype="float64")   # float64: no near-tie flips
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Small matrices: one OpenMP thread (two threads on a busy 2-core machine are ~100x slower)."""
+    import faiss
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+    faiss.omp_set_num_threads(before)
+
+
+def _scores(seed=0):
+    """log_p (N, K) with structure (rows prefer a few clusters) and sample indices with holes."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(N, K, generator=g, dtype=torch.float64) * 2.0
+    logits[:, :3] += 1.5                                           # unbalanced preferences: Sinkhorn must move mass
+    index = torch.arange(N, dtype=torch.int64) * 3 + 7
+    return torch.log_softmax(logits, dim=1), index
+
+
+def _reference():
+    log_p, index = _scores()
+    res = sinkhorn_knopp(log_p, SK.lambda_sk, column_marginal(K), SK.max_iters, SK.tol, dtype=torch.float64)
+    return index, res.labels
+
+
+def test_target_marginal_gaussian_follows_previous_sizes():
+    prev = random_equipartition(np.arange(40), 4)
+    prev.labels[:10] = 2                                           # cluster 2 is now the largest
+    c = target_marginal(SinkhornConfig(marginal="gaussian"), 4, prev)
+    assert int(torch.argmax(c)) == 2 and float(c.sum()) == pytest.approx(1.0)
+
+
+def test_relabel_in_workers_single_process_matches_sinkhorn():
+    index, ref = _reference()
+    log_p, _ = _scores()
+    labels, table = relabel_in_workers(log_p, index, SK, version=3)
+    assert torch.equal(labels, ref) and table.version == 3 and len(table) == N
+    assert torch.equal(table.lookup(index), ref)
+
+
+def _workers_job(rank, world, out_dir):
+    log_p, index = _scores()
+    rows = slice(0, 250) if rank == 0 else slice(250, N)           # unequal shards
+    labels, table = relabel_in_workers(log_p[rows], index[rows], SK, version=1)
+    torch.save({"labels": labels, "indices": torch.from_numpy(table.indices),
+                "table": torch.from_numpy(table.labels)}, f"{out_dir}/rank{rank}.pt")
+
+
+def test_relabel_in_workers_two_process_gloo_matches_single(tmp_path):
+    index, ref = _reference()
+    spawn_loopback(_workers_job, 2, str(tmp_path))
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert torch.equal(torch.cat([r0["labels"], r1["labels"]]), ref)
+    for r in (r0, r1):                                             # every rank holds the full table
+        assert torch.equal(r["indices"], index) and torch.equal(r["table"], ref)
+
+
+def test_sinkhorn_actor_in_process_without_group():
+    actor = SinkhornActor()
+    log_p, index = _scores()
+    assert actor.load((index[:10].numpy(), log_p[:10]), (index[10:].numpy(), log_p[10:])) == N
+    with pytest.raises(RuntimeError, match="no process group"):
+        actor.solve(SK, column_marginal(K))
+
+
+def test_kmeans_warm_start_and_sparse_relabel():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(K, 16)).astype(np.float32) * 4
+    truth = np.repeat(np.arange(K), 50)
+    feats = centers[truth] + rng.normal(size=(truth.size, 16)).astype(np.float32)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    index = np.arange(truth.size) * 2
+    table, cents = kmeans_warm_start(feats, index, K, niter=20, seed=0)
+    assert cents.shape == (K, 16) and len(table) == truth.size and table.nmi(
+        type(table)(index, truth, K)) > 0.9
+    cents /= np.linalg.norm(cents, axis=1, keepdims=True)
+    sk = SinkhornConfig(lambda_sk=10.0, max_iters=500, tol=1e-6, dtype="float64")
+    full = relabel_sparse(feats, index, cents, K, sk, temperature=0.1, version=2)   # topk = K: the dense problem
+    sims = torch.from_numpy(feats @ cents.T).double()
+    dense = sinkhorn_knopp(torch.log_softmax(sims / 0.1, 1), 10.0, column_marginal(K), 500, 1e-6,
+                           dtype=torch.float64)
+    assert np.array_equal(full.labels, dense.labels.numpy()) and full.version == 2
+    sparse = relabel_sparse(feats, index, cents, 3, sk, temperature=0.1)
+    assert sparse.nmi(type(table)(index, truth, K)) > 0.75
+    assert sparse.cluster_sizes().max() <= 2 * truth.size / K
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray
+    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2,
+             log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def _shards():
+    log_p, index = _scores()
+    cuts = [0, 100, 330, 450, N]                                   # 4 shards over 2 actors, unequal
+    return [(index[a:b].numpy(), log_p[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+@pytest.mark.slow
+def test_relabel_service_actors_match_single_and_survive_a_kill(local_ray):
+    index, ref = _reference()
+    cfg = RelabelConfig(mode="actors", num_actors=2, max_restarts=3, timeout_s=60.0)
+    with RelabelService(cfg, SK) as service:
+        assert local_ray.get(service.actors[0].endpoint.remote()).startswith("file:///")   # loopback: no port
+        table = service.relabel(_shards(), version=1)
+        assert torch.equal(table.lookup(index), ref) and service.recoveries == 0
+        # kill one actor while it holds its shard (mid-relabel: after load, before solve); its state is lost
+        pids = service.pids()
+        os.kill(pids[1], signal.SIGKILL)
+        again = service.solve(version=2)
+        assert service.recoveries >= 1
+        assert np.array_equal(again.labels, table.labels) and again.version == 2
+        assert service.pids()[1] != pids[1]                        # Ray restarted it
+        # and a kill between rounds (ray.kill with restart): the next round recovers too
+        local_ray.kill(service.actors[0], no_restart=False)
+        third = service.relabel(_shards(), version=3)
+        assert np.array_equal(third.labels, table.labels)
