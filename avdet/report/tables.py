@@ -1,0 +1,168 @@
+"""The evaluation tables, laid out like the paper's (Afouras et al. 2022, §4): Table 1 (detection vs baselines),
+Table 2 (localisation), Table 3 (per-class AP@0.5), Table 4 (number of clusters K), Table 5 (matching strategies),
+plus the cluster-quality table. Built from the ``results`` dict of ``distributed.evaluate`` (see
+:func:`build_tables`), rendered as Markdown or HTML. Figures are percentages with one decimal, as in the paper.
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+
+__all__ = ["Table", "pct", "build_tables", "markdown_report", "TABLE1_ROWS", "MATCHING_ROWS"]
+
+# (key in results["baselines"], label, uses no labels?) — "*" = class-agnostic evaluation, as in the paper
+TABLE1_ROWS = [
+    ("weak_sup", "Ours - self-boxes + true video labels (weak sup.)", False),
+    ("centre_box", "Centre box*", True),
+    ("whole_image", "Whole image*", True),
+    ("self_boxes", "Ours - self-boxes*", True),
+    ("self_boxes_hungarian", "Ours - self-boxes (Hung. classes)", True),
+    ("detector_agnostic", "Ours - detector*", True),
+]
+MATCHING_ROWS = [("hungarian", "Hung."), ("argmax", "Argmax"), ("1-shot", "1-shot"), ("10-shot", "10-shot")]
+LOCALISATION_ROWS = [("whole_image", "Whole image (trivial)"), ("self_boxes", "Ours - self-boxes"),
+                     ("detector", "Ours - detector")]
+
+
+@dataclass
+class Table:
+    """A titled grid of strings; rows whose index is in ``bold`` are emphasised (the paper's "Ours - full")."""
+    title: str
+    caption: str
+    header: list[str]
+    rows: list[list[str]]
+    bold: set[int] = field(default_factory=set)
+
+    def markdown(self) -> str:
+        """GitHub Markdown: the title in bold, the table, the caption in italics."""
+        def esc(text):
+            return text.replace("|", "\\|").replace("*", "\\*")
+
+        def line(cells):
+            return "| " + " | ".join(cells) + " |"
+
+        rule = "|" + "|".join([":---"] + ["---:"] * (len(self.header) - 1)) + "|"
+        out = [f"**{esc(self.title)}**", "", line([esc(h) for h in self.header]), rule]
+        out += [line([f"**{esc(c)}**" if i in self.bold and c else esc(c) for c in row])
+                for i, row in enumerate(self.rows)]
+        if self.caption:
+            out += ["", f"*{esc(self.caption)}*"]
+        return "\n".join(out) + "\n"
+
+    def html(self) -> str:
+        """A caption paragraph (``p.cap``) and a ``<table>``; ``<sub>`` in cells is kept, all else escaped."""
+        def cell(tag, text, bold=False):
+            body = html.escape(text).replace("&lt;sub&gt;", "<sub>").replace("&lt;/sub&gt;", "</sub>")
+            return f"<{tag}>{'<b>' + body + '</b>' if bold and text else body}</{tag}>"
+        head = "".join(cell("th", h) for h in self.header)
+        body = "".join("<tr>" + "".join(cell("td", c, i in self.bold) for c in row) + "</tr>"
+                       for i, row in enumerate(self.rows))
+        cap = f"<b>{html.escape(self.title)}</b>" + (f" {html.escape(self.caption)}" if self.caption else "")
+        return f"<p class='cap'>{cap}</p><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def pct(v) -> str:
+    """0.3945 -> '39.5'; None / missing -> '-' (the paper's mark for "no test samples")."""
+    return "-" if v is None else f"{100.0 * float(v):.1f}"
+
+
+def _check(b: bool) -> str:
+    return "✓" if b else "✗"
+
+
+def table1(results: dict) -> Table:
+    """Self-supervised object detection: mAP@0.3, mAP@0.5, mAP@[0.5:0.95] of baselines and the detector."""
+    base, full = results.get("baselines", {}), results.get("detection", {}).get("hungarian")
+    rows = [[label, _check(no_labels), pct(base[k]["map_30"]), pct(base[k]["map_50"]), pct(base[k]["map_50_95"])]
+            for k, label, no_labels in TABLE1_ROWS if k in base]
+    if full is not None:
+        rows.append(["Ours - full", _check(True), pct(full["map_30"]), pct(full["map_50"]), pct(full["map_50_95"])])
+    return Table("Table 1. Self-supervised object detection.",
+                 f"Test set of {results.get('dataset', '?')}. Methods marked * are evaluated class-agnostic; "
+                 "'Ours - full' maps detector pseudo-classes to classes by Hungarian matching on the training "
+                 "self-labels. The weak-sup. row gives each self-box its frame's true video label.",
+                 ["Method", "No labels?", "mAP<sub>30</sub>", "mAP<sub>50</sub>", "mAP"], rows,
+                 bold={len(rows) - 1} if full is not None else set())
+
+
+def table2(results: dict) -> Table:
+    """Localisation (paper Table 2 style): boxes above a confidence threshold as a binary pseudo-heatmap."""
+    loc = results.get("localisation", {})
+    methods = loc.get("methods", {})
+    rows = [[label, pct(methods[k]["iou50_success"]), pct(methods[k]["auc"]), pct(methods[k]["ciou_30"])]
+            for k, label in LOCALISATION_ROWS if k in methods]
+    n = next((m.get("num_samples") for m in methods.values()), 0)
+    return Table("Table 2. Comparison to sound localisation.",
+                 f"{n} test frames with a sounding object; ground truth = union of the sounding objects' boxes; "
+                 f"prediction = union of boxes with confidence ≥ {loc.get('threshold', '?')}.",
+                 ["Method", "IoU-0.5", "AUC", "cIoU-0.3"], rows,
+                 bold={len(rows) - 1} if rows and "detector" in methods else set())
+
+
+def table3(results: dict) -> Table:
+    """Per-class AP@0.5 (Hungarian matching); '-' where the test set has no object of that class."""
+    classes = list(results.get("classes", []))
+    name = results.get("dataset", "?")
+    rows = []
+    for label, m in ((f"{name} (detector)", results.get("detection", {}).get("hungarian")),
+                     (f"{name} (self-boxes)", results.get("baselines", {}).get("self_boxes_hungarian"))):
+        if m is not None:
+            per = m.get("ap50_per_class", {})
+            rows.append([label, pct(m["map_50"])] + [pct(per.get(c)) for c in classes])
+    return Table("Table 3. Per-class mAP breakdown.",
+                 "AP@0.5 per class after Hungarian matching. For entries with '-' the test set does not contain "
+                 "any samples for that class.", ["Dataset", "mAP<sub>50</sub>"] + classes, rows)
+
+
+def table4(results: dict) -> Table:
+    """Number of clusters K against the number of ground-truth classes (one row: this run)."""
+    s, full = results.get("summary", {}), results.get("detection", {}).get("hungarian")
+    rows = [[str(s.get("num_classes", "?")), str(s.get("num_clusters", "?")), pct(full["map_50"]) if full else "-"]]
+    return Table("Table 4. Number of clusters K.", "This run only; rerun with another K for the ablation.",
+                 ["# GT-cls.", "K", f"mAP<sub>50</sub> {results.get('dataset', '')}".strip()], rows)
+
+
+def table5(results: dict) -> Table:
+    """Matching strategies: detection mAP after each cluster → class matching, and test self-label accuracy."""
+    det, match = results.get("detection", {}), results.get("matching", {})
+    rows = [[label, pct(det[k]["map_50"]), pct(det[k]["map_30"]), pct(det[k]["map_50_95"]),
+             pct(match.get(k, {}).get("test_self_label_acc")), str(match.get(k, {}).get("num_labels", "-"))]
+            for k, label in MATCHING_ROWS if k in det]
+    return Table("Table 5. Matching strategies.",
+                 "Clusters are named from the training self-labels; m-shot = majority vote over the m most confident "
+                 "samples per cluster. '# labels' = true labels the matching used.",
+                 ["Matching", "mAP<sub>50</sub>", "mAP<sub>30</sub>", "mAP", "Self-label acc. (test)", "# labels"],
+                 rows)
+
+
+def cluster_table(results: dict) -> Table:
+    """NMI, ARI, Hungarian accuracy and purity of the pseudo-classes against the true labels."""
+    cl = results.get("clusters", {})
+    rows = [[split, pct(m["nmi"]), pct(m["ari"]), pct(m["hungarian_acc"]), pct(m["purity"]), str(m.get("n", "-"))]
+            for split, m in cl.items()]
+    return Table("Table 6. Cluster quality of the self-labels.", "Pseudo-class of each frame against its true "
+                 "video label (frames without a label are left out).",
+                 ["Split", "NMI", "ARI", "Hung. acc.", "Purity", "# frames"], rows)
+
+
+def build_tables(results: dict) -> list[Table]:
+    """All tables, in report order."""
+    return [table1(results), table2(results), table3(results), table4(results), table5(results),
+            cluster_table(results)]
+
+
+def summary_line(results: dict) -> str:
+    """One line saying which dataset and run the figures are for."""
+    s = results.get("summary", {})
+    return (f"Dataset: {results.get('dataset', '?')}; {s.get('num_test_frames', '?')} test frames, "
+            f"{s.get('num_gt_boxes', '?')} ground-truth boxes ({s.get('detection_gt', 'all')} objects), "
+            f"{s.get('num_classes', '?')} classes, K = {s.get('num_clusters', '?')} pseudo-classes; "
+            f"detector: {s.get('detector', '?')}.")
+
+
+def markdown_report(results: dict) -> str:
+    """``tables.md``: a heading, the summary line, every table."""
+    parts = [f"# avdet evaluation: {results.get('dataset', '?')}", "", summary_line(results), ""]
+    for t in build_tables(results):
+        parts += [t.markdown()]
+    return "\n".join(parts)

@@ -1,0 +1,214 @@
+"""Evaluation stage (METHOD.md §5, paper §4): artifacts of the earlier stages in, ``results.json``, ``tables.md``,
+``report.html`` + ``img/*.png`` and ``done.json`` (last) out.
+
+1. Clusters are named from the TRAIN self-labels (pseudo class vs true label): Hungarian, argmax, m-shot.
+2. The detector runs over the test frames (plain loop, or a Ray Data actor pool with ``use_ray``); its pseudo-class
+   detections are mapped to classes by each matching and scored with COCO mAP@0.3 / 0.5 / [0.5:0.95] against the
+   ground truth rescaled onto the frames (``detection_gt``: every object, or the sounding ones only).
+3. Baselines on the same frames: centre box and whole image (class-agnostic, as the paper's "Center Box*": a box
+   carries no class, so scoring it class-aware would only measure a guessed label), the test self-boxes
+   (class-agnostic, and with Hungarian-matched pseudo-classes), and the self-boxes with the TRUE video label
+   (weak-sup.: an upper bound on the classification part).
+4. Localisation (Table 2 style) against the sounding objects; cluster quality (NMI, ARI, Hungarian acc., purity).
+
+Re-running a complete stage (``done.json`` present) returns its summary without recomputing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from avdet.config import require, save_config, to_dict
+from avdet.metrics import evaluate_detections
+from avdet.report import page, scores
+from avdet.report.figures import confusion_figure, curve_figures, detection_figures, heatmap_figures
+from data.shards import read_manifest
+from distributed import eval_data
+from distributed.eval_infer import Predictions, predict_plain, predict_ray
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EvalConfig", "run_evaluation", "score_predictions"]
+
+DONE = "done.json"
+
+
+@dataclass
+class EvalConfig:
+    """Inputs (paths of the earlier stages' artifacts), what to compute, and how to run the detector."""
+    manifest: str = ""                  # shards manifest (its ``split`` samples are the test frames)
+    split: str = "test"
+    gt: str = ""                        # gt_test.json (COCO, original video pixels)
+    pseudo_train: str = ""              # pseudo_train.json: names the clusters
+    pseudo_test: str = ""               # pseudo_test.json: self-box baselines, cluster metrics
+    heatmaps: str = ""                  # heatmaps_test.npz ("" = no heatmap pictures)
+    detector: str = ""                  # detector.pt (avdet.detector.save_detector)
+    detector_history: str = ""          # history.json ("" = the one beside the detector, if any)
+    stage1_done: str = ""               # <stage1_out>/done.json ("" = no stage-1 curves)
+    out_dir: str = "outputs/eval"
+    dataset: str = "synthetic"          # name printed in the tables
+    detection_gt: str = "all"           # "all" objects or only the "sounding" ones are detection targets
+    score_threshold: float = 0.05       # detector boxes kept for mAP (torchvision box_score_thresh)
+    loc_threshold: float = 0.5          # boxes ≥ this form the localisation pseudo-heatmap
+    centre_box_frac: float = 0.5        # centre-box baseline: frac·W × frac·H
+    m_shots: list[int] = field(default_factory=lambda: [1, 10])
+    num_pictures: int = 12              # detection pictures, and as many heatmap pictures
+    picture_score: float = 0.3          # detections drawn when scoring at least this
+    batch_size: int = 8
+    use_ray: bool = False               # True: Ray Data map_batches over an actor pool
+    ray_address: str = "local"
+    num_actors: int = 1
+    device: str = "cpu"
+
+    def check(self) -> None:
+        require(self.detection_gt in ("all", "sounding"), "detection_gt", "must be 'all' or 'sounding'")
+        require(0.0 <= self.score_threshold < 1.0, "score_threshold", "must be in [0, 1)")
+        require(0.0 <= self.loc_threshold <= 1.0, "loc_threshold", "must be in [0, 1]")
+        require(0.0 < self.centre_box_frac <= 1.0, "centre_box_frac", "must be in (0, 1]")
+        require(all(m >= 1 for m in self.m_shots), "m_shots", "must all be >= 1")
+        require(self.batch_size >= 1 and self.num_actors >= 1, "batch_size", "and num_actors must be >= 1")
+        require(self.num_pictures >= 0, "num_pictures", "must be >= 0")
+
+
+def _detection_target(coco: dict, which: str) -> dict:
+    if which == "all":
+        return coco
+    return dict(coco, annotations=[a for a in coco["annotations"] if a.get("sounding")])
+
+
+def _self_box_arrays(sl: eval_data.SelfLabels) -> dict:
+    return {"index": sl.index, "boxes": sl.boxes, "confidence": sl.confidence, "pseudo": sl.pseudo}
+
+
+def score_predictions(cfg: EvalConfig, classes: list[str], coco: dict, train: eval_data.SelfLabels,
+                      test: eval_data.SelfLabels, frame_labels: dict[int, int],
+                      predictions: Predictions | None) -> dict:
+    """Every number of the report (module docstring) as the ``results`` dict, minus curves and config."""
+    C, K = len(classes), max(train.num_clusters, test.num_clusters)
+    lab = train.labelled()
+    match = scores.matchings(train.pseudo[lab], train.true[lab], train.confidence[lab], K, C, cfg.m_shots)
+    for m in match.values():
+        m["test_self_label_acc"] = scores.self_label_accuracy(m["mapping"], test.pseudo, test.true)
+    target = _detection_target(coco, cfg.detection_gt)
+    results = {"classes": classes, "matching": match, "detection": {}}
+    if predictions is not None:
+        for name, m in match.items():
+            dets = scores.mapped_detections(predictions, m["mapping"])
+            results["detection"][name] = scores.named(evaluate_detections(target, dets), classes)
+    base = scores.detection_baselines(target, classes, _self_box_arrays(test), match["hungarian"]["mapping"],
+                                      frame_labels, cfg.centre_box_frac)
+    if predictions is not None:
+        base["detector_agnostic"] = scores.agnostic_scores(target, scores.mapped_detections(predictions, None))
+    results["baselines"] = base
+    results["localisation"] = scores.localisation_scores(coco, predictions, _self_box_arrays(test), cfg.loc_threshold)
+    results["clusters"], results["confusion"] = {}, {}
+    for split, sl in (("train", train), ("test", test)):
+        results["clusters"][split], counts = scores.cluster_scores(sl.pseudo, sl.true, K, C)
+        results["confusion"][split] = counts.tolist()
+    results["summary"] = {
+        "num_test_frames": len(coco["images"]), "num_gt_boxes": len(target["annotations"]),
+        "num_sounding_boxes": sum(bool(a.get("sounding")) for a in coco["annotations"]),
+        "num_classes": C, "num_clusters": K, "detection_gt": cfg.detection_gt,
+        "num_train_self_labels": int(len(train.index)), "num_test_self_labels": int(len(test.index))}
+    return results
+
+
+def _evenly(items: list[int], n: int) -> list[int]:
+    if n <= 0 or not items:
+        return []
+    pos = np.linspace(0, len(items) - 1, min(n, len(items))).round().astype(int)
+    return [items[p] for p in sorted(set(pos))]
+
+
+def _figures(cfg: EvalConfig, manifest, coco: dict, results: dict, test: eval_data.SelfLabels,
+             predictions: Predictions | None, frame_labels: dict[int, int], histories: dict) -> list[page.Figure]:
+    """Pick ~num_pictures frames with objects (and as many with heatmaps), decode only those, draw everything."""
+    classes, mapping = results["classes"], results["matching"]["hungarian"]["mapping"]
+    with_objects = sorted({a["image_id"] for a in coco["annotations"]}) or sorted(im["id"] for im in coco["images"])
+    heatmaps = eval_data.read_heatmaps(cfg.heatmaps)
+    det_ids = _evenly(with_objects, cfg.num_pictures) if predictions is not None else []
+    heat_ids = _evenly(sorted(set(heatmaps) & set(frame_labels)), cfg.num_pictures)
+    frames = eval_data.load_frames(manifest, cfg.split, set(det_ids) | set(heat_ids))
+    boxes = {int(i): (b, int(k), float(c)) for i, b, k, c in zip(test.index, test.boxes, test.pseudo, test.confidence)}
+    figs = curve_figures(histories)
+    figs += detection_figures({i: frames[i] for i in det_ids if i in frames}, predictions or {}, coco, mapping,
+                              classes, cfg.picture_score)
+    figs += heatmap_figures({i: frames[i] for i in heat_ids if i in frames}, {i: heatmaps[i] for i in heat_ids},
+                            boxes, mapping, classes, frame_labels)
+    figs.append(confusion_figure(np.array(results["confusion"]["test"]), mapping, classes, "test"))
+    return figs
+
+
+def _predict(cfg: EvalConfig, manifest) -> Predictions:
+    if cfg.use_ray:
+        return predict_ray(cfg.detector, manifest, cfg.split, cfg.batch_size, cfg.score_threshold,
+                           cfg.num_actors, cfg.ray_address, cfg.device)
+    return predict_plain(cfg.detector, manifest, cfg.split, cfg.batch_size, cfg.score_threshold, cfg.device)
+
+
+def _restrict(frames: eval_data.TestFrames, predictions: Predictions) -> eval_data.TestFrames:
+    keep = np.array([int(i) in predictions for i in frames.index], bool)
+    if not keep.all():
+        log.warning("detector produced no record for %d of %d test frames (unreadable samples); they are left out",
+                    int((~keep).sum()), len(keep))
+    return frames.subset(keep)
+
+
+def _check_inputs(cfg: EvalConfig) -> None:
+    """Fail before any work when a required artifact is missing, naming the key and the path."""
+    required = ["manifest", "gt", "pseudo_train", "pseudo_test"] + (["detector"] if cfg.detector else [])
+    paths = {k: getattr(cfg, k) for k in required}
+    missing = [f"{k}={p!r}" for k, p in paths.items() if not p or not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError(f"evaluation inputs missing: {', '.join(missing)} (run the earlier stages, or point "
+                                "the config at their outputs)")
+
+
+def run_evaluation(cfg: EvalConfig, predictions: Predictions | None = None) -> dict:
+    """Evaluate and write the report under ``cfg.out_dir``; returns the ``done.json`` summary.
+
+    ``predictions`` (``{index: {"boxes", "scores", "labels"}}``, see :mod:`distributed.eval_infer`) replaces the
+    detector run, e.g. for known-answer tests. With neither predictions nor ``cfg.detector`` the detector rows are
+    left out and only the self-label figures are reported.
+    """
+    out = Path(cfg.out_dir)
+    if (out / DONE).is_file():
+        log.info("evaluation: %s is complete; skipping", out)
+        return json.loads((out / DONE).read_text())
+    _check_inputs(cfg)
+    manifest = read_manifest(cfg.manifest)
+    frames = eval_data.read_test_frames(manifest, cfg.split)
+    if predictions is None and cfg.detector:
+        predictions = _predict(cfg, manifest)
+    if predictions is not None:
+        frames = _restrict(frames, predictions)
+    coco = eval_data.eval_ground_truth(json.loads(Path(cfg.gt).read_text()), frames, manifest.classes)
+    train = eval_data.read_self_labels(cfg.pseudo_train)
+    test = eval_data.read_self_labels(cfg.pseudo_test, (frames.height, frames.width))
+    frame_labels = {int(i): int(c) for i, c in zip(frames.index, frames.label)}
+    results = score_predictions(cfg, manifest.classes, coco, train, test, frame_labels, predictions)
+    history = cfg.detector_history or (str(Path(cfg.detector).with_name("history.json")) if cfg.detector else "")
+    results["curves"] = eval_data.read_histories(cfg.stage1_done, history if Path(history).is_file() else "")
+    results.update(dataset=cfg.dataset, config=to_dict(cfg))
+    results["summary"]["detector"] = Path(cfg.detector).name if cfg.detector else "given predictions"
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    page.write_atomic(out / "results.json", json.dumps(results, indent=1))
+    figs = _figures(cfg, manifest, coco, results, test, predictions, frame_labels, results["curves"])
+    paths = page.write_report(out, results, figs)
+    return _finish(out, results, paths)
+
+
+def _finish(out: Path, results: dict, paths: dict) -> dict:
+    """Write ``done.json`` (last): where everything is, and the headline numbers."""
+    full = results["detection"].get("hungarian", {})
+    done = {"results": str(out / "results.json"), "tables": paths["tables"], "report": paths["html"],
+            "num_images": len(paths["images"]), "map_30": full.get("map_30"), "map_50": full.get("map_50"),
+            "map_50_95": full.get("map_50_95"), "test_hungarian_acc": results["clusters"]["test"]["hungarian_acc"]}
+    page.write_atomic(out / DONE, json.dumps(done, indent=1))
+    log.info("evaluation written to %s (mAP@0.5 = %s)", out, done["map_50"])
+    return done
