@@ -1,0 +1,349 @@
+"""Start and stop Ray nodes we own: a head and workers, loopback by default, token auth on, stopped by PID.
+
+Each node is ``ray start --block`` of *this* interpreter's venv, run as a child process in a new session. The
+``--block`` process supervises the node (GCS, raylet, dashboard, agents, workers); SIGTERM to it drains and stops
+them all, and :func:`stop` then SIGKILLs whatever of *that session* is left, by PID. Nothing else is touched: no
+``ray stop`` (which kills every Ray process of the machine).
+
+Two traps from shared/docs/ENVIRONMENT.md are handled here, once:
+
+* Loopback. ``--node-ip-address 127.0.0.1`` alone is rewritten to the external address; every process we start
+  gets ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` and ``--dashboard-host 127.0.0.1`` as well, and every port is
+  chosen by binding 127.0.0.1:0. :func:`listening_sockets` lets tests prove it.
+* Token auth (on by default in Ray 2.60). We keep it **on**, explicitly: each cluster gets its own random token
+  file (``<tmp_dir>/auth_token``, mode 0600, or a path the caller shares between nodes) instead of the per-user
+  ``~/.ray/auth_token``. Every process of the cluster and every client (``ray.init``, ``ray job submit``) runs with
+  ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN_PATH=<that file>``: :meth:`RayNode.env` returns exactly these.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+_READY_MARK = "This command will now block forever"
+# Unix socket paths (<tmp_dir>/session_<date>_<pid>/sockets/plasma_store) must stay under 107 bytes.
+_MAX_TMP_DIR_LEN = 48
+
+
+@dataclass
+class RayNode:
+    """One Ray node started by this module. ``process`` is the supervising ``ray start --block``."""
+    process: subprocess.Popen
+    address: str                      # GCS address "host:port" of the cluster (ray.init(address=...))
+    node_ip: str
+    tmp_dir: Path
+    token_path: Path
+    log_path: Path
+    dashboard_url: str | None = None  # head only: "http://127.0.0.1:<port>" (ray job submit --address ...)
+    ports: dict = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def env(self) -> dict[str, str]:
+        """Environment a client on this node needs to talk to the cluster (loopback guard + token auth)."""
+        return ray_env(self.token_path, loopback=_is_ray_localhost(self.node_ip))
+
+    def pids(self) -> list[int]:
+        """Live PIDs of this node: the supervisor and everything in its session."""
+        return session_pids(self.pid)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        stop(self, timeout)
+
+
+HeadInfo = RayNode  # what start_head returns: a RayNode with dashboard_url set
+
+
+def ray_env(token_path: str | Path, loopback: bool = True) -> dict[str, str]:
+    """Variables for every Ray process and client of a cluster whose token lives at ``token_path``.
+
+    ``loopback``: the node IP is 127.0.0.1, where ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` stops Ray from rewriting it
+    to the external address (and with it binding every interface). On a real multi-node cluster the variable must
+    be left on (``=1``): nodes talk over the network.
+    """
+    return {
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0" if loopback else "1",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token_path),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+
+
+def write_token(path: str | Path) -> Path:
+    """Create a random cluster token at ``path`` (mode 0600) unless one is there; return the path."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port free right now on ``host`` (bind to port 0 and read it back)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _ray_cli() -> list[str]:
+    """Ray's CLI run by this interpreter (so jobs get the project's venv), through :func:`_cli_main`."""
+    return [sys.executable, "-m", "distributed.raycluster"]
+
+
+def _cli_main() -> None:
+    """``python -m distributed.raycluster start ...``: Ray's own CLI, except that a worker may join on loopback.
+
+    With ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (the only way to keep Ray on 127.0.0.1) ``ray start --address``
+    refuses to start a worker node, a check meant for laptops. Here only the CLI's copy of that flag is switched
+    on; IP resolution still sees 0, so every node of a one-machine cluster stays on 127.0.0.1.
+    """
+    import types
+
+    from ray._private import ray_constants
+    from ray.scripts import scripts
+
+    scripts.ray_constants = types.SimpleNamespace(**{**vars(ray_constants), "ENABLE_RAY_CLUSTER": True})
+    scripts.main()
+
+
+def _node_ports(node_ip: str) -> dict[str, int]:
+    """Free ports for every listener a node opens, so two nodes can share one machine."""
+    names = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
+             "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")
+    return {n: free_port(node_ip) for n in names}
+
+
+def _check_tmp_dir(tmp_dir: Path) -> Path:
+    tmp_dir = Path(tmp_dir).resolve()
+    if len(str(tmp_dir)) > _MAX_TMP_DIR_LEN:
+        raise ValueError(f"Ray tmp_dir {tmp_dir} is {len(str(tmp_dir))} characters; Ray's unix sockets need it "
+                         f"<= {_MAX_TMP_DIR_LEN}: use a short path such as tempfile.mkdtemp(dir='/tmp')")
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    return tmp_dir
+
+
+def _launch(args: list[str], tmp_dir: Path, env: dict[str, str], role: str,
+            timeout: float) -> tuple[subprocess.Popen, Path]:
+    """Run ``ray start --block <args>`` in a new session; return once the node reports it is up."""
+    log_path = tmp_dir / f"ray-{role}.log"
+    # `ray job submit -- python x.py` runs `python` from the node's PATH: make it this interpreter's venv
+    venv_bin = str(Path(sys.executable).parent)
+    env = {**os.environ, **env, "PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "")])}
+    cmd = [*_ray_cli(), "start", "--block", "--disable-usage-stats", "--log-style", "record",
+           "--temp-dir", str(tmp_dir / "ray"), *args]
+    log.info("starting Ray %s: %s", role, " ".join(cmd))
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _READY_MARK in log_path.read_text(errors="replace"):
+            return proc, log_path
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    tail = log_path.read_text(errors="replace")[-3000:]
+    _kill_session(proc.pid, grace=5.0)
+    raise RuntimeError(f"Ray {role} did not start within {timeout:.0f}s (exit {proc.poll()}); {log_path}:\n{tail}")
+
+
+def start_head(tmp_dir: str | Path, num_cpus: int, num_gpus: int = 0, port: int | None = None,
+               dashboard_port: int | None = None, node_ip: str = LOOPBACK, token_path: str | Path | None = None,
+               timeout: float = 90.0) -> RayNode:
+    """Start a Ray head on ``node_ip`` (loopback by default) with the dashboard/job server on the same address.
+
+    ``tmp_dir`` (short path) holds Ray's session dir, the log and, unless ``token_path`` is given, the token.
+    """
+    tmp_dir = _check_tmp_dir(Path(tmp_dir))
+    token = write_token(token_path or tmp_dir / "auth_token")
+    port = port or free_port(node_ip)
+    dashboard_port = dashboard_port or free_port(node_ip)
+    ports = {"port": port, "dashboard-port": dashboard_port, "ray-client-server-port": free_port(node_ip),
+             **_node_ports(node_ip)}
+    args = ["--head", "--node-ip-address", node_ip, "--dashboard-host", node_ip, "--include-dashboard", "true",
+            "--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus)]
+    args += [a for name, p in ports.items() for a in (f"--{name}", str(p))]
+    proc, log_path = _launch(args, tmp_dir, ray_env(token, loopback=_is_ray_localhost(node_ip)), "head",
+                             timeout)
+    _wait_tcp(node_ip, dashboard_port, timeout=30.0)
+    node = RayNode(proc, f"{node_ip}:{port}", node_ip, tmp_dir, token, log_path,
+                   dashboard_url=f"http://{node_ip}:{dashboard_port}", ports=ports)
+    log.info("Ray head up: address %s, dashboard %s, pid %d", node.address, node.dashboard_url, node.pid)
+    return node
+
+
+def start_worker(head_address: str, tmp_dir: str | Path, num_cpus: int, num_gpus: int = 0,
+                 node_ip: str = LOOPBACK, token_path: str | Path | None = None, timeout: float = 90.0) -> RayNode:
+    """Start a Ray worker node joining ``head_address``; ``token_path`` is the head's token (default: tmp_dir's)."""
+    tmp_dir = _check_tmp_dir(Path(tmp_dir))
+    token = Path(token_path or tmp_dir / "auth_token")
+    if not token.is_file():
+        raise FileNotFoundError(f"Ray worker: cluster token {token} not found; pass the head's token_path")
+    ports = _node_ports(node_ip)
+    args = ["--address", head_address, "--node-ip-address", node_ip,
+            "--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus)]
+    args += [a for name, p in ports.items() for a in (f"--{name}", str(p))]
+    proc, log_path = _launch(args, tmp_dir, ray_env(token, loopback=_is_ray_localhost(node_ip)), "worker", timeout)
+    node = RayNode(proc, head_address, node_ip, tmp_dir, token, log_path, ports=ports)
+    log.info("Ray worker up: joined %s from %s, pid %d", head_address, node_ip, node.pid)
+    return node
+
+
+def connect(node: RayNode, **init_kwargs):
+    """``ray.init`` this process to ``node``'s cluster: sets :meth:`RayNode.env` in ``os.environ`` first.
+
+    Ray reads ``RAY_AUTH_MODE`` and the loopback flag when it is imported and caches the first token it loads, so both
+    are refreshed here: a process may import ray first, or talk to several clusters in turn (tests).
+    """
+    os.environ.update(node.env())
+    import ray
+    from ray._private import ray_constants
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "1"  # read at import
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+    if not _is_ray_localhost(node.node_ip):
+        init_kwargs.setdefault("_node_ip_address", node.node_ip)
+    return ray.init(address=node.address, **init_kwargs)
+
+
+def stop(node: RayNode, timeout: float = 30.0) -> None:
+    """Stop ``node``: SIGTERM its supervisor (Ray drains and stops its children), then SIGKILL stragglers by PID."""
+    _kill_session(node.pid, grace=timeout)
+    log.info("Ray node (pid %d) stopped", node.pid)
+
+
+def _kill_session(sid: int, grace: float) -> None:
+    """SIGTERM process ``sid``; after ``grace`` s SIGKILL every process still in session ``sid``; reap ``sid``."""
+    try:
+        os.kill(sid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace
+    while session_pids(sid) and time.monotonic() < deadline:
+        _reap(sid)
+        time.sleep(0.2)
+    for pid in session_pids(sid):
+        log.warning("Ray process %d still alive after %.0fs; SIGKILL", pid, grace)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _reap(sid)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rfind(")") + 2:].split()  # fields after "pid (comm)": state, ppid, pgrp, session, ...
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live (non-zombie) PIDs whose session id is ``sid``."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            f = _stat_fields(int(entry))
+            if f is not None and f[0] != "Z" and int(f[3]) == sid:
+                out.append(int(entry))
+    return sorted(out)
+
+
+def _is_ray_localhost(host: str) -> bool:
+    """What Ray rewrites unless told not to (``ray._common.network_utils.is_localhost``; 127.0.0.2 is kept).
+
+    Not imported from Ray: importing ray fixes the loopback flag for the process before a caller could set it.
+    """
+    return host in ("localhost", "127.0.0.1", "::1")
+
+
+def _wait_tcp(host: str, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f}s") from None
+            time.sleep(0.2)
+
+
+def _decode_addr(hex_addr: str) -> str:
+    """/proc/net/tcp{,6} address (host byte order per 32-bit word) -> printable IP."""
+    raw = bytes.fromhex(hex_addr)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, words)
+
+
+def _listening_inodes() -> dict[int, tuple[str, int]]:
+    inodes = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if cols[3] == "0A":  # TCP_LISTEN
+                addr, port = cols[1].split(":")
+                inodes[int(cols[9])] = (_decode_addr(addr), int(port, 16))
+    return inodes
+
+
+def listening_sockets(pids: list[int]) -> list[tuple[int, str, int]]:
+    """``(pid, host, port)`` of every listening TCP socket held by ``pids`` (from /proc/net/tcp{,6} + fds)."""
+    inodes = _listening_inodes()
+    found = []
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inode = int(target[8:-1])
+                if inode in inodes:
+                    found.append((pid, *inodes[inode]))
+    return sorted(set(found))
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback (::ffff:127.0.0.1)."""
+    ip = ipaddress.ip_address(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+if __name__ == "__main__":
+    _cli_main()

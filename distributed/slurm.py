@@ -1,0 +1,239 @@
+"""Run a job on a Ray cluster that lives inside a SLURM allocation, launched with submitit.
+
+``launch(job, job_argv, cfg)`` asks SLURM (``submitit.SlurmExecutor``, chosen explicitly: AutoExecutor picks SLURM
+whenever ``sbatch`` exists, controller or not) or, with ``cfg.mode == "local"``, ``submitit.LocalExecutor`` for
+``cfg.nodes × cfg.tasks_per_node`` tasks. Inside the allocation (:class:`RayJob`):
+
+* task 0 starts the Ray head on its node and writes ``<rendezvous>/head.json`` (address, token path, dashboard);
+* every other task waits for that file, starts a Ray worker pointing at it, writes ``worker-<rank>.ready``, and
+  stays until task 0 writes ``done``;
+* task 0 waits for all workers, runs the job — ``"package.module:function"`` or a script path with ``main(argv)``,
+  called as ``job_main(argv) -> dict`` with ``RAY_ADDRESS`` set — then writes ``done``, stops Ray and returns the
+  metrics, which :func:`launch` returns.
+
+Addresses: with one node everything is on 127.0.0.1 (tasks of one node included). Only when ``nodes > 1`` does
+the head bind to its node's hostname, resolved (``socket.gethostbyname``): the nodes must reach each other, so Ray
+then listens on the cluster network, as a multi-node Ray cluster must. Token auth stays on: the cluster token is
+written (0600) into the shared rendezvous directory, which must be visible to every node (``cfg.shared_dir``).
+
+Preemption / timeout: :class:`RayJob` is ``submitit.helpers.Checkpointable``. On the signal SLURM sends before the
+end, ``checkpoint()`` stops Ray and requeues the same job (up to ``cfg.max_retries`` times); the rerun starts a
+fresh Ray cluster and calls the job again, which skips the stages whose artifacts are already on disk.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import submitit
+
+from avdet.config import require
+from distributed import raycluster
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SlurmConfig:
+    """Where and how big: one SLURM profile (clusters/slurm/*.yaml)."""
+    mode: str = "slurm"              # "slurm" (sbatch) or "local" (submitit.LocalExecutor, for debugging)
+    nodes: int = 1
+    tasks_per_node: int = 1          # Ray nodes per SLURM node (1 on real clusters; 2 tests rendezvous on one node)
+    gpus_per_node: int = 0
+    cpus_per_task: int = 2
+    mem_gb: int = 0                  # 0 = partition default
+    partition: str = ""              # "" = cluster default
+    time_min: int = 60
+    job_name: str = "avdet"
+    log_dir: str = "runs/slurm"      # submitit logs and pickles; on a shared filesystem
+    shared_dir: str = ""             # rendezvous files + cluster token; "" = <log_dir>/rendezvous (shared too)
+    ray_tmp_dir: str = "/tmp/avdet-ray"   # node-local; short (Ray's unix socket paths)
+    ray_port: int = 0                # 0 = a free port
+    ray_dashboard_port: int = 0
+    rendezvous_timeout_s: int = 300
+    requeue: bool = True             # requeue on preemption/timeout (Checkpointable)
+    max_retries: int = 3             # how many requeues before giving up
+    signal_delay_s: int = 120        # SIGUSR2 this long before the time limit
+    setup: list[str] = field(default_factory=list)        # shell lines before the tasks (module load, ...)
+    additional: dict[str, Any] = field(default_factory=dict)  # extra #SBATCH parameters (account, qos, constraint)
+
+    def check(self) -> None:
+        require(self.mode in ("slurm", "local"), "mode", "must be 'slurm' or 'local'")
+        require(self.nodes >= 1, "nodes", "must be >= 1")
+        require(self.mode == "slurm" or self.nodes == 1, "nodes", "must be 1 in local mode")
+        require(self.tasks_per_node >= 1, "tasks_per_node", "must be >= 1")
+        require(self.gpus_per_node >= 0, "gpus_per_node", "must be >= 0")
+        require(self.gpus_per_node % self.tasks_per_node == 0, "gpus_per_node", "must divide by tasks_per_node")
+        require(self.cpus_per_task >= 1, "cpus_per_task", "must be >= 1")
+        require(self.mem_gb >= 0, "mem_gb", "must be >= 0")
+        require(self.time_min >= 1, "time_min", "must be >= 1")
+        require(self.max_retries >= 0, "max_retries", "must be >= 0")
+        require(len(self.ray_tmp_dir) <= 32, "ray_tmp_dir", "must be a short path (<= 32 chars; Ray unix sockets)")
+        require(self.rendezvous_timeout_s >= 1, "rendezvous_timeout_s", "must be >= 1")
+
+    @property
+    def num_tasks(self) -> int:
+        return self.nodes * self.tasks_per_node
+
+
+def resolve_job(spec: str) -> Callable[[list[str]], dict]:
+    """``"pkg.module:function"`` or ``"path/to/script.py"`` (its ``main``) -> the callable ``job_main(argv)``."""
+    if spec.endswith(".py"):
+        path = Path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"job script {spec} does not exist")
+        module_spec = importlib.util.spec_from_file_location(f"avdet_job_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        name = "main"
+    else:
+        if ":" not in spec:
+            raise ValueError(f"job {spec!r}: expected 'package.module:function' or a path ending in .py")
+        mod_name, name = spec.split(":", 1)
+        module = importlib.import_module(mod_name)
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise AttributeError(f"job {spec!r}: {module.__name__} has no callable {name}(argv)")
+    return fn
+
+
+def _wait_file(path: Path, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: {path} did not appear within {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
+class RayJob(submitit.helpers.Checkpointable):
+    """What every SLURM task runs: rendezvous, Ray node, and (task 0) the job. Picklable; requeue-safe."""
+
+    def __init__(self, job: str, job_argv: list[str], cfg: SlurmConfig, cwd: str):
+        self.job, self.job_argv, self.cfg, self.cwd = job, list(job_argv), cfg, cwd
+        self._node: raycluster.RayNode | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_node": None}   # a running node never travels (requeue pickles self)
+
+    def __call__(self) -> dict | None:
+        env = submitit.JobEnvironment()
+        # before anything imports ray (it reads the flag once): loopback on one node, network across nodes
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0" if self.cfg.nodes == 1 else "1"
+        os.chdir(self.cwd)
+        if self.cwd not in sys.path:
+            sys.path.insert(0, self.cwd)
+        attempt = os.environ.get("SLURM_RESTART_COUNT", "0")
+        rdv = Path(self.cfg.shared_dir or Path(self.cfg.log_dir) / "rendezvous") / f"{env.job_id}-{attempt}"
+        rdv.mkdir(parents=True, exist_ok=True)
+        node_ip = raycluster.LOOPBACK if self.cfg.nodes == 1 else socket.gethostbyname(socket.gethostname())
+        tmp = Path(self.cfg.ray_tmp_dir) / f"{env.job_id}-{attempt}-{env.global_rank}"
+        log.info("task %d/%d on %s (%s), rendezvous %s", env.global_rank, env.num_tasks, env.hostname, node_ip, rdv)
+        try:
+            if env.global_rank == 0:
+                return self._run_head(rdv, tmp, node_ip, env.num_tasks)
+            self._run_worker(rdv, tmp, node_ip, env.global_rank)
+            return None
+        finally:
+            self._stop_ray()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _run_head(self, rdv: Path, tmp: Path, node_ip: str, num_tasks: int) -> dict:
+        cfg = self.cfg
+        gpus = cfg.gpus_per_node // cfg.tasks_per_node
+        self._node = raycluster.start_head(tmp, cfg.cpus_per_task, gpus, port=cfg.ray_port or None,
+                                           dashboard_port=cfg.ray_dashboard_port or None, node_ip=node_ip,
+                                           token_path=raycluster.write_token(rdv / "auth_token"))
+        _write_json(rdv / "head.json", {"address": self._node.address, "token_path": str(self._node.token_path),
+                                        "dashboard_url": self._node.dashboard_url})
+        try:
+            for rank in range(1, num_tasks):
+                _wait_file(rdv / f"worker-{rank}.ready", cfg.rendezvous_timeout_s, f"Ray worker of task {rank}")
+            os.environ.update(self._node.env())
+            os.environ["RAY_ADDRESS"] = self._node.address
+            log.info("Ray cluster of %d node(s) at %s; running %s %s", num_tasks, self._node.address, self.job,
+                     self.job_argv)
+            metrics = resolve_job(self.job)(list(self.job_argv))
+        finally:
+            (rdv / "done").touch()
+        if not isinstance(metrics, dict):
+            raise TypeError(f"job {self.job} returned {type(metrics).__name__}; job_main(argv) must return a dict")
+        return metrics
+
+    def _run_worker(self, rdv: Path, tmp: Path, node_ip: str, rank: int) -> None:
+        cfg = self.cfg
+        _wait_file(rdv / "head.json", cfg.rendezvous_timeout_s, f"task {rank} waiting for the Ray head")
+        head = json.loads((rdv / "head.json").read_text())
+        self._node = raycluster.start_worker(head["address"], tmp, cfg.cpus_per_task,
+                                             cfg.gpus_per_node // cfg.tasks_per_node, node_ip=node_ip,
+                                             token_path=head["token_path"])
+        (rdv / f"worker-{rank}.ready").touch()
+        while not (rdv / "done").exists():   # the head's task writes it when the job ends (or fails)
+            if self._node.process.poll() is not None:
+                raise RuntimeError(f"Ray worker of task {rank} exited ({self._node.log_path})")
+            time.sleep(1.0)
+
+    def _stop_ray(self) -> None:
+        if self._node is not None:
+            node, self._node = self._node, None
+            node.stop()
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        """Preempted or out of time: stop Ray, requeue this same job; the rerun resumes from artifacts on disk."""
+        log.warning("job %s preempted/timed out: stopping Ray and requeueing (stages skip finished artifacts)",
+                    self.job)
+        self._stop_ray()
+        return super().checkpoint(*args, **kwargs)
+
+
+def make_executor(cfg: SlurmConfig) -> submitit.Executor:
+    """The submitit executor of ``cfg.mode``, chosen explicitly (never AutoExecutor)."""
+    folder = Path(cfg.log_dir) / "%j"
+    if cfg.mode == "local":
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(tasks_per_node=cfg.tasks_per_node, nodes=1, cpus_per_task=cfg.cpus_per_task,
+                                   gpus_per_node=cfg.gpus_per_node, timeout_min=cfg.time_min)
+        return executor
+    if shutil.which("sbatch") is None:
+        raise RuntimeError("SLURM mode but no 'sbatch' on PATH: install slurm-client (scripts/slurm_local.sh start "
+                           "for a local cluster) or use mode=local")
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=cfg.max_retries if cfg.requeue else 0)
+    params = dict(job_name=cfg.job_name, nodes=cfg.nodes, ntasks_per_node=cfg.tasks_per_node,
+                  cpus_per_task=cfg.cpus_per_task, time=cfg.time_min, signal_delay_s=cfg.signal_delay_s,
+                  setup=list(cfg.setup), additional_parameters=dict(cfg.additional))
+    if cfg.gpus_per_node:
+        params["gpus_per_node"] = cfg.gpus_per_node
+    if cfg.mem_gb:
+        params["mem"] = f"{cfg.mem_gb}GB"
+    if cfg.partition:
+        params["partition"] = cfg.partition
+    executor.update_parameters(**params)
+    return executor
+
+
+def launch(job: str, job_argv: list[str], cfg: SlurmConfig) -> dict:
+    """Submit ``job`` (see :func:`resolve_job`) on ``cfg.num_tasks`` Ray nodes; wait; return task 0's metrics."""
+    if job.endswith(".py"):
+        job = str(Path(job).resolve())   # the compute node imports it by path
+    executor = make_executor(cfg)
+    submitted = executor.submit(RayJob(job, job_argv, cfg, os.getcwd()))
+    log.info("submitted %s as %s job %s (%d task(s)); logs in %s", job, cfg.mode, submitted.job_id,
+             cfg.num_tasks, Path(cfg.log_dir) / str(submitted.job_id))
+    results = submitted.results()
+    log.info("job %s finished: %s", submitted.job_id, results[0])
+    return results[0]

@@ -1,0 +1,123 @@
+"""Real Ray nodes on loopback: start, connect, run tasks, every listener on 127.0.0.1, stop by PID."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from distributed import raycluster
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def short_tmp():
+    """Ray's unix sockets need a short temp dir (pytest's tmp_path is too long)."""
+    d = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_client(monkeypatch):
+    """Connect with raycluster.connect; always shut the driver down and restore the environment."""
+    import ray
+
+    def connect(node):
+        for k, v in node.env().items():
+            monkeypatch.setenv(k, v)
+        return raycluster.connect(node, log_to_driver=False)
+
+    yield connect
+    ray.shutdown()
+
+
+def _assert_gone(pids: list[int], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in pids if Path(f"/proc/{p}").exists() and _state(p) != "Z"]
+        time.sleep(0.2)
+    assert not alive, f"Ray processes still alive after stop: {alive}"
+
+
+def _state(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "Z"
+    return raw[raw.rfind(")") + 2]
+
+
+def test_head_on_loopback_runs_tasks_and_stops(short_tmp, ray_client):
+    import ray
+
+    head = raycluster.start_head(short_tmp, num_cpus=1)
+    try:
+        assert head.address.startswith("127.0.0.1:") and head.dashboard_url.startswith("http://127.0.0.1:")
+        ray_client(head)
+
+        @ray.remote
+        def square(x):
+            return x * x
+
+        assert ray.get([square.remote(i) for i in range(4)]) == [0, 1, 4, 9]
+        pids = head.pids()
+        sockets = raycluster.listening_sockets(pids)
+        assert len(sockets) >= 4, f"expected GCS, raylet, dashboard, agents listening; got {sockets}"
+        outside = [s for s in sockets if not raycluster.is_loopback(s[1])]
+        assert not outside, f"Ray listens outside loopback: {outside}"
+        assert any(port == int(head.address.split(":")[1]) for _, _, port in sockets)
+        ray.shutdown()
+    finally:
+        pids = head.pids()
+        head.stop()
+    _assert_gone(pids)
+
+
+def test_head_and_worker_form_two_node_cluster(short_tmp, ray_client):
+    import ray
+
+    head = raycluster.start_head(short_tmp / "h", num_cpus=1)
+    nodes = [head]
+    try:
+        nodes.append(raycluster.start_worker(head.address, short_tmp / "w", num_cpus=1,
+                                             token_path=head.token_path))
+        ray_client(head)
+        deadline = time.monotonic() + 30
+        while len([n for n in ray.nodes() if n["Alive"]]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        alive = [n for n in ray.nodes() if n["Alive"]]
+        assert len(alive) == 2, alive
+        assert {n["NodeManagerAddress"] for n in alive} == {"127.0.0.1"}
+        assert ray.cluster_resources().get("CPU") == 2
+        outside = [s for n in nodes for s in raycluster.listening_sockets(n.pids())
+                   if not raycluster.is_loopback(s[1])]
+        assert not outside, f"Ray listens outside loopback: {outside}"
+        ray.shutdown()
+    finally:
+        pids = [p for n in nodes for p in n.pids()]
+        for n in reversed(nodes):
+            n.stop()
+    _assert_gone(pids)
+
+
+def test_listening_sockets_sees_a_plain_listener():
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert (os.getpid(), "127.0.0.1", port) in raycluster.listening_sockets([os.getpid()])
+    assert raycluster.is_loopback("::ffff:127.0.0.1") and raycluster.is_loopback("::1")
+    assert not raycluster.is_loopback("0.0.0.0")
+
+
+def test_start_head_rejects_long_tmp_dir(tmp_path):
+    with pytest.raises(ValueError, match="short path"):
+        raycluster.start_head(tmp_path / ("x" * 60), num_cpus=1)
