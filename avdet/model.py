@@ -88,7 +88,7 @@ def load_backbone_weights(module: nn.Module, path: str | Path, name: str) -> Non
 
 def heatmap(vis_emb: torch.Tensor, aud_emb: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
     """h_u(v, a) = <f^v_u(v), f^a(a)> / ρ for matching pairs: vis_emb (B, C, h, w), aud_emb (B, C) -> (B, h, w)."""
-    return torch.einsum("bchw,bc->bhw", vis_emb, aud_emb) / rho
+    return torch.einsum("bchw,bc->bhw", vis_emb, aud_emb) / rho          # paper §3.1: h_u = <f^v_u, f^a>/ρ
 
 
 def score_matrix(vis_emb: torch.Tensor, aud_emb: torch.Tensor, rho: torch.Tensor,
@@ -99,7 +99,7 @@ def score_matrix(vis_emb: torch.Tensor, aud_emb: torch.Tensor, rho: torch.Tensor
     bv, c = vis_emb.shape[:2]
     flat = vis_emb.reshape(bv, c, -1)
     blocks = [torch.einsum("vcu,ac->vau", flat[s:s + chunk], aud_emb).amax(dim=2) for s in range(0, bv, chunk)]
-    return torch.cat(blocks, dim=0) / rho
+    return torch.cat(blocks, dim=0) / rho                                # S(v, a) = max_u h_u(v, a)
 
 
 class AVModel(nn.Module):

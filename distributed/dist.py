@@ -218,4 +218,5 @@ def setup_logging(rank: int | None = None, level: int = logging.INFO) -> logging
     handler.setFormatter(logging.Formatter("%(asctime)s [rank %(rank)s] %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(level)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     return handler

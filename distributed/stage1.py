@@ -61,7 +61,7 @@ def _trainer(cfg: Stage1Config, manifest: Manifest, num_train: int):
     from ray.train.torch import TorchTrainer
 
     out = Path(cfg.out_dir).resolve()
-    datasets = {"train": ray_dataset(manifest, cfg.split, cfg.stream_config(shuffle=True)),
+    datasets = {"train": ray_dataset(manifest, cfg.split, cfg.stream_config(shuffle=True), epoch=None),
                 **_score_datasets(manifest, cfg)}
     return TorchTrainer(
         train_loop_per_worker,

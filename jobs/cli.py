@@ -26,3 +26,4 @@ def parse(cls: type[T], argv: list[str], description: str) -> T:
 
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)   # its AVX probing is not news

@@ -1,0 +1,60 @@
+"""Stage-1 losses (paper §3.1): noise-contrastive L_NC (eq. 1), clustering L_clust (eq. 2), joint L (eq. 4).
+
+Data parallelism: negatives come from the global batch. ``gather`` is injected by the distributed layer:
+``gather(t) -> (gathered, offset)`` all-gathers ``t`` (B, ...) from every process along dim 0 WITH gradient
+(e.g. ``torch.distributed.nn.functional.all_gather`` then ``cat``) and returns the row ``offset`` of this process's
+first sample in the gathered tensor (rank · B for equal batches). Each process's loss is the mean over its own
+B samples against all gathered negatives, so the average over processes (what DDP/DeepSpeed gradient averaging
+computes) equals the single-big-batch loss. ``gather=None`` is one process (offset 0).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .model import score_matrix
+
+Gather = Callable[[torch.Tensor], tuple[torch.Tensor, int]]
+
+__all__ = ["score_matrix", "nce_loss", "cluster_loss", "joint_loss"]
+
+
+def nce_loss(vis_emb: torch.Tensor, aud_emb: torch.Tensor, rho: torch.Tensor,
+             gather: Gather | None = None) -> torch.Tensor:
+    """L_NC = (L_a→v + L_v→a)/2 over the (global) batch, for this process's B pairs.   # eq. 1
+
+    vis_emb (B, C, h, w), aud_emb (B, C) L2-normalised, rho scalar. L_a→v: each local frame v_i against every
+    audio a' of the global batch; L_v→a: each local audio a_i against every frame v'. Returns a scalar."""
+    b = vis_emb.shape[0]
+    if gather is None:
+        vis_all, aud_all, offset = vis_emb, aud_emb, 0
+    else:
+        vis_all, offset = gather(vis_emb)
+        aud_all, aud_offset = gather(aud_emb)
+        if aud_offset != offset:
+            raise ValueError(f"nce_loss: gather gave offsets {offset} (frames) and {aud_offset} (audio)")
+    target = torch.arange(offset, offset + b, device=vis_emb.device)
+    s_v = score_matrix(vis_emb, aud_all, rho)             # (B, B_tot): S(v_i, a')
+    s_a = score_matrix(vis_all, aud_emb, rho)             # (B_tot, B): S(v', a_i)
+    loss_a2v = F.cross_entropy(s_v, target)               # −mean log softmax_{a'} S(v_i, a')
+    loss_v2a = F.cross_entropy(s_a.t(), target)           # −mean log softmax_{v'} S(v', a_i)
+    return (loss_a2v + loss_v2a) / 2
+
+
+def cluster_loss(vis_logits: torch.Tensor, aud_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """L_clust = (CE(g^v(v), y) + CE(g^a(a), y))/2 with labels y (B,) shared by both modalities.   # eq. 2"""
+    return (F.cross_entropy(vis_logits, labels) + F.cross_entropy(aud_logits, labels)) / 2
+
+
+def joint_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, lam: float,
+               gather: Gather | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """L = λ·L_NC + (1−λ)·L_clust (eq. 4) from an AVModel output dict (vis_emb, aud_emb, vis_logits, aud_logits,
+    rho) and labels (B,) int64. Returns (loss, {"loss", "nce", "clust", "rho"} as floats for logging)."""
+    nce = nce_loss(out["vis_emb"], out["aud_emb"], out["rho"], gather)
+    clust = cluster_loss(out["vis_logits"], out["aud_logits"], labels)
+    loss = lam * nce + (1.0 - lam) * clust                 # eq. 4
+    parts = {"loss": float(loss.detach()), "nce": float(nce.detach()), "clust": float(clust.detach()),
+             "rho": float(out["rho"].detach())}
+    return loss, parts

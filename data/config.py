@@ -1,0 +1,70 @@
+"""Configs of the data layer: video ingest (videos -> shards) and streaming (shards -> training batches).
+
+Both compose :class:`avdet.config.AudioConfig` so the audio window written by ingest and the log-mel computed by the
+stream come from one definition. Load them with ``avdet.config.load_config(IngestConfig, path, overrides)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from avdet.config import AudioConfig, require
+
+
+@dataclass
+class IngestConfig:
+    """Folder of clips + VGGSound CSV -> WebDataset shards (docs/INTERFACES.md).
+
+    Sample indices: CSV rows are de-duplicated and sorted by ``(youtube_id, start_seconds)``; row ``r`` owns the index
+    range ``[r * max_frames_per_video, (r + 1) * max_frames_per_video)``, so an index depends only on the CSV, never on
+    which worker decoded what. Broken videos and short clips leave holes. Rows of one split are cut, in that order,
+    into groups of ``videos_per_shard``; group ``g`` of split ``s`` becomes shard ``s-<g:06d>.tar``.
+    """
+    videos_dir: str = ""
+    csv: str = ""
+    out_dir: str = ""
+    fps: float = 1.0                    # frames sampled per second of video
+    frame_size: int = 128               # frames are resized (no crop) to frame_size x frame_size
+    max_frames_per_video: int = 16      # index stride per CSV row; frames beyond it are dropped
+    videos_per_shard: int = 32          # one shard (and one Ray task) per group of this many CSV rows
+    max_pixels: int = 3840 * 2160       # larger videos are rejected as "too_large"
+    jpeg_quality: int = 90
+    concurrency: int = 2                # parallel Ray tasks (each writes one shard)
+    use_ray: bool = True                # False: serial in-process ingest (small jobs, debugging)
+    ray_address: str = "local"          # "local" starts Ray on 127.0.0.1; "auto" joins a running cluster
+    audio: AudioConfig = field(default_factory=AudioConfig)
+
+    def check(self) -> None:
+        require(self.fps > 0, "fps", "must be > 0")
+        require(self.frame_size >= 8, "frame_size", "must be >= 8")
+        require(self.max_frames_per_video >= 1, "max_frames_per_video", "must be >= 1")
+        require(self.videos_per_shard >= 1, "videos_per_shard", "must be >= 1")
+        require(self.max_pixels >= 1, "max_pixels", "must be >= 1")
+        require(1 <= self.jpeg_quality <= 100, "jpeg_quality", "must be in [1, 100]")
+        require(self.concurrency >= 1, "concurrency", "must be >= 1")
+
+
+@dataclass
+class StreamConfig:
+    """Shards -> batches of the decoded-batch format (docs/INTERFACES.md).
+
+    ``audio`` must match the shards' audio window (``window_s`` x ``sample_rate``); the log-mel settings are used by
+    the consumer-side collate. ``shard_block_rows`` is how many samples one read call decodes into one numpy block.
+    """
+    batch_size: int = 64
+    shuffle: bool = True
+    seed: int = 0
+    shuffle_buffer: int = 512           # rows of the consumer-side local shuffle buffer (0 = off)
+    shard_block_rows: int = 256         # rows per numpy block produced by a shard read
+    read_concurrency: int = 2           # parallel Ray read tasks (each reads whole shards)
+    num_workers: int = 2                # DataLoader workers of the plain (non-Ray) reader
+    prefetch_batches: int = 2
+    max_bad_fraction: float = 0.01      # raise when more than this fraction of samples was unreadable
+    audio: AudioConfig = field(default_factory=AudioConfig)
+
+    def check(self) -> None:
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        require(self.shuffle_buffer >= 0, "shuffle_buffer", "must be >= 0")
+        require(self.shard_block_rows >= 1, "shard_block_rows", "must be >= 1")
+        require(self.read_concurrency >= 1, "read_concurrency", "must be >= 1")
+        require(self.num_workers >= 0, "num_workers", "must be >= 0")
+        require(0.0 <= self.max_bad_fraction <= 1.0, "max_bad_fraction", "must be in [0, 1]")

@@ -1,0 +1,288 @@
+"""Shards on disk: atomic idempotent writing, the manifest, and a plain single-process reader with error accounting.
+
+Layout (docs/INTERFACES.md): ``<out>/<split>-<shardno:06d>.tar`` plus ``<out>/manifest.json``. Each finished shard
+also has a sidecar ``<name>.info.json`` (its :class:`ShardInfo` and whatever the producer wants to remember, e.g. the
+ingest report of its videos). A shard is *finished* when it is listed in the manifest or its sidecar exists, and its
+sha256 matches; a crash leaves at most a hidden ``.tmp`` file, never a final-named shard.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tarfile
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from data.health import DataHealth, SampleSpec, check_sample
+from data.schema import DecodeError, decode_sample
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class ShardInfo:
+    path: str               # relative to the manifest's directory
+    split: str
+    count: int
+    min_index: int
+    max_index: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    root: Path
+    classes: list[str]
+    shards: list[ShardInfo]
+    config: dict = field(default_factory=dict)
+    version: int = MANIFEST_VERSION
+
+    def split_shards(self, split: str) -> list[ShardInfo]:
+        return [s for s in self.shards if s.split == split]
+
+    def shard_path(self, info: ShardInfo) -> Path:
+        return self.root / info.path
+
+    def class_id(self, label: str | None) -> int:
+        """Class id of a label name, or -1 (no label / unknown)."""
+        if label is None:
+            return -1
+        ids = self.__dict__.setdefault("_ids", {c: i for i, c in enumerate(self.classes)})
+        return ids.get(label, -1)
+
+    def spec(self) -> SampleSpec:
+        return SampleSpec.from_config(self.config)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_atomic(path: Path, payload: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    ti = tarfile.TarInfo(name)
+    ti.size = len(data)
+    ti.mtime, ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = 0, 0o644, 0, 0, "", ""   # byte-identical reruns
+    tar.addfile(ti, io.BytesIO(data))
+
+
+class ShardWriter:
+    """Writes finished shards into ``out_dir``; ``write`` is atomic and skips shards that are already finished."""
+
+    def __init__(self, out_dir: str | Path):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        listed = self.out_dir / MANIFEST_NAME
+        self._listed = {s.path: s for s in read_manifest(listed).shards} if listed.is_file() else {}
+
+    @staticmethod
+    def shard_name(split: str, shard_no: int) -> str:
+        return f"{split}-{shard_no:06d}.tar"
+
+    def _sidecar(self, name: str) -> Path:
+        return self.out_dir / f"{name}.info.json"
+
+    def finished(self, name: str) -> tuple[ShardInfo, dict] | None:
+        """(info, extra) of a finished shard whose file still matches its checksum, else None."""
+        path = self.out_dir / name
+        side = self._sidecar(name)
+        extra: dict = {}
+        info = self._listed.get(name)
+        if side.is_file():
+            d = json.loads(side.read_text())
+            info, extra = ShardInfo(**d["shard"]), d.get("extra", {})
+        if info is None or not path.is_file():
+            return None
+        if sha256_file(path) != info.sha256:
+            log.warning("shard %s: checksum differs from its record; rewriting it", path)
+            return None
+        return info, extra
+
+    def write(self, split: str, shard_no: int, samples: Iterable[dict[str, Any]],
+              extra: dict | None = None) -> ShardInfo:
+        """Write ``samples`` (``{"__key__": str, ext: bytes}``) as one shard; returns its info.
+
+        Skips (without consuming ``samples``) when the shard is already finished. An exception while writing leaves
+        no final-named file behind.
+        """
+        name = self.shard_name(split, shard_no)
+        done = self.finished(name)
+        if done is not None:
+            return done[0]
+        path = self.out_dir / name
+        tmp = path.with_name(f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        indices: list[int] = []
+        try:
+            with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+                for s in samples:
+                    key = s["__key__"]
+                    indices.append(int(key))
+                    for ext in sorted(k for k in s if not k.startswith("__")):
+                        _add_member(tar, f"{key}.{ext}", s[ext])
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            info = ShardInfo(path=name, split=split, count=len(indices), min_index=min(indices, default=-1),
+                             max_index=max(indices, default=-1), sha256=sha256_file(tmp))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        side = {"shard": asdict(info), "extra": extra or {}}
+        write_atomic(self._sidecar(name), json.dumps(side, indent=1).encode())
+        return info
+
+
+def write_manifest(out_dir: str | Path, shards: list[ShardInfo], classes: list[str], config: dict) -> Path:
+    """Atomically write ``<out_dir>/manifest.json`` listing ``shards`` (sorted by split, path)."""
+    path = Path(out_dir) / MANIFEST_NAME
+    shards = sorted(shards, key=lambda s: (s.split, s.path))
+    doc = {"version": MANIFEST_VERSION, "classes": list(classes), "shards": [asdict(s) for s in shards],
+           "config": config}
+    write_atomic(path, json.dumps(doc, indent=1).encode())
+    return path
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Manifest from ``manifest.json`` or from the directory that holds it."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} does not exist (run the ingest first)")
+    doc = json.loads(path.read_text())
+    if doc.get("version") != MANIFEST_VERSION:
+        raise ValueError(f"manifest {path}: version {doc.get('version')!r}, expected {MANIFEST_VERSION}")
+    return Manifest(root=path.parent, classes=list(doc["classes"]), shards=[ShardInfo(**s) for s in doc["shards"]],
+                    config=doc.get("config", {}), version=doc["version"])
+
+
+def verify_manifest(manifest: Manifest) -> list[str]:
+    """Problems found (missing shard files, checksum mismatches, overlapping index ranges); empty when all is well."""
+    problems = []
+    for s in manifest.shards:
+        p = manifest.shard_path(s)
+        if not p.is_file():
+            problems.append(f"shard {s.path}: file missing")
+        elif sha256_file(p) != s.sha256:
+            problems.append(f"shard {s.path}: sha256 mismatch (file changed after the manifest was written)")
+    ranges = sorted((s.min_index, s.max_index, s.path) for s in manifest.shards if s.count > 0)
+    for (_a0, a1, ap), (b0, _b1, bp) in zip(ranges, ranges[1:]):
+        if b0 <= a1:
+            problems.append(f"shards {ap} and {bp}: index ranges overlap")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------------------------
+# reading
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """``dir/000000000012.flac`` -> (``dir/000000000012``, ``flac``): webdataset's first-dot-of-basename rule."""
+    head, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{head}/{stem}" if head else stem), ext
+
+
+def iter_tar_groups(path: str | Path) -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
+    """(key, [(ext, bytes), ...]) for consecutive tar members sharing a key; tar errors propagate after the groups
+    read so far. Non-file members are skipped."""
+    key, entries = None, []
+    with tarfile.open(path, mode="r|") as tar:
+        for m in tar:
+            if not m.isfile():
+                continue
+            k, ext = _split_name(m.name)
+            data = tar.extractfile(m).read()
+            if k != key and key is not None:
+                yield key, entries
+                entries = []
+            key = k
+            entries.append((ext, data))
+    if key is not None:
+        yield key, entries
+
+
+def iter_shard_samples(path: str | Path, health: DataHealth, spec: SampleSpec | None = None,
+                       expected_count: int | None = None,
+                       raw: Iterator[tuple[str, list]] | None = None) -> Iterator[dict[str, Any]]:
+    """Decoded samples of one shard, skipping (and counting in ``health``) every sample that is unusable.
+
+    Yields ``{"key": str, "shard": str, "frame": (H, W, 3) uint8, "audio": (S,) int16, "meta": dict}``.
+    ``raw`` replaces the shard's own (key, entries) groups, e.g. a shuffled list of them.
+    """
+    name = Path(path).name
+    seen_keys: set[str] = set()
+    n = 0
+    try:
+        for key, entries in (raw if raw is not None else iter_tar_groups(path)):
+            n += 1
+            health.seen += 1
+            exts = [e for e, _ in entries]
+            if key in seen_keys or len(set(exts)) != len(exts):
+                health.bad_sample(name, key, "duplicate_key", f"entries {exts} (key seen before in this shard)")
+                continue
+            seen_keys.add(key)
+            sample = _decode_checked(name, key, dict(entries), health, spec)
+            if sample is not None:
+                health.good += 1
+                yield sample
+    except (tarfile.TarError, EOFError, OSError) as e:
+        lost = max(1, (expected_count or 0) - n)
+        health.seen += lost
+        health.bad_sample(name, f"after {n} samples", "corrupt_tar", f"{type(e).__name__}: {e}", count=lost)
+
+
+def _decode_checked(shard: str, key: str, raw: dict[str, bytes], health: DataHealth,
+                    spec: SampleSpec | None) -> dict[str, Any] | None:
+    try:
+        dec, ignored = decode_sample(raw)
+    except DecodeError as e:
+        health.bad_sample(shard, key, e.reason, e.detail)
+        return None
+    for ext in ignored:
+        health.ignored[ext] += 1
+    problem = check_sample(key, dec, spec)
+    if problem is not None:
+        health.bad_sample(shard, key, *problem)
+        return None
+    return {"key": key, "shard": shard, "frame": dec["jpg"], "audio": dec["flac"], "meta": dec["json"]}
+
+
+def iter_samples(manifest: Manifest | str | Path, split: str, max_bad_fraction: float = 0.01,
+                 health: DataHealth | None = None) -> Iterator[dict[str, Any]]:
+    """Every readable sample of ``split``, in manifest order, single process (see :func:`iter_shard_samples`).
+
+    After each shard, raises :class:`data.health.DataHealthError` if more than ``max_bad_fraction`` of the samples
+    seen so far were unusable. Pass ``health`` to read the counts afterwards.
+    """
+    if not isinstance(manifest, Manifest):
+        manifest = read_manifest(manifest)
+    health = health if health is not None else DataHealth()
+    spec = manifest.spec()
+    for info in manifest.split_shards(split):
+        yield from iter_shard_samples(manifest.shard_path(info), health, spec, info.count)
+        health.check(max_bad_fraction, info.path)
+    if health.bad_total:
+        log.warning("split %s: %s", split, health.summary())

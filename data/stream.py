@@ -1,0 +1,196 @@
+"""Shards -> training batches: a Ray Data pipeline for the trainers and a plain DataLoader for debugging/baselines.
+
+Both paths decode whole shards in one Python call (:func:`read_shard_blocks`) into big numpy blocks
+``{"frames": (n, H, W, 3) uint8, "audio": (n, S) int16, "index": (n,) int64, "label": (n,) int64}`` — numeric
+columns only, so ``iter_torch_batches`` works and per-row overhead is paid once per block. The consumer turns a block
+into the decoded-batch format (docs/INTERFACES.md) with :class:`BatchCollate` (ImageNet normalisation + log-mel, in
+torch, per batch).
+
+Trainer usage::
+
+    ds = ray_dataset("shards/", "train", cfg, epoch=None)      # driver: TorchTrainer(datasets={"train": ds})
+    it = ray.train.get_dataset_shard("train")                  # in train_func, once
+    for epoch in range(epochs):
+        for batch in iter_torch_batches(it, cfg, epoch):       # {"frames", "audio", "index", "label"} tensors
+            ...
+
+Shuffling: shard order and in-shard order are permuted with ``(seed, epoch)`` (or afresh on every execution with
+``epoch=None``); the consumer adds a local shuffle buffer seeded with ``seed + epoch``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from avdet.audio import LogMel
+from avdet.config import AudioConfig
+from data.config import StreamConfig
+from data.health import DataHealth, SampleSpec
+from data.shards import Manifest, iter_tar_groups, iter_shard_samples, read_manifest
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FRESH = "*"          # read-task seed meaning "shuffle this shard with fresh randomness"
+
+
+def _shard_order(manifest: Manifest, split: str, cfg: StreamConfig, epoch: int) -> list[tuple[str, int]]:
+    """[(absolute shard path, expected count)] in this epoch's order."""
+    shards = [(str(manifest.shard_path(s)), s.count) for s in manifest.split_shards(split)]
+    if not shards:
+        raise ValueError(f"manifest {manifest.root}: no shards for split {split!r}")
+    if cfg.shuffle:
+        random.Random(f"{cfg.seed}/{epoch}").shuffle(shards)
+    return shards
+
+
+def _raw_in_order(path: str, seed: str | None) -> Iterator[tuple[str, list]]:
+    """The shard's raw samples; all read first and permuted when ``seed`` is given (costs one shard of bytes)."""
+    if seed is None:
+        yield from iter_tar_groups(path)
+        return
+    groups = list(iter_tar_groups(path))
+    random.Random(seed).shuffle(groups)
+    yield from groups
+
+
+def read_shard_blocks(path: str, classes: list[str], spec: SampleSpec | None, block_rows: int,
+                      shuffle_seed: str | None = None, max_bad_fraction: float = 1.0,
+                      expected_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """One shard -> numpy blocks of up to ``block_rows`` samples (module docstring). Unusable samples are skipped
+    and counted; raises DataHealthError when more than ``max_bad_fraction`` of this shard was unusable."""
+    ids = {c: i for i, c in enumerate(classes)}
+    health = DataHealth()
+    buf: list[dict[str, Any]] = []
+    raw = _raw_in_order(path, shuffle_seed) if shuffle_seed is not None else None
+    for s in iter_shard_samples(path, health, spec, expected_count, raw=raw):
+        buf.append(s)
+        if len(buf) == block_rows:
+            yield _stack(buf, ids)
+            buf = []
+    if buf:
+        yield _stack(buf, ids)
+    if health.bad_total:
+        log.warning("shard %s: %s", Path(path).name, health.summary())
+    health.check(max_bad_fraction, Path(path).name)
+
+
+def _stack(samples: list[dict[str, Any]], ids: dict[str, int]) -> dict[str, np.ndarray]:
+    return {"frames": np.stack([s["frame"] for s in samples]),
+            "audio": np.stack([s["audio"] for s in samples]),
+            "index": np.array([s["meta"]["index"] for s in samples], np.int64),
+            "label": np.array([ids.get(s["meta"].get("label"), -1) for s in samples], np.int64)}
+
+
+class BatchCollate:
+    """numpy block ``{"frames": (B,H,W,3) uint8, "audio": (B,S) int16, "index", "label"}`` -> decoded batch
+    ``{"frames": (B,3,H,W) float32 ImageNet-normalised, "audio": (B,1,n_mels,T) float32 log-mel, "index": (B,)
+    int64, "label": (B,) int64}``. Usable as ``collate_fn`` of ``iter_torch_batches`` and of a DataLoader."""
+
+    def __init__(self, audio: AudioConfig):
+        self.audio = audio
+        self._logmel: LogMel | None = None
+        self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
+
+    def __call__(self, block: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        if self._logmel is None:
+            self._logmel = LogMel(self.audio)
+        frames = torch.from_numpy(np.require(block["frames"], requirements=["C", "W"])).permute(0, 3, 1, 2).float()
+        frames = (frames - self.mean) / self.std
+        wave = torch.from_numpy(np.asarray(block["audio"], np.float32)) / 32768.0
+        with torch.no_grad():
+            audio = self._logmel(wave)
+        return {"frames": frames.contiguous(), "audio": audio,
+                "index": torch.from_numpy(np.array(block["index"], np.int64)),
+                "label": torch.from_numpy(np.array(block["label"], np.int64))}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Ray Data path
+
+
+def _read_shards_udf(batch: dict[str, np.ndarray], classes: list[str], spec: SampleSpec | None,
+                     block_rows: int, max_bad_fraction: float) -> Iterator[dict[str, np.ndarray]]:
+    """map_batches UDF: a batch of shard rows ``{"path", "count", "seed"}`` -> numpy sample blocks."""
+    for path, count, seed in zip(batch["path"], batch["count"], batch["seed"]):
+        seed = os.urandom(8).hex() if seed == FRESH else (str(seed) or None)
+        yield from read_shard_blocks(str(path), classes, spec, block_rows, seed, max_bad_fraction, int(count))
+
+
+def ray_dataset(manifest: Manifest | str | Path, split: str, cfg: StreamConfig, epoch: int | None = 0,
+                read_num_cpus: float = 0.5):
+    """``ray.data.Dataset`` of numpy sample blocks of ``split`` (one read task per shard, ``cfg.read_concurrency``
+    at a time). Hand it to a TorchTrainer / ``streaming_split`` and iterate it with :func:`iter_torch_batches`.
+
+    ``epoch=k`` fixes the shard and in-shard order to ``(cfg.seed, k)`` (reproducible; build one per epoch);
+    ``epoch=None`` reshuffles both afresh on every execution, i.e. every epoch of a long-lived Ray Train dataset.
+    ``read_num_cpus`` is the CPU reservation per read task (< 1 so reads fit beside the train workers)."""
+    import ray
+
+    m = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+    fresh = cfg.shuffle and epoch is None
+    items = [{"path": p, "count": c,
+              "seed": FRESH if fresh else f"{cfg.seed}/{epoch}/{Path(p).name}" if cfg.shuffle else ""}
+             for p, c in _shard_order(m, split, cfg, 0 if epoch is None else epoch)]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    if fresh:
+        ds = ds.randomize_block_order()
+    return ds.map_batches(
+        _read_shards_udf, batch_size=1, fn_kwargs={
+            "classes": m.classes, "spec": m.spec(), "block_rows": cfg.shard_block_rows,
+            "max_bad_fraction": cfg.max_bad_fraction},
+        compute=ray.data.TaskPoolStrategy(size=cfg.read_concurrency), num_cpus=read_num_cpus)
+
+
+def iter_torch_batches(source, cfg: StreamConfig, epoch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """Decoded batches from a ``ray.data.Dataset`` or ``DataIterator`` (e.g. ``ray.train.get_dataset_shard``)."""
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
+    class _RayCollate(BatchCollate, NumpyBatchCollateFn):
+        """BatchCollate marked as a numpy collate for Ray (a plain function is deprecated since Ray 2.47)."""
+
+    buffer = cfg.shuffle_buffer if cfg.shuffle and cfg.shuffle_buffer > 0 else None
+    return source.iter_torch_batches(
+        batch_size=cfg.batch_size, collate_fn=_RayCollate(cfg.audio), prefetch_batches=cfg.prefetch_batches,
+        local_shuffle_buffer_size=buffer, local_shuffle_seed=cfg.seed + epoch if buffer else None)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# plain path: torch DataLoader over the same shards
+
+
+class ShardIterable(torch.utils.data.IterableDataset):
+    """Yields decoded batches of ``cfg.batch_size`` (the last of each shard may be smaller); DataLoader workers
+    take shards ``worker_id::num_workers`` of this epoch's order."""
+
+    def __init__(self, manifest: Manifest | str | Path, split: str, cfg: StreamConfig, epoch: int = 0):
+        m = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+        self.shards, self.classes, self.spec = _shard_order(m, split, cfg, epoch), m.classes, m.spec()
+        self.cfg, self.epoch = cfg, epoch
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        collate = BatchCollate(self.cfg.audio)
+        for path, count in self.shards[wid::nw]:
+            seed = f"{self.cfg.seed}/{self.epoch}/{Path(path).name}" if self.cfg.shuffle else None
+            for block in read_shard_blocks(path, self.classes, self.spec, self.cfg.batch_size, seed,
+                                           self.cfg.max_bad_fraction, count):
+                yield collate(block)
+
+
+def plain_loader(manifest: Manifest | str | Path, split: str, cfg: StreamConfig,
+                 epoch: int = 0) -> torch.utils.data.DataLoader:
+    """Single-machine ``DataLoader`` (``cfg.num_workers`` processes) of decoded batches; no Ray."""
+    ds = ShardIterable(manifest, split, cfg, epoch)
+    return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.num_workers,
+                                       persistent_workers=False, prefetch_factor=cfg.prefetch_batches
+                                       if cfg.num_workers > 0 else None)

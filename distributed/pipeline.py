@@ -1,0 +1,160 @@
+"""The whole pipeline as one config and one function: (synthetic data) → ingest → stage 1 → pseudo-annotations →
+detector → evaluation. Each stage is skipped when its artifact is complete (its ``done.json``), so a re-run — or a
+requeued SLURM job — resumes where the last one stopped.
+
+Paths left empty are derived from ``workdir``; values that must agree across stages (audio window, frame size, K)
+have one source and are copied into the stages that need them (:func:`resolve`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from avdet.config import ConfigError, require, save_config
+from data.config import IngestConfig
+from data.synthetic.config import SynthConfig
+from distributed.detector_train import DetectorTrainConfig
+from distributed.evaluate import EvalConfig
+from distributed.pseudo_config import PseudoConfig
+from distributed.stage1_config import Stage1Config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineConfig:
+    """``dataset``: "synthetic" generates the embedded benchmark into ``<workdir>/synthetic`` (the demo);
+    "vggsound" ingests ``videos_dir`` + ``csv`` (VGGSound format) and evaluates on ``gt`` when given.
+    ``num_clusters`` (K) and ``frame_size`` are the single sources for every stage; ``ray_address`` is used by
+    every stage ("local" = a loopback-only Ray on this machine; "auto" = the cluster this job was submitted to)."""
+    workdir: str = "outputs/run"
+    dataset: str = "vggsound"
+    videos_dir: str = ""
+    csv: str = ""
+    gt: str = ""
+    num_clusters: int = 309
+    frame_size: int = 224
+    ray_address: str = "auto"
+    stages: list[str] = field(default_factory=lambda: ["ingest", "stage1", "pseudo", "detector", "evaluate"])
+    synthetic: SynthConfig = field(default_factory=SynthConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    detector: DetectorTrainConfig = field(default_factory=DetectorTrainConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+
+    def check(self) -> None:
+        require(self.dataset in ("synthetic", "vggsound"), "dataset", "must be 'synthetic' or 'vggsound'")
+        require(self.num_clusters >= 1, "num_clusters", "must be >= 1 (K pseudo-classes)")
+        require(self.frame_size >= 32, "frame_size", "must be >= 32")
+        bad = [s for s in self.stages if s not in STAGES]
+        require(not bad, "stages", f"has unknown stages {bad}; known: {list(STAGES)}")
+
+
+STAGES = ("ingest", "stage1", "pseudo", "detector", "evaluate")
+
+
+def missing_vggsound_message(cfg: PipelineConfig) -> str:
+    return (f"dataset=vggsound needs the clips and the CSV: set videos_dir=<folder of <youtube_id>_<start>.mp4> and "
+            f"csv=<vggsound.csv> (got videos_dir={cfg.videos_dir!r}, csv={cfg.csv!r}); optionally gt=<COCO json> "
+            f"for evaluation. To try the pipeline without VGGSound run `make demo` (dataset=synthetic, "
+            f"clusters/local/demo.yaml).")
+
+
+def resolve(cfg: PipelineConfig) -> PipelineConfig:
+    """Fill derived paths and shared values into every stage's config; raises ConfigError when inputs are missing."""
+    w = Path(cfg.workdir).resolve()
+    videos_dir, csv, gt = cfg.videos_dir, cfg.csv, cfg.gt
+    if cfg.dataset == "synthetic":
+        syn = w / "synthetic"
+        videos_dir, csv, gt = str(syn / "videos"), str(syn / "vggsound.csv"), str(syn / "gt_test.json")
+    elif not (videos_dir and csv):
+        raise ConfigError(missing_vggsound_message(cfg))
+    shards, s1, pseudo, det, ev = (str(w / n) for n in ("shards", "stage1", "pseudo", "detector", "report"))
+    manifest = str(Path(shards) / "manifest.json")
+    r = dataclasses.replace
+    audio = cfg.stage1.audio
+    model = r(cfg.stage1.model, num_clusters=cfg.num_clusters, image_size=cfg.frame_size)
+    return r(
+        cfg,
+        videos_dir=videos_dir, csv=csv, gt=gt,
+        synthetic=r(cfg.synthetic, frame_size=max(cfg.synthetic.frame_size, cfg.frame_size)),
+        ingest=r(cfg.ingest, videos_dir=videos_dir, csv=csv, out_dir=shards, frame_size=cfg.frame_size, audio=audio,
+                 ray_address=cfg.ray_address),
+        stage1=r(cfg.stage1, manifest=manifest, out_dir=s1, model=model, ray_address=cfg.ray_address),
+        pseudo=r(cfg.pseudo, stage1_dir=s1, manifest=manifest, out_dir=pseudo, ray_address=cfg.ray_address),
+        detector=r(cfg.detector, pseudo_dir=pseudo, manifest=manifest, out_dir=det, ray_address=cfg.ray_address,
+                   detector=r(cfg.detector.detector, num_classes=cfg.num_clusters)),
+        evaluate=r(cfg.evaluate, manifest=manifest, gt=gt, pseudo_train=str(Path(pseudo) / "pseudo_train.json"),
+                   pseudo_test=str(Path(pseudo) / "pseudo_test.json"),
+                   heatmaps=str(Path(pseudo) / "heatmaps_test.npz"), detector=str(Path(det) / "detector.pt"),
+                   stage1_done=str(Path(s1) / "done.json"), out_dir=ev, dataset=cfg.dataset,
+                   ray_address=cfg.ray_address),
+    )
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict:
+    """Run every stage in ``cfg.stages`` in order (skipping complete ones). Returns {stage: summary} plus
+    per-stage wall times in ``timings_s``; writes ``<workdir>/pipeline.json``."""
+    from data.ingest import ingest
+    from data.synthetic.generate import generate
+    from distributed.detector_train import run_detector_training
+    from distributed.evaluate import run_evaluation
+    from distributed.pseudo import run_pseudo
+    from distributed.stage1 import run_stage1
+
+    cfg = resolve(cfg)
+    w = Path(cfg.workdir)
+    w.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, w / "config.yaml")
+    steps = [("synthetic", lambda: generate(cfg.synthetic, w / "synthetic"))] if cfg.dataset == "synthetic" else []
+    steps += [("ingest", lambda: _ingest(ingest, cfg.ingest)), ("stage1", lambda: run_stage1(cfg.stage1)),
+              ("pseudo", lambda: run_pseudo(cfg.pseudo)), ("detector", lambda: run_detector_training(cfg.detector)),
+              ("evaluate", lambda: run_evaluation(cfg.evaluate) if cfg.gt else {"skipped": "no ground truth (gt)"})]
+    if cfg.ray_address == "local":
+        from data.raylocal import start_local_ray
+        # the dashboard (on 127.0.0.1) serves the state API that Ray Train's placement-group cleaner polls
+        start_local_ray(num_cpus=local_cpus(cfg), include_dashboard=True, dashboard_host="127.0.0.1")
+    results: dict = {"timings_s": {}}
+    for name, step in steps:
+        if name != "synthetic" and name not in cfg.stages:
+            continue
+        t0 = time.perf_counter()
+        log.info("=== %s ===", name)
+        results[name] = step()
+        results["timings_s"][name] = round(time.perf_counter() - t0, 1)
+        log.info("=== %s finished in %.1f s ===", name, results["timings_s"][name])
+        _write_json(w / "pipeline.json", results)
+    return results
+
+
+def local_cpus(cfg: PipelineConfig) -> int:
+    """Logical CPUs for the pipeline's local Ray: the largest stage's workers plus its read tasks. Logical slots,
+    not cores — the stages time-share this machine's cores, but none may starve its own readers."""
+    import os
+
+    read = cfg.stage1.stream.read_concurrency
+    need = max(cfg.ingest.concurrency,
+               cfg.stage1.train.num_workers + read,
+               int(cfg.pseudo.num_actors * cfg.pseudo.actor_cpus + 0.999) + read,
+               int(cfg.detector.num_workers * cfg.detector.cpus_per_worker + 0.999) + read)
+    return max(os.cpu_count() or 1, need)
+
+
+def _ingest(ingest_fn, cfg: IngestConfig) -> dict:
+    done = Path(cfg.out_dir) / "manifest.json"
+    report = Path(cfg.out_dir) / "ingest_report.json"
+    if done.is_file() and report.is_file():
+        log.info("ingest: %s exists; skipping (delete it to re-ingest)", done)
+        return json.loads(report.read_text())
+    return ingest_fn(cfg)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    tmp.replace(path)

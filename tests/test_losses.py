@@ -1,0 +1,71 @@
+"""L_NC against a naive loop, the gathered (multi-process) path against one big batch, the joint loss."""
+import math
+
+import torch
+import torch.nn.functional as F
+
+from avdet.losses import cluster_loss, joint_loss, nce_loss, score_matrix
+
+
+def _emb(b, c=8, h=3, w=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    v = F.normalize(torch.randn(b, c, h, w, generator=g, dtype=torch.float64), dim=1)
+    a = F.normalize(torch.randn(b, c, generator=g, dtype=torch.float64), dim=1)
+    return v, a
+
+
+def _naive_nce(v, a, rho):
+    b = v.shape[0]
+    s = [[max(float(v[i, :, y, x] @ a[j]) for y in range(v.shape[2]) for x in range(v.shape[3])) / rho
+          for j in range(b)] for i in range(b)]
+    l_a2v = -sum(s[i][i] - math.log(sum(math.exp(s[i][j]) for j in range(b))) for i in range(b)) / b
+    l_v2a = -sum(s[i][i] - math.log(sum(math.exp(s[j][i]) for j in range(b))) for i in range(b)) / b
+    return (l_a2v + l_v2a) / 2
+
+
+def test_score_matrix_and_nce_equal_naive():
+    v, a = _emb(6)
+    rho = torch.tensor(0.3, dtype=torch.float64)
+    s = score_matrix(v, a, rho, chunk=4)                     # blocks of 4 frames + a remainder of 2
+    assert s.shape == (6, 6)
+    assert abs(float(s[2, 5]) - max(float(v[2, :, y, x] @ a[5]) for y in range(3) for x in range(4)) / 0.3) < 1e-12
+    assert abs(float(nce_loss(v, a, rho)) - _naive_nce(v, a, 0.3)) < 1e-5
+    s_rect = score_matrix(v[:2], a, rho)
+    assert s_rect.shape == (2, 6) and torch.allclose(s_rect, s[:2])
+
+
+def test_gathered_loss_equals_big_batch_with_gradients():
+    """Two 'ranks' of 4; each computes its loss against the concatenated global batch; the mean equals the
+    single-process loss over 8 and so do the gradients."""
+    v0, a0 = _emb(8, seed=1)
+    rho = torch.tensor(0.2, dtype=torch.float64)
+    v, a = v0.clone().requires_grad_(), a0.clone().requires_grad_()
+    big = nce_loss(v, a, rho)
+    big.backward()
+    vr, ar = v0.clone().requires_grad_(), a0.clone().requires_grad_()
+    shards = [(vr[:4], ar[:4]), (vr[4:], ar[4:])]
+
+    def gather_for(rank):
+        def gather(t):                                        # what an all_gather with gradient returns
+            full = torch.cat([shards[r][0 if t.dim() == 4 else 1] for r in range(2)])
+            return full, rank * 4
+        return gather
+    per_rank = [nce_loss(sv, sa, rho, gather=gather_for(r)) for r, (sv, sa) in enumerate(shards)]
+    mean = (per_rank[0] + per_rank[1]) / 2
+    assert abs(float(mean.detach()) - float(big.detach())) < 1e-10
+    mean.backward()
+    assert torch.allclose(vr.grad, v.grad, atol=1e-10) and torch.allclose(ar.grad, a.grad, atol=1e-10)
+
+
+def test_cluster_and_joint_loss():
+    g = torch.Generator().manual_seed(2)
+    lv, la = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    y = torch.tensor([0, 2, 1, 1, 0])
+    ce = (F.cross_entropy(lv, y) + F.cross_entropy(la, y)) / 2
+    assert torch.allclose(cluster_loss(lv, la, y), ce)
+    v, a = _emb(5)
+    out = {"vis_emb": v.float(), "aud_emb": a.float(), "vis_logits": lv, "aud_logits": la, "rho": torch.tensor(0.07)}
+    loss, parts = joint_loss(out, y, 0.3)
+    nce = nce_loss(v.float(), a.float(), torch.tensor(0.07))
+    assert torch.allclose(loss, 0.3 * nce + 0.7 * ce) and set(parts) == {"loss", "nce", "clust", "rho"}
+    assert abs(parts["loss"] - float(loss)) < 1e-6

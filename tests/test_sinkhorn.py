@@ -1,0 +1,222 @@
+"""Sinkhorn-Knopp: the plan meets the marginals, labels follow the plan, distributed == single process."""
+import math
+import threading
+
+import pytest
+import torch
+
+from avdet.sinkhorn import (column_marginal, label_histogram, plan_column_sums, rank_marginal, sinkhorn_knopp,
+                            sparse_sinkhorn_knopp)
+
+
+def _random_log_p(n, k, scale=3.0, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.log_softmax(torch.randn(n, k, generator=g, dtype=torch.float64) * scale, dim=1).to(dtype)
+
+
+def _assert_plan_meets(log_p, lam, c, res, tol):
+    assert res.converged, (res.iters, res.col_error)
+    cols = plan_column_sums(log_p, lam, res)
+    assert torch.allclose(cols, c, rtol=tol * 1.01, atol=0)
+    rows = torch.logsumexp(lam * log_p.double().clamp(min=-1000 / lam) + res.log_v, dim=1) + res.log_u.double()
+    assert torch.allclose(rows, torch.full_like(rows, -math.log(log_p.shape[0])), atol=1e-4)
+
+
+def test_column_marginal_kinds():
+    u = column_marginal(7)
+    assert u.dtype == torch.float64 and torch.allclose(u, torch.full((7,), 1 / 7, dtype=torch.float64))
+    g = column_marginal(30, "gaussian", std=0.5)
+    assert abs(float(g.sum()) - 1) < 1e-12 and bool(torch.all(g > 0))
+    assert bool(torch.all(g[:-1] >= g[1:])) and 6.0 < float(g[0] / g[-1]) < 8.0
+    r = rank_marginal(g, torch.arange(30.0))                      # cluster 29 currently largest
+    assert float(r[29]) == float(g[0]) and float(r[0]) == float(g[-1])
+    with pytest.raises(ValueError):
+        column_marginal(3, "zipf")
+
+
+@pytest.mark.parametrize("n,k,kind,lam", [(600, 6, "uniform", 25.0), (400, 20, "gaussian", 10.0),
+                                          (5, 8, "gaussian", 20.0), (30, 20, "uniform", 4.0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_plan_meets_marginals(n, k, kind, lam, dtype):
+    """Random inputs, N < K with a non-uniform marginal, K > N/2; both precisions."""
+    log_p = _random_log_p(n, k, dtype=dtype)
+    c = column_marginal(k, kind)
+    res = sinkhorn_knopp(log_p, lam, c, max_iters=3000, tol=1e-4, dtype=dtype)
+    _assert_plan_meets(log_p, lam, c, res, 1e-4)
+    assert res.labels.shape == (n,) and res.labels.dtype == torch.int64
+
+
+def test_argmax_labels_near_marginal():
+    n, k, lam = 4000, 10, 30.0
+    log_p = _random_log_p(n, k, scale=2.0, seed=1)
+    c = column_marginal(k, "gaussian")
+    res = sinkhorn_knopp(log_p, lam, c, max_iters=2000, tol=1e-4)
+    hist = label_histogram(res.labels, k) / n
+    assert torch.all((hist - c).abs() <= 0.03 * c + 2 / n), (hist, c)
+
+
+def test_peaked_one_hot_inputs():
+    """Every sample certain of cluster 0 (log p = −inf elsewhere): finite, the plan still meets the marginal."""
+    n, k = 60, 4
+    log_p = torch.full((n, k), -math.inf)
+    log_p[:, 0] = 0.0
+    for dtype in (torch.float32, torch.float64):
+        res = sinkhorn_knopp(log_p, 25.0, column_marginal(k), max_iters=50, tol=1e-4, dtype=dtype)
+        assert torch.isfinite(res.log_v).all() and torch.isfinite(res.log_u).all()
+        _assert_plan_meets(log_p, 25.0, column_marginal(k), res, 1e-4)
+
+
+def test_one_hot_balanced_gives_those_labels():
+    n, k = 40, 4
+    y = torch.arange(n) % k
+    log_p = torch.full((n, k), -math.inf)
+    log_p[torch.arange(n), y] = 0.0
+    res = sinkhorn_knopp(log_p, 20.0, column_marginal(k), max_iters=20, tol=1e-6)
+    assert torch.equal(res.labels, y)
+
+
+def test_exact_ties_plan():
+    log_p = torch.full((12, 3), -math.log(3))                   # every entry tied
+    res = sinkhorn_knopp(log_p, 20.0, column_marginal(3, "gaussian"), max_iters=100, tol=1e-6)
+    _assert_plan_meets(log_p, 20.0, column_marginal(3, "gaussian"), res, 1e-6)
+
+
+@pytest.mark.parametrize("perm", [[1, 0], [2, 0, 1]])
+def test_permutation_by_hand(perm):
+    """K = N, uniform marginal, each sample prefers a distinct cluster -> that permutation."""
+    k = len(perm)
+    p = torch.full((k, k), 0.1 / (k - 1))
+    p[torch.arange(k), torch.tensor(perm)] = 0.9
+    res = sinkhorn_knopp(p.log(), 1.0, column_marginal(k), max_iters=50, tol=1e-8, dtype=torch.float64)
+    assert res.labels.tolist() == perm
+    assert res.iters == 1                                        # already doubly stochastic
+
+
+def test_2x2_transport_by_hand():
+    """λ=1, p = [[.8,.2],[.6,.4]], uniform: the plan is diag(u) p diag(v) with rows/cols 1/2; check Q exactly."""
+    p = torch.tensor([[0.8, 0.2], [0.6, 0.4]], dtype=torch.float64)
+    res = sinkhorn_knopp(p.log(), 1.0, column_marginal(2), max_iters=500, tol=1e-12, dtype=torch.float64)
+    q = torch.exp(p.log() + res.log_u[:, None] + res.log_v[None])
+    # the 2x2 doubly stochastic scaling of p: q11 = q22 = x, q12 = q21 = 1/2 − x with x(x)/((1/2−x)^2) = .8·.4/(.2·.6)
+    r = math.sqrt(0.8 * 0.4 / (0.2 * 0.6))
+    x = 0.5 * r / (1 + r)
+    assert torch.allclose(q, torch.tensor([[x, 0.5 - x], [0.5 - x, x]], dtype=torch.float64), atol=1e-10)
+    assert res.labels.tolist() == [0, 1]
+
+
+class FakeGroup:
+    """World of ``size`` threads; ``reduce(rank)`` returns an all-reduce function for that rank (barrier-based)."""
+
+    def __init__(self, size):
+        self.size, self.slots, self.barrier = size, [None] * size, threading.Barrier(size)
+
+    def reduce(self, rank):
+        def fn(t, op):
+            self.slots[rank] = t.clone()
+            self.barrier.wait()
+            stack = torch.stack(self.slots)
+            out = stack.sum(0) if op == "sum" else stack.amax(0)
+            self.barrier.wait()
+            return out
+        return fn
+
+    def run(self, fn, shards):
+        results, errors = [None] * self.size, []
+
+        def target(r):
+            try:
+                results[r] = fn(shards[r], self.reduce(r))
+            except BaseException as e:   # noqa: BLE001 - re-raised in the main thread
+                errors.append(e)
+                self.barrier.abort()
+        threads = [threading.Thread(target=target, args=(r,)) for r in range(self.size)]
+        [t.start() for t in threads]
+        [t.join(60) for t in threads]
+        if errors:
+            raise errors[0]
+        return results
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_distributed_equals_single_process(dtype):
+    n, k, lam = 301, 12, 20.0
+    log_p = _random_log_p(n, k, seed=3, dtype=dtype)
+    c = column_marginal(k, "gaussian")
+    single = sinkhorn_knopp(log_p, lam, c, max_iters=500, tol=1e-5, dtype=dtype)
+    shards = [log_p[:100], log_p[100:101], log_p[101:]]            # uneven, one rank with one row
+    parts = FakeGroup(3).run(lambda x, red: sinkhorn_knopp(x, lam, c, 500, 1e-5, reduce=red, dtype=dtype), shards)
+    assert len({p.iters for p in parts}) == 1 and len({p.col_error for p in parts}) == 1   # ranks in lockstep
+    assert torch.equal(torch.cat([p.labels for p in parts]), single.labels)
+    if dtype == torch.float64:
+        assert parts[0].iters == single.iters
+        assert torch.allclose(parts[0].log_v, single.log_v, atol=1e-9)
+    else:   # float32 row sums round differently per split: the stop may come a few passes apart
+        assert abs(parts[0].iters - single.iters) <= 0.1 * single.iters
+        assert torch.allclose(parts[0].log_v, single.log_v, atol=1e-3)
+
+
+def test_distributed_rank_with_no_rows():
+    log_p = _random_log_p(50, 5, seed=4, dtype=torch.float64)
+    c = column_marginal(5)
+    single = sinkhorn_knopp(log_p, 10.0, c, 300, 1e-6, dtype=torch.float64)
+    parts = FakeGroup(2).run(lambda x, red: sinkhorn_knopp(x, 10.0, c, 300, 1e-6, reduce=red,
+                                                           dtype=torch.float64), [log_p, log_p[:0]])
+    assert torch.equal(parts[0].labels, single.labels) and parts[1].labels.numel() == 0
+
+
+def test_sparse_with_all_candidates_equals_dense():
+    n, k, lam = 200, 7, 15.0
+    log_p = _random_log_p(n, k, seed=5, dtype=torch.float64)
+    c = column_marginal(k, "gaussian")
+    dense = sinkhorn_knopp(log_p, lam, c, 500, 1e-6, dtype=torch.float64)
+    idx = torch.arange(k).repeat(n, 1)
+    sparse = sparse_sinkhorn_knopp(idx, log_p, k, lam, c, 500, 1e-6, dtype=torch.float64)
+    assert sparse.iters == dense.iters and torch.equal(sparse.labels, dense.labels)
+    assert torch.allclose(sparse.log_v, dense.log_v, atol=1e-9)
+    # the same with shuffled candidate order
+    perm = torch.stack([torch.randperm(k, generator=torch.Generator().manual_seed(i)) for i in range(n)])
+    shuffled = sparse_sinkhorn_knopp(perm, log_p.gather(1, perm), k, lam, c, 500, 1e-6, dtype=torch.float64)
+    assert torch.equal(shuffled.labels, dense.labels)
+
+
+def test_sparse_topk_meets_marginal_and_distributed():
+    n, k, kk, lam = 500, 20, 4, 10.0
+    g = torch.Generator().manual_seed(6)
+    idx = torch.stack([torch.randperm(k, generator=g)[:kk] for _ in range(n)])
+    lp = torch.log_softmax(torch.randn(n, kk, generator=g) * 2, dim=1)
+    c = column_marginal(k)
+    res = sparse_sinkhorn_knopp(idx, lp, k, lam, c, 2000, 1e-4)
+    assert res.converged
+    cols = torch.zeros(k, dtype=torch.float64).index_add_(
+        0, idx.reshape(-1), torch.exp(lam * lp.double() + res.log_v[idx] + res.log_u.double()[:, None]).reshape(-1))
+    assert torch.allclose(cols, c, rtol=1.01e-4, atol=0)
+    assert bool((res.labels[:, None] == idx).any(dim=1).all())
+    parts = FakeGroup(2).run(lambda s, red: sparse_sinkhorn_knopp(s[0], s[1], k, lam, c, 2000, 1e-4, reduce=red),
+                             [(idx[:250], lp[:250]), (idx[250:], lp[250:])])
+    assert torch.equal(torch.cat([p.labels for p in parts]), res.labels)
+
+
+def test_sparse_unreachable_cluster_reports_not_converged():
+    idx = torch.tensor([[0, 1], [1, 0], [0, 1]])
+    res = sparse_sinkhorn_knopp(idx, torch.full((3, 2), -math.log(2)), 3, 10.0, column_marginal(3), 20, 1e-4)
+    assert not res.converged and torch.isfinite(res.log_v).all()
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match="col_marginal"):
+        sinkhorn_knopp(torch.zeros(4, 3), 10.0, torch.tensor([0.5, 0.5, 0.5]), 10, 1e-3)
+    bad = torch.zeros(4, 3)
+    bad[1, 1] = float("nan")
+    with pytest.raises(FloatingPointError):
+        sinkhorn_knopp(bad, 10.0, column_marginal(3), 10, 1e-3)
+
+
+def test_warm_start_schedule_and_budget():
+    log_p = _random_log_p(200, 6, seed=7, dtype=torch.float64)
+    c = column_marginal(6)
+    short = sinkhorn_knopp(log_p, 20.0, c, max_iters=1, tol=1e-4, dtype=torch.float64)
+    assert not short.converged and short.lam < 20.0                # budget ran out during the warm start
+    warm = sinkhorn_knopp(log_p, 20.0, c, 2000, 1e-8, dtype=torch.float64)
+    cold = sinkhorn_knopp(log_p, 20.0, c, 2000, 1e-8, dtype=torch.float64, anneal=False)
+    assert warm.lam == cold.lam == 20.0 and torch.equal(warm.labels, cold.labels)
+    assert torch.allclose(warm.log_v - warm.log_v.mean(), cold.log_v - cold.log_v.mean(), atol=1e-6)

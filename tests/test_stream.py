@@ -1,0 +1,106 @@
+"""data.stream: Ray Data on 127.0.0.1 and the plain DataLoader yield every sample once, in the decoded-batch format."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from tests.shardkit import write_dataset
+
+from avdet.config import AudioConfig
+from data.config import StreamConfig
+from data.stream import IMAGENET_MEAN, IMAGENET_STD, iter_torch_batches, plain_loader, ray_dataset
+
+COUNTS = [40, 30, 25, 33]
+N = sum(COUNTS)
+AUDIO = AudioConfig(window_s=0.1)          # 1600 samples -> T = 11 log-mel frames
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    from data.raylocal import start_local_ray
+    import ray
+    start_local_ray(num_cpus=2, object_store_memory=300 * 2**20)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards")
+    write_dataset(out, COUNTS)
+    return out
+
+
+def _cfg(**kw):
+    return StreamConfig(**{"batch_size": 16, "shard_block_rows": 10, "shuffle_buffer": 32, "audio": AUDIO, **kw})
+
+
+def _check_batch(b):
+    B = len(b["index"])
+    assert 1 <= B <= 16
+    assert b["frames"].dtype == torch.float32 and b["frames"].shape == (B, 3, 16, 16)
+    assert b["audio"].dtype == torch.float32 and b["audio"].shape == (B, 1, 64, 11)
+    assert b["index"].dtype == torch.int64 and b["label"].dtype == torch.int64
+    idx = b["index"].numpy()
+    assert np.array_equal(b["label"].numpy(), idx % 2)                   # sample j has class CLASSES[j % 2]
+    v = ((idx * 37) % 256).astype(np.float32) / 255.0                    # shardkit frames are constant
+    want = (v[:, None] - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    got = b["frames"].mean(dim=(2, 3)).numpy()
+    assert np.abs(got - want).max() < 0.05                               # JPEG tolerance
+    assert torch.isfinite(b["audio"]).all()
+
+
+def test_two_workers_see_every_sample_exactly_once(shards, ray_local):
+    its = ray_dataset(shards, "train", _cfg()).streaming_split(2, equal=False)
+    seen: list[list[int]] = [[], []]
+
+    def consume(k):
+        for b in iter_torch_batches(its[k], _cfg(), epoch=0):
+            _check_batch(b)
+            seen[k].extend(b["index"].tolist())
+    threads = [threading.Thread(target=consume, args=(k,)) for k in range(2)]
+    [t.start() for t in threads]
+    [t.join(timeout=120) for t in threads]
+    a, b = seen
+    assert len(a) + len(b) == N and set(a) | set(b) == set(range(N)) and not set(a) & set(b)
+
+
+def test_ray_epochs_are_complete_and_shuffled_per_epoch(shards, ray_local):
+    orders = []
+    for epoch in (0, 1):
+        batches = list(iter_torch_batches(ray_dataset(shards, "train", _cfg(), epoch=epoch), _cfg(), epoch))
+        orders.append([i for b in batches for i in b["index"].tolist()])
+    assert all(sorted(o) == list(range(N)) for o in orders)
+    assert orders[0] != orders[1] and orders[0] != list(range(N))
+
+
+def test_ray_dataset_reshuffles_every_execution_with_epoch_none(shards, ray_local):
+    ds = ray_dataset(shards, "train", _cfg(shuffle_buffer=0), epoch=None)
+    orders = [[i for b in iter_torch_batches(ds, _cfg(shuffle_buffer=0)) for i in b["index"].tolist()]
+              for _ in range(2)]
+    assert all(sorted(o) == list(range(N)) for o in orders) and orders[0] != orders[1]
+
+
+def test_plain_loader_two_workers_every_sample_once(shards):
+    got = []
+    for b in plain_loader(shards, "train", _cfg(num_workers=2)):
+        _check_batch(b)
+        got.extend(b["index"].tolist())
+    assert sorted(got) == list(range(N))
+
+
+def test_plain_loader_order_is_seeded_per_epoch(shards):
+    order = lambda epoch, seed=0: [i for b in plain_loader(shards, "train", _cfg(num_workers=0, seed=seed), epoch)  # noqa: E731
+                                   for i in b["index"].tolist()]
+    assert order(0) == order(0) and order(0) != order(1) and order(0) != order(0, seed=1)
+    unshuffled = [i for b in plain_loader(shards, "train", _cfg(num_workers=0, shuffle=False))
+                  for i in b["index"].tolist()]
+    assert unshuffled == list(range(N))
+
+
+def test_unknown_split_is_an_error(shards):
+    with pytest.raises(ValueError, match="no shards for split 'val'"):
+        plain_loader(shards, "val", _cfg())
