@@ -210,7 +210,8 @@ def setup_logging(rank: int | None = None, level: int = logging.INFO) -> logging
     rank = get_rank() if rank is None else rank
     root = logging.getLogger()
     for h in list(root.handlers):
-        if getattr(h, "_avdet_rank_handler", False):
+        # ours from an earlier call, and plain console handlers (a Ray worker installs one): each record once
+        if getattr(h, "_avdet_rank_handler", False) or type(h) is logging.StreamHandler:
             root.removeHandler(h)
     handler = logging.StreamHandler()
     handler._avdet_rank_handler = True

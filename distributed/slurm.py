@@ -51,6 +51,8 @@ class SlurmConfig:
     tasks_per_node: int = 1          # Ray nodes per SLURM node (1 on real clusters; 2 tests rendezvous on one node)
     gpus_per_node: int = 0
     cpus_per_task: int = 2
+    ray_cpus: int = 0                # logical CPUs each Ray node advertises; 0 = cpus_per_task (more lets train
+                                     # workers and their read tasks share cores on small nodes)
     mem_gb: int = 0                  # 0 = partition default
     partition: str = ""              # "" = cluster default
     time_min: int = 60
@@ -75,6 +77,7 @@ class SlurmConfig:
         require(self.gpus_per_node >= 0, "gpus_per_node", "must be >= 0")
         require(self.gpus_per_node % self.tasks_per_node == 0, "gpus_per_node", "must divide by tasks_per_node")
         require(self.cpus_per_task >= 1, "cpus_per_task", "must be >= 1")
+        require(self.ray_cpus >= 0, "ray_cpus", "must be >= 0 (0 = cpus_per_task)")
         require(self.mem_gb >= 0, "mem_gb", "must be >= 0")
         require(self.time_min >= 1, "time_min", "must be >= 1")
         require(self.max_retries >= 0, "max_retries", "must be >= 0")
@@ -156,7 +159,7 @@ class RayJob(submitit.helpers.Checkpointable):
     def _run_head(self, rdv: Path, tmp: Path, node_ip: str, num_tasks: int) -> dict:
         cfg = self.cfg
         gpus = cfg.gpus_per_node // cfg.tasks_per_node
-        self._node = raycluster.start_head(tmp, cfg.cpus_per_task, gpus, port=cfg.ray_port or None,
+        self._node = raycluster.start_head(tmp, cfg.ray_cpus or cfg.cpus_per_task, gpus, port=cfg.ray_port or None,
                                            dashboard_port=cfg.ray_dashboard_port or None, node_ip=node_ip,
                                            token_path=raycluster.write_token(rdv / "auth_token"))
         _write_json(rdv / "head.json", {"address": self._node.address, "token_path": str(self._node.token_path),
@@ -179,7 +182,7 @@ class RayJob(submitit.helpers.Checkpointable):
         cfg = self.cfg
         _wait_file(rdv / "head.json", cfg.rendezvous_timeout_s, f"task {rank} waiting for the Ray head")
         head = json.loads((rdv / "head.json").read_text())
-        self._node = raycluster.start_worker(head["address"], tmp, cfg.cpus_per_task,
+        self._node = raycluster.start_worker(head["address"], tmp, cfg.ray_cpus or cfg.cpus_per_task,
                                              cfg.gpus_per_node // cfg.tasks_per_node, node_ip=node_ip,
                                              token_path=head["token_path"])
         (rdv / f"worker-{rank}.ready").touch()

@@ -27,8 +27,9 @@ def main(argv: list[str]) -> dict:
         results = run_pipeline(cfg)
     except ConfigError as e:
         sys.exit(f"full_vggsound: {e}")
-    print(json.dumps({"workdir": cfg.workdir, "timings_s": results["timings_s"],
-                      "headline": results.get("evaluate", {}).get("headline", {})}, indent=1))
+    ev = results.get("evaluate", {})
+    print(json.dumps({"workdir": cfg.workdir, "timings_s": results["timings_s"], "report": ev.get("report"),
+                      "headline": {k: v for k, v in ev.items() if k.startswith(("map_", "test_"))}}, indent=1))
     return results
 
 

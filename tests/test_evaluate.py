@@ -103,7 +103,7 @@ def write_pseudo(root: Path) -> tuple[Path, Path]:
 def write_extras(root: Path) -> dict:
     yy, xx = np.mgrid[0:8, 0:8]
     maps = np.stack([np.exp(-((xx - 2 - j) ** 2 + (yy - 3) ** 2) / 4.0) for j in range(len(OBJECTS))])
-    np.savez(root / "heatmaps_test.npz", indices=np.arange(BASE, BASE + len(OBJECTS)), heatmaps=maps.astype(np.float32),
+    np.savez(root / "heatmaps_test.npz", index=np.arange(BASE, BASE + len(OBJECTS)), heatmap=maps.astype(np.float32),
              boxes=np.tile([0.0, 0.0, 10.0, 10.0], (len(OBJECTS), 1)))
     (root / "stage1").mkdir()
     (root / "stage1" / "done.json").write_text(json.dumps({"metrics": [

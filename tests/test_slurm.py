@@ -88,3 +88,15 @@ def test_profiles_load_and_choose_executor_explicitly(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))   # no sbatch: a clear error, never a silent fallback
     with pytest.raises(RuntimeError, match="sbatch"):
         make_executor(load_config(SlurmConfig, None, [f"log_dir={tmp_path}"]))
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_on_real_slurm_returns_its_metrics(slurm_cluster, tmp_path):
+    """The real job, jobs/full_vggsound.py, inside a SLURM allocation with Ray started by the launcher."""
+    workdir = tmp_path / "run"
+    argv = ["--config", str(ROOT / "clusters" / "local" / "pipeline_tiny.yaml"), f"workdir={workdir}",
+            "ray_address=auto"]
+    metrics = launch("jobs.full_vggsound:main", argv, _cfg(tmp_path, ray_cpus=4, time_min=20))
+    assert set(metrics["timings_s"]) == {"synthetic", "ingest", "stage1", "pseudo", "detector", "evaluate"}
+    assert (workdir / "detector" / "detector.pt").is_file()
+    assert metrics["evaluate"]["map_50"] is not None and 0.0 <= metrics["evaluate"]["map_50"] <= 1.0
