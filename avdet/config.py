@@ -323,6 +323,10 @@ class DetectorConfig:
     fg_iou: float = 0.5
     backbone_weights: str | None = None
     trainable_backbone_layers: int = 5
+    # RoI samples per image for the box head (torchvision: 512). With one pseudo-box per frame nearly all are
+    # background; 128 makes a CPU step ~3.6x faster at 128 px (measured, see README).
+    box_batch_size_per_image: int = 512
+    rpn_post_nms_top_n_train: int = 2000
 
     def check(self) -> None:
         require(self.backbone in ("resnet50_fpn", "mobilenet_v3_fpn"), "backbone",
@@ -330,6 +334,8 @@ class DetectorConfig:
         require(self.num_classes >= 1, "num_classes", "must be >= 1")
         require(0.0 < self.bg_iou <= 0.7, "bg_iou", "must be in (0, 0.7]")
         require(self.min_size >= 32 and self.max_size >= self.min_size, "min_size", "must be >= 32 and <= max_size")
+        require(self.box_batch_size_per_image >= 1, "box_batch_size_per_image", "must be >= 1")
+        require(self.rpn_post_nms_top_n_train >= 1, "rpn_post_nms_top_n_train", "must be >= 1")
 
 
 @dataclass

@@ -49,6 +49,8 @@ def detector_spec(cfg: DetectorConfig) -> dict:
         "num_classes": int(cfg.num_classes) + 1,          # K pseudo-classes + background (label 0)
         "min_size": int(cfg.min_size), "max_size": int(cfg.max_size),
         "box_fg_iou_thresh": float(cfg.fg_iou), "box_bg_iou_thresh": float(cfg.bg_iou),
+        "box_batch_size_per_image": int(cfg.box_batch_size_per_image),
+        "rpn_post_nms_top_n_train": int(cfg.rpn_post_nms_top_n_train),
     }
     return {"builder": BUILDERS[cfg.backbone], "kwargs": kwargs}
 

@@ -1,0 +1,324 @@
+"""Pseudo-annotation: the stage-1 model labels every frame with one box and one pseudo-class (paper §3.2).
+
+Ray Data streams each split's shards (:func:`data.stream.ray_dataset`, unshuffled) through a pool of
+``num_actors`` :class:`PseudoLabeler` actors (``map_batches`` with an ``ActorPoolStrategy``); each actor holds the
+stage-1 ``AVModel`` and returns, per frame, the self-label of :func:`avdet.selflabels.self_labels` and the grid
+heatmap. The driver joins the results to the samples' metadata (read from the shards' ``json`` members) by index.
+
+Artifacts under ``out_dir`` (each written to a temp file, then renamed; ``done.json`` last):
+
+- ``pseudo_<split>.json`` — COCO. images ``{id: sample index, file_name: "<shard path rel. to the manifest>#<key>",
+  width, height, video_id, timestamp, true_label (class id, -1 unknown; evaluation only)}``; annotations
+  ``{id, image_id, bbox [x, y, w, h] (frame pixels), category_id = pseudo-class + 1, score = confidence,
+  heatmap_score = max_u h_u, peakiness, area, iscrowd: 0}``; categories ``[{id: k+1, name: "cluster<k>"}]``;
+  ``info`` holds the split's statistics. Frames below ``selflabel.min_confidence`` keep their image entry but get
+  no annotation (counted as filtered).
+- ``heatmaps_<split>.npz`` — ``index (N,)``, ``heatmap (N, h, w)``, ``box (N, 4)`` xyxy, ``cls (N,)``,
+  ``confidence (N,)``, ``frame (N, H, W, 3) uint8`` for up to ``num_heatmaps`` frames (no pickled objects).
+- ``stats.json`` — per split and overall: counts, class histogram, box-area-fraction quantiles, filtered fraction,
+  seconds, frames/s.  ``config.yaml`` — the resolved config.  ``done.json`` — the summary returned.
+
+Re-running a complete stage returns its ``done.json``; a split whose json and npz exist is not recomputed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from avdet.config import SelfLabelConfig, from_dict, load_config, replace, save_config, to_dict
+from avdet.model import AVModel
+from avdet.selflabels import self_labels
+from data.raylocal import connect_ray
+from data.schema import DecodeError, decode_image, decode_json
+from data.shards import Manifest, read_manifest
+from data.stream import BatchCollate, ray_dataset
+from distributed.pseudo_config import PseudoConfig
+from distributed.stage1_config import Stage1Config
+
+log = logging.getLogger(__name__)
+
+DONE = "done.json"
+AREA_QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+_COLUMNS = ("index", "label", "box", "cls", "confidence", "score", "peakiness", "height", "width")
+
+
+def write_atomic(path: Path, write) -> Path:
+    """Call ``write(file_object)`` on a hidden temp file next to ``path``, then rename it to ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_json(path: Path, doc) -> Path:
+    return write_atomic(path, lambda f: f.write(json.dumps(doc, indent=1).encode()))
+
+
+def stage1_config(stage1_dir: str | Path) -> Stage1Config:
+    """The resolved stage-1 config (``config.yaml``); checks that ``model.pt`` is there too."""
+    d = Path(stage1_dir)
+    for name in ("model.pt", "config.yaml"):
+        if not (d / name).is_file():
+            raise FileNotFoundError(f"stage-1 artifact {d / name} is missing (run stage 1 first, or fix stage1_dir)")
+    return load_config(Stage1Config, d / "config.yaml")
+
+
+def load_stage1(stage1_dir: str | Path) -> tuple[Stage1Config, AVModel]:
+    """The stage-1 config (``config.yaml``) and model (``model.pt``, plain state_dict) in eval mode."""
+    d = Path(stage1_dir)
+    cfg = stage1_config(d)
+    model = AVModel(cfg.model)
+    model.load_state_dict(torch.load(d / "model.pt", map_location="cpu", weights_only=True))
+    return cfg, model.eval()
+
+
+class PseudoLabeler:
+    """Ray Data actor: numpy block ``{"frames" (B,H,W,3) uint8, "audio" (B,S) int16, "index", "label"}`` ->
+    ``{"index", "label" (B,) int64, "box" (B,4) float32 xyxy, "cls" (B,) int64, "confidence", "score",
+    "peakiness" (B,) float32, "height", "width" (B,) int64, "heatmap" (B,h,w) float32}``: every frame, unfiltered
+    (the driver applies ``min_confidence`` so that it can count what it drops)."""
+
+    def __init__(self, stage1_dir: str, selflabel: dict, torch_threads: int = 1):
+        torch.set_num_threads(torch_threads)
+        cfg, self.model = load_stage1(stage1_dir)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device)
+        self.collate = BatchCollate(cfg.audio)
+        self.selflabel = replace(from_dict(SelfLabelConfig, selflabel), min_confidence=0.0)
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        dec = self.collate(batch)
+        out = self.model(dec["frames"].to(self.device), dec["audio"].to(self.device))
+        heat = self.model.heatmap(out["vis_emb"], out["aud_emb"]).float().cpu()
+        n, h, w = batch["frames"].shape[:3]
+        recs = self_labels(heat, out["vis_logits"], out["aud_logits"], self.selflabel, (h, w))
+        if [r["index"] for r in recs] != list(range(n)):
+            raise RuntimeError(f"self_labels returned {len(recs)} records for a batch of {n} at min_confidence 0")
+        col = lambda k, dt: np.array([r[k] for r in recs], dtype=dt)  # noqa: E731
+        return {"index": np.asarray(batch["index"], np.int64), "label": np.asarray(batch["label"], np.int64),
+                "box": col("box", np.float32).reshape(n, 4), "cls": col("cls", np.int64),
+                "confidence": col("confidence", np.float32), "score": col("score", np.float32),
+                "peakiness": col("peakiness", np.float32), "height": np.full(n, h, np.int64),
+                "width": np.full(n, w, np.int64), "heatmap": heat.numpy()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sample metadata, read straight from the shards (json members only; never unpickled)
+
+
+def _members(manifest: Manifest, split: str, want: str):
+    """(shard rel. path, key, bytes) of every ``<key>.<want>`` member of ``split``'s shards; unreadable shards are
+    logged and skipped (what was read before the error is kept)."""
+    for info in manifest.split_shards(split):
+        try:
+            with tarfile.open(manifest.shard_path(info), "r:") as tar:
+                for m in tar:
+                    stem, _, ext = m.name.rpartition("/")[2].partition(".")
+                    if m.isfile() and ext == want:
+                        yield info.path, stem, tar.extractfile(m).read()
+        except (tarfile.TarError, OSError, EOFError) as e:
+            log.warning("shard %s: unreadable while reading %s members (%s); kept the samples read before it",
+                        info.path, want, e)
+
+
+def read_split_meta(manifest: Manifest, split: str) -> dict[int, dict]:
+    """index -> ``{"file_name": "<shard>#<key>", "video_id", "timestamp"}`` for every sample of ``split``."""
+    out: dict[int, dict] = {}
+    for shard, key, data in _members(manifest, split, "json"):
+        try:
+            meta = decode_json(data)
+            index = int(meta["index"])
+        except (DecodeError, KeyError, TypeError, ValueError) as e:
+            log.warning("shard %s: sample %s has unusable json (%s); it gets no image entry", shard, key, e)
+            continue
+        out[index] = {"file_name": f"{shard}#{key}", "video_id": meta.get("video_id"),
+                      "timestamp": meta.get("timestamp")}
+    return out
+
+
+def read_frames(manifest: Manifest, file_names: list[str]) -> dict[str, np.ndarray]:
+    """``"<shard>#<key>"`` -> (H, W, 3) uint8 frame, one open per shard involved."""
+    by_shard: dict[str, set[str]] = {}
+    for name in file_names:
+        shard, _, key = name.partition("#")
+        by_shard.setdefault(shard, set()).add(key)
+    out = {}
+    for shard, keys in by_shard.items():
+        with tarfile.open(manifest.root / shard, "r:") as tar:
+            for key in sorted(keys):
+                out[f"{shard}#{key}"] = decode_image(tar.extractfile(f"{key}.jpg").read())
+    return out
+
+
+def heatmap_indices(indices: list[int], n: int) -> set[int]:
+    """Up to ``n`` indices evenly spaced over the sorted ``indices`` (deterministic)."""
+    idx = sorted(indices)
+    if n <= 0 or not idx:
+        return set()
+    pos = np.unique(np.linspace(0, len(idx) - 1, min(n, len(idx))).round().astype(int))
+    return {idx[p] for p in pos}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one split
+
+
+def _infer(manifest: Manifest, split: str, cfg: PseudoConfig, audio, keep: set[int]):
+    """Run the actor pool over ``split``; returns (columns of every frame, {index: heatmap} for ``keep``)."""
+    import ray
+
+    ds = ray_dataset(manifest, split, cfg.stream_config(audio))
+    ds = ds.map_batches(
+        PseudoLabeler, batch_size=cfg.batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+        fn_constructor_kwargs={"stage1_dir": str(Path(cfg.stage1_dir).resolve()),
+                               "selflabel": to_dict(cfg.selflabel), "torch_threads": cfg.torch_threads},
+        num_cpus=cfg.actor_cpus, num_gpus=cfg.actor_gpus or None)
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in _COLUMNS}
+    heat: dict[int, np.ndarray] = {}
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for k in _COLUMNS:
+            cols[k].append(batch[k])
+        for i, index in enumerate(batch["index"].tolist()):
+            if index in keep:
+                heat[index] = batch["heatmap"][i]
+    if not cols["index"]:
+        raise RuntimeError(f"pseudo-annotation: split {split!r} of {manifest.root} produced no frames")
+    merged = {k: np.concatenate(v) for k, v in cols.items()}
+    order = np.argsort(merged["index"], kind="stable")
+    return {k: v[order] for k, v in merged.items()}, heat
+
+
+def coco_document(pred: dict[str, np.ndarray], meta: dict[int, dict], num_clusters: int,
+                  min_confidence: float) -> dict:
+    """Columns of every frame (sorted by index) -> COCO dict (module docstring). Frames whose metadata is missing
+    keep an image entry with ``file_name`` ``"#<index>"``."""
+    images, anns = [], []
+    for i, index in enumerate(pred["index"].tolist()):
+        m = meta.get(index, {"file_name": f"#{index:012d}", "video_id": None, "timestamp": None})
+        images.append({"id": index, "file_name": m["file_name"], "width": int(pred["width"][i]),
+                       "height": int(pred["height"][i]), "video_id": m["video_id"], "timestamp": m["timestamp"],
+                       "true_label": int(pred["label"][i])})
+        if float(pred["confidence"][i]) < min_confidence:
+            continue
+        x0, y0, x1, y1 = (float(v) for v in pred["box"][i])
+        anns.append({"id": len(anns) + 1, "image_id": index, "bbox": [x0, y0, x1 - x0, y1 - y0],
+                     "category_id": int(pred["cls"][i]) + 1, "score": float(pred["confidence"][i]),
+                     "heatmap_score": float(pred["score"][i]), "peakiness": float(pred["peakiness"][i]),
+                     "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
+    cats = [{"id": k + 1, "name": f"cluster{k}"} for k in range(num_clusters)]
+    return {"images": images, "annotations": anns, "categories": cats}
+
+
+def split_stats(doc: dict, num_clusters: int, missing_meta: int, unread: int) -> dict:
+    """Counts, class histogram (index k = pseudo-class k), box-area-fraction quantiles of the kept annotations."""
+    n_img, anns = len(doc["images"]), doc["annotations"]
+    size = {im["id"]: im["width"] * im["height"] for im in doc["images"]}
+    frac = np.array([a["area"] / size[a["image_id"]] for a in anns]) if anns else np.zeros(0)
+    hist = np.bincount([a["category_id"] - 1 for a in anns], minlength=num_clusters)
+    return {"frames": n_img, "annotated": len(anns), "filtered": n_img - len(anns),
+            "filtered_fraction": (n_img - len(anns)) / max(n_img, 1), "missing_meta": missing_meta,
+            "unread_samples": unread, "class_histogram": hist.tolist(),
+            "area_fraction_quantiles": {str(q): float(np.quantile(frac, q)) if len(frac) else None
+                                        for q in AREA_QUANTILES},
+            "mean_confidence": float(np.mean([a["score"] for a in anns])) if anns else None}
+
+
+def annotate_split(manifest: Manifest, split: str, cfg: PseudoConfig, stage1: Stage1Config, out: Path) -> dict:
+    """Write ``pseudo_<split>.json`` and ``heatmaps_<split>.npz`` (or reuse finished ones); returns the split stats."""
+    json_path, npz_path = out / f"pseudo_{split}.json", out / f"heatmaps_{split}.npz"
+    if json_path.is_file() and npz_path.is_file():
+        log.info("pseudo: split %s already annotated in %s; reusing it", split, json_path)
+        return {**json.loads(json_path.read_text())["info"], "reused": True}
+    t0 = time.perf_counter()
+    meta = read_split_meta(manifest, split)
+    keep = heatmap_indices(list(meta), cfg.num_heatmaps)
+    pred, heat = _infer(manifest, split, cfg, stage1.audio, keep)
+    seconds = time.perf_counter() - t0
+    k = stage1.model.num_clusters
+    doc = coco_document(pred, meta, k, cfg.selflabel.min_confidence)
+    found = set(pred["index"].tolist())
+    stats = split_stats(doc, k, missing_meta=len(found - set(meta)), unread=len(set(meta) - found))
+    stats.update({"seconds": seconds, "frames_per_s": len(found) / max(seconds, 1e-9)})
+    if stats["unread_samples"]:
+        log.warning("pseudo: split %s: %d samples listed in the shards were not decoded (see the reader's log); "
+                    "they have no image entry", split, stats["unread_samples"])
+    doc["info"] = {"split": split, **stats}
+    _write_heatmaps(npz_path, manifest, pred, heat, meta)
+    write_json(json_path, doc)
+    log.info("pseudo: split %s: %d frames, %d annotated, %.1f s (%.1f frames/s)", split, stats["frames"],
+             stats["annotated"], seconds, stats["frames_per_s"])
+    return stats
+
+
+def _write_heatmaps(path: Path, manifest: Manifest, pred: dict, heat: dict[int, np.ndarray], meta: dict) -> None:
+    idx = np.array(sorted(heat), np.int64)
+    rows = np.searchsorted(pred["index"], idx)
+    names = [meta[i]["file_name"] for i in idx.tolist() if i in meta]
+    frames = read_frames(manifest, names) if len(names) == len(idx) else {}
+    h, w = (next(iter(heat.values())).shape if heat else (0, 0))
+    arrays = {"index": idx, "heatmap": np.stack([heat[i] for i in idx.tolist()]) if len(idx) else
+              np.zeros((0, h, w), np.float32),
+              "box": pred["box"][rows], "cls": pred["cls"][rows], "confidence": pred["confidence"][rows]}
+    if frames:
+        arrays["frame"] = np.stack([frames[n] for n in names])
+    write_atomic(path, lambda f: np.savez(f, **arrays))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the stage
+
+
+def _local_cpus(cfg: PseudoConfig) -> int:
+    """Logical CPUs for a local Ray: the actor pool plus the read tasks (0.5 CPU each) plus one spare."""
+    need = cfg.num_actors * cfg.actor_cpus + cfg.stream.read_concurrency * 0.5 + 1
+    return max(os.cpu_count() or 1, math.ceil(need))
+
+
+def _overall(per_split: dict[str, dict], num_clusters: int) -> dict:
+    frames = sum(s["frames"] for s in per_split.values())
+    annotated = sum(s["annotated"] for s in per_split.values())
+    hist = np.sum([s["class_histogram"] for s in per_split.values()], axis=0).tolist()
+    seconds = sum(s.get("seconds", 0.0) for s in per_split.values())
+    return {"frames": frames, "annotated": annotated, "filtered": frames - annotated,
+            "filtered_fraction": (frames - annotated) / max(frames, 1), "class_histogram": hist,
+            "num_clusters": num_clusters, "seconds": seconds, "frames_per_s": frames / max(seconds, 1e-9)}
+
+
+def run_pseudo(cfg: PseudoConfig) -> dict:
+    """Annotate every split in ``cfg.splits`` (or return the finished stage's ``done.json``). Returns
+    ``{"out_dir", "files": {split: json path}, "num_clusters", "stats": {...}}``."""
+    out = Path(cfg.out_dir)
+    if (out / DONE).is_file():
+        log.info("pseudo: %s is complete; skipping", out)
+        return json.loads((out / DONE).read_text())
+    stage1 = stage1_config(cfg.stage1_dir)
+    manifest = read_manifest(cfg.manifest)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    connect_ray(cfg.ray_address, num_cpus=_local_cpus(cfg))
+    k = stage1.model.num_clusters
+    log.info("pseudo: splits %s, K=%d, %d actors, beta=%.2f, min_confidence=%.3f", cfg.splits, k, cfg.num_actors,
+             cfg.selflabel.beta, cfg.selflabel.min_confidence)
+    per_split = {s: annotate_split(manifest, s, cfg, stage1, out) for s in cfg.splits}
+    stats = {"splits": per_split, "overall": _overall(per_split, k), "selflabel": to_dict(cfg.selflabel)}
+    write_json(out / "stats.json", stats)
+    summary = {"out_dir": str(out), "num_clusters": k,
+               "files": {s: str(out / f"pseudo_{s}.json") for s in cfg.splits},
+               "heatmaps": {s: str(out / f"heatmaps_{s}.npz") for s in cfg.splits},
+               "stats": stats["overall"]}
+    write_json(out / DONE, summary)
+    return summary
