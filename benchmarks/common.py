@@ -40,10 +40,87 @@ def write_result(name: str, figures: dict, argv: list[str], out_path: str | Path
     return path
 
 
-def append_results_row(name: str, summary: str, argv: list[str]) -> None:
-    """Append one markdown table row ``| date | benchmark | command | summary |`` to RESULTS.md."""
-    if not RESULTS_MD.exists():
-        RESULTS_MD.write_text("# Benchmark results\n\n| date | benchmark | command | result |\n|---|---|---|---|\n")
+def append_results_row(name: str, summary: str, argv: list[str], results_md: str | Path | None = None) -> None:
+    """Append one markdown table row ``| date | benchmark | command | summary |`` to ``results_md`` (default
+    benchmarks/RESULTS.md; tests pass a temp file)."""
+    md = Path(results_md) if results_md else RESULTS_MD
+    if not md.exists():
+        md.parent.mkdir(parents=True, exist_ok=True)
+        md.write_text("# Benchmark results\n\n| date | benchmark | command | result |\n|---|---|---|---|\n")
     cmd = " ".join(["python", "-m", f"benchmarks.{name}", *argv])
-    with open(RESULTS_MD, "a") as f:
+    with open(md, "a") as f:
         f.write(f"| {_dt.date.today().isoformat()} | {name} | `{cmd}` | {summary} |\n")
+
+
+def loadavg() -> float:
+    """1-minute load average (the machine is shared: every row says how busy it was)."""
+    return round(os.getloadavg()[0], 2)
+
+
+def add_common_args(p, name: str) -> None:
+    """--tiny, --out DIR (JSON and RESULTS.md go there instead of benchmarks/out and benchmarks/RESULTS.md) and
+    --no-results-row, shared by every benchmark but stream (whose --out is a JSON path)."""
+    p.add_argument("--tiny", action="store_true", help="seconds-long smoke run (tests)")
+    p.add_argument("--out", help=f"output dir for {name}.json and RESULTS.md (default benchmarks/out, "
+                                 f"benchmarks/RESULTS.md)")
+    p.add_argument("--no-results-row", action="store_true", help="do not append a row to RESULTS.md")
+
+
+def finish(name: str, figures: dict, summary: str, argv: list[str], args) -> Path:
+    """Write the JSON (``args.out``/<name>.json or out/<name>.json) and, unless ``--no-results-row``, the
+    RESULTS.md row (``args.out``/RESULTS.md or benchmarks/RESULTS.md). Returns the JSON path."""
+    out = Path(args.out) if args.out else None
+    path = write_result(name, figures, argv, out / f"{name}.json" if out else None)
+    if not args.no_results_row:
+        append_results_row(name, summary, argv, out / "RESULTS.md" if out else None)
+    return path
+
+
+def interleaved_rates(arms: dict, rounds: int, calls: int, warmup: int = 1) -> dict[str, float]:
+    """Median throughput of each arm, measured in interleaved blocks so that load from other jobs on this shared
+    machine hits every arm alike. ``arms`` = {name: (fn, units_per_call)}; each block calls ``fn()`` ``calls``
+    times; ``warmup`` untimed calls per arm first. Returns {name: median units/s over ``rounds`` blocks}."""
+    import statistics
+    import time
+
+    for fn, _ in arms.values():
+        for _ in range(warmup):
+            fn()
+    rates: dict[str, list[float]] = {k: [] for k in arms}
+    for _ in range(rounds):
+        for name, (fn, units) in arms.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            rates[name].append(units * calls / (time.perf_counter() - t0))
+    return {k: statistics.median(v) for k, v in rates.items()}
+
+
+class PeakRSS:
+    """Context manager: peak resident set size (bytes) above the level at entry, sampled from /proc/self/statm
+    every ``interval`` s in a thread (tracemalloc does not see torch's allocations). ``.peak`` after exit."""
+
+    def __init__(self, interval: float = 0.005):
+        self.interval, self.peak, self._base = interval, 0, 0
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self._page
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss() - self._base)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakRSS":
+        import threading
+        self._base, self._stop = self._rss(), threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss() - self._base)

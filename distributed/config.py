@@ -17,6 +17,8 @@ class TrainConfig:
     ``batch_size`` is per worker and per micro-step; the global batch is batch_size × num_workers × grad_accum.
     ``grad_clip`` 0 disables clipping. ``checkpoint_every`` counts epochs. Relabelling happens after the epochs in
     ``relabel_epochs`` when given, else after every ``relabel_every``-th epoch (0 = never).
+    ``fail_at_step`` >= 0 is a FAULT-INJECTION knob for tests: the last rank kills its own process (``os._exit``)
+    once on reaching that global step (a marker file in ``out_dir`` stops it recurring after the restart); keep -1.
     """
     epochs: int = 10
     batch_size: int = 64
@@ -35,6 +37,7 @@ class TrainConfig:
     checkpoint_every: int = 1
     seed: int = 0
     max_failures: int = 0               # Ray Train FailureConfig: restarts of the worker group
+    fail_at_step: int = -1              # tests only: the last rank dies once at this global step (-1 = never)
     relabel_epochs: list[int] | None = None
     relabel_every: int = 1
     shm_comm: bool = False              # DeepSpeed's shared-memory comm op (inference all-reduce only; JIT ~30 s)
@@ -66,6 +69,7 @@ class TrainConfig:
         require(self.report_every >= 1, "report_every", "must be >= 1")
         require(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1 (epochs)")
         require(self.max_failures >= -1, "max_failures", "must be >= 0, or -1 for unlimited")
+        require(self.fail_at_step >= -1, "fail_at_step", "must be >= 0, or -1 for no fault injection")
         require(self.relabel_every >= 0, "relabel_every", "must be >= 0 (0 = never)")
         if self.relabel_epochs is not None:
             bad = [e for e in self.relabel_epochs if not 0 <= e < self.epochs]

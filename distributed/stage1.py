@@ -60,11 +60,14 @@ def _trainer(cfg: Stage1Config, manifest: Manifest, num_train: int):
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from distributed.torch_loopback import LoopbackTorchConfig
+
     out = Path(cfg.out_dir).resolve()
     datasets = {"train": ray_dataset(manifest, cfg.split, cfg.stream_config(shuffle=True), epoch=None),
                 **_score_datasets(manifest, cfg)}
     return TorchTrainer(
         train_loop_per_worker,
+        torch_config=LoopbackTorchConfig(),
         train_loop_config={"stage1": to_dict(dataclasses.replace(cfg, out_dir=str(out))), "num_train": num_train},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu),
         run_config=RunConfig(name="stage1", storage_path=str(out / "ray"),

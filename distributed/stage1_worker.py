@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 LABELS_DIR = "labels"
 HISTORY = "history.json"
+FAULT_MARKER = "fault_injected"
 
 
 def combined_log_p(out: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -48,8 +51,9 @@ def _has_batch(batch) -> bool:
 
 
 def train_epoch(engine, stream, labels: LabelTable, lam: float, epoch: int, step: int, report_every: int,
-                writer=None) -> tuple[int, dict]:
-    """One epoch over ``stream`` (an iterator of decoded batches). Returns (global step, mean loss parts)."""
+                writer=None, fault: Callable[[int], None] | None = None) -> tuple[int, dict]:
+    """One epoch over ``stream`` (an iterator of decoded batches). Returns (global step, mean loss parts).
+    ``fault(step)`` is called before every step (fault injection, tests only)."""
     import ray.train
 
     engine.train()
@@ -61,6 +65,8 @@ def train_epoch(engine, stream, labels: LabelTable, lam: float, epoch: int, step
         batch = next(it, None)
         if not _has_batch(batch):
             break
+        if fault is not None:
+            fault(step)
         out = engine(batch["frames"], batch["audio"])
         loss, parts = joint_loss(out, labels.lookup(batch["index"]), lam, gather=dist.all_gather_with_grad)
         engine.backward(loss)
@@ -149,6 +155,24 @@ def _checkpoint_and_report(engine, table: LabelTable, epoch: int, step: int, met
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
 
 
+def _fault_injector(fail_at_step: int, out_dir: Path) -> Callable[[int], None] | None:
+    """Fault injection (tests only): the last rank kills its own process (``os._exit(1)``: no cleanup, no Python
+    exception, like a lost worker) once on reaching global step ``fail_at_step``; the marker file under ``out_dir``,
+    written first, keeps the restarted worker group from dying again."""
+    if fail_at_step < 0 or dist.get_rank() != dist.get_world_size() - 1:
+        return None
+    marker = out_dir / FAULT_MARKER
+
+    def fault(step: int) -> None:
+        if step == fail_at_step and not marker.exists():
+            marker.write_text(json.dumps({"step": step, "rank": dist.get_rank(), "pid": os.getpid(),
+                                          "time": time.time()}))
+            log.warning("fault injection: rank %d (pid %d) exits at step %d", dist.get_rank(), os.getpid(), step)
+            logging.shutdown()
+            os._exit(1)
+    return fault
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point. ``config`` = {"stage1": resolved Stage1Config as a dict, "num_train": int}."""
     import ray.train
@@ -166,9 +190,10 @@ def train_loop_per_worker(config: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     score_shard = ray.train.get_dataset_shard(f"score_{dist.get_rank()}")
     stream_cfg, score_cfg = cfg.stream_config(shuffle=True), cfg.stream_config(shuffle=False)
+    fault = _fault_injector(cfg.train.fail_at_step, out)
     for epoch in range(start_epoch, cfg.train.epochs):
         step, parts = train_epoch(engine, iter_torch_batches(train_shard, stream_cfg, epoch), table, cfg.loss.lam,
-                                  epoch, step, cfg.train.report_every, writer)
+                                  epoch, step, cfg.train.report_every, writer, fault)
         metrics = {"epoch": epoch, "step": step, **{f"train_{k}": v for k, v in parts.items()}}
         if cfg.train.relabel_after(epoch):
             table, stats = relabel(engine.module, iter_torch_batches(score_shard, score_cfg), cfg, table,

@@ -44,8 +44,9 @@ def slurm_cluster():
 
 
 def _cfg(tmp: Path, **kw) -> SlurmConfig:
-    return SlurmConfig(mode="slurm", nodes=1, cpus_per_task=2, time_min=5, partition="debug",
-                       log_dir=str(tmp / "logs"), job_name="avdet-test", **kw)
+    fields = {"mode": "slurm", "nodes": 1, "cpus_per_task": 2, "time_min": 5, "partition": "debug",
+              "log_dir": str(tmp / "logs"), "job_name": "avdet-test", **kw}
+    return SlurmConfig(**fields)
 
 
 @pytest.mark.slow

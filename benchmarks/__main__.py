@@ -1,0 +1,65 @@
+"""Run every benchmark (or the named ones) in sequence.
+
+    python -m benchmarks                                   # train_step relabel faiss_bench detector end_to_end stream
+    python -m benchmarks train_step relabel --tiny         # the named ones, smoke size
+    python -m benchmarks faiss_bench --out /tmp/bench      # JSON + RESULTS.md rows into /tmp/bench
+
+Options after the names are --tiny, --full (relabel, faiss_bench) and --out DIR; each benchmark writes its JSON and
+appends its RESULTS.md row as when run alone. A benchmark that fails is logged and the others still run; the exit
+status is 1 if any failed. The last line printed is a JSON summary {name: "ok" | error}.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("benchmarks")
+
+ALL = ("train_step", "relabel", "faiss_bench", "detector", "end_to_end", "stream")
+TAKES_FULL = ("relabel", "faiss_bench")
+
+
+def bench_argv(name: str, tiny: bool, full: bool, out: str | None) -> list[str]:
+    """The argv one benchmark's ``main`` gets (stream's --out is a JSON path, and it has no --out dir)."""
+    argv = ["--tiny"] if tiny else []
+    if full and name in TAKES_FULL:
+        argv.append("--full")
+    if out:
+        if name == "stream":
+            argv += ["--out", str(Path(out) / "stream.json"), "--no-results-row"]
+        else:
+            argv += ["--out", out]
+    return argv
+
+
+def main(argv: list[str] | None = None) -> dict[str, str]:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    p.add_argument("names", nargs="*", help=f"any of {', '.join(ALL)} (default: all)")
+    p.add_argument("--tiny", action="store_true")
+    p.add_argument("--full", action="store_true")
+    p.add_argument("--out", help="output dir for the JSON files and RESULTS.md (default: benchmarks/)")
+    args = p.parse_args(list(argv or []))
+    unknown = [n for n in args.names if n not in ALL]
+    if unknown:
+        p.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(ALL)}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    status: dict[str, str] = {}
+    for name in args.names or ALL:
+        log.info("=== benchmark %s ===", name)
+        try:
+            importlib.import_module(f"benchmarks.{name}").main(bench_argv(name, args.tiny, args.full, args.out))
+            status[name] = "ok"
+        except Exception as e:          # noqa: BLE001 - one failing benchmark must not stop the others
+            log.exception("benchmark %s failed", name)
+            status[name] = f"{type(e).__name__}: {e}"
+    return status
+
+
+if __name__ == "__main__":
+    result = main(sys.argv[1:])
+    print(json.dumps(result))
+    sys.exit(0 if all(v == "ok" for v in result.values()) else 1)

@@ -1,0 +1,241 @@
+"""Stage-1 training throughput: a bare PyTorch loop vs the DeepSpeed engine vs Ray Train + DeepSpeed.
+
+    python -m benchmarks.train_step             # image 128, width 16, batch 32, K=309; writes out/train_step.json
+    python -m benchmarks.train_step --tiny      # seconds-long smoke run (add --no-ray to skip Ray Train)
+
+Every arm trains the same ``AVModel`` with ``joint_loss`` on the same synthetic batch (data loading excluded), so
+the differences are the framework's. In one process the arms run in interleaved blocks (the machine is shared:
+load from other jobs hits every arm alike) and the figure is the median block rate. Ray Train arms run DeepSpeed
+in 1 worker (given all cores) and 2 workers (one core each, ``all_gather_with_grad`` negatives); their figure is
+the median of timed blocks measured inside the workers (start-up excluded). Overheads are
+``1 − rate / baseline`` in %: against the bare loop at equal TOTAL threads (2 threads), and for 2 workers also
+against the bare loop at the same PER-PROCESS threads (1 thread, i.e. perfect scaling = 2 × that rate).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from avdet.config import ModelConfig, from_dict, to_dict
+from avdet.losses import joint_loss
+from avdet.model import AVModel
+from benchmarks.common import add_common_args, finish, interleaved_rates, loadavg
+from distributed.config import TrainConfig
+
+log = logging.getLogger("benchmarks.train_step")
+
+LAM = 0.5
+
+
+def synthetic_batch(cfg: ModelConfig, batch: int, n_mels: int = 64, frames_t: int = 101, seed: int = 0):
+    """(frames (B,3,S,S), log-mel (B,1,n_mels,T), labels (B,)) random tensors, fixed by ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, 3, cfg.image_size, cfg.image_size, generator=g),
+            torch.randn(batch, 1, n_mels, frames_t, generator=g),
+            torch.randint(0, cfg.num_clusters, (batch,), generator=g))
+
+
+def bare_step_fn(cfg: ModelConfig, batch, optimizer: str = "sgd", threads: int | None = None):
+    """A plain PyTorch training step (zero_grad, forward, joint_loss, backward, step) as a 0-argument callable;
+    ``threads`` sets torch's intra-op threads for the duration of each call."""
+    torch.manual_seed(0)
+    model = AVModel(cfg).train()
+    opt = (torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9) if optimizer == "sgd"
+           else torch.optim.AdamW(model.parameters(), lr=1e-3))
+    frames, audio, labels = batch
+
+    def step():
+        prev = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        opt.zero_grad(set_to_none=True)
+        loss, _ = joint_loss(model(frames, audio), labels, LAM)
+        loss.backward()
+        opt.step()
+        torch.set_num_threads(prev)
+    return step
+
+
+def engine_step_fn(cfg: ModelConfig, batch, train: TrainConfig, gather=None):
+    """The same step through ``build_engine`` (DeepSpeed: engine(...), engine.backward, engine.step)."""
+    from distributed.engine import build_engine
+    torch.manual_seed(0)
+    engine = build_engine(AVModel(cfg), train, steps_per_epoch=1000)
+    engine.train()
+    frames, audio, labels = batch
+
+    def step():
+        loss, _ = joint_loss(engine(frames, audio), labels, LAM, gather=gather)
+        engine.backward(loss)
+        engine.step()
+    return step
+
+
+def _train_config(batch: int, optimizer: str, zero: int, workers: int = 1) -> TrainConfig:
+    lr = 0.01 if optimizer == "sgd" else 1e-3
+    return TrainConfig(batch_size=batch, optimizer=optimizer, lr=lr, zero_stage=zero, num_workers=workers,
+                       weight_decay=0.0)
+
+
+def in_process(cfg: ModelConfig, batch: int, optimizer: str, rounds: int, calls: int) -> dict[str, float]:
+    """samples/s of the bare loop (2 threads and 1 thread) and of DeepSpeed ZeRO 0/1/2 (2 threads), interleaved."""
+    data = synthetic_batch(cfg, batch)
+    cores = os.cpu_count() or 1
+    created_group = not torch.distributed.is_initialized()
+    arms = {f"bare_{cores}t": (bare_step_fn(cfg, data, optimizer, cores), batch),
+            "bare_1t": (bare_step_fn(cfg, data, optimizer, 1), batch)}
+    torch.set_num_threads(cores)
+    for zero in (0, 1, 2):
+        arms[f"deepspeed_zero{zero}_{cores}t"] = (engine_step_fn(cfg, data, _train_config(batch, optimizer, zero)),
+                                                  batch)
+    try:
+        return interleaved_rates(arms, rounds, calls)
+    finally:
+        if created_group:                     # leave the process as we found it (tests run other modules after)
+            _drop_world_of_one()
+
+
+def _drop_world_of_one() -> None:
+    """Remove the world-1 gloo group build_engine created (and DeepSpeed's handle on it)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    try:
+        import deepspeed.comm.comm as ds_comm
+        ds_comm.cdb = None
+    except ImportError:
+        pass
+
+
+def ray_worker(config: dict) -> None:
+    """Ray Train worker: DeepSpeed step on synthetic tensors, global-batch negatives; rank 0 writes
+    {"rates": [global samples/s per block]} to ``config["out"]``. Every rank reports once at the end."""
+    import ray.train
+
+    from distributed import dist
+    torch.set_num_threads(config["threads"])
+    cfg = from_dict(ModelConfig, config["model"])
+    batch = config["batch"]
+    step = engine_step_fn(cfg, synthetic_batch(cfg, batch, seed=dist.get_rank()),
+                          _train_config(batch, config["optimizer"], config["zero"], dist.get_world_size()),
+                          gather=dist.all_gather_with_grad)
+    step()
+    rates = []
+    for _ in range(config["rounds"]):
+        dist.barrier()
+        t0 = time.perf_counter()
+        for _ in range(config["calls"]):
+            step()
+        dist.barrier()
+        rates.append(batch * dist.get_world_size() * config["calls"] / (time.perf_counter() - t0))
+    if dist.is_main_process():
+        Path(config["out"]).write_text(json.dumps({"rates": rates}))
+    ray.train.report({"done": 1})
+
+
+def ray_train_rate(cfg: ModelConfig, batch: int, optimizer: str, workers: int, rounds: int, calls: int,
+                   zero: int = 0) -> float:
+    """Median global samples/s of ``workers`` Ray Train workers (cores split evenly, one torch thread per core)."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cores = os.cpu_count() or 1
+    per = max(1, cores // workers)
+    with tempfile.TemporaryDirectory(prefix="avdet-bench-ray-") as tmp:
+        out = Path(tmp) / "rates.json"
+        trainer = TorchTrainer(
+            ray_worker,
+            train_loop_config={"model": to_dict(cfg), "batch": batch, "optimizer": optimizer, "zero": zero,
+                               "threads": per, "rounds": rounds, "calls": calls, "out": str(out)},
+            scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": per}),
+            run_config=RunConfig(name=f"bench_train_step_w{workers}", storage_path=str(Path(tmp) / "ray")))
+        result = trainer.fit()
+        if result.error is not None:
+            raise RuntimeError(f"Ray Train benchmark with {workers} workers failed: {result.error}")
+        return statistics.median(json.loads(out.read_text())["rates"])
+
+
+def ray_rates(cfg: ModelConfig, batch: int, optimizer: str, rounds: int, calls: int) -> dict[str, float]:
+    """Ray Train + DeepSpeed ZeRO 0 with 1 worker (all cores) and 2 workers (1 core each), on a loopback Ray."""
+    import ray
+
+    from data.raylocal import start_local_ray
+    cores = os.cpu_count() or 1
+    start_local_ray(num_cpus=cores, object_store_memory=256 * 2**20)
+    try:
+        return {f"ray_deepspeed_w{w}_{max(1, cores // w)}t": ray_train_rate(cfg, batch, optimizer, w, rounds, calls)
+                for w in (1, 2)}
+    finally:
+        ray.shutdown()
+
+
+def overheads(fig: dict, cores: int) -> dict[str, float]:
+    """Overhead % = 100·(1 − rate/baseline): vs the bare loop at equal total threads, and for the 2-worker run
+    also vs 2 × the bare 1-thread loop (same per-process threads, perfect scaling)."""
+    base, base1 = fig[f"bare_{cores}t"], fig["bare_1t"]
+    out = {}
+    for k, v in list(fig.items()):
+        if k.startswith(("deepspeed_", "ray_")):
+            out[f"overhead_pct_{k}_vs_bare_{cores}t"] = 100.0 * (1 - v / base)
+    w2 = fig.get("ray_deepspeed_w2_1t") if cores >= 2 else None
+    if w2 is not None:
+        out["overhead_pct_ray_deepspeed_w2_1t_vs_2x_bare_1t"] = 100.0 * (1 - w2 / (2 * base1))
+    return out
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__.split("\n")[0])
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=32, help="per process")
+    p.add_argument("--clusters", type=int, default=309)
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    p.add_argument("--rounds", type=int, default=5, help="timed blocks per arm")
+    p.add_argument("--calls", type=int, default=4, help="steps per block")
+    p.add_argument("--no-ray", action="store_true", help="skip the Ray Train arms")
+    add_common_args(p, "train_step")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.image_size, args.width, args.batch_size, args.clusters, args.rounds, args.calls = 64, 4, 4, 10, 2, 1
+    return args
+
+
+def model_config(args) -> ModelConfig:
+    return ModelConfig(image_size=args.image_size, visual_width=args.width, audio_width=args.width, embed_dim=32,
+                       num_clusters=args.clusters)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = list(argv or [])
+    args = _parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cores, cfg, load0 = os.cpu_count() or 1, model_config(args), loadavg()
+    fig = in_process(cfg, args.batch_size, args.optimizer, args.rounds, args.calls)
+    log.info("in process: %s", {k: round(v, 1) for k, v in fig.items()})
+    if not args.no_ray:
+        fig.update(ray_rates(cfg, args.batch_size, args.optimizer, args.rounds, args.calls))
+    fig.update(overheads(fig, cores))
+    fig.update({"model": to_dict(cfg), "batch_size_per_process": args.batch_size, "optimizer": args.optimizer,
+                "cores": cores, "loadavg_1m_start_end": [load0, loadavg()]})
+    ov = {k.replace("overhead_pct_", ""): round(v, 1) for k, v in fig.items() if k.startswith("overhead_pct_")}
+    summary = (f"AVModel {cfg.image_size}px w{cfg.visual_width} K={cfg.num_clusters}, batch {args.batch_size}, "
+               f"{args.optimizer}: bare {cores}t {fig[f'bare_{cores}t']:.1f}/s, bare 1t {fig['bare_1t']:.1f}/s, "
+               + ", ".join(f"{k} {v:.1f}/s" for k, v in fig.items() if k.startswith(("deepspeed_", "ray_"))
+                           and not k.startswith("overhead"))
+               + f"; overhead % {ov}; load avg {fig['loadavg_1m_start_end'][0]:.1f}->"
+                 f"{fig['loadavg_1m_start_end'][1]:.1f}")
+    path = finish("train_step", fig, summary, argv, args)
+    log.info("%s -> %s", summary, path)
+    return fig
+
+
+if __name__ == "__main__":
+    import sys
+    main(sys.argv[1:])

@@ -1,0 +1,119 @@
+"""Every benchmark runs once at --tiny size and writes JSON with the expected keys and positive figures (so the
+benchmarks cannot rot). Output goes to a temp dir (--out), never to benchmarks/RESULTS.md."""
+import json
+import math
+
+import pytest
+
+from benchmarks import __main__ as bench_main
+from benchmarks import detector, end_to_end, faiss_bench, relabel, train_step
+from benchmarks.common import RESULTS_MD
+
+
+@pytest.fixture(autouse=True)
+def _results_md_untouched():
+    """The repo's RESULTS.md is not written by any test."""
+    before = RESULTS_MD.read_text() if RESULTS_MD.exists() else None
+    yield
+    assert (RESULTS_MD.read_text() if RESULTS_MD.exists() else None) == before
+
+
+def _doc(out, name):
+    doc = json.loads((out / f"{name}.json").read_text())
+    assert {"name", "time", "command", "machine", "figures"} <= set(doc)
+    assert doc["name"] == name and "--tiny" in doc["command"]
+    rows = (out / "RESULTS.md").read_text().splitlines()
+    assert rows[-1].startswith("| ") and f"| {name} |" in rows[-1] and "load avg" in rows[-1]
+    return doc["figures"]
+
+
+def _positive(fig, *keys):
+    for k in keys:
+        assert isinstance(fig[k], (int, float)) and math.isfinite(fig[k]) and fig[k] > 0, (k, fig[k])
+
+
+def test_train_step_in_process(tmp_path):
+    train_step.main(["--tiny", "--no-ray", "--out", str(tmp_path)])
+    fig = _doc(tmp_path, "train_step")
+    _positive(fig, "bare_1t", "deepspeed_zero0_2t", "deepspeed_zero1_2t", "deepspeed_zero2_2t")
+    assert any(k.startswith("overhead_pct_deepspeed_zero2") for k in fig)
+    import torch.distributed
+    assert not torch.distributed.is_initialized()       # the world-1 group build_engine made is gone
+
+
+@pytest.mark.slow
+def test_train_step_ray(tmp_path):
+    train_step.main(["--tiny", "--out", str(tmp_path)])
+    fig = _doc(tmp_path, "train_step")
+    _positive(fig, "ray_deepspeed_w1_2t", "ray_deepspeed_w2_1t")
+    assert "overhead_pct_ray_deepspeed_w2_1t_vs_2x_bare_1t" in fig
+
+
+def test_relabel(tmp_path):
+    relabel.main(["--tiny", "--out", str(tmp_path)])
+    fig = _doc(tmp_path, "relabel")
+    _positive(fig, "copy_traffic_gb_s", "exp_g_per_s")
+    d = fig["dense"][0]
+    _positive(d, "per_iter_s", "bw_bound_s", "exp_bound_s", "naive_per_iter_s", "speedup_per_iter_vs_naive")
+    _positive(fig["sparse"][0], "per_iter_s", "bw_bound_s")
+    _positive(fig["vggsound_scale"], "epoch_s", "sinkhorn_s", "sinkhorn_pct_of_epoch", "train_samples_per_s")
+
+
+def test_naive_sinkhorn_agrees_with_ours():
+    """The baseline solves the same problem: labels match ours on almost every row."""
+    import torch
+
+    from avdet.sinkhorn import column_marginal, sinkhorn_knopp
+    log_p = relabel.make_log_p(3000, 20)
+    ours = sinkhorn_knopp(log_p, 20.0, column_marginal(20), 500, 1e-4)
+    naive = relabel.naive_sinkhorn(log_p.numpy(), 20.0, column_marginal(20).numpy(), 1e-4, budget_s=30)
+    assert ours.converged and naive["converged"]
+    assert (torch.from_numpy(naive["labels"]) == ours.labels).float().mean() > 0.99
+
+
+def test_sparse_candidates_are_distinct():
+    idx, log_p = relabel.make_candidates(500, 300, 10)
+    assert idx.shape == log_p.shape == (500, 10)
+    assert all(len(set(r)) == 10 for r in idx.tolist()) and int(idx.max()) < 300
+
+
+def test_faiss_bench(tmp_path):
+    faiss_bench.main(["--tiny", "--out", str(tmp_path)])
+    fig = _doc(tmp_path, "faiss_bench")
+    _positive(fig["kmeans"][0], "faiss_s", "torch_s", "speedup_vs_torch", "faiss_x_of_gemm_bound")
+    _positive(fig["search"][0], "faiss_s", "torch_s", "top1_agreement")
+
+
+def test_detector(tmp_path):
+    detector.main(["--tiny", "--out", str(tmp_path)])
+    fig = _doc(tmp_path, "detector")
+    _positive(fig, "train_images_per_s_plain", "train_images_per_s_ours", "infer_images_per_s_plain",
+              "infer_images_per_s_ours")
+
+
+def test_end_to_end_reads_pipeline_json(tmp_path):
+    pj = tmp_path / "pipeline.json"
+    pj.write_text(json.dumps({"timings_s": {"synthetic": 2.0, "stage1": 6.0}, "stage1": {}}))
+    end_to_end.main(["--tiny", "--pipeline", str(pj), "--out", str(tmp_path)])
+    fig = _doc(tmp_path, "end_to_end")
+    assert fig["timings_s"] == {"synthetic": 2.0, "stage1": 6.0} and fig["share_pct"]["stage1"] == 75.0
+    _positive(fig, "total_stages_s")
+
+
+def test_runner_runs_named_benchmarks_into_out(tmp_path):
+    pj = tmp_path / "p" / "pipeline.json"
+    pj.parent.mkdir()
+    pj.write_text(json.dumps({"timings_s": {"detector": 1.5}}))
+    assert bench_main.bench_argv("stream", True, False, str(tmp_path)) == [
+        "--tiny", "--out", str(tmp_path / "stream.json"), "--no-results-row"]
+    assert bench_main.bench_argv("relabel", False, True, None) == ["--full"]
+    import benchmarks.end_to_end as e2e
+    orig = e2e.newest_pipeline_json
+    e2e.newest_pipeline_json = lambda: pj
+    try:
+        assert bench_main.main(["end_to_end", "--tiny", "--out", str(tmp_path)]) == {"end_to_end": "ok"}
+    finally:
+        e2e.newest_pipeline_json = orig
+    assert json.loads((tmp_path / "end_to_end.json").read_text())["figures"]["timings_s"] == {"detector": 1.5}
+    with pytest.raises(SystemExit):
+        bench_main.main(["nonsense"])
