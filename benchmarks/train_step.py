@@ -29,6 +29,7 @@ from avdet.losses import joint_loss
 from avdet.model import AVModel
 from benchmarks.common import add_common_args, finish, interleaved_rates, loadavg
 from distributed.config import TrainConfig
+from distributed.engine import release_process_group
 
 log = logging.getLogger("benchmarks.train_step")
 
@@ -100,18 +101,7 @@ def in_process(cfg: ModelConfig, batch: int, optimizer: str, rounds: int, calls:
         return interleaved_rates(arms, rounds, calls)
     finally:
         if created_group:                     # leave the process as we found it (tests run other modules after)
-            _drop_world_of_one()
-
-
-def _drop_world_of_one() -> None:
-    """Remove the world-1 gloo group build_engine created (and DeepSpeed's handle on it)."""
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    try:
-        import deepspeed.comm.comm as ds_comm
-        ds_comm.cdb = None
-    except ImportError:
-        pass
+            release_process_group()
 
 
 def ray_worker(config: dict) -> None:

@@ -11,6 +11,7 @@ import csv
 import json
 import logging
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from avdet.config import to_dict
 from data.config import IngestConfig
 from data.schema import SampleMeta, encode_sample
-from data.shards import ShardInfo, ShardWriter, write_atomic, write_manifest
+from data.shards import ShardInfo, ShardWriter, sweep_stale_temps, write_atomic, write_manifest
 from data.video import VideoError, audio_window, decode_clip, find_video
 
 log = logging.getLogger(__name__)
@@ -59,13 +60,20 @@ def read_csv(path: str | Path) -> tuple[list[CsvRow], list[dict]]:
 
 
 def plan_groups(rows: list[CsvRow], videos_per_shard: int) -> list[dict]:
-    """Groups of ``videos_per_shard`` rows per split, in sorted-row order; each row keeps its global row number."""
+    """Groups of ``videos_per_shard`` rows per split; each row keeps its global row number (its sample indices).
+
+    Rows are shuffled within a split by a fixed, split-named seed before grouping: a VGGSound CSV is sorted by id and
+    often by class, and shards of one class each make every streamed batch (and every contrastive negative) come from
+    a handful of classes, which starves the contrastive loss. The plan is still a pure function of the CSV, so
+    re-running ingest finds the same shard names and skips finished ones.
+    """
     by_split: dict[str, list] = {}
     for r, row in enumerate(rows):
         by_split.setdefault(row.split, []).append({"row": r, **row.__dict__})
     groups = []
     for split in sorted(by_split):
         items = by_split[split]
+        random.Random(f"shards/{split}").shuffle(items)
         for g in range(0, len(items), videos_per_shard):
             groups.append({"split": split, "shard_no": g // videos_per_shard,
                            "rows": items[g:g + videos_per_shard]})
@@ -144,6 +152,7 @@ def _plan(cfg: IngestConfig) -> tuple[list[dict], list[dict], list[str]]:
     rows, csv_rejects = read_csv(cfg.csv)
     classes = sorted({r.label for r in rows if r.label is not None})
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(Path(cfg.out_dir))
     return plan_groups(rows, cfg.videos_per_shard), csv_rejects, classes
 
 

@@ -20,6 +20,21 @@ def _loopback_only() -> None:
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     from ray._private import ray_constants
     ray_constants.ENABLE_RAY_CLUSTER = False
+    refresh_ray_process_config()
+
+
+def refresh_ray_process_config() -> None:
+    """Re-read Ray's process-wide settings (``RAY_AUTH_MODE``, ``RAY_*`` system config) from ``os.environ`` and drop
+    the cached auth token.
+
+    Ray's C++ layer reads them once per process: after this process talked to a token-protected cluster, a later
+    ``ray.init`` of a fresh local instance would otherwise present a stale token (or demand one) and fail with
+    ``InvalidAuthToken``.
+    """
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def start_local_ray(num_cpus: int = 2, **kw):

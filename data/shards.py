@@ -3,7 +3,8 @@
 Layout (docs/INTERFACES.md): ``<out>/<split>-<shardno:06d>.tar`` plus ``<out>/manifest.json``. Each finished shard
 also has a sidecar ``<name>.info.json`` (its :class:`ShardInfo` and whatever the producer wants to remember, e.g. the
 ingest report of its videos). A shard is *finished* when it is listed in the manifest or its sidecar exists, and its
-sha256 matches; a crash leaves at most a hidden ``.tmp`` file, never a final-named shard.
+sha256 matches; a crash leaves at most a hidden ``.tmp`` file, never a final-named shard, and the next run
+removes those of dead writers (:func:`sweep_stale_temps`).
 """
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import io
 import json
 import logging
 import os
+import re
+import socket
 import tarfile
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -70,8 +74,54 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+_TEMP_RE = re.compile(r"^\..+\.tmp-(?P<host>[A-Za-z0-9.-]+)-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+def temp_name(path: Path) -> Path:
+    """Hidden temporary sibling of ``path`` that names its writer (host, pid), so a re-run can tell a dead
+    writer's leftover from a live one's work in progress."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "host"
+    return path.with_name(f".{path.name}.tmp-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_temps(out_dir: Path, other_host_max_age_s: float = 24 * 3600.0) -> list[str]:
+    """Delete temporary files left in ``out_dir`` by writers that were killed (SIGKILL, OOM, node loss): those of
+    this host whose process is gone, and other hosts' ones older than ``other_host_max_age_s`` (a shared file
+    system; their liveness cannot be checked from here). Returns the names removed (logged)."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "host"
+    removed = []
+    for p in Path(out_dir).iterdir() if Path(out_dir).is_dir() else ():
+        m = _TEMP_RE.match(p.name)
+        if m is None:
+            continue
+        if m["host"] == host:
+            stale = not _pid_alive(int(m["pid"]))
+        else:
+            try:
+                stale = time.time() - p.stat().st_mtime > other_host_max_age_s
+            except FileNotFoundError:
+                continue
+        if stale:
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    if removed:
+        log.warning("removed %d temporary file(s) left by killed writers in %s: %s", len(removed), out_dir,
+                    ", ".join(sorted(removed)))
+    return removed
+
+
 def write_atomic(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = temp_name(path)
     try:
         with open(tmp, "wb") as f:
             f.write(payload)
@@ -133,7 +183,7 @@ class ShardWriter:
         if done is not None:
             return done[0]
         path = self.out_dir / name
-        tmp = path.with_name(f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        tmp = temp_name(path)
         indices: list[int] = []
         try:
             with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:

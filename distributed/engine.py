@@ -107,6 +107,23 @@ def build_engine(model: torch.nn.Module, params_cfg: TrainConfig, steps_per_epoc
     return engine
 
 
+def release_process_group() -> None:
+    """Tear down this process's group and DeepSpeed's cached handles on it (``deepspeed.utils.groups`` keeps the
+    world/data-parallel groups, ``deepspeed.comm`` its backend). A later ``build_engine`` in the same process (a
+    benchmark, the next test module) then starts clean instead of failing with "Group ... is not registered"."""
+    import torch.distributed as tdist
+    try:
+        import deepspeed.comm.comm as ds_comm
+    except ImportError:
+        ds_comm = None
+    if ds_comm is not None and ds_comm.cdb is not None and tdist.is_initialized():
+        ds_comm.destroy_process_group()         # destroys the torch group and releases DeepSpeed's references
+    elif tdist.is_initialized():
+        tdist.destroy_process_group()
+    if ds_comm is not None:
+        ds_comm.cdb = None
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # RNG state and checkpoints
 

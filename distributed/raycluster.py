@@ -213,11 +213,11 @@ def connect(node: RayNode, **init_kwargs):
     os.environ.update(node.env())
     import ray
     from ray._private import ray_constants
-    from ray._raylet import AuthenticationTokenLoader, Config
+
+    from data.raylocal import refresh_ray_process_config
 
     ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "1"  # read at import
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
+    refresh_ray_process_config()
     if not _is_ray_localhost(node.node_ip):
         init_kwargs.setdefault("_node_ip_address", node.node_ip)
     return ray.init(address=node.address, **init_kwargs)

@@ -7,22 +7,15 @@ import torch
 
 from avdet.config import ConfigError
 from distributed.config import RelabelConfig, TrainConfig, check_batch_vs_workers
-from distributed.engine import (build_engine, deepspeed_config, load_checkpoint, rng_state, save_checkpoint,
-                                set_rng_state)
+from distributed.engine import (build_engine, deepspeed_config, load_checkpoint, release_process_group, rng_state,
+                                save_checkpoint, set_rng_state)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _teardown_group():
     """DeepSpeed leaves a world-1 gloo group in this process: remove it so later test modules start clean."""
     yield
-    import torch.distributed as dist
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    try:
-        import deepspeed.comm.comm as ds_comm
-        ds_comm.cdb = None
-    except ImportError:
-        pass
+    release_process_group()
 
 
 def test_train_config_checks_name_the_key():

@@ -10,7 +10,7 @@ from tests.clipkit import write_clip
 
 from data.config import IngestConfig
 from data.health import DataHealth
-from data.ingest import ingest, ingest_local, read_csv
+from data.ingest import CsvRow, ingest, ingest_local, plan_groups, read_csv
 from data.shards import iter_samples, read_manifest, verify_manifest
 
 GOOD = {"aaa": 2.0, "bbb": 1.0, "ggg": 1.0}   # seconds; fps=2 -> 4, 2, 2 samples
@@ -109,3 +109,16 @@ def test_job_main(clips, tmp_path):
           f"csv={clips / 'vgg.csv'}", f"out_dir={out}", "use_ray=false", "frame_size=32", "videos_per_shard=3"])
     report = json.loads((out / "ingest_report.json").read_text())
     assert report["samples"] == 8 + 1   # jjj (96x96) is accepted at the default max_pixels: 0.5 s -> 1 sample
+
+
+def test_plan_groups_mix_classes_and_are_reproducible():
+    """A class-sorted CSV must not become one-class shards (it starves the contrastive negatives)."""
+    rows = [CsvRow(f"v{c}_{i:03d}", 0, f"class{c}", "train") for c in range(4) for i in range(40)]
+    rows += [CsvRow(f"t{i:03d}", 0, "class0", "test") for i in range(10)]
+    groups = plan_groups(rows, videos_per_shard=16)
+    assert groups == plan_groups(rows, videos_per_shard=16)
+    train = [g for g in groups if g["split"] == "train"]
+    assert [g["shard_no"] for g in train] == list(range(10))
+    assert sorted(r["row"] for g in groups for r in g["rows"]) == list(range(len(rows)))
+    assert all(r["split"] == g["split"] for g in groups for r in g["rows"])
+    assert all(len({r["label"] for r in g["rows"]}) >= 3 for g in train)

@@ -8,7 +8,8 @@ import pytest
 from tests.shardkit import (CONFIG, NUM_SAMPLES, manifest_for_raw, members_of, sample, write_dataset, write_raw_tar)
 
 from data.health import DataHealth, DataHealthError
-from data.shards import ShardWriter, iter_samples, read_manifest, sha256_file, verify_manifest
+from data.shards import (ShardWriter, iter_samples, read_manifest, sha256_file, sweep_stale_temps, temp_name,
+                         verify_manifest)
 
 
 def test_write_read_round_trip(tmp_path):
@@ -125,3 +126,26 @@ def test_pickle_entries_are_never_unpickled(tmp_path):
     got = list(iter_samples(tmp_path, "train", health=health))
     assert len(got) == 1 and dict(health.ignored) == {"pyd": 1, "pickle": 1} and health.bad_total == 0
     assert not marker.exists()
+
+
+def test_sweep_removes_only_dead_writers_temporaries(tmp_path):
+    """A killed writer's temp file goes; a live writer's, a recent other-host one and ordinary files stay."""
+    import os
+    import subprocess
+    import sys
+    import time
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()                                     # its pid is now free (reaped)
+    live = temp_name(tmp_path / "train-000001.tar")
+    assert str(os.getpid()) in live.name and live.name.startswith(".train-000001.tar.tmp-")
+    dead_tmp = tmp_path / live.name.replace(f"-{os.getpid()}-", f"-{dead.pid}-").replace("000001", "000002")
+    other_new = tmp_path / ".train-000003.tar.tmp-otherhost-1-0123abcd"
+    other_old = tmp_path / ".train-000004.tar.tmp-otherhost-1-4567abcd"
+    keep = tmp_path / "train-000000.tar"
+    for p in (live, dead_tmp, other_new, other_old, keep):
+        p.write_bytes(b"x")
+    old = time.time() - 2 * 24 * 3600
+    os.utime(other_old, (old, old))
+    removed = sweep_stale_temps(tmp_path)
+    assert sorted(removed) == sorted([dead_tmp.name, other_old.name])
+    assert {p.name for p in tmp_path.iterdir()} == {live.name, other_new.name, keep.name}
