@@ -287,6 +287,7 @@ class SinkhornConfig:
     tol: float = 1e-3               # stop when column marginals are within tol (relative) of the target
     dtype: str = "float32"          # "float32" or "float64"
     topk: int = 0                   # 0 = dense; >0 = sparse on top-k candidate clusters per sample (FAISS)
+    domain: str = "auto"            # dense passes: "auto" = stabilised scaled kernel (2 matvecs/pass), "log" = log domain
 
     def check(self) -> None:
         require(self.lambda_sk > 0, "lambda_sk", "must be > 0")
@@ -296,6 +297,7 @@ class SinkhornConfig:
         require(self.tol > 0, "tol", "must be > 0")
         require(self.dtype in ("float32", "float64"), "dtype", "must be 'float32' or 'float64'")
         require(self.topk >= 0, "topk", "must be >= 0")
+        require(self.domain in ("auto", "log"), "domain", "must be 'auto' or 'log'")
 
 
 @dataclass

@@ -19,6 +19,15 @@ Speed: plain Sinkhorn converges slowly when λ_sk·log p spans a wide range (con
 answer-preserving accelerations are on by default: an ε-scaling warm start (λ_sk/2^J, ..., λ_sk) and an
 over-relaxed column update (ω = 1.5). Convergence is always judged on the exact column sums of the final λ_sk.
 
+Two domains. ``domain="log"`` does every pass in the log domain (two exp per element per pass; exact for any
+range of log p). ``domain="auto"`` (default) does the passes SeLa-style on a *scaled* kernel held in memory (one extra
+N×K in ``dtype``): a pass is two matrix-vector products (P v and Pᵀ r), memory-bandwidth bound instead of exp bound.
+The kernel is stabilised by absorption (Schmitzer 2016, see ``_ScaledKernel``): the large part of log v is folded
+into P, rebuilt with one exp pass only when λ changes or the rest of log v drifts by more than
+SCALED_MAX_LOG_RANGE, so no float under- or overflows whatever the range of log p and log v, and the answer is the
+log domain's to a relative K·e^-50. The rebuild decision uses the global log v only, so every process takes it
+alike. A float32 solve asked for tol < 1e-5 stays in the log domain (SCALED_MIN_TOL).
+
 Labels are the argmax of the transported plan, argmax_k (A_ik + log v_k) (the row scaling does not change it). The
 plan meets the marginals to ``tol``; the argmax labels only approximately (see ``label_histogram``).
 """
@@ -43,6 +52,13 @@ EXP_FLOOR = {torch.float32: -80.0, torch.float64: -700.0}
 LAMBDA_START = 1.0     # ε-scaling: the first λ of the warm-start schedule is in [1, 2)
 STAGE_TOL = 0.1        # column error at which a warm-start stage hands over to the next λ
 OVER_RELAX = 1.5       # ω of the over-relaxed column update (1 = plain Sinkhorn); ~1.5-2x fewer passes measured
+SCALED_MAX_LOG_RANGE = 30.0  # domain="auto": rebuild the scaled kernel when log v − log v_abs spans more
+FUSED_CHUNK_ELEMS = 1 << 18  # scaled pass: rows per chunk × K (1 MiB of float32: stays in L2 between the two mv)
+SCALED_FLOOR = -80.0   # log of the per-row floor of the scaled kernel P (a normal float32)
+# float32 matvecs round the column sums at ~1e-6 relative: asked for a tighter tol, a float32 solve stays in the
+# log domain (whose f32 sums are within tol in the tests down to 1e-6)
+SCALED_MIN_TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
+DOMAINS = ("auto", "log")
 
 
 @dataclass
@@ -164,28 +180,103 @@ def _column_step(lse: torch.Tensor, log_v: torch.Tensor, log_c: torch.Tensor) ->
 
 def sinkhorn_knopp(log_p: torch.Tensor, lambda_sk: float, col_marginal: torch.Tensor, max_iters: int = 200,
                    tol: float = 1e-3, reduce: Reduce | None = None, dtype: torch.dtype | str = torch.float32,
-                   anneal: bool = True) -> SinkhornResult:
+                   anneal: bool = True, domain: str = "auto") -> SinkhornResult:
     """Self-labels from per-sample log-probabilities under a column marginal (eq. 3, SeLa's SK algorithm).
 
     log_p (N, K): this process's rows, e.g. (log_softmax(g^a) + log_softmax(g^v))/2; −inf allowed (floored so that
     A ≥ A_FLOOR). lambda_sk: inverse entropic regularisation λ_sk. col_marginal (K,): cluster proportions, > 0,
     sum 1. max_iters: passes over the rows in all. tol: max relative column error. dtype: precision of the N×K
     arithmetic (K-vectors are always float64). anneal: warm-start through λ_sk/2^j (see ``_solve``); the answer is
-    the same, reached in fewer passes when λ_sk·log p spans a wide range. N may be < K; a process may hold 0 rows.
+    the same, reached in fewer passes when λ_sk·log p spans a wide range. domain: "auto" (scaled kernel, log
+    domain where needed; see the module docstring) or "log". N may be < K; a process may hold 0 rows.
     Returns labels (N,) = argmax_k (λ log p_ik + log v_k) and the scalings (see SinkhornResult).
     """
     reduce, dtype = reduce or _local_reduce, _as_dtype(dtype)
+    if domain not in DOMAINS:
+        raise ValueError(f"sinkhorn: domain must be one of {DOMAINS}, got {domain!r}")
     n, k = log_p.shape
     log_c = torch.log(_check_marginal(col_marginal, k))
     floor = A_FLOOR / lambda_sk
     log_n = math.log(_global_count(n, reduce))
     log_u = torch.empty(n, dtype=dtype)
     labels = torch.empty(n, dtype=torch.int64)
+    kernel = _ScaledKernel(log_p, floor, dtype) if domain == "auto" and tol >= SCALED_MIN_TOL[dtype] else None
 
     def one_pass(lam: float, log_v: torch.Tensor) -> _ColumnLSE:
+        if kernel is not None:
+            return kernel.column_pass(lam, log_v, log_n)
         return _dense_pass(log_p, lam, floor, log_v.to(dtype), log_n, log_u, labels, dtype)
     log_v, it, err, lam = _solve(one_pass, lambda_sk, log_c, max_iters, tol, reduce, anneal, "sinkhorn_knopp")
+    if kernel is not None:                              # the last pass left log u and labels to be read off
+        kernel.finish(log_v, log_n, log_u, labels)
+        log.debug("sinkhorn_knopp: %d passes, scaled kernel built %d times", it, kernel.rebuilds)
     return SinkhornResult(labels, log_u, log_v, it, err, err < tol and lam == lambda_sk, lam)
+
+
+class _ScaledKernel:
+    """The stabilised scaled kernel (absorption, Schmitzer 2016): P = exp(max(B − M, SCALED_FLOOR)) with
+    B = A + log v_abs, M = rowmax B (N,) and log v_abs an absorbed column potential (K,). A pass uses the remaining
+    v' = exp(log v − log v_abs − top) ≤ 1 (top = its max log) and is two ``torch.mv`` over P. P is rebuilt (one exp
+    pass, absorbing the current log v) when λ changes or log v − log v_abs spans more than SCALED_MAX_LOG_RANGE;
+    as v converges that stops happening. Every row's largest term P_ik v'_k is then ≥ e^-30, so the floored
+    entries (≤ e^-80) change a row sum by at most K·e^-50 relative."""
+
+    def __init__(self, log_p: torch.Tensor, floor: float, dtype: torch.dtype):
+        self.log_p, self.floor, self.dtype = log_p, floor, dtype
+        n, k = log_p.shape
+        self.p = torch.empty((n, k), dtype=dtype)
+        self.row_max = torch.empty(n, dtype=torch.float64)
+        self.lam: float | None = None
+        self.absorbed = torch.zeros(k, dtype=torch.float64)
+        self.rebuilds = 0
+        self.row_sum: torch.Tensor | None = None
+        self.top = 0.0
+
+    def _build(self, lam: float, log_v: torch.Tensor) -> None:
+        n, k = self.log_p.shape
+        shift = log_v.to(self.dtype)
+        for sl in _row_chunks(n, k):
+            b = self.p[sl]
+            b.copy_(self.log_p[sl]).clamp_(min=self.floor).mul_(lam).add_(shift)
+            m = b.amax(dim=1)
+            self.row_max[sl] = m
+            b.sub_(m[:, None]).clamp_(min=SCALED_FLOOR).exp_()
+        self.lam, self.absorbed = lam, shift.to(torch.float64)      # as rounded into P, so lse_k stays consistent
+        self.rebuilds += 1
+
+    def _residual(self, lam: float, log_v: torch.Tensor) -> torch.Tensor:
+        """log v − log v_abs (rebuilding P first when λ changed or the residual spans too much)."""
+        rest = log_v - self.absorbed
+        if self.lam != lam or float(rest.max() - rest.min()) > SCALED_MAX_LOG_RANGE:
+            self._build(lam, log_v)
+            rest = torch.zeros_like(log_v)
+        return rest
+
+    def column_pass(self, lam: float, log_v: torch.Tensor, log_n: float) -> _ColumnLSE:
+        """Row scaling r = 1 / (N · P v') and the column sums Pᵀ r, as the _ColumnLSE the log-domain pass gives:
+        lse_k = −log v_abs_k − top + log (Pᵀ r)_k."""
+        rest = self._residual(lam, log_v)
+        self.top = float(rest.max())
+        v = torch.exp(rest - self.top).to(self.dtype)
+        n, k = self.p.shape
+        self.row_sum = torch.empty(n, dtype=self.dtype)
+        col = _ColumnLSE(k)
+        col.m, col.s = -self.absorbed - self.top, torch.zeros(k, dtype=torch.float64)
+        inv_n, rows = math.exp(-log_n), max(1, FUSED_CHUNK_ELEMS // k)
+        for s in range(0, n, rows):                # P is read from memory once per pass: the second mv finds the
+            p = self.p[s:s + rows]                 # chunk still in cache
+            rs = torch.mv(p, v)
+            self.row_sum[s:s + rows] = rs
+            col.s += torch.mv(p.t(), rs.reciprocal_().mul_(inv_n)).to(torch.float64)
+        return col
+
+    def finish(self, log_v: torch.Tensor, log_n: float, log_u: torch.Tensor, labels: torch.Tensor) -> None:
+        """For the last pass's log v: log u_i = −log N − M_i − top − log (P v')_i; labels = argmax_k P_ik v'_k."""
+        n, k = self.p.shape
+        v = torch.exp(log_v - self.absorbed - self.top).to(self.dtype)
+        log_u.copy_(self.row_sum.double().log_().add_(self.row_max).add_(log_n + self.top).neg_())
+        for sl in _row_chunks(n, k):
+            labels[sl] = (self.p[sl] * v).argmax(dim=1)
 
 
 def _lambda_schedule(lambda_sk: float, anneal: bool) -> list[float]:

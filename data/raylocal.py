@@ -60,4 +60,5 @@ def connect_ray(address: str = "local", num_cpus: int = 2, **kw):
 
     if ray.is_initialized():
         return ray.get_runtime_context()
+    refresh_ray_process_config()            # this cluster's token (RAY_AUTH_TOKEN_PATH), not a previous one's
     return ray.init(address=address, **kw)

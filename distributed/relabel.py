@@ -44,7 +44,7 @@ def solve_shard(log_p: torch.Tensor, sk: SinkhornConfig, col_marginal: torch.Ten
                 reduce: Reduce | None = None) -> SinkhornResult:
     """Dense Sinkhorn-Knopp on this process's rows ``log_p`` (n, K), reducing K-vectors with ``reduce``."""
     return sinkhorn_knopp(torch.as_tensor(log_p), sk.lambda_sk, col_marginal, sk.max_iters, sk.tol,
-                          reduce=reduce, dtype=getattr(torch, sk.dtype))
+                          reduce=reduce, dtype=getattr(torch, sk.dtype), domain=sk.domain)
 
 
 def log_relabel(table: LabelTable, prev: LabelTable | None, result: SinkhornResult | None = None) -> dict:

@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ from avdet.config import require
 from distributed import raycluster
 
 log = logging.getLogger(__name__)
+
+GONE_GRACE_S = 60.0      # a job out of the queue this long with no result file is failed (result writes are quick)
 
 
 @dataclass
@@ -118,6 +121,13 @@ def _wait_file(path: Path, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def _disconnect_driver() -> None:
+    """ray.shutdown() in this process if the job left it connected to the cluster."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data))
@@ -153,7 +163,8 @@ class RayJob(submitit.helpers.Checkpointable):
             self._run_worker(rdv, tmp, node_ip, env.global_rank)
             return None
         finally:
-            self._stop_ray()
+            _disconnect_driver()     # before the head goes: a driver whose GCS vanishes exits 1 ~30 s later,
+            self._stop_ray()         # before submitit has written the result
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _run_head(self, rdv: Path, tmp: Path, node_ip: str, num_tasks: int) -> dict:
@@ -237,6 +248,33 @@ def launch(job: str, job_argv: list[str], cfg: SlurmConfig) -> dict:
     submitted = executor.submit(RayJob(job, job_argv, cfg, os.getcwd()))
     log.info("submitted %s as %s job %s (%d task(s)); logs in %s", job, cfg.mode, submitted.job_id,
              cfg.num_tasks, Path(cfg.log_dir) / str(submitted.job_id))
-    results = submitted.results()
+    results = _wait_results(submitted, cfg)
     log.info("job %s finished: %s", submitted.job_id, results[0])
     return results[0]
+
+
+def _in_queue(job_id: str) -> bool:
+    """Whether SLURM still lists the job (pending, running, requeued); False once it has left the queue."""
+    out = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%i"], capture_output=True, text=True,
+                         timeout=60)
+    return out.returncode == 0 and bool(out.stdout.strip())
+
+
+def _wait_results(submitted, cfg: SlurmConfig, poll_s: float = 5.0, grace_s: float = GONE_GRACE_S) -> list:
+    """``submitted.results()``, but a SLURM job that left the queue without a result (killed, or exited non-zero
+    outside submitit's wrapper) is an error naming its logs after ``grace_s``. submitit alone would wait forever
+    where ``sacct`` has no accounting to ask (e.g. a cluster without slurmdbd)."""
+    gone_since = None
+    while not submitted.done():
+        if cfg.mode == "slurm":
+            if _in_queue(submitted.job_id):
+                gone_since = None
+            elif gone_since is None:
+                gone_since = time.monotonic()
+            elif time.monotonic() - gone_since > grace_s:
+                err = Path(submitted.paths.stderr)
+                tail = err.read_text(errors="replace")[-3000:] if err.exists() else "(no stderr file)"
+                raise RuntimeError(f"SLURM job {submitted.job_id} left the queue without a result; stderr "
+                                   f"{err}, last lines:\n{tail}")
+        time.sleep(poll_s)
+    return submitted.results()

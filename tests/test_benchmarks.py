@@ -54,7 +54,8 @@ def test_relabel(tmp_path):
     fig = _doc(tmp_path, "relabel")
     _positive(fig, "copy_traffic_gb_s", "exp_g_per_s")
     d = fig["dense"][0]
-    _positive(d, "per_iter_s", "bw_bound_s", "exp_bound_s", "naive_per_iter_s", "speedup_per_iter_vs_naive")
+    _positive(d, "per_iter_s", "bw_bound_s", "exp_bound_s", "naive_per_iter_s", "speedup_per_iter_vs_naive",
+              "log_domain_per_iter_s", "speedup_per_iter_vs_log_domain")
     _positive(fig["sparse"][0], "per_iter_s", "bw_bound_s")
     _positive(fig["vggsound_scale"], "epoch_s", "sinkhorn_s", "sinkhorn_pct_of_epoch", "train_samples_per_s")
 

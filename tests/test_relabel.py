@@ -111,10 +111,12 @@ def test_kmeans_warm_start_and_sparse_relabel():
 
 @pytest.fixture(scope="module")
 def local_ray():
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2,
-             log_to_driver=False, configure_logging=False)
+
+    from data.raylocal import start_local_ray
+    if ray.is_initialized():
+        ray.shutdown()
+    start_local_ray(num_cpus=2, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
 

@@ -100,8 +100,8 @@ def test_stage1_survives_a_killed_worker(ray_tagged, tmp_path):
 
 @pytest.mark.slow
 def test_detector_survives_a_sigkilled_worker(ray_tagged, tmp_path):
-    """A Ray Train worker of the detector job is SIGKILLed from outside as soon as the epoch-0 checkpoint exists
-    (so during epoch 1); the group restarts (max_failures=1) from that checkpoint and finishes both epochs."""
+    """A Ray Train worker of the detector job is SIGKILLed from outside as soon as the epoch-0 checkpoint is
+    registered (so during epoch 1); the group restarts (max_failures=1) from that checkpoint and finishes both epochs."""
     from distributed.detector_train import run_detector_training
     from tests.test_detector_train import _cfg
     from tests.pseudokit import make_two_split_shards, write_truth_pseudo
@@ -110,7 +110,10 @@ def test_detector_survives_a_sigkilled_worker(ray_tagged, tmp_path):
     write_truth_pseudo(tmp_path / "pseudo", truth)
     out = tmp_path / "det"
     ckpts = out / "ray" / "detector"
-    fired = faultkit.kill_worker_when(ray_tagged, lambda: any(ckpts.glob("checkpoint_*")))
+    snapshot = ckpts / "checkpoint_manager_snapshot.json"      # written once the controller has *registered* a
+    # checkpoint; a checkpoint_* directory alone can still be in flight (killing then restarts from scratch)
+    fired = faultkit.kill_worker_when(
+        ray_tagged, lambda: snapshot.exists() and "checkpoint_" in snapshot.read_text(errors="replace"))
     t0 = time.monotonic()
     summary = run_detector_training(_cfg(tmp_path, manifest, out_dir=str(out), epochs=2, max_failures=1))
     elapsed = time.monotonic() - t0

@@ -155,6 +155,45 @@ def test_distributed_equals_single_process(dtype):
         assert torch.allclose(parts[0].log_v, single.log_v, atol=1e-3)
 
 
+@pytest.mark.parametrize("scale", [1.0, 5.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scaled_and_log_domains_agree(scale, dtype, monkeypatch):
+    """domain="auto" (stabilised scaled kernel) gives the log domain's labels and both plans meet the marginals.
+    At scale 5 without the warm start log v drifts to a span > 100 (>> SCALED_MAX_LOG_RANGE) at one λ: the kernel
+    must absorb it several times."""
+    import avdet.sinkhorn as sk
+    builds = []
+    orig_build = sk._ScaledKernel._build
+    monkeypatch.setattr(sk._ScaledKernel, "_build", lambda self, lam, lv: (builds.append(lam), orig_build(self, lam, lv)))
+    n, k, lam = 2000, 30, 20.0
+    log_p = _random_log_p(n, k, scale=scale, seed=7, dtype=dtype)
+    c = column_marginal(k, "gaussian")
+    anneal = scale <= 1                                   # without the warm start log v drifts far within λ_sk
+    res = {d: sinkhorn_knopp(log_p, lam, c, 3000, 1e-4, dtype=dtype, anneal=anneal, domain=d) for d in ("log", "auto")}
+    for r in res.values():
+        _assert_plan_meets(log_p, lam, c, r, 1e-4)
+    assert (res["auto"].labels == res["log"].labels).float().mean() >= 0.999
+    span = float(res["auto"].log_v.max() - res["auto"].log_v.min())
+    stages = len(set(builds))
+    if scale > 1:
+        assert span > 3 * sk.SCALED_MAX_LOG_RANGE and len(builds) > stages, (span, builds)
+    assert len(builds) < res["auto"].iters / 4            # most passes reuse the kernel: that is the speed-up
+    with pytest.raises(ValueError, match="domain"):
+        sinkhorn_knopp(log_p, lam, c, domain="exp")
+
+
+def test_distributed_scaled_domain_equals_single_process():
+    n, k, lam = 301, 12, 20.0
+    log_p = _random_log_p(n, k, seed=3, dtype=torch.float64)
+    c = column_marginal(k, "gaussian")
+    single = sinkhorn_knopp(log_p, lam, c, 500, 1e-6, dtype=torch.float64, domain="auto")
+    parts = FakeGroup(3).run(lambda x, red: sinkhorn_knopp(x, lam, c, 500, 1e-6, reduce=red, dtype=torch.float64,
+                                                           domain="auto"), [log_p[:100], log_p[100:100], log_p[100:]])
+    assert len({p.iters for p in parts}) == 1 and parts[0].iters == single.iters
+    assert torch.equal(torch.cat([p.labels for p in parts]), single.labels)
+    assert torch.allclose(torch.cat([p.log_u for p in parts]), single.log_u, atol=1e-9)
+
+
 def test_distributed_rank_with_no_rows():
     log_p = _random_log_p(50, 5, seed=4, dtype=torch.float64)
     c = column_marginal(5)
