@@ -5,6 +5,12 @@ w (stages w, 2w, 4w, 8w; w = 64 is torchvision's resnet18 and its state_dict key
 
 Visual stride: layer4 keeps stride 1 (no dilation: BasicBlock does not support it), so the map has stride 16 —
 a 224 px frame gives a 14×14 grid, 128 px 8×8, 112 px 7×7, 64 px 4×4. The weights keep torchvision's shapes.
+
+Visual padding (``ModelConfig.visual_padding``): with zero padding every border location of the map carries a
+signature of where it is, and its receptive field covers the whole frame, so the max over locations in S(v, a) can
+settle on a fixed corner as a global descriptor — the heatmap stops localising while the contrastive loss still
+falls (measured on the demo set, see README). "reflect" padding removes the positional signature (the trunk becomes
+close to translation-equivariant), so the location that wins the max must be chosen by content.
 The audio backbone takes the 1-channel log-mel (B, 1, n_mels, T), keeps all strides, and is average-pooled to a
 vector.
 """
@@ -26,7 +32,7 @@ log = logging.getLogger(__name__)
 class ResNet18(nn.Module):
     """ResNet-18 trunk (no fc) with base width ``width``; returns the layer4 map (B, 8·width, H/s, W/s)."""
 
-    def __init__(self, width: int = 64, in_channels: int = 3, last_stride: int = 2):
+    def __init__(self, width: int = 64, in_channels: int = 3, last_stride: int = 2, padding_mode: str = "zeros"):
         super().__init__()
         self.inplanes = width
         self.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
@@ -41,6 +47,8 @@ class ResNet18(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if any(m.padding):
+                    m.padding_mode = padding_mode          # same weights/keys; only how borders are filled
 
     def _make_layer(self, planes: int, stride: int) -> nn.Sequential:
         down = None
@@ -109,7 +117,8 @@ class AVModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.visual = ResNet18(cfg.visual_width, in_channels=3, last_stride=1)       # q^v, stride 16
+        self.visual = ResNet18(cfg.visual_width, in_channels=3, last_stride=1,       # q^v, stride 16
+                               padding_mode=cfg.visual_padding)
         self.audio = ResNet18(cfg.audio_width, in_channels=1, last_stride=2)         # q^a
         self.vis_head = nn.Conv2d(self.visual.out_channels, cfg.embed_dim, 1)        # \hat f^v
         self.aud_head = nn.Linear(self.audio.out_channels, cfg.embed_dim)            # \hat f^a

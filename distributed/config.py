@@ -41,6 +41,7 @@ class TrainConfig:
     relabel_epochs: list[int] | None = None
     relabel_every: int = 1
     shm_comm: bool = False              # DeepSpeed's shared-memory comm op (inference all-reduce only; JIT ~30 s)
+    placement_strategy: str = "PACK"    # Ray Train worker placement: PACK (fill a node first), SPREAD, STRICT_SPREAD
     log_dir: str = "runs/stage1"
 
     def relabel_after(self, epoch: int) -> bool:
@@ -64,6 +65,8 @@ class TrainConfig:
         require(self.precision != "fp16" or self.use_gpu, "precision",
                 "fp16 needs GPUs (DeepSpeed's loss scaler); use bf16 or fp32 on CPU")
         require(self.grad_accum >= 1, "grad_accum", "must be >= 1")
+        require(self.placement_strategy in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"), "placement_strategy",
+                "must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD (Ray placement group strategies)")
         require(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = no clipping)")
         require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         require(self.report_every >= 1, "report_every", "must be >= 1")

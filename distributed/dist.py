@@ -103,6 +103,15 @@ def all_gather_with_grad(t: torch.Tensor) -> tuple[torch.Tensor, int]:
 _OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
 
 
+def all_gather_objects(obj) -> list:
+    """Every rank's ``obj`` (picklable, small), in rank order; ``[obj]`` without a process group."""
+    if get_world_size() == 1:
+        return [obj]
+    out: list = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def make_reduce(group=None) -> Reduce:
     """``reduce(t, op)`` for ``avdet.sinkhorn``: all-reduce a small tensor (op "sum" or "max") over ``group``
     (default: the world) and return the result. Identity when no process group exists (or world size 1).

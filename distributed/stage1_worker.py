@@ -191,10 +191,11 @@ def train_loop_per_worker(config: dict) -> None:
     score_shard = ray.train.get_dataset_shard(f"score_{dist.get_rank()}")
     stream_cfg, score_cfg = cfg.stream_config(shuffle=True), cfg.stream_config(shuffle=False)
     fault = _fault_injector(cfg.train.fail_at_step, out)
+    nodes = len(set(dist.all_gather_objects(ray.get_runtime_context().get_node_id())))   # Ray nodes in the group
     for epoch in range(start_epoch, cfg.train.epochs):
         step, parts = train_epoch(engine, iter_torch_batches(train_shard, stream_cfg, epoch), table, cfg.loss.lam,
                                   epoch, step, cfg.train.report_every, writer, fault)
-        metrics = {"epoch": epoch, "step": step, **{f"train_{k}": v for k, v in parts.items()}}
+        metrics = {"epoch": epoch, "step": step, "nodes": nodes, **{f"train_{k}": v for k, v in parts.items()}}
         if cfg.train.relabel_after(epoch):
             table, stats = relabel(engine.module, iter_torch_batches(score_shard, score_cfg), cfg, table,
                                    version=epoch + 1)

@@ -61,3 +61,18 @@ def test_rgb_weights_load_into_audio_conv1(tmp_path):
     model = AVModel(ModelConfig(image_size=64, visual_width=4, audio_width=4, embed_dim=8, num_clusters=3,
                                 audio_weights=str(tmp_path / "rgb.pt")))
     assert torch.allclose(model.audio.conv1.weight, rgb.conv1.weight.sum(1, keepdim=True))
+
+
+def test_reflect_padding_removes_the_border_signature():
+    """On a constant image a zero-padded trunk's map differs between border and centre (the positional signature
+    the max can latch onto); with visual_padding="reflect" every location is the same. Keys are unchanged."""
+    cfg = dict(image_size=64, visual_width=8, audio_width=8, embed_dim=16, num_clusters=3)
+    zeros, reflect = AVModel(ModelConfig(**cfg)).eval(), AVModel(ModelConfig(**cfg, visual_padding="reflect")).eval()
+    reflect.load_state_dict(zeros.state_dict())
+    flat = torch.ones(1, 3, 64, 64)
+    with torch.no_grad():
+        spread = {name: float(m.visual(flat).std(dim=(2, 3)).max()) for name, m in (("zeros", zeros),
+                                                                                    ("reflect", reflect))}
+    assert spread["reflect"] < 1e-4 < spread["zeros"], spread
+    with pytest.raises(Exception, match="visual_padding"):
+        ModelConfig(**cfg, visual_padding="circular").check()

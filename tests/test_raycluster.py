@@ -121,3 +121,38 @@ def test_listening_sockets_sees_a_plain_listener():
 def test_start_head_rejects_long_tmp_dir(tmp_path):
     with pytest.raises(ValueError, match="short path"):
         raycluster.start_head(tmp_path / ("x" * 60), num_cpus=1)
+
+
+def test_stage1_spread_over_two_raylets(short_tmp, ray_client, tmp_path):
+    """Simulated multi-node stage 1: a head and a worker raylet on 127.0.0.1, two training workers placed SPREAD,
+    one per node; the between-epoch relabel runs inside those workers (rows stay on their node) and the label
+    table is complete and balanced."""
+    import numpy as np
+
+    from distributed.labels import LabelTable
+    from distributed.stage1 import run_stage1
+    from tests.avshards import make_toy_shards
+    from tests.test_stage1 import K, PER_CLASS, _cfg
+
+    head = raycluster.start_head(short_tmp / "h", num_cpus=2)
+    nodes = [head]
+    try:
+        nodes.append(raycluster.start_worker(head.address, short_tmp / "w", num_cpus=2, token_path=head.token_path))
+        ray_client(head)
+        manifest = make_toy_shards(tmp_path / "shards", num_classes=K, per_class=PER_CLASS, size=64, per_shard=16,
+                                   seed=1)
+        out = tmp_path / "stage1"
+        summary = run_stage1(_cfg(manifest, out, "train.epochs=1", "train.placement_strategy=STRICT_SPREAD",
+                                  f"ray_address={head.address}"))
+        assert [m["nodes"] for m in summary["metrics"]] == [2]
+        table = LabelTable.load(out / "labels", 1)
+        assert len(table) == K * PER_CLASS
+        sizes = np.bincount(table.labels, minlength=K)
+        assert np.all(np.abs(sizes - PER_CLASS) <= 0.25 * PER_CLASS), sizes
+    finally:
+        import ray
+        ray.shutdown()
+        pids = [p for n in nodes for p in n.pids()]
+        for n in reversed(nodes):
+            n.stop()
+    _assert_gone(pids)
