@@ -112,7 +112,8 @@ def score_matrix(vis_emb: torch.Tensor, aud_emb: torch.Tensor, rho: torch.Tensor
 
 class AVModel(nn.Module):
     """Audio-visual model. forward(frames (B,3,H,W), audio (B,1,n_mels,T)) -> dict with
-    vis_emb (B,C,h,w) and aud_emb (B,C) (L2-normalised), vis_logits and aud_logits (B,K), rho (scalar)."""
+    vis_emb (B,C,h,w) and aud_emb (B,C) (L2-normalised), vis_logits and aud_logits (B,K), the pooled trunk features
+    the classifiers see, vis_pool and aud_pool (B,8w), and rho (scalar)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -138,11 +139,14 @@ class AVModel(nn.Module):
     def forward(self, frames: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         qv = self.visual(frames)                                   # (B, 8w, h, w)
         qa = self.audio(audio).mean(dim=(2, 3))                    # (B, 8w)
+        pooled = qv.mean(dim=(2, 3))                               # (B, 8w)
         return {
             "vis_emb": F.normalize(self.vis_head(qv), dim=1),      # f^v_u(v), unit norm per location
             "aud_emb": F.normalize(self.aud_head(qa), dim=1),      # f^a(a)
-            "vis_logits": self.vis_cls(qv.mean(dim=(2, 3))),       # g^v(v)
+            "vis_logits": self.vis_cls(pooled),                    # g^v(v)
             "aud_logits": self.aud_cls(qa),                        # g^a(a)
+            "vis_pool": pooled,                                    # what g^v sees (k-means warm start)
+            "aud_pool": qa,                                        # what g^a sees
             "rho": self.rho,
         }
 

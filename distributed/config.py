@@ -85,12 +85,16 @@ class RelabelConfig:
 
     mode "workers": inside the training workers' process group (rows stay where they were computed).
     mode "actors": a pool of ``num_actors`` Ray actors with their own gloo group (scales past the training group;
-    restarts a dead actor up to ``max_restarts`` times). ``warm_start``: initial labels ("random" equipartition or
-    FAISS k-means). ``topk`` > 0: sparse Sinkhorn over the top-k FAISS candidate clusters of each sample.
+    restarts a dead actor up to ``max_restarts`` times; each actor reserves ``actor_cpus`` CPUs).
+    ``warm_start``: "random" (labels start as a random equipartition and every round is Sinkhorn) or "kmeans" (the
+    first round is FAISS k-means over the features the classifiers see, learned by the first epoch's contrastive
+    loss, instead of Sinkhorn on classifiers trained on random labels). ``topk`` > 0: sparse Sinkhorn over each
+    sample's top-k clusters (workers mode), so no N×K matrix is ever held.
     """
     mode: str = "workers"
     num_actors: int = 2
     max_restarts: int = 3
+    actor_cpus: float = 1.0
     timeout_s: float = 600.0           # gloo collective timeout and the longest a relabel round may take
     use_gpu_faiss: bool = False
     warm_start: str = "random"
@@ -105,6 +109,9 @@ class RelabelConfig:
         require(self.warm_start in ("random", "kmeans"), "warm_start", "must be 'random' or 'kmeans'")
         require(self.kmeans_iters >= 1, "kmeans_iters", "must be >= 1")
         require(self.topk >= 0, "topk", "must be >= 0 (0 = dense Sinkhorn)")
+        require(self.actor_cpus > 0, "actor_cpus", "must be > 0")
+        require(self.topk == 0 or self.mode == "workers", "topk",
+                "sparse relabel runs in mode 'workers' (the actor pool solves the dense problem)")
 
 
 def check_batch_vs_workers(train: TrainConfig, num_samples: int, relabel: RelabelConfig | None = None) -> None:

@@ -3,6 +3,8 @@
 * ``get_rank`` / ``get_world_size`` / ``is_main_process`` / ``barrier``: 0 / 1 / True / no-op without a group.
 * ``all_gather_with_grad``: gather a batch from every rank so the contrastive loss sees the global batch
   (METHOD.md §2); the gradient flows back to the local slice.
+* ``gather_to_main`` / ``broadcast_from_main``: tensors to rank 0 and back (the relabel rounds that solve on one
+  process: FAISS k-means, the actor pool).
 * ``make_reduce``: the ``reduce(t, op)`` callable that ``avdet.sinkhorn`` takes (all-reduce of small tensors).
 * ``setup_logging``: rank 0 logs INFO, the other ranks only WARNING and above.
 * ``init_group`` / ``local_rendezvous`` / ``spawn_loopback`` / ``ensure_dist_env`` / ``free_port``: gloo groups
@@ -98,6 +100,30 @@ def all_gather_with_grad(t: torch.Tensor) -> tuple[torch.Tensor, int]:
     if min(counts) != top:
         gathered = torch.cat([gathered[r * top:r * top + c] for r, c in enumerate(counts)], dim=0)
     return gathered, sum(counts[:rank])
+
+
+def gather_to_main(t: torch.Tensor) -> list[torch.Tensor] | None:
+    """Every rank's ``t`` (n_r, ...) (sizes may differ) on rank 0, in rank order; ``None`` on the other ranks.
+    Tensors only (no pickling); one process: ``[t]``."""
+    world = get_world_size()
+    if world == 1:
+        return [t]
+    t = t.contiguous()
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([t.shape[0]], dtype=torch.int64))
+    counts = [int(s) for s in sizes]
+    top = max(counts)
+    padded = torch.cat([t, t.new_zeros((top - t.shape[0],) + tuple(t.shape[1:]))]) if t.shape[0] < top else t
+    parts = [torch.empty_like(padded) for _ in range(world)] if dist.get_rank() == 0 else None
+    dist.gather(padded, parts, dst=0)
+    return [p[:c] for p, c in zip(parts, counts)] if parts is not None else None
+
+
+def broadcast_from_main(t: torch.Tensor) -> torch.Tensor:
+    """Rank 0's ``t`` on every rank (the others pass a tensor of the same shape and dtype); in place, returned."""
+    if get_world_size() > 1:
+        dist.broadcast(t, src=0)
+    return t
 
 
 _OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}

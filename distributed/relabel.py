@@ -9,12 +9,16 @@ Each process holds a row shard of the N×K log-probability matrix; every Sinkhor
   so the service re-forms the group, re-sends every shard from the object store and re-runs. Sinkhorn is
   deterministic for a fixed row partition, so a re-run gives identical labels.
 * FAISS: ``kmeans_warm_start`` (initial labels) and ``relabel_sparse`` (top-k candidate clusters, sparse Sinkhorn).
+* ``relabel_round``: one between-epoch round of stage 1, as ``RelabelConfig`` says (``round_method``): FAISS
+  k-means on the features for the first round when ``warm_start="kmeans"``; else dense Sinkhorn in the workers,
+  sparse Sinkhorn over each row's top-k clusters in the workers (``topk`` > 0), or the actor pool (``mode="actors"``).
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -25,7 +29,8 @@ from avdet.kmeans import kmeans, log_p_from_similarities, topk_candidates
 from avdet.sinkhorn import (Reduce, SinkhornResult, column_marginal, rank_marginal, sinkhorn_knopp,
                             sparse_sinkhorn_knopp)
 from distributed.config import RelabelConfig
-from distributed.dist import all_gather_with_grad, free_port, init_group, local_rendezvous, make_reduce
+from distributed.dist import (all_gather_with_grad, broadcast_from_main, free_port, gather_to_main, init_group,
+                              is_main_process, local_rendezvous, make_reduce)
 from distributed.labels import LabelTable
 
 log = logging.getLogger(__name__)
@@ -128,6 +133,10 @@ class SinkhornActor:
     def pid(self) -> int:
         return os.getpid()
 
+    def node_id(self) -> str:
+        import ray
+        return ray.get_runtime_context().get_node_id()
+
     def endpoint(self) -> str:
         """The pool's rendezvous when this actor is rank 0: a fresh file:// store when the Ray node is on
         loopback (a one-machine cluster: no port opened), else tcp://<this node's IP>:<free port>."""
@@ -170,13 +179,13 @@ class RelabelService:
     Requires ``ray.init`` beforehand; call ``shutdown()`` (or use as a context manager) to free the actors.
     """
 
-    def __init__(self, cfg: RelabelConfig, sk: SinkhornConfig, num_cpus_per_actor: float = 1.0):
+    def __init__(self, cfg: RelabelConfig, sk: SinkhornConfig):
         import ray
         cfg.check()
         sk.check()
         self.cfg, self.sk = cfg, sk
         self._remote = ray.remote(SinkhornActor).options(
-            num_cpus=num_cpus_per_actor, max_restarts=cfg.max_restarts, scheduling_strategy="SPREAD")
+            num_cpus=cfg.actor_cpus, max_restarts=cfg.max_restarts, scheduling_strategy="SPREAD")
         self.actors = [self._remote.remote() for _ in range(cfg.num_actors)]
         self._refs: list = []
         self._k = 0
@@ -198,6 +207,11 @@ class RelabelService:
     def pids(self) -> list[int]:
         import ray
         return ray.get([a.pid.remote() for a in self.actors], timeout=self.cfg.timeout_s)
+
+    def num_nodes(self) -> int:
+        """How many Ray nodes the pool's actors live on."""
+        import ray
+        return len(set(ray.get([a.node_id.remote() for a in self.actors], timeout=self.cfg.timeout_s)))
 
     def load(self, shards: Sequence[tuple]) -> None:
         """Put the shards in the object store; ``solve`` sends them to the actors (round-robin)."""
@@ -296,3 +310,88 @@ class RelabelService:
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
                 time.sleep(0.5)
         return False
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one round of stage 1 (called on every training rank)
+
+
+@dataclass
+class Scores:
+    """This rank's rows of the whole-dataset scores for one round; which fields are set depends on the method
+    (``round_method``): ``log_p`` (n, K) for dense and actors, ``cand_idx``/``cand_log_p`` (n, topk) for sparse,
+    ``features`` (n, D) for k-means. ``true`` (n,) holds evaluation labels (-1 when unknown; never used to label)."""
+    index: torch.Tensor
+    true: torch.Tensor
+    num_clusters: int
+    log_p: torch.Tensor | None = None
+    cand_idx: torch.Tensor | None = None
+    cand_log_p: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+
+
+def round_method(cfg: RelabelConfig, prev: LabelTable) -> str:
+    """How the round after label table ``prev`` is solved: "kmeans" (the warm start: first round, i.e. ``prev`` is
+    the initial table v0, and ``warm_start="kmeans"``), "actors", "sparse" (``topk`` > 0) or "dense"."""
+    if cfg.warm_start == "kmeans" and prev.version == 0:
+        return "kmeans"
+    if cfg.mode == "actors":
+        return "actors"
+    return "sparse" if cfg.topk > 0 else "dense"
+
+
+def relabel_round(scores: Scores, cfg: RelabelConfig, sk: SinkhornConfig, prev: LabelTable, version: int,
+                  service: "RelabelService | None" = None) -> tuple[LabelTable, dict]:
+    """One relabel round over the whole dataset (every rank calls it with its rows). Returns the new table —
+    identical on every rank — and the round's statistics (``log_relabel``, plus ``method``).
+    ``service`` (rank 0 only) is the actor pool for ``mode="actors"``."""
+    method = round_method(cfg, prev)
+    k, result = scores.num_clusters, None
+    if method == "kmeans":
+        table = _kmeans_round(scores, cfg, version)
+    elif method == "actors":
+        table = _actors_round(scores, service, prev, version)
+    elif method == "sparse":
+        result = sparse_sinkhorn_knopp(scores.cand_idx, scores.cand_log_p, k, sk.lambda_sk,
+                                       target_marginal(sk, k, prev), sk.max_iters, sk.tol, reduce=make_reduce(),
+                                       dtype=getattr(torch, sk.dtype))
+        table = gather_table(scores.index, result.labels, k, version)
+    else:
+        result = solve_shard(scores.log_p, sk, target_marginal(sk, k, prev), reduce=make_reduce())
+        table = gather_table(scores.index, result.labels, k, version)
+    stats = log_relabel(table, prev, result)
+    stats["method"] = method
+    if method == "actors" and service is not None:
+        stats["actor_nodes"] = service.num_nodes()
+    return table, stats
+
+
+def _all_index(index: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return all_gather_with_grad(torch.as_tensor(index, dtype=torch.int64))[0]
+
+
+def _kmeans_round(scores: Scores, cfg: RelabelConfig, version: int) -> LabelTable:
+    """FAISS k-means over every rank's features, on rank 0 (GPU index when asked and present); labels broadcast."""
+    index = _all_index(scores.index)
+    feats = gather_to_main(scores.features.float())
+    labels = torch.zeros(index.shape[0], dtype=torch.int64)
+    if feats is not None:
+        _, assign = kmeans(torch.cat(feats).numpy(), scores.num_clusters, niter=cfg.kmeans_iters, seed=version,
+                           use_gpu=cfg.use_gpu_faiss)
+        labels = torch.from_numpy(np.asarray(assign, dtype=np.int64))
+    return LabelTable.from_pairs(index, broadcast_from_main(labels), scores.num_clusters, version)
+
+
+def _actors_round(scores: Scores, service: "RelabelService | None", prev: LabelTable,
+                  version: int) -> LabelTable:
+    """Rank 0 hands every rank's rows (one shard per rank) to the actor pool; labels broadcast back."""
+    index = _all_index(scores.index)
+    idx_parts, log_p_parts = gather_to_main(scores.index), gather_to_main(scores.log_p.float())
+    labels = torch.zeros(index.shape[0], dtype=torch.int64)
+    if is_main_process():
+        if service is None:
+            raise RuntimeError("relabel mode 'actors': rank 0 has no RelabelService")
+        table = service.relabel(list(zip(idx_parts, log_p_parts)), version, prev)
+        labels = table.lookup(index)
+    return LabelTable.from_pairs(index, broadcast_from_main(labels), scores.num_clusters, version)

@@ -1,8 +1,9 @@
 """The per-worker loop of stage 1 (runs inside each Ray Train worker, under DeepSpeed).
 
 Epoch: train on this worker's stream shard with L = λ·L_NC + (1−λ)·L_clust (negatives from the global batch), then,
-when the schedule says so, score this worker's share of the WHOLE dataset and re-optimise the labels with distributed
-Sinkhorn-Knopp (only K-vectors cross the network), then checkpoint (every rank saves its ZeRO shard; rank 0 adds the
+when the schedule says so, score this worker's share of the WHOLE dataset and re-optimise the labels (distributed
+Sinkhorn-Knopp, dense or sparse, where only K-vectors cross the network; the relabel actor pool; or, for the first
+round, FAISS k-means on the features — ``relabel.relabel_round``), then checkpoint (every rank saves its ZeRO shard; rank 0 adds the
 label table) and report. Every rank reports the same number of times, or Ray Train hangs.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from data.stream import iter_torch_batches
 from distributed import dist
 from distributed.engine import build_engine, load_checkpoint, save_checkpoint
 from distributed.labels import LabelTable
-from distributed.relabel import relabel_in_workers
+from distributed.relabel import RelabelService, Scores, relabel_round, round_method
 from distributed.stage1_config import Stage1Config
 
 log = logging.getLogger(__name__)
@@ -86,30 +87,43 @@ def train_epoch(engine, stream, labels: LabelTable, lam: float, epoch: int, step
 
 
 @torch.no_grad()
-def score_dataset(model, stream) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """This worker's rows of the whole-dataset score matrix: (log_p (n,K), index (n,), true label (n,) or -1)."""
+def score_dataset(model, stream, method: str, topk: int = 0) -> Scores:
+    """This worker's rows of the whole-dataset scores, as round ``method`` needs them (``relabel.round_method``):
+    the combined log-probabilities (n, K), only their top-k per row (sparse: nothing N×K is kept), or the features
+    the classifiers see (k-means: L2-normalised pooled visual and audio trunk features, concatenated)."""
     model.eval()
-    log_ps, idx, true = [], [], []
-    for batch in stream:
-        log_ps.append(combined_log_p(model(batch["frames"], batch["audio"])))
-        idx.append(batch["index"])
-        true.append(batch["label"])
     k = model.cfg.num_clusters
-    if not log_ps:
-        return torch.zeros(0, k), torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
-    return torch.cat(log_ps), torch.cat(idx), torch.cat(true)
+    cols: dict[str, list[torch.Tensor]] = {"index": [], "true": [], "log_p": [], "cand_idx": [], "cand_log_p": [],
+                                           "features": []}
+    for batch in stream:
+        out = model(batch["frames"], batch["audio"])
+        cols["index"].append(batch["index"])
+        cols["true"].append(batch["label"])
+        if method == "kmeans":
+            cols["features"].append(torch.cat([F.normalize(out["vis_pool"].float(), dim=1),
+                                               F.normalize(out["aud_pool"].float(), dim=1)], 1) / 2 ** 0.5)
+        elif method == "sparse":
+            vals, idx = combined_log_p(out).topk(min(topk, k), dim=1)
+            cols["cand_idx"].append(idx)
+            cols["cand_log_p"].append(vals)
+        else:
+            cols["log_p"].append(combined_log_p(out))
+    empty = {"index": torch.zeros(0, dtype=torch.int64), "true": torch.zeros(0, dtype=torch.int64)}
+    got = {name: torch.cat(parts) if parts else empty.get(name) for name, parts in cols.items()}
+    return Scores(got["index"], got["true"], k, log_p=got["log_p"], cand_idx=got["cand_idx"],
+                  cand_log_p=got["cand_log_p"], features=got["features"])
 
 
-def relabel(model, stream, cfg: Stage1Config, prev: LabelTable, version: int) -> tuple[LabelTable, dict]:
-    """Score the whole dataset (this worker's part), run distributed Sinkhorn, return the new table on every rank,
-    with statistics (cluster sizes, fraction changed, NMI vs previous, and accuracy against true labels when the
-    data has them — for monitoring only; they never reach the loss)."""
+def relabel(model, stream, cfg: Stage1Config, prev: LabelTable, version: int,
+            service: RelabelService | None = None) -> tuple[LabelTable, dict]:
+    """Score the whole dataset (this worker's part), run the round (``relabel.relabel_round``), return the new
+    table on every rank, with statistics (cluster sizes, fraction changed, NMI vs previous, the method, and
+    accuracy against true labels when the data has them — for monitoring only; they never reach the loss)."""
     t0 = time.perf_counter()
-    log_p, index, true = score_dataset(model, stream)
-    _, table = relabel_in_workers(log_p, index, cfg.sinkhorn, version=version, prev=prev)
-    stats = table.stats(prev)
+    scores = score_dataset(model, stream, round_method(cfg.relabel, prev), cfg.relabel.topk)
+    table, stats = relabel_round(scores, cfg.relabel, cfg.sinkhorn, prev, version, service)
     stats["relabel_s"] = time.perf_counter() - t0
-    true_all = _gather_true(index, true)
+    true_all = _gather_true(scores.index, scores.true)
     if true_all is not None:
         known = true_all[1] >= 0
         pseudo = table.lookup(true_all[0][known]).numpy()
@@ -174,8 +188,10 @@ def _fault_injector(fail_at_step: int, out_dir: Path) -> Callable[[int], None] |
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry point. ``config`` = {"stage1": resolved Stage1Config as a dict, "num_train": int}."""
-    import ray.train
+    """Ray Train entry point. ``config`` = {"stage1": resolved Stage1Config as a dict, "num_train": int}.
+    With ``relabel.mode="actors"`` rank 0 owns the relabel actor pool (it dies with rank 0, so a restarted group
+    starts a fresh pool)."""
+    import ray
 
     cfg = from_dict(Stage1Config, config["stage1"])
     dist.setup_logging(dist.get_rank())
@@ -187,19 +203,37 @@ def train_loop_per_worker(config: dict) -> None:
     engine = build_engine(model, cfg.train, steps)
     start_epoch, step, table = _resume(engine, out / LABELS_DIR)
     writer = _writer(out / "tb") if dist.is_main_process() else None
+    fault = _fault_injector(cfg.train.fail_at_step, out)
+    nodes = len(set(dist.all_gather_objects(ray.get_runtime_context().get_node_id())))   # Ray nodes in the group
+    service = RelabelService(cfg.relabel, cfg.sinkhorn) if (cfg.relabel.mode == "actors"
+                                                            and dist.is_main_process()) else None
+    try:
+        _epochs(cfg, engine, table, start_epoch, step, nodes, writer, fault, service)
+    finally:
+        if service is not None:
+            service.shutdown()
+    if dist.is_main_process():
+        _save_model(engine.module, out / "model.pt")
+    dist.barrier()
+
+
+def _epochs(cfg: Stage1Config, engine, table: LabelTable, start_epoch: int, step: int, nodes: int, writer,
+            fault, service: RelabelService | None) -> None:
+    """Train, relabel when scheduled, log, checkpoint and report, epoch after epoch."""
+    import ray.train
+
+    out = Path(cfg.out_dir)
     train_shard = ray.train.get_dataset_shard("train")
     score_shard = ray.train.get_dataset_shard(f"score_{dist.get_rank()}")
     stream_cfg, score_cfg = cfg.stream_config(shuffle=True), cfg.stream_config(shuffle=False)
-    fault = _fault_injector(cfg.train.fail_at_step, out)
-    nodes = len(set(dist.all_gather_objects(ray.get_runtime_context().get_node_id())))   # Ray nodes in the group
     for epoch in range(start_epoch, cfg.train.epochs):
         step, parts = train_epoch(engine, iter_torch_batches(train_shard, stream_cfg, epoch), table, cfg.loss.lam,
                                   epoch, step, cfg.train.report_every, writer, fault)
         metrics = {"epoch": epoch, "step": step, "nodes": nodes, **{f"train_{k}": v for k, v in parts.items()}}
         if cfg.train.relabel_after(epoch):
             table, stats = relabel(engine.module, iter_torch_batches(score_shard, score_cfg), cfg, table,
-                                   version=epoch + 1)
-            metrics.update({f"relabel_{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
+                                   version=epoch + 1, service=service)
+            metrics.update({f"relabel_{k}": v for k, v in stats.items() if isinstance(v, (int, float, str))})
             if dist.is_main_process():
                 table.save(out / LABELS_DIR)
         if writer is not None:
@@ -212,9 +246,6 @@ def train_loop_per_worker(config: dict) -> None:
         log.info("epoch %d done: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v
                                                for k, v in metrics.items()})
         _checkpoint_and_report(engine, table, epoch, step, metrics)
-    if dist.is_main_process():
-        _save_model(engine.module, out / "model.pt")
-    dist.barrier()
 
 
 def _append_history(path: Path, metrics: dict) -> None:

@@ -124,9 +124,9 @@ def test_start_head_rejects_long_tmp_dir(tmp_path):
 
 
 def test_stage1_spread_over_two_raylets(short_tmp, ray_client, tmp_path):
-    """Simulated multi-node stage 1: a head and a worker raylet on 127.0.0.1, two training workers placed SPREAD,
-    one per node; the between-epoch relabel runs inside those workers (rows stay on their node) and the label
-    table is complete and balanced."""
+    """Simulated multi-node stage 1: a head and a worker raylet on 127.0.0.1, two training workers placed
+    STRICT_SPREAD (one per node) and a relabel actor pool of two, SPREAD over both nodes. Round 1 is the FAISS
+    k-means warm start, round 2 Sinkhorn in the actor pool; the label table is complete and balanced."""
     import numpy as np
 
     from distributed.labels import LabelTable
@@ -142,10 +142,14 @@ def test_stage1_spread_over_two_raylets(short_tmp, ray_client, tmp_path):
         manifest = make_toy_shards(tmp_path / "shards", num_classes=K, per_class=PER_CLASS, size=64, per_shard=16,
                                    seed=1)
         out = tmp_path / "stage1"
-        summary = run_stage1(_cfg(manifest, out, "train.epochs=1", "train.placement_strategy=STRICT_SPREAD",
-                                  f"ray_address={head.address}"))
-        assert [m["nodes"] for m in summary["metrics"]] == [2]
-        table = LabelTable.load(out / "labels", 1)
+        summary = run_stage1(_cfg(manifest, out, "train.epochs=2", "train.placement_strategy=STRICT_SPREAD",
+                                  "relabel.warm_start=kmeans", "relabel.mode=actors", "relabel.num_actors=2",
+                                  "relabel.actor_cpus=0.25", f"ray_address={head.address}"))
+        metrics = summary["metrics"]
+        assert [m["nodes"] for m in metrics] == [2, 2]
+        assert [m["relabel_method"] for m in metrics] == ["kmeans", "actors"]
+        assert metrics[1]["relabel_actor_nodes"] == 2
+        table = LabelTable.load(out / "labels", 2)
         assert len(table) == K * PER_CLASS
         sizes = np.bincount(table.labels, minlength=K)
         assert np.all(np.abs(sizes - PER_CLASS) <= 0.25 * PER_CLASS), sizes

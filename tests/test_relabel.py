@@ -13,8 +13,8 @@ from avdet.sinkhorn import column_marginal, sinkhorn_knopp
 from distributed.config import RelabelConfig
 from distributed.dist import spawn_loopback
 from distributed.labels import random_equipartition
-from distributed.relabel import (RelabelService, SinkhornActor, kmeans_warm_start, relabel_in_workers,
-                                 relabel_sparse, target_marginal)
+from distributed.relabel import (RelabelService, Scores, SinkhornActor, kmeans_warm_start, relabel_in_workers,
+                                 relabel_round, relabel_sparse, round_method, target_marginal)
 
 N, K = 600, 12
 SK = SinkhornConfig(lambda_sk=20.0, max_iters=300, tol=1e-6, dtype="float64")   # float64: no near-tie flips
@@ -77,6 +77,58 @@ def test_relabel_in_workers_two_process_gloo_matches_single(tmp_path):
     assert torch.equal(torch.cat([r0["labels"], r1["labels"]]), ref)
     for r in (r0, r1):                                             # every rank holds the full table
         assert torch.equal(r["indices"], index) and torch.equal(r["table"], ref)
+
+
+def test_round_method_follows_the_config():
+    v0, v1 = random_equipartition(np.arange(10), 2), random_equipartition(np.arange(10), 2, version=1)
+    assert round_method(RelabelConfig(), v0) == "dense"
+    assert round_method(RelabelConfig(warm_start="kmeans"), v0) == "kmeans"
+    assert round_method(RelabelConfig(warm_start="kmeans", topk=3), v1) == "sparse"   # warm start is one round
+    assert round_method(RelabelConfig(warm_start="kmeans", mode="actors"), v1) == "actors"
+
+
+def _blobs(n_per=50, d=16, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(K, d)).astype(np.float32) * 4
+    truth = np.repeat(np.arange(K), n_per)
+    feats = centers[truth] + rng.normal(size=(truth.size, d)).astype(np.float32)
+    return torch.from_numpy(feats / np.linalg.norm(feats, axis=1, keepdims=True)), truth
+
+
+def _round_job(rank, world, out_dir):
+    """Every method of relabel_round on this rank's unequal share of the rows."""
+    torch.set_num_threads(1)
+    log_p, index = _scores()
+    rows = slice(0, 250) if rank == 0 else slice(250, N)
+    prev = random_equipartition(index, K, version=1)
+    true = torch.full((N,), -1, dtype=torch.int64)[rows]
+    dense, _ = relabel_round(Scores(index[rows], true, K, log_p=log_p[rows]), RelabelConfig(), SK, prev, 2)
+    vals, idx = log_p[rows].topk(K, dim=1)                         # top-k with k = K: the dense problem, permuted
+    sparse, stats = relabel_round(Scores(index[rows], true, K, cand_idx=idx, cand_log_p=vals),
+                                  RelabelConfig(topk=K), SK, prev, 2)
+    feats, _ = _blobs()
+    f_rows = slice(0, 250) if rank == 0 else slice(250, feats.shape[0])
+    f_index = torch.arange(feats.shape[0]) * 5
+    km, km_stats = relabel_round(Scores(f_index[f_rows], true[:1], K, features=feats[f_rows]),
+                                 RelabelConfig(warm_start="kmeans"), SK, random_equipartition(f_index, K), 1)
+    torch.save({"dense": torch.from_numpy(dense.labels), "sparse": torch.from_numpy(sparse.labels),
+                "kmeans": torch.from_numpy(km.labels), "methods": [stats["method"], km_stats["method"]]},
+               f"{out_dir}/rank{rank}.pt")
+
+
+def test_relabel_round_two_process_gloo(tmp_path):
+    """Dense and sparse (top-K) rounds give single-process Sinkhorn's labels on both ranks; the k-means warm start
+    gives both ranks the same table, and it recovers the blobs."""
+    _, ref = _reference()
+    spawn_loopback(_round_job, 2, str(tmp_path))
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for r in (r0, r1):
+        assert torch.equal(r["dense"], ref) and torch.equal(r["sparse"], ref)
+        assert r["methods"] == ["sparse", "kmeans"]
+    assert torch.equal(r0["kmeans"], r1["kmeans"])
+    _, truth = _blobs()
+    from avdet.metrics.clusters import cluster_metrics
+    assert cluster_metrics(r0["kmeans"].numpy(), truth)["nmi"] > 0.9
 
 
 def test_sinkhorn_actor_in_process_without_group():
