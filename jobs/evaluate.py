@@ -1,6 +1,6 @@
 """Evaluation job: stage artifacts -> results.json, tables.md, report.html (distributed/evaluate.py).
 
-    python jobs/evaluate.py --config clusters/local/eval.yaml manifest=/tmp/shards/manifest.json out_dir=/tmp/eval
+    python jobs/evaluate.py --config clusters/local/eval.yaml          # a finished `make demo` (outputs/demo)
     python jobs/evaluate.py manifest=... gt=.../gt_test.json pseudo_train=... pseudo_test=... detector=... use_ray=true
 """
 from __future__ import annotations

@@ -1,0 +1,62 @@
+"""Every config the docs and job docstrings point at exists and loads with its job's config class (a user copying a
+command from the README must not meet a missing file or a stale key)."""
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from avdet.config import load_config
+from data.config import IngestConfig
+from data.synthetic.config import SynthConfig
+from distributed.detector_train import DetectorTrainConfig
+from distributed.evaluate import EvalConfig
+from distributed.pipeline import PipelineConfig, resolve
+from distributed.pseudo_config import PseudoConfig
+from distributed.slurm import SlurmConfig
+from distributed.stage1_config import Stage1Config
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ["README.md", "clusters/README.md", "Makefile", "clusters/kuberay/rayjob.yaml", *sorted(
+    str(p.relative_to(ROOT)) for p in (ROOT / "jobs").glob("*.py"))]
+JOB_CLASS = {"full_vggsound": PipelineConfig, "stage1": Stage1Config, "evaluate": EvalConfig,
+             "pseudo_annotate": PseudoConfig, "train_detector": DetectorTrainConfig, "ingest": IngestConfig,
+             "make_synthetic": SynthConfig, "launch_slurm": SlurmConfig}
+# a config file's job, from its name (configs not named after their job)
+NAME_CLASS = {"demo": PipelineConfig, "pipeline_tiny": PipelineConfig, "vggsound": PipelineConfig,
+              "stage1_tiny": Stage1Config, "eval": EvalConfig, "pseudo_tiny": PseudoConfig,
+              "detector_tiny": DetectorTrainConfig, "ingest_tiny": IngestConfig, "synthetic_demo": SynthConfig,
+              "synthetic_tiny": SynthConfig, "local": SlurmConfig, "gpu_4x8": SlurmConfig}
+NOT_JOB_CONFIGS = {"clusters/local/ray_local.yaml", "clusters/ray/aws_gpu.yaml", "clusters/kuberay/rayjob.yaml"}
+
+
+def _referenced() -> set[str]:
+    refs = set()
+    for doc in DOCS:
+        refs |= set(re.findall(r"clusters/[\w/.-]+\.yaml", (ROOT / doc).read_text()))
+    return refs
+
+
+def test_every_referenced_config_exists():
+    missing = sorted(r for r in _referenced() if not (ROOT / r).is_file())
+    assert not missing, f"referenced but missing: {missing}"
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "clusters").rglob("*.yaml")))
+def test_every_config_loads(path):
+    if path in NOT_JOB_CONFIGS:
+        assert isinstance(yaml.safe_load((ROOT / path).read_text()), dict)
+        return
+    cls = NAME_CLASS[Path(path).stem]
+    cfg = load_config(cls, ROOT / path)
+    if cls is PipelineConfig:                                      # and its stages resolve (paths, K, sizes)
+        resolve(load_config(cls, ROOT / path, ["videos_dir=/videos", "csv=/vggsound.csv"]))
+    assert cfg is not None
+
+
+def test_job_docstrings_name_their_own_config_class():
+    """``python jobs/<job>.py --config X``: X loads with <job>'s class (a stage-1 yaml is not a pipeline yaml)."""
+    for job, cls in JOB_CLASS.items():
+        text = (ROOT / "jobs" / f"{job}.py").read_text()
+        for path in re.findall(rf"jobs/{job}\.py --(?:config|profile) (clusters/[\w/.-]+\.yaml)", text):
+            load_config(cls, ROOT / path)
