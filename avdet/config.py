@@ -252,7 +252,8 @@ class AudioConfig:
 @dataclass
 class ModelConfig:
     """Stage-1 network: ResNet-18-family visual and audio backbones, localisation and classification heads."""
-    image_size: int = 224
+    image_size: int = 224           # frame side it is trained at (the trunk is fully convolutional and takes any
+                                    # size; the pipeline sets it from frame_size, benchmarks size inputs by it)
     visual_width: int = 64          # ResNet base width (64 = torchvision resnet18); narrower for the CPU demo
     audio_width: int = 64
     embed_dim: int = 128            # C, the shared localisation space
@@ -289,7 +290,6 @@ class SinkhornConfig:
     max_iters: int = 200
     tol: float = 1e-3               # stop when column marginals are within tol (relative) of the target
     dtype: str = "float32"          # "float32" or "float64"
-    topk: int = 0                   # 0 = dense; >0 = sparse on top-k candidate clusters per sample (FAISS)
     domain: str = "auto"            # dense passes: "auto" = stabilised scaled kernel (2 matvecs/pass), "log" = log domain
 
     def check(self) -> None:
@@ -299,7 +299,6 @@ class SinkhornConfig:
         require(self.max_iters >= 1, "max_iters", "must be >= 1")
         require(self.tol > 0, "tol", "must be > 0")
         require(self.dtype in ("float32", "float64"), "dtype", "must be 'float32' or 'float64'")
-        require(self.topk >= 0, "topk", "must be >= 0")
         require(self.domain in ("auto", "log"), "domain", "must be 'auto' or 'log'")
 
 
@@ -341,14 +340,3 @@ class DetectorConfig:
         require(self.min_size >= 32 and self.max_size >= self.min_size, "min_size", "must be >= 32 and <= max_size")
         require(self.box_batch_size_per_image >= 1, "box_batch_size_per_image", "must be >= 1")
         require(self.rpn_post_nms_top_n_train >= 1, "rpn_post_nms_top_n_train", "must be >= 1")
-
-
-@dataclass
-class MethodConfig:
-    """Everything the method needs, in one place for jobs that compose it."""
-    audio: AudioConfig = field(default_factory=AudioConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    sinkhorn: SinkhornConfig = field(default_factory=SinkhornConfig)
-    selflabel: SelfLabelConfig = field(default_factory=SelfLabelConfig)
-    detector: DetectorConfig = field(default_factory=DetectorConfig)

@@ -15,7 +15,7 @@ class TrainConfig:
     """Stage-1 training under DeepSpeed (inside Ray Train workers or one plain process).
 
     ``batch_size`` is per worker and per micro-step; the global batch is batch_size × num_workers × grad_accum.
-    ``grad_clip`` 0 disables clipping. ``checkpoint_every`` counts epochs. Relabelling happens after the epochs in
+    ``grad_clip`` 0 disables clipping. A checkpoint is taken every ``checkpoint_every`` epochs and after the last. Relabelling happens after the epochs in
     ``relabel_epochs`` when given, else after every ``relabel_every``-th epoch (0 = never).
     ``fail_at_step`` >= 0 is a FAULT-INJECTION knob for tests: the last rank kills its own process (``os._exit``)
     once on reaching that global step (a marker file in ``out_dir`` stops it recurring after the restart); keep -1.
@@ -42,7 +42,6 @@ class TrainConfig:
     relabel_every: int = 1
     shm_comm: bool = False              # DeepSpeed's shared-memory comm op (inference all-reduce only; JIT ~30 s)
     placement_strategy: str = "PACK"    # Ray Train worker placement: PACK (fill a node first), SPREAD, STRICT_SPREAD
-    log_dir: str = "runs/stage1"
 
     def relabel_after(self, epoch: int) -> bool:
         """True if labels are re-optimised after (0-based) ``epoch``."""
@@ -86,10 +85,11 @@ class RelabelConfig:
     mode "workers": inside the training workers' process group (rows stay where they were computed).
     mode "actors": a pool of ``num_actors`` Ray actors with their own gloo group (scales past the training group;
     restarts a dead actor up to ``max_restarts`` times; each actor reserves ``actor_cpus`` CPUs).
-    ``warm_start``: "random" (labels start as a random equipartition and every round is Sinkhorn) or "kmeans" (the
-    first round is FAISS k-means over the features the classifiers see, learned by the first epoch's contrastive
-    loss, instead of Sinkhorn on classifiers trained on random labels). ``topk`` > 0: sparse Sinkhorn over each
-    sample's top-k clusters (workers mode), so no N×K matrix is ever held.
+    ``warm_start``: "random" (labels start as a random equipartition and every round is Sinkhorn) or "kmeans":
+    the rounds after the first ``kmeans_epochs`` epochs are FAISS k-means over the features the classifiers see
+    (learned by the contrastive loss) instead of Sinkhorn on classifiers trained on the previous, noisier labels,
+    with the clusters renamed (Hungarian) to agree most with the previous labels; 1 = a warm start only, ``epochs`` = DeepCluster-style k-means every round. ``topk`` > 0: sparse Sinkhorn over
+    each sample's top-k clusters (workers mode), so no N×K matrix is ever held.
     """
     mode: str = "workers"
     num_actors: int = 2
@@ -99,6 +99,8 @@ class RelabelConfig:
     use_gpu_faiss: bool = False
     warm_start: str = "random"
     kmeans_iters: int = 20
+    kmeans_epochs: int = 1
+    kmeans_restarts: int = 3            # FAISS nredo: best of this many k-means runs per round
     topk: int = 0
 
     def check(self) -> None:
@@ -108,6 +110,8 @@ class RelabelConfig:
         require(self.timeout_s > 0, "timeout_s", "must be > 0")
         require(self.warm_start in ("random", "kmeans"), "warm_start", "must be 'random' or 'kmeans'")
         require(self.kmeans_iters >= 1, "kmeans_iters", "must be >= 1")
+        require(self.kmeans_epochs >= 0, "kmeans_epochs", "must be >= 0")
+        require(self.kmeans_restarts >= 1, "kmeans_restarts", "must be >= 1")
         require(self.topk >= 0, "topk", "must be >= 0 (0 = dense Sinkhorn)")
         require(self.actor_cpus > 0, "actor_cpus", "must be > 0")
         require(self.topk == 0 or self.mode == "workers", "topk",

@@ -31,11 +31,11 @@ from data.config import StreamConfig
 from data.raylocal import connect_ray
 from data.shards import read_manifest
 from data.stream import ray_dataset
+from data.artifacts import read_done, write_done
 from distributed.detector_worker import train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
-DONE = "done.json"
 
 
 @dataclass
@@ -138,9 +138,10 @@ def attach_pseudo(batch: dict[str, np.ndarray], index: np.ndarray, box: np.ndarr
 
 
 def training_dataset(cfg: DetectorTrainConfig, table: dict[str, np.ndarray]):
-    """Ray Dataset of annotated training rows (module docstring), shuffled by shard and within shards."""
+    """Ray Dataset of annotated training rows (module docstring), shuffled by shard and within shards afresh on
+    every epoch (``epoch=None``: each pass of the long-lived Ray Train dataset is a new order)."""
     stream = dataclasses.replace(cfg.stream, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed)
-    ds = ray_dataset(read_manifest(cfg.manifest), cfg.split, stream)
+    ds = ray_dataset(read_manifest(cfg.manifest), cfg.split, stream, epoch=None)
     return ds.map_batches(attach_pseudo, batch_size=None, batch_format="numpy", num_cpus=0.25,
                           fn_kwargs={k: table[k] for k in ("index", "box", "cls")})
 
@@ -192,18 +193,16 @@ def _finish(cfg: DetectorTrainConfig, checkpoint, out: Path, table: dict) -> dic
                "epochs": len(history), "resumes": int(state["resumes"]),
                "final_loss": history[-1]["loss"] if history else None,
                "images_per_s": history[-1]["images_per_s"] if history else None}
-    (out / (DONE + ".tmp")).write_text(json.dumps(summary, indent=1))
-    (out / (DONE + ".tmp")).replace(out / DONE)
-    return summary
+    return write_done(out, summary, [out / "detector.pt", out / "history.json", out / "config.yaml"])
 
 
 def run_detector_training(cfg: DetectorTrainConfig) -> dict:
     """Train the detector (or return the finished stage's summary). Returns ``{"detector", "history",
     "num_classes", "num_train_images", "epochs", "resumes", "final_loss", "images_per_s"}``."""
     out = Path(cfg.out_dir)
-    if (out / DONE).is_file():
-        log.info("detector: %s is complete; skipping", out)
-        return json.loads((out / DONE).read_text())
+    done = read_done(out, "detector")
+    if done is not None:
+        return done
     table, k = load_pseudo_table(Path(cfg.pseudo_dir) / f"pseudo_{cfg.split}.json", cfg.min_confidence,
                                  cfg.max_images, cfg.seed)
     if len(table["index"]) < cfg.batch_size * cfg.num_workers:

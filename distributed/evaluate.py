@@ -28,13 +28,13 @@ from avdet.report import page, scores
 from avdet.report.figures import confusion_figure, curve_figures, detection_figures, heatmap_figures
 from data.shards import read_manifest
 from distributed import eval_data
+from data.artifacts import read_done, write_done
 from distributed.eval_infer import Predictions, predict_plain, predict_ray
 
 log = logging.getLogger(__name__)
 
 __all__ = ["EvalConfig", "run_evaluation", "score_predictions"]
 
-DONE = "done.json"
 
 
 @dataclass
@@ -176,9 +176,9 @@ def run_evaluation(cfg: EvalConfig, predictions: Predictions | None = None) -> d
     left out and only the self-label figures are reported.
     """
     out = Path(cfg.out_dir)
-    if (out / DONE).is_file():
-        log.info("evaluation: %s is complete; skipping", out)
-        return json.loads((out / DONE).read_text())
+    done = read_done(out, "evaluation")
+    if done is not None:
+        return done
     _check_inputs(cfg)
     manifest = read_manifest(cfg.manifest)
     frames = eval_data.read_test_frames(manifest, cfg.split)
@@ -209,6 +209,7 @@ def _finish(out: Path, results: dict, paths: dict) -> dict:
     done = {"results": str(out / "results.json"), "tables": paths["tables"], "report": paths["html"],
             "num_images": len(paths["images"]), "map_30": full.get("map_30"), "map_50": full.get("map_50"),
             "map_50_95": full.get("map_50_95"), "test_hungarian_acc": results["clusters"]["test"]["hungarian_acc"]}
-    page.write_atomic(out / DONE, json.dumps(done, indent=1))
+    done = write_done(out, done, [out / "results.json", out / "config.yaml", paths["tables"], paths["html"],
+                                  *paths["images"]])
     log.info("evaluation written to %s (mAP@0.5 = %s)", out, done["map_50"])
     return done

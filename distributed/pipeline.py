@@ -149,7 +149,14 @@ def _ingest(ingest_fn, cfg: IngestConfig) -> dict:
     done = Path(cfg.out_dir) / "manifest.json"
     report = Path(cfg.out_dir) / "ingest_report.json"
     if done.is_file() and report.is_file():
-        log.info("ingest: %s exists; skipping (delete it to re-ingest)", done)
+        from data.shards import read_manifest
+        m = read_manifest(done)
+        missing = [s.path for s in m.shards if not m.shard_path(s).is_file()]
+        if missing:                 # presence only: hashing every shard on each re-run costs too much at scale;
+            raise FileNotFoundError(    # data.shards.verify_manifest checks the sha256s when asked
+                f"ingest: {done} lists {len(missing)} shards that are missing (first: {missing[:3]}); restore them "
+                f"or delete {done} to re-ingest (finished shards are kept and skipped)")
+        log.info("ingest: %s exists with all %d shards; skipping (delete it to re-ingest)", done, len(m.shards))
         return json.loads(report.read_text())
     return ingest_fn(cfg)
 

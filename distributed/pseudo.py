@@ -40,12 +40,12 @@ from data.raylocal import connect_ray
 from data.schema import DecodeError, decode_image, decode_json
 from data.shards import Manifest, read_manifest
 from data.stream import BatchCollate, ray_dataset
+from data.artifacts import read_done, write_done
 from distributed.pseudo_config import PseudoConfig
 from distributed.stage1_config import Stage1Config
 
 log = logging.getLogger(__name__)
 
-DONE = "done.json"
 AREA_QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 _COLUMNS = ("index", "label", "box", "cls", "confidence", "score", "peakiness", "height", "width")
 
@@ -302,9 +302,9 @@ def run_pseudo(cfg: PseudoConfig) -> dict:
     """Annotate every split in ``cfg.splits`` (or return the finished stage's ``done.json``). Returns
     ``{"out_dir", "files": {split: json path}, "num_clusters", "stats": {...}}``."""
     out = Path(cfg.out_dir)
-    if (out / DONE).is_file():
-        log.info("pseudo: %s is complete; skipping", out)
-        return json.loads((out / DONE).read_text())
+    done = read_done(out, "pseudo")
+    if done is not None:
+        return done
     stage1 = stage1_config(cfg.stage1_dir)
     manifest = read_manifest(cfg.manifest)
     out.mkdir(parents=True, exist_ok=True)
@@ -320,5 +320,6 @@ def run_pseudo(cfg: PseudoConfig) -> dict:
                "files": {s: str(out / f"pseudo_{s}.json") for s in cfg.splits},
                "heatmaps": {s: str(out / f"heatmaps_{s}.npz") for s in cfg.splits},
                "stats": stats["overall"]}
-    write_json(out / DONE, summary)
-    return summary
+    files = [out / "stats.json", out / "config.yaml"] + [out / f"{kind}_{s}.{ext}" for s in cfg.splits
+                                                          for kind, ext in (("pseudo", "json"), ("heatmaps", "npz"))]
+    return write_done(out, summary, files)

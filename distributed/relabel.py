@@ -10,7 +10,7 @@ Each process holds a row shard of the N×K log-probability matrix; every Sinkhor
   deterministic for a fixed row partition, so a re-run gives identical labels.
 * FAISS: ``kmeans_warm_start`` (initial labels) and ``relabel_sparse`` (top-k candidate clusters, sparse Sinkhorn).
 * ``relabel_round``: one between-epoch round of stage 1, as ``RelabelConfig`` says (``round_method``): FAISS
-  k-means on the features for the first round when ``warm_start="kmeans"``; else dense Sinkhorn in the workers,
+  k-means on the features for the first ``kmeans_epochs`` epochs' rounds when ``warm_start="kmeans"``; else dense Sinkhorn in the workers,
   sparse Sinkhorn over each row's top-k clusters in the workers (``topk`` > 0), or the actor pool (``mode="actors"``).
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ import torch
 
 from avdet.config import SinkhornConfig
 from avdet.kmeans import kmeans, log_p_from_similarities, topk_candidates
+from avdet.matching import hungarian
 from avdet.sinkhorn import (Reduce, SinkhornResult, column_marginal, rank_marginal, sinkhorn_knopp,
                             sparse_sinkhorn_knopp)
 from distributed.config import RelabelConfig
@@ -330,10 +331,10 @@ class Scores:
     features: torch.Tensor | None = None
 
 
-def round_method(cfg: RelabelConfig, prev: LabelTable) -> str:
-    """How the round after label table ``prev`` is solved: "kmeans" (the warm start: first round, i.e. ``prev`` is
-    the initial table v0, and ``warm_start="kmeans"``), "actors", "sparse" (``topk`` > 0) or "dense"."""
-    if cfg.warm_start == "kmeans" and prev.version == 0:
+def round_method(cfg: RelabelConfig, version: int) -> str:
+    """How the round that writes label table ``version`` (= the epochs trained so far) is solved: "kmeans" (with
+    ``warm_start="kmeans"``, for versions up to ``kmeans_epochs``), "actors", "sparse" (``topk`` > 0) or "dense"."""
+    if cfg.warm_start == "kmeans" and version <= cfg.kmeans_epochs:
         return "kmeans"
     if cfg.mode == "actors":
         return "actors"
@@ -345,10 +346,10 @@ def relabel_round(scores: Scores, cfg: RelabelConfig, sk: SinkhornConfig, prev: 
     """One relabel round over the whole dataset (every rank calls it with its rows). Returns the new table —
     identical on every rank — and the round's statistics (``log_relabel``, plus ``method``).
     ``service`` (rank 0 only) is the actor pool for ``mode="actors"``."""
-    method = round_method(cfg, prev)
+    method = round_method(cfg, version)
     k, result = scores.num_clusters, None
     if method == "kmeans":
-        table = _kmeans_round(scores, cfg, version)
+        table = _kmeans_round(scores, cfg, prev, version)
     elif method == "actors":
         table = _actors_round(scores, service, prev, version)
     elif method == "sparse":
@@ -371,16 +372,25 @@ def _all_index(index: torch.Tensor) -> torch.Tensor:
         return all_gather_with_grad(torch.as_tensor(index, dtype=torch.int64))[0]
 
 
-def _kmeans_round(scores: Scores, cfg: RelabelConfig, version: int) -> LabelTable:
-    """FAISS k-means over every rank's features, on rank 0 (GPU index when asked and present); labels broadcast."""
+def _kmeans_round(scores: Scores, cfg: RelabelConfig, prev: LabelTable, version: int) -> LabelTable:
+    """FAISS k-means (best of ``kmeans_restarts``) over every rank's features, on rank 0 (GPU index when asked and
+    present); the clusters are renamed to agree best with ``prev``, and the labels broadcast."""
     index = _all_index(scores.index)
     feats = gather_to_main(scores.features.float())
     labels = torch.zeros(index.shape[0], dtype=torch.int64)
     if feats is not None:
         _, assign = kmeans(torch.cat(feats).numpy(), scores.num_clusters, niter=cfg.kmeans_iters, seed=version,
-                           use_gpu=cfg.use_gpu_faiss)
-        labels = torch.from_numpy(np.asarray(assign, dtype=np.int64))
+                           use_gpu=cfg.use_gpu_faiss, nredo=cfg.kmeans_restarts)
+        labels = torch.from_numpy(align_to(np.asarray(assign, dtype=np.int64), prev.lookup(index).numpy(),
+                                           scores.num_clusters))
     return LabelTable.from_pairs(index, broadcast_from_main(labels), scores.num_clusters, version)
+
+
+def align_to(labels: np.ndarray, prev: np.ndarray, num_clusters: int) -> np.ndarray:
+    """``labels`` with cluster ids renamed (a permutation) to agree most with ``prev`` (Hungarian on the K×K overlap),
+    so the classifiers' targets keep their meaning across k-means rounds (k-means names clusters arbitrarily)."""
+    rename = hungarian(labels, prev, num_clusters, num_clusters)
+    return rename[labels]
 
 
 def _actors_round(scores: Scores, service: "RelabelService | None", prev: LabelTable,

@@ -19,6 +19,7 @@ from avdet.config import save_config, to_dict
 from data.raylocal import connect_ray
 from data.shards import Manifest, read_manifest
 from data.stream import ray_dataset
+from data.artifacts import read_done, write_done
 from distributed.config import check_batch_vs_workers
 from distributed.labels import LabelTable, list_versions, random_equipartition
 from distributed.stage1_config import Stage1Config
@@ -26,7 +27,6 @@ from distributed.stage1_worker import HISTORY, LABELS_DIR, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
-DONE = "done.json"
 
 
 def list_indices(manifest: Manifest, split: str) -> list[int]:
@@ -82,9 +82,9 @@ def _trainer(cfg: Stage1Config, manifest: Manifest, num_train: int):
 def run_stage1(cfg: Stage1Config) -> dict:
     """Train stage 1 (or return the finished stage's summary). Returns {"model", "labels", "metrics", ...}."""
     out = Path(cfg.out_dir)
-    if (out / DONE).is_file():
-        log.info("stage 1: %s is complete; skipping", out)
-        return json.loads((out / DONE).read_text())
+    done = read_done(out, "stage 1")
+    if done is not None:
+        return done
     manifest = read_manifest(cfg.manifest)
     indices = list_indices(manifest, cfg.split)
     check_batch_vs_workers(cfg.train, len(indices), cfg.relabel)
@@ -99,12 +99,10 @@ def run_stage1(cfg: Stage1Config) -> dict:
     if result.error is not None:
         raise RuntimeError(f"stage 1 failed: {result.error}") from result.error
     table = LabelTable.latest(out / LABELS_DIR)
-    summary = {"model": str(out / "model.pt"), "labels": str(out / LABELS_DIR / f"labels-{table.version:06d}.npz"),
-               "label_version": table.version, "num_samples": len(indices), "metrics": json.loads((out / HISTORY).read_text())}
-    tmp = out / (DONE + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    tmp.replace(out / DONE)
-    return summary
+    labels = out / LABELS_DIR / f"labels-{table.version:06d}.npz"
+    summary = {"model": str(out / "model.pt"), "labels": str(labels), "label_version": table.version,
+               "num_samples": len(indices), "metrics": json.loads((out / HISTORY).read_text())}
+    return write_done(out, summary, [out / "model.pt", labels, out / HISTORY, out / "config.yaml"])
 
 
 def _local_cpus(cfg: Stage1Config) -> int:

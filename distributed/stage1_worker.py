@@ -120,7 +120,7 @@ def relabel(model, stream, cfg: Stage1Config, prev: LabelTable, version: int,
     table on every rank, with statistics (cluster sizes, fraction changed, NMI vs previous, the method, and
     accuracy against true labels when the data has them — for monitoring only; they never reach the loss)."""
     t0 = time.perf_counter()
-    scores = score_dataset(model, stream, round_method(cfg.relabel, prev), cfg.relabel.topk)
+    scores = score_dataset(model, stream, round_method(cfg.relabel, version), cfg.relabel.topk)
     table, stats = relabel_round(scores, cfg.relabel, cfg.sinkhorn, prev, version, service)
     stats["relabel_s"] = time.perf_counter() - t0
     true_all = _gather_true(scores.index, scores.true)
@@ -219,7 +219,8 @@ def train_loop_per_worker(config: dict) -> None:
 
 def _epochs(cfg: Stage1Config, engine, table: LabelTable, start_epoch: int, step: int, nodes: int, writer,
             fault, service: RelabelService | None) -> None:
-    """Train, relabel when scheduled, log, checkpoint and report, epoch after epoch."""
+    """Train, relabel when scheduled, log and report, epoch after epoch; checkpoint every
+    ``train.checkpoint_every`` epochs and after the last (a restart resumes from the latest checkpoint)."""
     import ray.train
 
     out = Path(cfg.out_dir)
@@ -229,7 +230,8 @@ def _epochs(cfg: Stage1Config, engine, table: LabelTable, start_epoch: int, step
     for epoch in range(start_epoch, cfg.train.epochs):
         step, parts = train_epoch(engine, iter_torch_batches(train_shard, stream_cfg, epoch), table, cfg.loss.lam,
                                   epoch, step, cfg.train.report_every, writer, fault)
-        metrics = {"epoch": epoch, "step": step, "nodes": nodes, **{f"train_{k}": v for k, v in parts.items()}}
+        metrics = {"epoch": epoch, "step": step, "nodes": nodes, **{f"train_{k}": v for k, v in parts.items()},
+                   "checkpointed": epoch == cfg.train.epochs - 1 or (epoch + 1) % cfg.train.checkpoint_every == 0}
         if cfg.train.relabel_after(epoch):
             table, stats = relabel(engine.module, iter_torch_batches(score_shard, score_cfg), cfg, table,
                                    version=epoch + 1, service=service)
@@ -245,7 +247,10 @@ def _epochs(cfg: Stage1Config, engine, table: LabelTable, start_epoch: int, step
             _append_history(out / HISTORY, metrics)
         log.info("epoch %d done: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v
                                                for k, v in metrics.items()})
-        _checkpoint_and_report(engine, table, epoch, step, metrics)
+        if metrics["checkpointed"]:
+            _checkpoint_and_report(engine, table, epoch, step, metrics)
+        else:
+            ray.train.report(metrics)
 
 
 def _append_history(path: Path, metrics: dict) -> None:

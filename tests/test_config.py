@@ -1,10 +1,24 @@
 """avdet.config: YAML round trip, dotted overrides, and errors that name the offending key."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import pytest
 
-from avdet.config import ConfigError, MethodConfig, load_config, save_config
+from avdet.config import (AudioConfig, ConfigError, DetectorConfig, LossConfig, ModelConfig, SelfLabelConfig,
+                          SinkhornConfig, load_config, save_config)
 from data.config import IngestConfig, StreamConfig
+
+
+@dataclass
+class MethodConfig:
+    """A nested composite of the method's sections (what a job config looks like), for the loader's tests."""
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    sinkhorn: SinkhornConfig = field(default_factory=SinkhornConfig)
+    selflabel: SelfLabelConfig = field(default_factory=SelfLabelConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
 
 
 def test_yaml_round_trip(tmp_path):

@@ -13,8 +13,8 @@ from avdet.sinkhorn import column_marginal, sinkhorn_knopp
 from distributed.config import RelabelConfig
 from distributed.dist import spawn_loopback
 from distributed.labels import random_equipartition
-from distributed.relabel import (RelabelService, Scores, SinkhornActor, kmeans_warm_start, relabel_in_workers,
-                                 relabel_round, relabel_sparse, round_method, target_marginal)
+from distributed.relabel import (RelabelService, Scores, SinkhornActor, align_to, kmeans_warm_start,
+                                 relabel_in_workers, relabel_round, relabel_sparse, round_method, target_marginal)
 
 N, K = 600, 12
 SK = SinkhornConfig(lambda_sk=20.0, max_iters=300, tol=1e-6, dtype="float64")   # float64: no near-tie flips
@@ -80,11 +80,20 @@ def test_relabel_in_workers_two_process_gloo_matches_single(tmp_path):
 
 
 def test_round_method_follows_the_config():
-    v0, v1 = random_equipartition(np.arange(10), 2), random_equipartition(np.arange(10), 2, version=1)
-    assert round_method(RelabelConfig(), v0) == "dense"
-    assert round_method(RelabelConfig(warm_start="kmeans"), v0) == "kmeans"
-    assert round_method(RelabelConfig(warm_start="kmeans", topk=3), v1) == "sparse"   # warm start is one round
-    assert round_method(RelabelConfig(warm_start="kmeans", mode="actors"), v1) == "actors"
+    assert round_method(RelabelConfig(), 1) == "dense"
+    assert round_method(RelabelConfig(warm_start="kmeans"), 1) == "kmeans"
+    assert round_method(RelabelConfig(warm_start="kmeans", topk=3), 2) == "sparse"   # a warm start of one epoch
+    assert round_method(RelabelConfig(warm_start="kmeans", mode="actors"), 2) == "actors"
+    every = RelabelConfig(warm_start="kmeans", kmeans_epochs=3)
+    assert [round_method(every, v) for v in (1, 3, 4)] == ["kmeans", "kmeans", "dense"]
+
+
+def test_align_to_renames_clusters_to_agree_with_the_previous_table():
+    prev = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    labels = np.array([2, 2, 1, 0, 0, 1, 1, 1])                     # prev's clusters under other names, one moved
+    aligned = align_to(labels, prev, 3)
+    assert aligned.tolist() == [0, 0, 2, 1, 1, 2, 2, 2]
+    assert sorted(np.bincount(aligned, minlength=3)) == sorted(np.bincount(labels, minlength=3))   # a renaming
 
 
 def _blobs(n_per=50, d=16, seed=0):

@@ -324,10 +324,15 @@ def test_synthetic_generator_killed_at_random_then_rerun_equals_uninterrupted(tm
     delay = random.Random(1).uniform(0.4, 0.9) * full_s
     rc = faultkit.run_killed(cmd(tmp_path / "cut"), delay, cwd=REPO)
     subprocess.run(cmd(tmp_path / "cut"), cwd=REPO, check=True, capture_output=True, timeout=300)
-    ref, cut = (faultkit.tree_hashes(tmp_path / d, ("generation_report.json",)) for d in ("ref", "cut"))
+    # generation_report.json holds timings; done.json the sha256s of the mp4s, which differ (see gaps)
+    ref, cut = (faultkit.tree_hashes(tmp_path / d, ("generation_report.json", "done.json")) for d in ("ref", "cut"))
     assert ref.keys() == cut.keys()
     assert {k: v for k, v in cut.items() if not k.endswith(".mp4")} == \
         {k: v for k, v in ref.items() if not k.endswith(".mp4")}
+    records = [json.loads((tmp_path / d / "done.json").read_text())["artifacts"] for d in ("ref", "cut")]
+    assert records[1].keys() == records[0].keys()
+    same = [k for k in records[0] if not k.endswith(".mp4") and k != "generation_report.json"]
+    assert [records[1][k] for k in same] == [records[0][k] for k in same]
     worst = max(_frame_diff(tmp_path / "ref" / k, tmp_path / "cut" / k) for k in ref if k.endswith(".mp4"))
     hidden = [str(p.relative_to(tmp_path / "cut")) for p in (tmp_path / "cut").rglob(".*")]
     log.warning("RELIABILITY synthetic: full %.1fs, killed at %.1fs (rc %s), worst mean |frame diff| %.3f, hidden "

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from avdet.config import load_config
+from data.artifacts import ArtifactError
 from distributed.labels import LabelTable, list_versions
 from distributed.stage1 import run_stage1
 from distributed.stage1_config import Stage1Config
@@ -33,6 +34,16 @@ def ray_local():
     ray.shutdown()
 
 
+def _cluster_probe():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "scripts" / "cluster_probe.py"
+    spec = importlib.util.spec_from_file_location("cluster_probe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _cfg(manifest, out, *extra):
     return load_config(Stage1Config, None, [
         f"manifest={manifest}", f"out_dir={out}", "model.image_size=64", "model.visual_width=8",
@@ -44,9 +55,11 @@ def _cfg(manifest, out, *extra):
 def test_two_workers_learn_and_relabel(manifest, tmp_path):
     out = tmp_path / "stage1"
     zero = 1
-    summary = run_stage1(_cfg(manifest, out, "train.epochs=3", f"train.zero_stage={zero}"))
+    summary = run_stage1(_cfg(manifest, out, "train.epochs=3", f"train.zero_stage={zero}",
+                              "train.checkpoint_every=2"))
     history = summary["metrics"]
     assert [m["epoch"] for m in history] == [0, 1, 2]
+    assert [m["checkpointed"] for m in history] == [False, True, True]     # every 2nd epoch and the last
     assert history[-1]["train_loss"] < history[0]["train_loss"], history
     assert list_versions(out / "labels") == [0, 1, 2, 3]
     first, last = LabelTable.load(out / "labels", 0), LabelTable.load(out / "labels", 3)
@@ -59,8 +72,18 @@ def test_two_workers_learn_and_relabel(manifest, tmp_path):
     # random labels score ~0.4 here, 3 epochs reach 0.8-1.0 depending on the (unseeded) streaming order
     assert history[-1]["relabel_true_hungarian_acc"] >= 0.7, history[-1]
     assert (out / "model.pt").is_file() and (out / "done.json").is_file()
-    again = run_stage1(_cfg(manifest, out, "train.epochs=3", f"train.zero_stage={zero}"))
+    probe = _cluster_probe().main([str(out), "--out", str(tmp_path / "probe.json")])   # the diagnosis script runs
+    assert probe["frames"] == K * PER_CLASS and probe["K"] == K
+    accs = [probe[f"{m}_{h}"] for m in ("argmax", "sinkhorn") for h in ("audio", "visual", "combined")]
+    accs += [probe[f"kmeans_{f}"] for f in ("audio", "visual", "both")]
+    assert all(1 / K - 1e-3 <= a <= 1 for a in accs), probe      # Hungarian accuracy is at least 1/K
+    again = run_stage1(_cfg(manifest, out, "train.epochs=3", f"train.zero_stage={zero}",
+                            "train.checkpoint_every=2"))
     assert again == json.loads((out / "done.json").read_text())          # complete stage: skipped
+    assert set(again["artifacts"]) >= {"model.pt", "history.json", "labels/labels-000003.npz"}
+    (out / "model.pt").write_bytes(b"truncated")                         # a damaged artifact is named, not reused
+    with pytest.raises(ArtifactError, match="model.pt: sha256 differs"):
+        run_stage1(_cfg(manifest, out, "train.epochs=3", f"train.zero_stage={zero}", "train.checkpoint_every=2"))
 
 
 def test_resume_continues_from_checkpoint_zero2(manifest, tmp_path):

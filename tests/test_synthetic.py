@@ -72,6 +72,18 @@ def test_idempotent_skip(tiny_root):
     assert (tiny_root / "vggsound.csv").stat().st_mtime_ns == before
 
 
+def test_damaged_complete_dataset_is_named_not_reused(tmp_path):
+    from data.artifacts import ArtifactError
+    root = tmp_path / "synth"
+    generate.generate(tiny(), root)
+    done = json.loads((root / "done.json").read_text())
+    assert "vggsound.csv" in done["artifacts"] and any(k.startswith("videos/") for k in done["artifacts"])
+    clip = sorted((root / "videos").glob("*.mp4"))[0]
+    clip.write_bytes(clip.read_bytes()[:100])                     # truncated after the dataset was finished
+    with pytest.raises(ArtifactError, match=f"{clip.name}: sha256 differs"):
+        generate.generate(tiny(), root)
+
+
 def test_render_object_box_is_mask_bounds():
     sprite = render.shape_sprite("star", (200, 40, 40))
     obj = render.render_object(sprite, 30, 12.0, np.array([1.1, 0.9, 1.0], np.float32), alpha_threshold=32)

@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from avdet.config import load_config, to_dict
+from data.artifacts import read_done, write_done
 from data.synthetic import outputs, render, sound
 from data.synthetic.catalogue import class_specs
 from data.synthetic.config import SynthConfig
@@ -182,7 +183,8 @@ def _content_config(cfg: SynthConfig) -> dict:
 
 
 def is_complete(root: Path, cfg: SynthConfig, backends: dict[str, str]) -> bool:
-    """True when ``root`` holds a finished dataset made with the same content config and backends."""
+    """True when ``root`` holds a finished dataset made with the same content config and backends; raises
+    ``ArtifactError`` naming the files when such a dataset's recorded files are missing or changed."""
     marker = Path(root) / DONE
     if not marker.is_file():
         return False
@@ -190,7 +192,9 @@ def is_complete(root: Path, cfg: SynthConfig, backends: dict[str, str]) -> bool:
         done = json.loads(marker.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return done.get("config") == _content_config(cfg) and done.get("backends") == backends
+    if done.get("config") != _content_config(cfg) or done.get("backends") != backends:
+        return False
+    return read_done(root, "synthetic dataset") is not None
 
 
 def _remove_stale_videos(videos_dir: Path, jobs: list[ClipJob]) -> None:
@@ -230,7 +234,10 @@ def generate(cfg: SynthConfig, root: str | Path) -> dict:
               "render_seconds": round(render_s, 3), "clips_per_s": round(len(results) / max(seconds, 1e-9), 2),
               "mean_clip_seconds_per_worker": round(float(np.mean([r.seconds for r in results])), 4)}
     outputs.write_json(root / "generation_report.json", report)
-    outputs.write_json(root / DONE, {"config": _content_config(cfg), "backends": backends})
+    files = [root / n for n in ("generation_report.json", "vggsound.csv", "classes.json", "gt_train.json",
+                                 "gt_test.json", "contact_sheet.png")] + sorted(videos_dir.glob("*.mp4"))
+    write_done(root, {"config": _content_config(cfg), "backends": backends},
+               [f for f in files if f.is_file()])
     log.info("synthetic dataset done: %d clips in %.1f s (%.1f clips/s)", len(results), seconds,
              report["clips_per_s"])
     return report
