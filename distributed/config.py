@@ -15,8 +15,9 @@ class TrainConfig:
     """Stage-1 training under DeepSpeed (inside Ray Train workers or one plain process).
 
     ``batch_size`` is per worker and per micro-step; the global batch is batch_size × num_workers × grad_accum.
-    ``grad_clip`` 0 disables clipping. A checkpoint is taken every ``checkpoint_every`` epochs and after the last. Relabelling happens after the epochs in
-    ``relabel_epochs`` when given, else after every ``relabel_every``-th epoch (0 = never).
+    ``grad_clip`` 0 disables clipping. A checkpoint is taken every ``checkpoint_every`` epochs and after the last.
+    Relabelling happens after the epochs in ``relabel_epochs`` when given, else after every ``relabel_every``-th
+    epoch (0 = never).
     ``fail_at_step`` >= 0 is a FAULT-INJECTION knob for tests: the last rank kills its own process (``os._exit``)
     once on reaching that global step (a marker file in ``out_dir`` stops it recurring after the restart); keep -1.
     """
@@ -86,9 +87,10 @@ class RelabelConfig:
     mode "actors": a pool of ``num_actors`` Ray actors with their own gloo group (scales past the training group;
     restarts a dead actor up to ``max_restarts`` times; each actor reserves ``actor_cpus`` CPUs).
     ``warm_start``: "random" (labels start as a random equipartition and every round is Sinkhorn) or "kmeans":
-    the rounds after the first ``kmeans_epochs`` epochs are FAISS k-means over the features the classifiers see
-    (learned by the contrastive loss) instead of Sinkhorn on classifiers trained on the previous, noisier labels,
-    with the clusters renamed (Hungarian) to agree most with the previous labels; 1 = a warm start only, ``epochs`` = DeepCluster-style k-means every round. ``topk`` > 0: sparse Sinkhorn over
+    the rounds after the first ``kmeans_epochs`` epochs are FAISS k-means (best of ``kmeans_restarts``) over the
+    features the classifiers see (learned by the contrastive loss) instead of Sinkhorn on classifiers trained on the
+    previous, noisier labels, with the clusters renamed (Hungarian) to agree most with the previous labels;
+    1 = a warm start only, ``epochs`` = DeepCluster-style k-means every round. ``topk`` > 0: sparse Sinkhorn over
     each sample's top-k clusters (workers mode), so no N×K matrix is ever held.
     """
     mode: str = "workers"

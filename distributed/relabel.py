@@ -10,8 +10,9 @@ Each process holds a row shard of the N×K log-probability matrix; every Sinkhor
   deterministic for a fixed row partition, so a re-run gives identical labels.
 * FAISS: ``kmeans_warm_start`` (initial labels) and ``relabel_sparse`` (top-k candidate clusters, sparse Sinkhorn).
 * ``relabel_round``: one between-epoch round of stage 1, as ``RelabelConfig`` says (``round_method``): FAISS
-  k-means on the features for the first ``kmeans_epochs`` epochs' rounds when ``warm_start="kmeans"``; else dense Sinkhorn in the workers,
-  sparse Sinkhorn over each row's top-k clusters in the workers (``topk`` > 0), or the actor pool (``mode="actors"``).
+  k-means on the features for the rounds of the first ``kmeans_epochs`` epochs when ``warm_start="kmeans"``; else
+  dense Sinkhorn in the workers, sparse Sinkhorn over each row's top-k clusters in the workers (``topk`` > 0), or
+  the actor pool (``mode="actors"``).
 """
 from __future__ import annotations
 

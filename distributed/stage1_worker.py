@@ -3,8 +3,8 @@
 Epoch: train on this worker's stream shard with L = λ·L_NC + (1−λ)·L_clust (negatives from the global batch), then,
 when the schedule says so, score this worker's share of the WHOLE dataset and re-optimise the labels (distributed
 Sinkhorn-Knopp, dense or sparse, where only K-vectors cross the network; the relabel actor pool; or, for the first
-round, FAISS k-means on the features — ``relabel.relabel_round``), then checkpoint (every rank saves its ZeRO shard; rank 0 adds the
-label table) and report. Every rank reports the same number of times, or Ray Train hangs.
+rounds, FAISS k-means on the features — ``relabel.relabel_round``), then report, and every ``checkpoint_every``
+epochs checkpoint (every rank saves its ZeRO shard; rank 0 adds the label table). Every rank reports the same number of times, or Ray Train hangs.
 """
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from distributed.labels import LabelTable, list_versions
 from distributed.stage1 import run_stage1
 from distributed.stage1_config import Stage1Config
 from tests.avshards import make_toy_shards
+from tests.test_scripts import _script
 
 pytestmark = pytest.mark.slow
 
@@ -32,16 +33,6 @@ def ray_local():
     start_local_ray(num_cpus=4)
     yield
     ray.shutdown()
-
-
-def _cluster_probe():
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "scripts" / "cluster_probe.py"
-    spec = importlib.util.spec_from_file_location("cluster_probe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _cfg(manifest, out, *extra):
@@ -72,7 +63,7 @@ def test_two_workers_learn_and_relabel(manifest, tmp_path):
     # random labels score ~0.4 here, 3 epochs reach 0.8-1.0 depending on the (unseeded) streaming order
     assert history[-1]["relabel_true_hungarian_acc"] >= 0.7, history[-1]
     assert (out / "model.pt").is_file() and (out / "done.json").is_file()
-    probe = _cluster_probe().main([str(out), "--out", str(tmp_path / "probe.json")])   # the diagnosis script runs
+    probe = _script("cluster_probe").main([str(out), "--out", str(tmp_path / "probe.json")])   # the diagnosis runs
     assert probe["frames"] == K * PER_CLASS and probe["K"] == K
     accs = [probe[f"{m}_{h}"] for m in ("argmax", "sinkhorn") for h in ("audio", "visual", "combined")]
     accs += [probe[f"kmeans_{f}"] for f in ("audio", "visual", "both")]
