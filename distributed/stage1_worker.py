@@ -108,8 +108,14 @@ def score_dataset(model, stream, method: str, topk: int = 0) -> Scores:
             cols["cand_log_p"].append(vals)
         else:
             cols["log_p"].append(combined_log_p(out))
-    empty = {"index": torch.zeros(0, dtype=torch.int64), "true": torch.zeros(0, dtype=torch.int64)}
-    got = {name: torch.cat(parts) if parts else empty.get(name) for name, parts in cols.items()}
+    # a rank without rows still joins the round's collectives, with (0, ·) tensors of the right width
+    kk, d = min(topk, k), model.visual.out_channels + model.audio.out_channels
+    empty = {"index": torch.zeros(0, dtype=torch.int64), "true": torch.zeros(0, dtype=torch.int64),
+             "log_p": torch.zeros(0, k), "cand_idx": torch.zeros(0, kk, dtype=torch.int64),
+             "cand_log_p": torch.zeros(0, kk), "features": torch.zeros(0, d)}
+    wanted = {"kmeans": "features", "sparse": "cand_idx cand_log_p"}.get(method, "log_p").split()
+    got = {name: torch.cat(parts) if parts else empty[name] if name in ("index", "true", *wanted) else None
+           for name, parts in cols.items()}
     return Scores(got["index"], got["true"], k, log_p=got["log_p"], cand_idx=got["cand_idx"],
                   cand_log_p=got["cand_log_p"], features=got["features"])
 

@@ -207,3 +207,17 @@ def test_relabel_service_actors_match_single_and_survive_a_kill(local_ray):
         local_ray.kill(service.actors[0], no_restart=False)
         third = service.relabel(_shards(), version=3)
         assert np.array_equal(third.labels, table.labels)
+
+
+@pytest.mark.parametrize("method, field, width", [("dense", "log_p", K), ("sparse", "cand_idx", 3),
+                                                  ("kmeans", "features", None)])
+def test_a_rank_without_rows_scores_empty_tensors(method, field, width):
+    """A worker whose score shard is empty still joins the round's collectives with (0, ·) tensors."""
+    from avdet.config import ModelConfig
+    from avdet.model import AVModel
+    from distributed.stage1_worker import score_dataset
+    model = AVModel(ModelConfig(visual_width=4, audio_width=4, embed_dim=8, num_clusters=K))
+    scores = score_dataset(model, [], method, topk=3)
+    got = getattr(scores, field)
+    d = model.visual.out_channels + model.audio.out_channels
+    assert got.shape == (0, width if width is not None else d) and scores.index.shape == (0,)
