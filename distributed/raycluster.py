@@ -101,6 +101,23 @@ def free_port(host: str = LOOPBACK) -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int, host: str = LOOPBACK, avoid: tuple[int, ...] = ()) -> list[int]:
+    """``n`` distinct TCP ports free right now on ``host``, none in ``avoid``. All are held bound until every one is
+    picked: separate :func:`free_port` calls may return the same port twice (the OS reuses a just-closed one), which
+    once made Ray refuse to start ("port ... used by other components")."""
+    socks: list[socket.socket] = []
+    try:
+        while len(socks) < n + len(avoid):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind((host, 0))
+        picked = [s.getsockname()[1] for s in socks]
+        return [p for p in picked if p not in avoid][:n]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def _ray_cli() -> list[str]:
     """Ray's CLI run by this interpreter (so jobs get the project's venv), through :func:`_cli_main`."""
     return [sys.executable, "-m", "distributed.raycluster"]
@@ -122,11 +139,13 @@ def _cli_main() -> None:
     scripts.main()
 
 
+NODE_PORTS = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+              "runtime-env-agent-port", "metrics-export-port")
+
+
 def _node_ports(node_ip: str) -> dict[str, int]:
-    """Free ports for every listener a node opens, so two nodes can share one machine."""
-    names = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
-             "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")
-    return {n: free_port(node_ip) for n in names}
+    """Distinct free ports for every listener a node opens, so two nodes can share one machine."""
+    return dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS), node_ip)))
 
 
 def _check_tmp_dir(tmp_dir: Path) -> Path:
@@ -171,10 +190,11 @@ def start_head(tmp_dir: str | Path, num_cpus: int, num_gpus: int = 0, port: int 
     """
     tmp_dir = _check_tmp_dir(Path(tmp_dir))
     token = write_token(token_path or tmp_dir / "auth_token")
-    port = port or free_port(node_ip)
-    dashboard_port = dashboard_port or free_port(node_ip)
-    ports = {"port": port, "dashboard-port": dashboard_port, "ray-client-server-port": free_port(node_ip),
-             **_node_ports(node_ip)}
+    names = ("port", "dashboard-port", "ray-client-server-port", *NODE_PORTS)
+    given = {"port": port, "dashboard-port": dashboard_port}
+    fresh = iter(free_ports(len(names), node_ip, avoid=tuple(p for p in given.values() if p)))
+    ports = {name: given.get(name) or next(fresh) for name in names}
+    port, dashboard_port = ports["port"], ports["dashboard-port"]
     args = ["--head", "--node-ip-address", node_ip, "--dashboard-host", node_ip, "--include-dashboard", "true",
             "--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus)]
     args += [a for name, p in ports.items() for a in (f"--{name}", str(p))]

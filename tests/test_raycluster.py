@@ -118,6 +118,14 @@ def test_listening_sockets_sees_a_plain_listener():
     assert not raycluster.is_loopback("0.0.0.0")
 
 
+def test_free_ports_are_distinct_and_avoid_the_given_ones():
+    """Separate free_port() calls can return one port twice (CI: Ray refused to start on a clash); free_ports not."""
+    for _ in range(50):
+        avoid = (raycluster.free_port(),)
+        ports = raycluster.free_ports(9, avoid=avoid)
+        assert len(set(ports)) == 9 and avoid[0] not in ports
+
+
 def test_start_head_rejects_long_tmp_dir(tmp_path):
     with pytest.raises(ValueError, match="short path"):
         raycluster.start_head(tmp_path / ("x" * 60), num_cpus=1)
