@@ -61,3 +61,17 @@ def test_artifact_outside_the_stage_is_refused(tmp_path):
     (tmp_path / "stage").mkdir()
     with pytest.raises(ValueError):
         write_done(tmp_path / "stage", {}, [tmp_path / "elsewhere.bin"])
+
+
+def test_pipeline_ingest_skip_names_missing_shards_and_keeps_the_rest(tmp_path):
+    from data.config import IngestConfig
+    from distributed.pipeline import _ingest
+    from tests.avshards import make_toy_shards
+    manifest = make_toy_shards(tmp_path / "shards", per_class=8, per_shard=8)
+    (tmp_path / "shards" / "ingest_report.json").write_text("{}")
+    shards = sorted((tmp_path / "shards").glob("*.tar"))
+    shards[0].unlink()
+    called = []
+    with pytest.raises(FileNotFoundError, match=shards[0].name):
+        _ingest(lambda cfg: called.append(cfg), IngestConfig(out_dir=str(tmp_path / "shards")))
+    assert not called and all(p.is_file() for p in shards[1:]) and manifest.is_file()

@@ -221,3 +221,12 @@ def test_a_rank_without_rows_scores_empty_tensors(method, field, width):
     got = getattr(scores, field)
     d = model.visual.out_channels + model.audio.out_channels
     assert got.shape == (0, width if width is not None else d) and scores.index.shape == (0,)
+
+
+@pytest.mark.parametrize("kwargs, key", [({"topk": 3, "mode": "actors"}, "topk"), ({"actor_cpus": 0}, "actor_cpus"),
+                                         ({"kmeans_epochs": -1}, "kmeans_epochs"),
+                                         ({"kmeans_restarts": 0}, "kmeans_restarts")])
+def test_relabel_config_errors_name_the_key(kwargs, key):
+    from avdet.config import ConfigError
+    with pytest.raises(ConfigError, match=key):
+        RelabelConfig(**kwargs).check()
