@@ -93,8 +93,8 @@ def score_dataset(model, stream, method: str, topk: int = 0) -> Scores:
     the classifiers see (k-means: L2-normalised pooled visual and audio trunk features, concatenated)."""
     model.eval()
     k = model.cfg.num_clusters
-    cols: dict[str, list[torch.Tensor]] = {"index": [], "true": [], "log_p": [], "cand_idx": [], "cand_log_p": [],
-                                           "features": []}
+    fields = ("index", "true") + {"kmeans": ("features",), "sparse": ("cand_idx", "cand_log_p")}.get(method, ("log_p",))
+    cols: dict[str, list[torch.Tensor]] = {name: [] for name in fields}
     for batch in stream:
         out = model(batch["frames"], batch["audio"])
         cols["index"].append(batch["index"])
@@ -113,11 +113,8 @@ def score_dataset(model, stream, method: str, topk: int = 0) -> Scores:
     empty = {"index": torch.zeros(0, dtype=torch.int64), "true": torch.zeros(0, dtype=torch.int64),
              "log_p": torch.zeros(0, k), "cand_idx": torch.zeros(0, kk, dtype=torch.int64),
              "cand_log_p": torch.zeros(0, kk), "features": torch.zeros(0, d)}
-    wanted = {"kmeans": "features", "sparse": "cand_idx cand_log_p"}.get(method, "log_p").split()
-    got = {name: torch.cat(parts) if parts else empty[name] if name in ("index", "true", *wanted) else None
-           for name, parts in cols.items()}
-    return Scores(got["index"], got["true"], k, log_p=got["log_p"], cand_idx=got["cand_idx"],
-                  cand_log_p=got["cand_log_p"], features=got["features"])
+    got = {name: torch.cat(parts) if parts else empty[name] for name, parts in cols.items()}
+    return Scores(got.pop("index"), got.pop("true"), k, **got)
 
 
 def relabel(model, stream, cfg: Stage1Config, prev: LabelTable, version: int,
