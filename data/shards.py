@@ -17,11 +17,11 @@ import re
 import socket
 import tarfile
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from avdet.fileio import temp_name, write_atomic  # noqa: F401  (re-exported: data.shards.write_atomic)
 from data.health import DataHealth, SampleSpec, check_sample
 from data.schema import DecodeError, decode_sample
 
@@ -77,13 +77,6 @@ def sha256_file(path: Path) -> str:
 _TEMP_RE = re.compile(r"^\..+\.tmp-(?P<host>[A-Za-z0-9.-]+)-(?P<pid>\d+)-[0-9a-f]{8}$")
 
 
-def temp_name(path: Path) -> Path:
-    """Hidden temporary sibling of ``path`` that names its writer (host, pid), so a re-run can tell a dead
-    writer's leftover from a live one's work in progress."""
-    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "host"
-    return path.with_name(f".{path.name}.tmp-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -118,18 +111,6 @@ def sweep_stale_temps(out_dir: Path, other_host_max_age_s: float = 24 * 3600.0) 
         log.warning("removed %d temporary file(s) left by killed writers in %s: %s", len(removed), out_dir,
                     ", ".join(sorted(removed)))
     return removed
-
-
-def write_atomic(path: Path, payload: bytes) -> None:
-    tmp = temp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from avdet.config import require, save_config, to_dict
+from avdet.fileio import write_json
 from avdet.metrics import evaluate_detections
 from avdet.report import page, scores
 from avdet.report.figures import confusion_figure, curve_figures, detection_figures, heatmap_figures
@@ -197,7 +198,7 @@ def run_evaluation(cfg: EvalConfig, predictions: Predictions | None = None) -> d
     results["summary"]["detector"] = Path(cfg.detector).name if cfg.detector else "given predictions"
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    page.write_atomic(out / "results.json", json.dumps(results, indent=1))
+    write_json(out / "results.json", results)
     figs = _figures(cfg, manifest, coco, results, test, predictions, frame_labels, results["curves"])
     paths = page.write_report(out, results, figs)
     return _finish(out, results, paths)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from avdet.config import SelfLabelConfig, from_dict, load_config, replace, save_config, to_dict
+from avdet.fileio import write_atomic, write_json
 from avdet.model import AVModel
 from avdet.selflabels import self_labels
 from data.raylocal import connect_ray
@@ -48,22 +49,6 @@ log = logging.getLogger(__name__)
 
 AREA_QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 _COLUMNS = ("index", "label", "box", "cls", "confidence", "score", "peakiness", "height", "width")
-
-
-def write_atomic(path: Path, write) -> Path:
-    """Call ``write(file_object)`` on a hidden temp file next to ``path``, then rename it to ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def write_json(path: Path, doc) -> Path:
-    return write_atomic(path, lambda f: f.write(json.dumps(doc, indent=1).encode()))
 
 
 def stage1_config(stage1_dir: str | Path) -> Stage1Config:

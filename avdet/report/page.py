@@ -10,12 +10,13 @@ import html
 import io
 import os
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from PIL import Image
+
+from avdet.fileio import write_atomic
 
 from avdet.report.tables import build_tables, markdown_report, summary_line
 
@@ -55,19 +56,6 @@ class Figure:
     image: Image.Image
     caption: str
     section: str
-
-
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` through a temporary sibling and ``os.replace``; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _png(image: Image.Image) -> bytes:
