@@ -262,12 +262,14 @@ class ModelConfig:
     visual_weights: str | None = None   # local path of pretrained weights (state_dict); never downloaded
     audio_weights: str | None = None
     visual_padding: str = "zeros"   # "zeros" (torchvision) | "reflect" | "replicate": how the visual trunk's convs pad
+    visual_stride: int = 16         # 16 (layer4 at stride 1) or 8 (layers 3 and 4): the heatmap grid is image/stride
 
     def check(self) -> None:
         require(self.num_clusters >= 1, "num_clusters", "must be >= 1 (K pseudo-classes)")
         require(self.visual_padding in ("zeros", "reflect", "replicate"), "visual_padding",
                 "must be 'zeros', 'reflect' or 'replicate'")
         require(self.image_size >= 32, "image_size", "must be >= 32")
+        require(self.visual_stride in (8, 16), "visual_stride", "must be 8 or 16")
         require(self.visual_width >= 4 and self.audio_width >= 4, "visual_width", "and audio_width must be >= 4")
         require(self.embed_dim >= 1, "embed_dim", "must be >= 1")
         require(self.rho_init > 0, "rho_init", "must be > 0")

@@ -3,8 +3,11 @@
 Both backbones are ResNet-18 topology (torchvision BasicBlock, [2, 2, 2, 2] blocks) with a configurable base width
 w (stages w, 2w, 4w, 8w; w = 64 is torchvision's resnet18 and its state_dict keys load directly).
 
-Visual stride: layer4 keeps stride 1 (no dilation: BasicBlock does not support it), so the map has stride 16 —
-a 224 px frame gives a 14×14 grid, 128 px 8×8, 112 px 7×7, 64 px 4×4. The weights keep torchvision's shapes.
+Visual stride (``ModelConfig.visual_stride``): layer4 keeps stride 1 (no dilation: BasicBlock does not support it),
+so the map has stride 16 — a 224 px frame gives a 14×14 grid, 128 px 8×8, 112 px 7×7, 64 px 4×4. ``visual_stride=8``
+keeps layer3 at stride 1 too: twice the grid (16×16 at 128 px) for a finer heatmap and tighter self-boxes, at about
+2.5× the visual trunk's compute (layers 3 and 4 run on 4× the locations). The weights keep torchvision's shapes
+either way (a stride is not a weight), so ImageNet weights load into both.
 
 Visual padding (``ModelConfig.visual_padding``): with zero padding every border location of the map carries a
 signature of where it is, and its receptive field covers the whole frame, so the max over locations in S(v, a) can
@@ -32,7 +35,8 @@ log = logging.getLogger(__name__)
 class ResNet18(nn.Module):
     """ResNet-18 trunk (no fc) with base width ``width``; returns the layer4 map (B, 8·width, H/s, W/s)."""
 
-    def __init__(self, width: int = 64, in_channels: int = 3, last_stride: int = 2, padding_mode: str = "zeros"):
+    def __init__(self, width: int = 64, in_channels: int = 3, last_stride: int = 2, padding_mode: str = "zeros",
+                 layer3_stride: int = 2):
         super().__init__()
         self.inplanes = width
         self.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
@@ -41,7 +45,7 @@ class ResNet18(nn.Module):
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(width, 1)
         self.layer2 = self._make_layer(2 * width, 2)
-        self.layer3 = self._make_layer(4 * width, 2)
+        self.layer3 = self._make_layer(4 * width, layer3_stride)
         self.layer4 = self._make_layer(8 * width, last_stride)
         self.out_channels = 8 * width
         for m in self.modules():
@@ -118,8 +122,8 @@ class AVModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.visual = ResNet18(cfg.visual_width, in_channels=3, last_stride=1,       # q^v, stride 16
-                               padding_mode=cfg.visual_padding)
+        self.visual = ResNet18(cfg.visual_width, in_channels=3, last_stride=1,       # q^v, stride 16 (or 8)
+                               padding_mode=cfg.visual_padding, layer3_stride=cfg.visual_stride // 8)
         self.audio = ResNet18(cfg.audio_width, in_channels=1, last_stride=2)         # q^a
         self.vis_head = nn.Conv2d(self.visual.out_channels, cfg.embed_dim, 1)        # \hat f^v
         self.aud_head = nn.Linear(self.audio.out_channels, cfg.embed_dim)            # \hat f^a

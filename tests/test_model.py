@@ -8,10 +8,11 @@ from avdet.config import ModelConfig
 from avdet.model import AVModel, ResNet18
 
 
-@pytest.mark.parametrize("size,grid", [(64, 4), (112, 7), (128, 8)])
-def test_output_shapes(size, grid):
+@pytest.mark.parametrize("size,stride,grid", [(64, 16, 4), (112, 16, 7), (128, 16, 8), (128, 8, 16), (112, 8, 14)])
+def test_output_shapes(size, stride, grid):
     torch.manual_seed(0)
-    cfg = ModelConfig(image_size=size, visual_width=8, audio_width=4, embed_dim=16, num_clusters=5)
+    cfg = ModelConfig(image_size=size, visual_width=8, audio_width=4, embed_dim=16, num_clusters=5,
+                      visual_stride=stride)
     model = AVModel(cfg).eval()
     with torch.no_grad():
         out = model(torch.randn(2, 3, size, size), torch.randn(2, 1, 64, 101))
@@ -53,6 +54,22 @@ def test_weights_round_trip(tmp_path, caplog):
         assert torch.equal(dst.audio.state_dict()[name], t), name
     with pytest.raises(FileNotFoundError):
         AVModel(ModelConfig(visual_width=4, audio_width=4, visual_weights=str(tmp_path / "missing.pt")))
+
+
+def test_stride_8_takes_the_same_weights():
+    """A stride is not a weight: a stride-16 state_dict loads strictly into a stride-8 model, which then sees the
+    same layer1-2 features and a 2x finer map."""
+    torch.manual_seed(4)
+    src = AVModel(ModelConfig(visual_width=4, audio_width=4, embed_dim=8, num_clusters=3))
+    dst = AVModel(ModelConfig(visual_width=4, audio_width=4, embed_dim=8, num_clusters=3, visual_stride=8))
+    dst.load_state_dict(src.state_dict(), strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        early = lambda m: m.visual.layer2(m.visual.layer1(m.visual.maxpool(m.visual.relu(m.visual.bn1(m.visual.conv1(x))))))  # noqa: E731
+        assert torch.equal(early(src.eval()), early(dst.eval()))
+        assert src.visual(x).shape[-1] == 4 and dst.visual(x).shape[-1] == 8
+    with pytest.raises(Exception, match="visual_stride"):
+        ModelConfig(visual_stride=4).check()
 
 
 def test_rgb_weights_load_into_audio_conv1(tmp_path):
