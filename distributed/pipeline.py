@@ -65,6 +65,25 @@ def missing_vggsound_message(cfg: PipelineConfig) -> str:
             f"clusters/local/demo.yaml).")
 
 
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
+
+
+def replaced_settings(given, resolved, prefix: str = "") -> list[str]:
+    """Every value the user set (differs from its field's default) that :func:`resolve` replaced, as
+    ``"key: given -> resolved"`` lines; nested configs are walked."""
+    out = []
+    for f in dataclasses.fields(given):
+        a, b = getattr(given, f.name), getattr(resolved, f.name)
+        if dataclasses.is_dataclass(a):
+            out += replaced_settings(a, b, f"{prefix}{f.name}.")
+        elif a != b and a != _default(f):
+            out.append(f"{prefix}{f.name}: {a!r} -> {b!r}")
+    return out
+
+
 def resolve(cfg: PipelineConfig) -> PipelineConfig:
     """Fill derived paths and shared values into every stage's config; raises ConfigError when inputs are missing."""
     w = Path(cfg.workdir).resolve()
@@ -107,7 +126,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     from distributed.pseudo import run_pseudo
     from distributed.stage1 import run_stage1
 
-    cfg = resolve(cfg)
+    given, cfg = cfg, resolve(cfg)
+    for line in replaced_settings(given, cfg):
+        log.warning("pipeline: %s (the pipeline derives this from workdir, frame_size, num_clusters, ray_address "
+                    "and dataset; set those instead, or run the stage's own job)", line)
     w = Path(cfg.workdir)
     w.mkdir(parents=True, exist_ok=True)
     save_config(cfg, w / "config.yaml")

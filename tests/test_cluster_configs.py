@@ -11,7 +11,7 @@ from data.config import IngestConfig
 from data.synthetic.config import SynthConfig
 from distributed.detector_train import DetectorTrainConfig
 from distributed.evaluate import EvalConfig
-from distributed.pipeline import PipelineConfig, resolve
+from distributed.pipeline import PipelineConfig, replaced_settings, resolve
 from distributed.pseudo_config import PseudoConfig
 from distributed.slurm import SlurmConfig
 from distributed.stage1_config import Stage1Config
@@ -49,8 +49,9 @@ def test_every_config_loads(path):
         return
     cls = NAME_CLASS[Path(path).stem]
     cfg = load_config(cls, ROOT / path)
-    if cls is PipelineConfig:                                      # and its stages resolve (paths, K, sizes)
-        resolve(load_config(cls, ROOT / path, ["videos_dir=/videos", "csv=/vggsound.csv"]))
+    if cls is PipelineConfig:              # its stages resolve (paths, K, sizes) without replacing what it sets
+        given = cfg if cfg.dataset == "synthetic" else load_config(cls, ROOT / path, ["videos_dir=/v", "csv=/v.csv"])
+        assert replaced_settings(given, resolve(given)) == []
     assert cfg is not None
 
 
@@ -60,3 +61,12 @@ def test_job_docstrings_name_their_own_config_class():
         text = (ROOT / "jobs" / f"{job}.py").read_text()
         for path in re.findall(rf"jobs/{job}\.py --(?:config|profile) (clusters/[\w/.-]+\.yaml)", text):
             load_config(cls, ROOT / path)
+
+
+def test_the_pipeline_names_each_setting_it_replaces():
+    given = load_config(PipelineConfig, ROOT / "clusters/local/demo.yaml",
+                        ["stage1.out_dir=/elsewhere", "stage1.model.num_clusters=5", "pseudo.batch_size=7"])
+    lines = replaced_settings(given, resolve(given))
+    assert len(lines) == 2, lines                                   # pseudo.batch_size is the user's to set
+    assert lines[0].startswith("stage1.out_dir: '/elsewhere' -> ") and lines[0].endswith("/stage1'")
+    assert lines[1] == "stage1.model.num_clusters: 5 -> 9"
