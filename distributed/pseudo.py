@@ -174,7 +174,8 @@ def _infer(manifest: Manifest, split: str, cfg: PseudoConfig, audio, keep: set[i
         num_cpus=cfg.actor_cpus, num_gpus=cfg.actor_gpus or None)
     cols: dict[str, list[np.ndarray]] = {k: [] for k in _COLUMNS}
     heat: dict[int, np.ndarray] = {}
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+    batches = ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=cfg.stream.prefetch_batches)
+    for batch in batches:
         for k in _COLUMNS:
             cols[k].append(batch[k])
         for i, index in enumerate(batch["index"].tolist()):
