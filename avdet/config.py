@@ -328,7 +328,7 @@ class DetectorConfig:
     bg_iou: float = 0.5             # proposals with IoU < bg_iou against the pseudo-box are background (τ ≤ 0.7)
     fg_iou: float = 0.5
     backbone_weights: str | None = None
-    trainable_backbone_layers: int = 5
+    trainable_backbone_layers: int = 5    # with backbone_weights: stages left trainable (0-5); without, all train
     # RoI samples per image for the box head (torchvision: 512). With one pseudo-box per frame nearly all are
     # background; 128 makes a CPU step ~3.6x faster at 128 px (measured, see README).
     box_batch_size_per_image: int = 512

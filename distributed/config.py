@@ -97,7 +97,7 @@ class RelabelConfig:
     num_actors: int = 2
     max_restarts: int = 3
     actor_cpus: float = 1.0
-    timeout_s: float = 600.0           # gloo collective timeout and the longest a relabel round may take
+    timeout_s: float = 600.0           # actors mode: the pool's gloo timeout and the longest a relabel round may take
     use_gpu_faiss: bool = False
     warm_start: str = "random"
     kmeans_iters: int = 20

@@ -37,3 +37,27 @@ def test_oracle_pseudo_takes_each_frames_first_sounding_box(tmp_path):
     from distributed.detector_train import load_pseudo_table           # the detector job reads it
     table, k = load_pseudo_table(tmp_path / "oracle" / "pseudo_train.json")
     assert k == 3 and table["index"].tolist() == [10, 11] and table["box"][0].tolist() == [2, 2, 6, 6]
+
+
+def test_selfbox_probe_known_answers():
+    """Three 8x8 heatmaps on 64x64 frames (8 px cells), one sounding box each: frame 0 peaks on its sounding
+    object (a 3x3-cell blob exactly on the box, its maximum in the middle), frame 1 on a silent object, frame 2 on
+    the background."""
+    import numpy as np
+    probe = _script("selfbox_probe").probe
+    heat = np.zeros((3, 8, 8), np.float32)
+    heat[0, 2:5, 2:5] = 1.8                                   # pixels [16, 40) x [16, 40)
+    heat[0, 3, 3] = 2.0
+    heat[1, 6, 6] = 1.0                                       # pixel centre (52, 52): the silent box
+    heat[2, 0, 7] = 1.0                                       # top-right corner: nothing there
+    sounding = [np.array([[16.0, 16, 40, 40]]), np.array([[0.0, 0, 16, 16]]), np.array([[20.0, 20, 40, 40]])]
+    silent = [np.zeros((0, 4)), np.array([[48.0, 48, 60, 60]]), np.zeros((0, 4))]
+    res = probe(heat, sounding, silent, (64, 64), betas=[0.5], beta=0.5,
+                scores={"good": np.array([3.0, 2, 1]), "bad": np.array([1.0, 2, 3])})
+    third = round(1 / 3, 4)
+    assert res["pointing"] == {"sounding": third, "silent_only": third, "background": third}
+    assert res["by_beta"]["0.5"]["iou50"] == third            # only frame 0's box finds its object
+    assert res["failures"]["all"] == round(2 / 3, 4) and res["failures"]["peak_off_object"] == round(2 / 3, 4)
+    assert res["true_size_at_peak"] == third
+    assert res["ranking"]["good"] == [1.0, 0.5, 0.5, third]   # top 1, 2 (round(1.5)), 2, 3 frames
+    assert res["ranking"]["bad"] == [0.0, 0.0, 0.0, third]

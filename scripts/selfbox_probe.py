@@ -1,0 +1,177 @@
+"""Why are the self-boxes wrong? Probe a finished stage 1's heatmaps against the ground truth of a split.
+
+    python scripts/selfbox_probe.py outputs/demo/stage1 outputs/demo/synthetic/gt_test.json [--split test]
+        [--betas 0.3 0.4 0.5 0.6 0.7] [--beta 0.5] [--out probe.json]
+
+Runs the stage-1 model over every frame of ``split`` (no Ray), joins each frame to its ground truth (video_id,
+timestamp) and prints one JSON object:
+
+- ``pointing``: where the heatmap's peak (upsampled to the frame) falls — in a sounding object's box, only in a
+  silent object's box, or on the background;
+- ``by_beta``: for each β of eq. 5, the fraction of frames whose self-box has IoU ≥ 0.5 with a sounding box, the
+  mean IoU and the median area ratio (self-box / sounding box);
+- ``failures`` (at ``--beta``): the frames with IoU < 0.5, split into peak off the object, box < 0.5× or > 2× the
+  object's area, and right size but offset; ``true_size_at_peak``: IoU ≥ 0.5 rate of a box of the object's true
+  size centred on the peak (what placement alone allows);
+- ``ranking``: IoU ≥ 0.5 rate among the top 25 / 50 / 75 / 100 % of frames ranked by each candidate confidence
+  (the self-labels' confidence, peakiness, heatmap max, p(y*)); a useful confidence rises towards the top.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from avdet.boxes import box_iou, boxes_from_heatmaps  # noqa: E402
+from avdet.config import SelfLabelConfig  # noqa: E402
+from avdet.selflabels import class_and_probability, confidence, peakiness  # noqa: E402
+from data.shards import read_manifest  # noqa: E402
+from data.stream import plain_loader  # noqa: E402
+from distributed.eval_data import eval_ground_truth, read_test_frames  # noqa: E402
+from distributed.pseudo import load_stage1  # noqa: E402
+
+FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+
+
+@torch.no_grad()
+def heatmaps(stage1_dir: Path, split: str, batch_size: int = 128) -> dict[str, np.ndarray]:
+    """{"index", "heatmap" (N, h, w), "vis_logits", "aud_logits"} for every frame of ``split``, sorted by index."""
+    cfg, model = load_stage1(stage1_dir)
+    stream = dataclasses.replace(cfg.stream_config(shuffle=False), num_workers=0, batch_size=batch_size)
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("index", "heatmap", "vis_logits", "aud_logits")}
+    for batch in plain_loader(cfg.manifest, split, stream):
+        out = model(batch["frames"], batch["audio"])
+        cols["index"].append(batch["index"].numpy())
+        cols["heatmap"].append(model.heatmap(out["vis_emb"], out["aud_emb"]).float().numpy())
+        cols["vis_logits"].append(out["vis_logits"].float().numpy())
+        cols["aud_logits"].append(out["aud_logits"].float().numpy())
+    merged = {k: np.concatenate(v) for k, v in cols.items()}
+    order = np.argsort(merged["index"], kind="stable")
+    return {k: v[order] for k, v in merged.items()}
+
+
+def _xyxy(b) -> list[float]:
+    return [b[0], b[1], b[0] + b[2], b[1] + b[3]]
+
+
+def _inside(boxes: np.ndarray, x: float, y: float) -> bool:
+    return bool(len(boxes)) and bool(((boxes[:, 0] <= x) & (x < boxes[:, 2]) & (boxes[:, 1] <= y)
+                                      & (y < boxes[:, 3])).any())
+
+
+def _top_rates(hit: np.ndarray, score: np.ndarray) -> list[float]:
+    order = np.argsort(-score, kind="stable")
+    return [round(float(hit[order[:max(1, int(round(len(order) * f)))]].mean()), 4) for f in FRACTIONS]
+
+
+def probe(heat: np.ndarray, sounding: list[np.ndarray], silent: list[np.ndarray], image_size: tuple[int, int],
+          betas: list[float], beta: float, scores: dict[str, np.ndarray] | None = None) -> dict:
+    """The module docstring's numbers for frames with at least one sounding box.
+
+    Args:
+        heat: (N, h, w) heatmaps. sounding / silent: per frame, (n_i, 4) xyxy boxes in frame pixels.
+        image_size: (H, W) of the frames. betas: β values to sweep; beta: the one the failures are split at.
+        scores: optional candidate confidences, name -> (N,).
+    """
+    H, W = image_size
+    n = len(heat)
+    up = F.interpolate(torch.from_numpy(heat)[:, None].double(), size=(H, W), mode="bilinear",
+                       align_corners=False)[:, 0].flatten(1)
+    peak = up.argmax(1).numpy()
+    px, py = peak % W + 0.5, peak // W + 0.5
+    hit = np.array([_inside(sounding[i], px[i], py[i]) for i in range(n)])
+    on_silent = np.array([_inside(silent[i], px[i], py[i]) for i in range(n)]) & ~hit
+
+    def best_iou(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per frame: the highest IoU with a sounding box, and that box's area."""
+        ious, areas = np.zeros(n), np.zeros(n)
+        for i in range(n):
+            iou = box_iou(torch.as_tensor(boxes[i:i + 1]), torch.as_tensor(sounding[i]))[0].numpy()
+            j = int(iou.argmax())
+            ious[i], areas[i] = iou[j], np.prod(sounding[i][j, 2:] - sounding[i][j, :2])
+        return ious, areas
+
+    by_beta, at = {}, None
+    for b in sorted(set(betas) | {beta}):
+        boxes = boxes_from_heatmaps(heat, b, image_size)
+        iou, gt_area = best_iou(boxes)
+        ratio = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1) / gt_area
+        if b in betas:
+            by_beta[str(b)] = {"iou50": round(float((iou >= 0.5).mean()), 4), "mean_iou": round(float(iou.mean()), 4),
+                               "median_area_ratio": round(float(np.median(ratio)), 3)}
+        if b == beta:
+            at = iou, ratio
+    iou, ratio = at
+    fail = iou < 0.5
+    first = np.stack([s[0] for s in sounding])
+    wh = first[:, 2:] - first[:, :2]
+    centred = np.concatenate([np.stack([px, py], 1) - wh / 2, np.stack([px, py], 1) + wh / 2], 1)
+    placed = np.array([float(box_iou(torch.as_tensor(centred[i:i + 1]), torch.as_tensor(first[i:i + 1]))[0, 0])
+                       for i in range(n)])
+    result = {
+        "frames": n,
+        "pointing": {"sounding": round(float(hit.mean()), 4), "silent_only": round(float(on_silent.mean()), 4),
+                     "background": round(float((~hit & ~on_silent).mean()), 4)},
+        "by_beta": by_beta,
+        "failures": {"beta": beta, "all": round(float(fail.mean()), 4),
+                     "peak_off_object": round(float((fail & ~hit).mean()), 4),
+                     "too_small": round(float((fail & hit & (ratio < 0.5)).mean()), 4),
+                     "too_large": round(float((fail & hit & (ratio > 2)).mean()), 4),
+                     "offset": round(float((fail & hit & (ratio >= 0.5) & (ratio <= 2)).mean()), 4)},
+        "true_size_at_peak": round(float((placed >= 0.5).mean()), 4),
+    }
+    if scores:
+        result["ranking"] = {"top_fractions": list(FRACTIONS),
+                             **{name: _top_rates(iou >= 0.5, s) for name, s in scores.items()}}
+    return result
+
+
+def main(argv: list[str]) -> dict:
+    p = argparse.ArgumentParser(prog="scripts/selfbox_probe.py", description=__doc__.split("\n")[0])
+    p.add_argument("stage1_dir", type=Path, help="a finished stage 1 (config.yaml, model.pt)")
+    p.add_argument("gt", type=Path, help="COCO ground truth of the split with 'sounding' flags (gt_test.json)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--betas", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7])
+    p.add_argument("--beta", type=float, default=SelfLabelConfig().beta)
+    p.add_argument("--out", type=Path, help="also write the JSON here")
+    args = p.parse_args(argv)
+    cols = heatmaps(args.stage1_dir, args.split)
+    cfg, _ = load_stage1(args.stage1_dir)
+    manifest = read_manifest(cfg.manifest)
+    frames = read_test_frames(manifest, args.split)
+    coco = eval_ground_truth(json.loads(args.gt.read_text()), frames, manifest.classes)
+    snd: dict[int, list] = {}
+    sil: dict[int, list] = {}
+    for a in coco["annotations"]:
+        (snd if a["sounding"] else sil).setdefault(a["image_id"], []).append(_xyxy(a["bbox"]))
+    keep = np.array([int(i) in snd for i in cols["index"]])
+    idx = cols["index"][keep]
+    heat = cols["heatmap"][keep]
+    cls_prob = class_and_probability(torch.from_numpy(cols["vis_logits"][keep]),
+                                     torch.from_numpy(cols["aud_logits"][keep]))[1]
+    peak = peakiness(torch.from_numpy(heat))
+    sl = SelfLabelConfig()
+    scores = {"confidence": confidence(cls_prob, peak, sl.peakiness_scale).numpy(), "peakiness": peak.numpy(),
+              "heatmap_max": heat.reshape(len(heat), -1).max(1), "p_class": cls_prob.numpy()}
+    result = {"stage1_dir": str(args.stage1_dir), "split": args.split, "grid": list(heat.shape[1:]),
+              "frames_without_sounding_box": int((~keep).sum()),
+              **probe(heat, [np.array(snd[int(i)]) for i in idx], [np.array(sil.get(int(i), []), float).reshape(-1, 4)
+                                                                    for i in idx],
+                      (frames.height, frames.width), args.betas, args.beta, scores)}
+    print(json.dumps(result))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
