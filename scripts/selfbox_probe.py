@@ -162,11 +162,11 @@ def main(argv: list[str]) -> dict:
     sl = SelfLabelConfig()
     scores = {"confidence": confidence(cls_prob, peak, sl.peakiness_scale).numpy(), "peakiness": peak.numpy(),
               "heatmap_max": heat.reshape(len(heat), -1).max(1), "p_class": cls_prob.numpy()}
+    sounding = [np.array(snd[int(i)]) for i in idx]
+    silent = [np.array(sil.get(int(i), []), float).reshape(-1, 4) for i in idx]
     result = {"stage1_dir": str(args.stage1_dir), "split": args.split, "grid": list(heat.shape[1:]),
               "frames_without_sounding_box": int((~keep).sum()),
-              **probe(heat, [np.array(snd[int(i)]) for i in idx], [np.array(sil.get(int(i), []), float).reshape(-1, 4)
-                                                                    for i in idx],
-                      (frames.height, frames.width), args.betas, args.beta, scores)}
+              **probe(heat, sounding, silent, (frames.height, frames.width), args.betas, args.beta, scores)}
     print(json.dumps(result))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
