@@ -1,4 +1,5 @@
-"""Atomic file writes: the one way every stage writes a file it may be killed in the middle of.
+"""Atomic file writes for the artifacts a killed stage must never leave half-written: shards, manifests, ``done.json``
+records, pseudo-annotations, reports.
 
 ``write_atomic`` writes to a hidden temporary sibling that names its writer (host, pid), fsyncs it and renames it
 onto the final name, so a reader sees the old file or the whole new one, never half of it; a killed writer leaves

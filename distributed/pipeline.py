@@ -71,6 +71,12 @@ def _default(f: dataclasses.Field):
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
 
 
+def _same_path(a, b) -> bool:
+    """``a`` is a relative spelling of the absolute path ``b`` (resolve() makes the paths it derives absolute)."""
+    return isinstance(a, str) and isinstance(b, str) and bool(a) and Path(b).is_absolute() and \
+        str(Path(a).resolve()) == b
+
+
 def replaced_settings(given, resolved, prefix: str = "") -> list[str]:
     """Every value the user set (differs from its field's default) that :func:`resolve` replaced, as
     ``"key: given -> resolved"`` lines; nested configs are walked."""
@@ -79,7 +85,7 @@ def replaced_settings(given, resolved, prefix: str = "") -> list[str]:
         a, b = getattr(given, f.name), getattr(resolved, f.name)
         if dataclasses.is_dataclass(a):
             out += replaced_settings(a, b, f"{prefix}{f.name}.")
-        elif a != b and a != _default(f):
+        elif a != b and a != _default(f) and not _same_path(a, b):
             out.append(f"{prefix}{f.name}: {a!r} -> {b!r}")
     return out
 

@@ -15,8 +15,9 @@ class PseudoConfig:
 
     The model and the audio front end (log-mel settings) come from the stage-1 ``config.yaml``, so the frames and
     spectrograms are computed exactly as in stage 1; ``stream`` only says how the shards are read (block rows, read
-    concurrency, tolerated bad fraction, batches the driver prefetches) — its ``batch_size``, ``shuffle`` and
-    ``audio`` are replaced, and ``num_workers`` (the plain DataLoader's) is not used (see :meth:`stream_config`).
+    concurrency, tolerated bad fraction, batches the driver prefetches) — its ``batch_size``, ``shuffle``,
+    ``shuffle_buffer`` and ``audio`` are replaced, and ``num_workers`` (the plain DataLoader's) is not used
+    (see :meth:`stream_config`).
     ``num_actors`` actors of the inference pool each reserve ``actor_cpus`` CPUs and run ``torch_threads`` threads
     (``actor_gpus`` > 0 puts each actor on a GPU share). ``num_heatmaps`` raw heatmaps per split (evenly spaced over
     the sorted sample indices) are kept in ``heatmaps_<split>.npz`` for the report.

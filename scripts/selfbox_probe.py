@@ -12,7 +12,7 @@ timestamp) and prints one JSON object:
   mean IoU and the median area ratio (self-box / sounding box);
 - ``failures`` (at ``--beta``): the frames with IoU < 0.5, split into peak off the object, box < 0.5× or > 2× the
   object's area, and right size but offset; ``true_size_at_peak``: IoU ≥ 0.5 rate of a box of the object's true
-  size centred on the peak (what placement alone allows);
+  size centred on the peak (what placement alone allows; the object is the sounding box the self-box matched best);
 - ``ranking``: IoU ≥ 0.5 rate among the top 25 / 50 / 75 / 100 % of frames ranked by each candidate confidence
   (the self-labels' confidence, peakiness, heatmap max, p(y*)); a useful confidence rises towards the top.
 """
@@ -91,31 +91,30 @@ def probe(heat: np.ndarray, sounding: list[np.ndarray], silent: list[np.ndarray]
     hit = np.array([_inside(sounding[i], px[i], py[i]) for i in range(n)])
     on_silent = np.array([_inside(silent[i], px[i], py[i]) for i in range(n)]) & ~hit
 
-    def best_iou(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per frame: the highest IoU with a sounding box, and that box's area."""
-        ious, areas = np.zeros(n), np.zeros(n)
+    def best_match(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per frame: the highest IoU with a sounding box, and that sounding box (N, 4)."""
+        ious, matched = np.zeros(n), np.zeros((n, 4))
         for i in range(n):
             iou = box_iou(torch.as_tensor(boxes[i:i + 1]), torch.as_tensor(sounding[i]))[0].numpy()
             j = int(iou.argmax())
-            ious[i], areas[i] = iou[j], np.prod(sounding[i][j, 2:] - sounding[i][j, :2])
-        return ious, areas
+            ious[i], matched[i] = iou[j], sounding[i][j]
+        return ious, matched
 
     by_beta, at = {}, None
     for b in sorted(set(betas) | {beta}):
         boxes = boxes_from_heatmaps(heat, b, image_size)
-        iou, gt_area = best_iou(boxes)
-        ratio = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1) / gt_area
+        iou, gt = best_match(boxes)
+        ratio = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1) / np.prod(gt[:, 2:] - gt[:, :2], axis=1)
         if b in betas:
             by_beta[str(b)] = {"iou50": round(float((iou >= 0.5).mean()), 4), "mean_iou": round(float(iou.mean()), 4),
                                "median_area_ratio": round(float(np.median(ratio)), 3)}
         if b == beta:
-            at = iou, ratio
-    iou, ratio = at
+            at = iou, ratio, gt
+    iou, ratio, gt = at
     fail = iou < 0.5
-    first = np.stack([s[0] for s in sounding])
-    wh = first[:, 2:] - first[:, :2]
+    wh = gt[:, 2:] - gt[:, :2]                       # the sounding box the self-box matched best, at ``beta``
     centred = np.concatenate([np.stack([px, py], 1) - wh / 2, np.stack([px, py], 1) + wh / 2], 1)
-    placed = np.array([float(box_iou(torch.as_tensor(centred[i:i + 1]), torch.as_tensor(first[i:i + 1]))[0, 0])
+    placed = np.array([float(box_iou(torch.as_tensor(centred[i:i + 1]), torch.as_tensor(gt[i:i + 1]))[0, 0])
                        for i in range(n)])
     result = {
         "frames": n,
@@ -141,7 +140,10 @@ def main(argv: list[str]) -> dict:
     p.add_argument("gt", type=Path, help="COCO ground truth of the split with 'sounding' flags (gt_test.json)")
     p.add_argument("--split", default="test")
     p.add_argument("--betas", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7])
-    p.add_argument("--beta", type=float, default=SelfLabelConfig().beta)
+    p.add_argument("--beta", type=float, default=SelfLabelConfig().beta,
+                   help="β the failures are split at (the run's pseudo.selflabel.beta; default: its default)")
+    p.add_argument("--peakiness-scale", type=float, default=SelfLabelConfig().peakiness_scale,
+                   help="for the confidence ranking (the run's pseudo.selflabel.peakiness_scale)")
     p.add_argument("--out", type=Path, help="also write the JSON here")
     args = p.parse_args(argv)
     cols = heatmaps(args.stage1_dir, args.split)
@@ -159,8 +161,7 @@ def main(argv: list[str]) -> dict:
     cls_prob = class_and_probability(torch.from_numpy(cols["vis_logits"][keep]),
                                      torch.from_numpy(cols["aud_logits"][keep]))[1]
     peak = peakiness(torch.from_numpy(heat))
-    sl = SelfLabelConfig()
-    scores = {"confidence": confidence(cls_prob, peak, sl.peakiness_scale).numpy(), "peakiness": peak.numpy(),
+    scores = {"confidence": confidence(cls_prob, peak, args.peakiness_scale).numpy(), "peakiness": peak.numpy(),
               "heatmap_max": heat.reshape(len(heat), -1).max(1), "p_class": cls_prob.numpy()}
     sounding = [np.array(snd[int(i)]) for i in idx]
     silent = [np.array(sil.get(int(i), []), float).reshape(-1, 4) for i in idx]

@@ -70,3 +70,6 @@ def test_the_pipeline_names_each_setting_it_replaces():
     assert len(lines) == 2, lines                                   # pseudo.batch_size is the user's to set
     assert lines[0].startswith("stage1.out_dir: '/elsewhere' -> ") and lines[0].endswith("/stage1'")
     assert lines[1] == "stage1.model.num_clusters: 5 -> 9"
+    same = load_config(PipelineConfig, ROOT / "clusters/local/demo.yaml",
+                       ["workdir=outputs/w", "stage1.out_dir=outputs/w/stage1"])
+    assert replaced_settings(same, resolve(same)) == []          # a relative spelling of the derived path

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from avdet.fileio import write_atomic, write_json
-from data.shards import sweep_stale_temps
 
 
 def test_payload_kinds_round_trip(tmp_path):
@@ -28,4 +27,3 @@ def test_a_failing_writer_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
         write_atomic(path, boom)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["keep.json"]
-    assert sweep_stale_temps(tmp_path) == []

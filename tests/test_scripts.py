@@ -40,24 +40,33 @@ def test_oracle_pseudo_takes_each_frames_first_sounding_box(tmp_path):
 
 
 def test_selfbox_probe_known_answers():
-    """Three 8x8 heatmaps on 64x64 frames (8 px cells), one sounding box each: frame 0 peaks on its sounding
-    object (a 3x3-cell blob exactly on the box, its maximum in the middle), frame 1 on a silent object, frame 2 on
-    the background."""
+    """Six 8x8 heatmaps on 64x64 frames (8 px cells), one sounding box each. Frame 0 peaks on its sounding object (a
+    3x3-cell blob exactly on the box, its maximum in the middle); frame 1 on a silent object; frame 2 on the
+    background; frames 3-5 peak inside the object but the box misses it: one hot cell in a 64-px object (too
+    small), a 6x6-cell plateau around an 8-px object (too large), the blob of frame 0 shifted by a cell (offset)."""
     import numpy as np
     probe = _script("selfbox_probe").probe
-    heat = np.zeros((3, 8, 8), np.float32)
+    heat = np.zeros((6, 8, 8), np.float32)
     heat[0, 2:5, 2:5] = 1.8                                   # pixels [16, 40) x [16, 40)
     heat[0, 3, 3] = 2.0
     heat[1, 6, 6] = 1.0                                       # pixel centre (52, 52): the silent box
     heat[2, 0, 7] = 1.0                                       # top-right corner: nothing there
-    sounding = [np.array([[16.0, 16, 40, 40]]), np.array([[0.0, 0, 16, 16]]), np.array([[20.0, 20, 40, 40]])]
-    silent = [np.zeros((0, 4)), np.array([[48.0, 48, 60, 60]]), np.zeros((0, 4))]
+    heat[3, 3, 3] = 1.0
+    heat[4, 1:7, 1:7] = 1.0
+    heat[4, 3, 3] = 1.2                                       # pixel centre (28, 28)
+    heat[5, 3:6, 3:6] = 1.8                                   # pixels [24, 48): 24 px, like its object
+    heat[5, 4, 4] = 2.0                                       # pixel centre (36, 36), inside the object
+    sounding = [np.array([[16.0, 16, 40, 40]]), np.array([[0.0, 0, 16, 16]]), np.array([[20.0, 20, 40, 40]]),
+                np.array([[0.0, 0, 64, 64]]), np.array([[24.0, 24, 32, 32]]), np.array([[16.0, 16, 40, 40]])]
+    silent = [np.zeros((0, 4)), np.array([[48.0, 48, 60, 60]])] + [np.zeros((0, 4))] * 4
     res = probe(heat, sounding, silent, (64, 64), betas=[0.5], beta=0.5,
-                scores={"good": np.array([3.0, 2, 1]), "bad": np.array([1.0, 2, 3])})
-    third = round(1 / 3, 4)
-    assert res["pointing"] == {"sounding": third, "silent_only": third, "background": third}
-    assert res["by_beta"]["0.5"]["iou50"] == third            # only frame 0's box finds its object
-    assert res["failures"]["all"] == round(2 / 3, 4) and res["failures"]["peak_off_object"] == round(2 / 3, 4)
-    assert res["true_size_at_peak"] == third
-    assert res["ranking"]["good"] == [1.0, 0.5, 0.5, third]   # top 1, 2 (round(1.5)), 2, 3 frames
-    assert res["ranking"]["bad"] == [0.0, 0.0, 0.0, third]
+                scores={"good": np.arange(6, 0, -1.0), "bad": np.arange(6.0)})
+    sixth = lambda k: round(k / 6, 4)                         # noqa: E731
+    assert res["frames"] == 6
+    assert res["pointing"] == {"sounding": sixth(4), "silent_only": sixth(1), "background": sixth(1)}
+    assert res["by_beta"]["0.5"]["iou50"] == sixth(1)         # only frame 0's box finds its object
+    assert res["failures"] == {"beta": 0.5, "all": sixth(5), "peak_off_object": sixth(2), "too_small": sixth(1),
+                               "too_large": sixth(1), "offset": sixth(1)}
+    assert res["true_size_at_peak"] == sixth(3)               # frames 0, 3 and 4: their peaks are near the centre
+    assert res["ranking"]["good"] == [round(1 / 2, 4), round(1 / 3, 4), round(1 / 4, 4), sixth(1)]  # top 2, 3, 4, 6
+    assert res["ranking"]["bad"] == [0.0, 0.0, 0.0, sixth(1)]
