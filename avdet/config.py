@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from avdet.fileio import write_atomic
+
 T = TypeVar("T")
 
 
@@ -209,12 +211,7 @@ def require(ok: bool, key: str, why: str) -> None:
 
 def save_config(cfg: Any, path: str | Path) -> Path:
     """Write the resolved config as YAML (atomically) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
-    return path
+    return write_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def replace(cfg: T, **changes: Any) -> T:

@@ -28,6 +28,7 @@ import torch
 from torchvision.models.detection import FasterRCNN
 
 from avdet.config import DetectorConfig
+from avdet.fileio import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +114,10 @@ def build_detector(cfg: DetectorConfig) -> FasterRCNN:
 
 def save_detector(model: FasterRCNN, cfg: DetectorConfig, path: str | os.PathLike) -> Path:
     """Write ``{"state_dict", "builder", "kwargs"}`` atomically (temp file, then rename) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     spec = detector_spec(cfg)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"state_dict": state, "builder": spec["builder"], "kwargs": spec["kwargs"]}, tmp)
-    tmp.replace(path)
-    return path
+    record = {"state_dict": state, "builder": spec["builder"], "kwargs": spec["kwargs"]}
+    return write_atomic(path, lambda f: torch.save(record, f))
 
 
 def load_detector(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> FasterRCNN:

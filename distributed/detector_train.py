@@ -27,6 +27,7 @@ import torch
 
 from avdet.config import DetectorConfig, require, save_config, to_dict
 from avdet.detector import build_detector, save_detector
+from avdet.fileio import write_json
 from data.config import StreamConfig
 from data.raylocal import connect_ray
 from data.shards import read_manifest
@@ -186,8 +187,7 @@ def _finish(cfg: DetectorTrainConfig, checkpoint, out: Path, table: dict) -> dic
     model = build_detector(cfg.detector)
     model.load_state_dict(state["model"])
     save_detector(model, cfg.detector, out / "detector.pt")
-    (out / "history.json.tmp").write_text(json.dumps(history, indent=1))
-    (out / "history.json.tmp").replace(out / "history.json")
+    write_json(out / "history.json", history)
     summary = {"detector": str(out / "detector.pt"), "history": str(out / "history.json"),
                "num_classes": cfg.detector.num_classes, "num_train_images": int(len(table["index"])),
                "epochs": len(history), "resumes": int(state["resumes"]),

@@ -39,6 +39,7 @@ from typing import Any, Callable
 import submitit
 
 from avdet.config import require
+from avdet.fileio import write_atomic
 from distributed import raycluster
 
 log = logging.getLogger(__name__)
@@ -129,9 +130,7 @@ def _disconnect_driver() -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(data))
 
 
 class RayJob(submitit.helpers.Checkpointable):

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from avdet.config import from_dict
+from avdet.fileio import write_atomic, write_json
 from avdet.losses import joint_loss
 from avdet.metrics.clusters import cluster_metrics
 from avdet.model import AVModel
@@ -260,9 +261,7 @@ def _append_history(path: Path, metrics: dict) -> None:
     """Per-epoch metrics, oldest first; an epoch re-run after a resume replaces its earlier row. Atomic."""
     rows = json.loads(path.read_text()) if path.is_file() else []
     rows = [r for r in rows if r["epoch"] < metrics["epoch"]] + [metrics]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(rows, indent=1))
-    tmp.replace(path)
+    write_json(path, rows)
 
 
 def _writer(path: Path):
@@ -272,7 +271,5 @@ def _writer(path: Path):
 
 def _save_model(model: AVModel, path: Path) -> None:
     """Plain state_dict of the stage-1 model (loads with ``torch.load(weights_only=True)``), written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    tmp.replace(path)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    write_atomic(path, lambda f: torch.save(state, f))
