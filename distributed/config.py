@@ -103,6 +103,7 @@ class RelabelConfig:
     kmeans_iters: int = 20
     kmeans_epochs: int = 1
     kmeans_restarts: int = 3            # FAISS nredo: best of this many k-means runs per round
+    kmeans_features: str = "both"       # pooled trunk features k-means clusters: "both", "audio" or "visual"
     topk: int = 0
 
     def check(self) -> None:
@@ -114,6 +115,8 @@ class RelabelConfig:
         require(self.kmeans_iters >= 1, "kmeans_iters", "must be >= 1")
         require(self.kmeans_epochs >= 0, "kmeans_epochs", "must be >= 0")
         require(self.kmeans_restarts >= 1, "kmeans_restarts", "must be >= 1")
+        require(self.kmeans_features in ("both", "audio", "visual"), "kmeans_features",
+                "must be 'both', 'audio' or 'visual'")
         require(self.topk >= 0, "topk", "must be >= 0 (0 = dense Sinkhorn)")
         require(self.actor_cpus > 0, "actor_cpus", "must be > 0")
         require(self.topk == 0 or self.mode == "workers", "topk",

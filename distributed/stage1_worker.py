@@ -87,11 +87,20 @@ def train_epoch(engine, stream, labels: LabelTable, lam: float, epoch: int, step
     return step, {k: v / max(n, 1) for k, v in totals.items()}
 
 
+def kmeans_features(out: dict[str, torch.Tensor], which: str) -> torch.Tensor:
+    """What k-means clusters: the L2-normalised pooled trunk features the classifiers see — "audio", "visual", or
+    "both" concatenated (scaled to unit norm)."""
+    vis, aud = F.normalize(out["vis_pool"].float(), dim=1), F.normalize(out["aud_pool"].float(), dim=1)
+    if which == "both":
+        return torch.cat([vis, aud], 1) / 2 ** 0.5
+    return {"audio": aud, "visual": vis}[which]
+
+
 @torch.no_grad()
-def score_dataset(model, stream, method: str, topk: int = 0) -> Scores:
+def score_dataset(model, stream, method: str, topk: int = 0, features: str = "both") -> Scores:
     """This worker's rows of the whole-dataset scores, as round ``method`` needs them (``relabel.round_method``):
     the combined log-probabilities (n, K), only their top-k per row (sparse: nothing N×K is kept), or the features
-    the classifiers see (k-means: L2-normalised pooled visual and audio trunk features, concatenated)."""
+    the classifiers see (k-means: :func:`kmeans_features` of ``features``)."""
     model.eval()
     k = model.cfg.num_clusters
     fields = ("index", "true") + {"kmeans": ("features",), "sparse": ("cand_idx", "cand_log_p")}.get(method, ("log_p",))
@@ -101,8 +110,7 @@ def score_dataset(model, stream, method: str, topk: int = 0) -> Scores:
         cols["index"].append(batch["index"])
         cols["true"].append(batch["label"])
         if method == "kmeans":
-            cols["features"].append(torch.cat([F.normalize(out["vis_pool"].float(), dim=1),
-                                               F.normalize(out["aud_pool"].float(), dim=1)], 1) / 2 ** 0.5)
+            cols["features"].append(kmeans_features(out, features))
         elif method == "sparse":
             vals, idx = combined_log_p(out).topk(min(topk, k), dim=1)
             cols["cand_idx"].append(idx)
@@ -110,7 +118,9 @@ def score_dataset(model, stream, method: str, topk: int = 0) -> Scores:
         else:
             cols["log_p"].append(combined_log_p(out))
     # a rank without rows still joins the round's collectives, with (0, ·) tensors of the right width
-    kk, d = min(topk, k), model.visual.out_channels + model.audio.out_channels
+    kk = min(topk, k)
+    d = {"audio": model.audio.out_channels, "visual": model.visual.out_channels}.get(
+        features, model.visual.out_channels + model.audio.out_channels)
     empty = {"index": torch.zeros(0, dtype=torch.int64), "true": torch.zeros(0, dtype=torch.int64),
              "log_p": torch.zeros(0, k), "cand_idx": torch.zeros(0, kk, dtype=torch.int64),
              "cand_log_p": torch.zeros(0, kk), "features": torch.zeros(0, d)}
@@ -124,7 +134,8 @@ def relabel(model, stream, cfg: Stage1Config, prev: LabelTable, version: int,
     table on every rank, with statistics (cluster sizes, fraction changed, NMI vs previous, the method, and
     accuracy against true labels when the data has them — for monitoring only; they never reach the loss)."""
     t0 = time.perf_counter()
-    scores = score_dataset(model, stream, round_method(cfg.relabel, version), cfg.relabel.topk)
+    scores = score_dataset(model, stream, round_method(cfg.relabel, version), cfg.relabel.topk,
+                           cfg.relabel.kmeans_features)
     table, stats = relabel_round(scores, cfg.relabel, cfg.sinkhorn, prev, version, service)
     stats["relabel_s"] = time.perf_counter() - t0
     true_all = _gather_true(scores.index, scores.true)

@@ -223,9 +223,33 @@ def test_a_rank_without_rows_scores_empty_tensors(method, field, width):
     assert got.shape == (0, width if width is not None else d) and scores.index.shape == (0,)
 
 
+@pytest.mark.parametrize("which", ["both", "audio", "visual"])
+def test_kmeans_features_are_what_the_config_names(which):
+    """k-means rows are unit-norm; "audio"/"visual" are that trunk's pooled features alone, "both" concatenates."""
+    import torch.nn.functional as F
+    from avdet.config import ModelConfig
+    from avdet.model import AVModel
+    from distributed.stage1_worker import kmeans_features, score_dataset
+    torch.manual_seed(0)
+    model = AVModel(ModelConfig(image_size=64, visual_width=4, audio_width=8, embed_dim=8, num_clusters=K)).eval()
+    batch = {"frames": torch.randn(5, 3, 64, 64), "audio": torch.randn(5, 1, 64, 101),
+             "index": torch.arange(5), "label": torch.zeros(5, dtype=torch.int64)}
+    feats = score_dataset(model, [batch], "kmeans", features=which).features
+    with torch.no_grad():
+        out = model(batch["frames"], batch["audio"])
+    vis, aud = F.normalize(out["vis_pool"], dim=1), F.normalize(out["aud_pool"], dim=1)
+    want = {"audio": aud, "visual": vis, "both": torch.cat([vis, aud], 1) / 2 ** 0.5}[which]
+    assert torch.allclose(feats, want, atol=1e-6)
+    assert torch.allclose(feats.norm(dim=1), torch.ones(5), atol=1e-5)
+    assert torch.equal(kmeans_features(out, which), want.float())
+    empty = score_dataset(model, [], "kmeans", features=which).features
+    assert empty.shape == (0, want.shape[1])
+
+
 @pytest.mark.parametrize("kwargs, key", [({"topk": 3, "mode": "actors"}, "topk"), ({"actor_cpus": 0}, "actor_cpus"),
                                          ({"kmeans_epochs": -1}, "kmeans_epochs"),
-                                         ({"kmeans_restarts": 0}, "kmeans_restarts")])
+                                         ({"kmeans_restarts": 0}, "kmeans_restarts"),
+                                         ({"kmeans_features": "pixels"}, "kmeans_features")])
 def test_relabel_config_errors_name_the_key(kwargs, key):
     from avdet.config import ConfigError
     with pytest.raises(ConfigError, match=key):
