@@ -88,7 +88,7 @@ class RelabelConfig:
     restarts a dead actor up to ``max_restarts`` times; each actor reserves ``actor_cpus`` CPUs).
     ``warm_start``: "random" (labels start as a random equipartition and every round is Sinkhorn) or "kmeans":
     the rounds after the first ``kmeans_epochs`` epochs are FAISS k-means (best of ``kmeans_restarts``) over the
-    features the classifiers see (learned by the contrastive loss) instead of Sinkhorn on classifiers trained on the
+    features the classifiers see (``kmeans_features``; learned by the contrastive loss) instead of Sinkhorn on classifiers trained on the
     previous, noisier labels, with the clusters renamed (Hungarian) to agree most with the previous labels;
     1 = a warm start only, ``epochs`` = DeepCluster-style k-means every round. ``topk`` > 0: sparse Sinkhorn over
     each sample's top-k clusters (workers mode), so no N×K matrix is ever held.
