@@ -6,8 +6,8 @@ w (stages w, 2w, 4w, 8w; w = 64 is torchvision's resnet18 and its state_dict key
 Visual stride (``ModelConfig.visual_stride``): layer4 keeps stride 1 (no dilation: BasicBlock does not support it),
 so the map has stride 16 — a 224 px frame gives a 14×14 grid, 128 px 8×8, 112 px 7×7, 64 px 4×4. ``visual_stride=8``
 keeps layer3 at stride 1 too: twice the grid (16×16 at 128 px) for a finer heatmap and tighter self-boxes, at about
-3× the visual trunk's multiply-adds (layers 3 and 4 run on 4× the locations; a demo-size training step, visual
-and audio, measured 1.8× slower). The weights keep torchvision's shapes
+3× the visual trunk's multiply-adds (layers 3 and 4 run on 4× the locations; the demo's stage 1 took about twice as
+long, see README). The weights keep torchvision's shapes
 either way (a stride is not a weight), so ImageNet weights load into both.
 
 Visual padding (``ModelConfig.visual_padding``): with zero padding every border location of the map carries a

@@ -23,6 +23,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from avdet.config import load_config  # noqa: E402
+from avdet.fileio import write_json  # noqa: E402
 from avdet.kmeans import kmeans  # noqa: E402
 from avdet.metrics.clusters import hungarian_accuracy  # noqa: E402
 from avdet.model import AVModel  # noqa: E402
@@ -77,7 +78,7 @@ def main(argv: list[str]) -> dict:
               **probe(feats, true, k)}
     print(json.dumps(result))
     if args.out:
-        args.out.write_text(json.dumps(result, indent=1))
+        write_json(args.out, result)
     return result
 
 

@@ -15,6 +15,9 @@ timestamp) and prints one JSON object:
   size centred on the peak (what placement alone allows; the object is the sounding box the self-box matched best);
 - ``ranking``: IoU ≥ 0.5 rate among the top 25 / 50 / 75 / 100 % of frames ranked by each candidate confidence
   (the self-labels' confidence, peakiness, heatmap max, p(y*)); a useful confidence rises towards the top.
+
+``--average mirror | neighbours | clip`` first averages each heatmap with that of the mirrored frame, of the frames
+just before and after it in its clip, or of its whole clip (does smoothing fix the boxes?).
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from avdet.boxes import box_iou, boxes_from_heatmaps  # noqa: E402
 from avdet.config import SelfLabelConfig  # noqa: E402
+from avdet.fileio import write_json  # noqa: E402
 from avdet.selflabels import class_and_probability, confidence, peakiness  # noqa: E402
 from data.shards import read_manifest  # noqa: E402
 from data.stream import plain_loader  # noqa: E402
@@ -43,20 +47,40 @@ FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 
 
 @torch.no_grad()
-def heatmaps(stage1_dir: Path, split: str, batch_size: int = 128) -> dict[str, np.ndarray]:
-    """{"index", "heatmap" (N, h, w), "vis_logits", "aud_logits"} for every frame of ``split``, sorted by index."""
+def heatmaps(stage1_dir: Path, split: str, batch_size: int = 128, mirror: bool = False) -> dict[str, np.ndarray]:
+    """{"index", "heatmap" (N, h, w), "vis_logits", "aud_logits"} for every frame of ``split``, sorted by index.
+    ``mirror``: each heatmap is averaged with that of the mirrored frame (flipped back)."""
     cfg, model = load_stage1(stage1_dir)
     stream = dataclasses.replace(cfg.stream_config(shuffle=False), num_workers=0, batch_size=batch_size)
     cols: dict[str, list[np.ndarray]] = {k: [] for k in ("index", "heatmap", "vis_logits", "aud_logits")}
     for batch in plain_loader(cfg.manifest, split, stream):
         out = model(batch["frames"], batch["audio"])
         cols["index"].append(batch["index"].numpy())
-        cols["heatmap"].append(model.heatmap(out["vis_emb"], out["aud_emb"]).float().numpy())
+        heat = model.heatmap(out["vis_emb"], out["aud_emb"]).float()
+        if mirror:
+            flip = model(batch["frames"].flip(-1), batch["audio"])
+            heat = (heat + model.heatmap(flip["vis_emb"], flip["aud_emb"]).float().flip(-1)) / 2
+        cols["heatmap"].append(heat.numpy())
         cols["vis_logits"].append(out["vis_logits"].float().numpy())
         cols["aud_logits"].append(out["aud_logits"].float().numpy())
     merged = {k: np.concatenate(v) for k, v in cols.items()}
     order = np.argsort(merged["index"], kind="stable")
     return {k: v[order] for k, v in merged.items()}
+
+
+def average_over_clips(heat: np.ndarray, video_id: list[str], timestamp: np.ndarray,
+                       window: int | None) -> np.ndarray:
+    """Each frame's heatmap averaged with the frames of its own clip: the ``window`` frames before and after it in
+    time, or the whole clip when ``window`` is None."""
+    out = np.empty_like(heat)
+    vid = np.asarray(video_id)
+    for v in np.unique(vid):
+        rows = np.flatnonzero(vid == v)
+        rows = rows[np.argsort(np.asarray(timestamp)[rows], kind="stable")]
+        for j, r in enumerate(rows):
+            near = rows if window is None else rows[max(0, j - window):j + window + 1]
+            out[r] = heat[near].mean(0)
+    return out
 
 
 def _xyxy(b) -> list[float]:
@@ -84,6 +108,11 @@ def probe(heat: np.ndarray, sounding: list[np.ndarray], silent: list[np.ndarray]
     """
     H, W = image_size
     n = len(heat)
+    if n == 0:
+        raise ValueError("selfbox_probe: no frame with a sounding ground-truth box to probe")
+    if not len(sounding) == len(silent) == n or any(len(s) == 0 for s in sounding):
+        raise ValueError(f"selfbox_probe: {n} heatmaps need {n} lists of sounding boxes (each non-empty) and of "
+                         f"silent boxes; got {len(sounding)} and {len(silent)}")
     up = F.interpolate(torch.from_numpy(heat)[:, None].double(), size=(H, W), mode="bilinear",
                        align_corners=False)[:, 0].flatten(1)
     peak = up.argmax(1).numpy()
@@ -144,12 +173,21 @@ def main(argv: list[str]) -> dict:
                    help="β the failures are split at (the run's pseudo.selflabel.beta; default: its default)")
     p.add_argument("--peakiness-scale", type=float, default=SelfLabelConfig().peakiness_scale,
                    help="for the confidence ranking (the run's pseudo.selflabel.peakiness_scale)")
+    p.add_argument("--average", choices=["none", "mirror", "neighbours", "clip"], default="none",
+                   help="average each heatmap with its mirrored frame's, its clip neighbours' (t-1, t+1) or its "
+                        "whole clip's before boxing it")
     p.add_argument("--out", type=Path, help="also write the JSON here")
     args = p.parse_args(argv)
-    cols = heatmaps(args.stage1_dir, args.split)
+    cols = heatmaps(args.stage1_dir, args.split, mirror=args.average == "mirror")
     cfg, _ = load_stage1(args.stage1_dir)
     manifest = read_manifest(cfg.manifest)
     frames = read_test_frames(manifest, args.split)
+    if not np.array_equal(frames.index, cols["index"]):
+        raise ValueError(f"selfbox_probe: the model read {len(cols['index'])} frames of split {args.split!r}, the "
+                         f"shards list {len(frames.index)}; a shard changed or failed to decode (see the log)")
+    if args.average in ("neighbours", "clip"):
+        cols["heatmap"] = average_over_clips(cols["heatmap"], frames.video_id, frames.timestamp,
+                                             1 if args.average == "neighbours" else None)
     coco = eval_ground_truth(json.loads(args.gt.read_text()), frames, manifest.classes)
     snd: dict[int, list] = {}
     sil: dict[int, list] = {}
@@ -165,12 +203,13 @@ def main(argv: list[str]) -> dict:
               "heatmap_max": heat.reshape(len(heat), -1).max(1), "p_class": cls_prob.numpy()}
     sounding = [np.array(snd[int(i)]) for i in idx]
     silent = [np.array(sil.get(int(i), []), float).reshape(-1, 4) for i in idx]
-    result = {"stage1_dir": str(args.stage1_dir), "split": args.split, "grid": list(heat.shape[1:]),
+    result = {"stage1_dir": str(args.stage1_dir), "split": args.split, "average": args.average,
+              "grid": list(heat.shape[1:]),
               "frames_without_sounding_box": int((~keep).sum()),
               **probe(heat, sounding, silent, (frames.height, frames.width), args.betas, args.beta, scores)}
     print(json.dumps(result))
     if args.out:
-        args.out.write_text(json.dumps(result, indent=1))
+        write_json(args.out, result)
     return result
 
 

@@ -70,3 +70,26 @@ def test_selfbox_probe_known_answers():
     assert res["true_size_at_peak"] == sixth(3)               # frames 0, 3 and 4: their peaks are near the centre
     assert res["ranking"]["good"] == [round(1 / 2, 4), round(1 / 3, 4), round(1 / 4, 4), sixth(1)]  # top 2, 3, 4, 6
     assert res["ranking"]["bad"] == [0.0, 0.0, 0.0, sixth(1)]
+
+
+def test_selfbox_probe_averages_within_each_clip_in_time_order():
+    import numpy as np
+    avg = _script("selfbox_probe").average_over_clips
+    heat = np.array([1.0, 10.0, 2.0, 20.0, 4.0])[:, None, None] * np.ones((5, 2, 2))
+    vid, ts = ["a", "b", "a", "b", "a"], np.array([0.0, 0.0, 1.0, 0.5, 0.5])   # clip a in time: rows 0, 4, 2
+    whole = avg(heat, vid, ts, None)[:, 0, 0]
+    assert np.allclose(whole, [7 / 3, 15, 7 / 3, 15, 7 / 3])
+    near = avg(heat, vid, ts, 1)[:, 0, 0]                   # a: t0 -> (1+4)/2, t0.5 -> (1+4+2)/3, t1 -> (4+2)/2
+    assert np.allclose(near, [2.5, 15, 3.0, 15, 7 / 3])
+
+
+def test_selfbox_probe_refuses_what_it_cannot_score():
+    import numpy as np
+    import pytest
+    probe = _script("selfbox_probe").probe
+    with pytest.raises(ValueError, match="no frame with a sounding"):
+        probe(np.zeros((0, 8, 8)), [], [], (64, 64), [0.5], 0.5)
+    with pytest.raises(ValueError, match="2 heatmaps need 2 lists"):
+        probe(np.zeros((2, 8, 8)), [np.array([[0.0, 0, 8, 8]])], [np.zeros((0, 4))] * 2, (64, 64), [0.5], 0.5)
+    with pytest.raises(ValueError, match="each non-empty"):
+        probe(np.zeros((1, 8, 8)), [np.zeros((0, 4))], [np.zeros((0, 4))], (64, 64), [0.5], 0.5)
