@@ -16,7 +16,9 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-__all__ = ["temp_name", "write_atomic", "write_json"]
+__all__ = ["TEMP_RE", "temp_name", "write_atomic", "write_json"]
+
+TEMP_RE = re.compile(r"^\..+\.tmp-(?P<host>[A-Za-z0-9.-]+)-(?P<pid>\d+)-[0-9a-f]{8}$")   # what temp_name makes
 
 
 def temp_name(path: Path) -> Path:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from avdet.fileio import temp_name, write_atomic  # noqa: F401  (re-exported: data.shards.write_atomic)
+from avdet.fileio import TEMP_RE, temp_name, write_atomic  # noqa: F401  (re-exported: data.shards.write_atomic)
 from data.health import DataHealth, SampleSpec, check_sample
 from data.schema import DecodeError, decode_sample
 
@@ -74,7 +74,6 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-_TEMP_RE = re.compile(r"^\..+\.tmp-(?P<host>[A-Za-z0-9.-]+)-(?P<pid>\d+)-[0-9a-f]{8}$")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -94,7 +93,7 @@ def sweep_stale_temps(out_dir: Path, other_host_max_age_s: float = 24 * 3600.0) 
     host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "host"
     removed = []
     for p in Path(out_dir).iterdir() if Path(out_dir).is_dir() else ():
-        m = _TEMP_RE.match(p.name)
+        m = TEMP_RE.match(p.name)
         if m is None:
             continue
         if m["host"] == host:

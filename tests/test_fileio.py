@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from avdet.fileio import write_atomic, write_json
+from avdet.fileio import TEMP_RE, temp_name, write_atomic, write_json
 
 
 def test_payload_kinds_round_trip(tmp_path):
@@ -27,3 +27,11 @@ def test_a_failing_writer_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
         write_atomic(path, boom)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["keep.json"]
+
+
+def test_temp_names_parse_back_to_their_writer(tmp_path):
+    """The stale-temp sweeper (data.shards.sweep_stale_temps) reads host and pid back from the name."""
+    import os
+    m = TEMP_RE.match(temp_name(tmp_path / "train-000001.tar").name)
+    assert m is not None and int(m["pid"]) == os.getpid() and m["host"]
+    assert TEMP_RE.match("train-000001.tar") is None and TEMP_RE.match(".x.tmp-host-12-notahex!") is None
