@@ -6,6 +6,11 @@ Data parallelism: negatives come from the global batch. ``gather`` is injected b
 first sample in the gathered tensor (rank · B for equal batches). Each process's loss is the mean over its own
 B samples against all gathered negatives, so the average over processes (what DDP/DeepSpeed gradient averaging
 computes) equals the single-big-batch loss. ``gather=None`` is one process (offset 0).
+
+Same-clip negatives: frames of one clip share their sound, so a frame and an audio of the same clip (``clip`` ids,
+:func:`data.schema.clip_id` of the video id) are never negatives of each other, across the whole global batch: they
+are masked out of both softmax denominators (METHOD.md §2). Without the mask the loss asks the model to tell apart
+frames that differ only in where the object sits.
 """
 from __future__ import annotations
 
@@ -18,15 +23,17 @@ from .model import score_matrix
 
 Gather = Callable[[torch.Tensor], tuple[torch.Tensor, int]]
 
-__all__ = ["score_matrix", "nce_loss", "cluster_loss", "joint_loss"]
+__all__ = ["score_matrix", "nce_loss", "same_clip_negatives", "cluster_loss", "joint_loss"]
 
 
 def nce_loss(vis_emb: torch.Tensor, aud_emb: torch.Tensor, rho: torch.Tensor,
-             gather: Gather | None = None) -> torch.Tensor:
+             gather: Gather | None = None, clip: torch.Tensor | None = None) -> torch.Tensor:
     """L_NC = (L_a→v + L_v→a)/2 over the (global) batch, for this process's B pairs.   # eq. 1
 
     vis_emb (B, C, h, w), aud_emb (B, C) L2-normalised, rho scalar. L_a→v: each local frame v_i against every
-    audio a' of the global batch; L_v→a: each local audio a_i against every frame v'. Returns a scalar."""
+    audio a' of the global batch; L_v→a: each local audio a_i against every frame v'. ``clip`` (B,) int64: the
+    clip of each pair; other pairs of the same clip are left out of both denominators (``None``: no mask).
+    Returns a scalar."""
     b = vis_emb.shape[0]
     if gather is None:
         vis_all, aud_all, offset = vis_emb, aud_emb, 0
@@ -37,10 +44,24 @@ def nce_loss(vis_emb: torch.Tensor, aud_emb: torch.Tensor, rho: torch.Tensor,
             raise ValueError(f"nce_loss: gather gave offsets {offset} (frames) and {aud_offset} (audio)")
     target = torch.arange(offset, offset + b, device=vis_emb.device)
     s_v = score_matrix(vis_emb, aud_all, rho)             # (B, B_tot): S(v_i, a')
-    s_a = score_matrix(vis_all, aud_emb, rho)             # (B_tot, B): S(v', a_i)
+    s_a = score_matrix(vis_all, aud_emb, rho).t()         # (B, B_tot): S(v', a_i)
+    if clip is not None:
+        same = same_clip_negatives(clip, gather, target)  # (B, B_tot) True where a' (or v') is a false negative
+        s_v = s_v.masked_fill(same, float("-inf"))
+        s_a = s_a.masked_fill(same, float("-inf"))
     loss_a2v = F.cross_entropy(s_v, target)               # −mean log softmax_{a'} S(v_i, a')
-    loss_v2a = F.cross_entropy(s_a.t(), target)           # −mean log softmax_{v'} S(v', a_i)
+    loss_v2a = F.cross_entropy(s_a, target)               # −mean log softmax_{v'} S(v', a_i)
     return (loss_a2v + loss_v2a) / 2
+
+
+def same_clip_negatives(clip: torch.Tensor, gather: Gather | None, target: torch.Tensor) -> torch.Tensor:
+    """(B, B_tot) bool: column j is another pair of local pair i's clip (same id, j ≠ i's own column ``target[i]``).
+    ``clip`` (B,) int64 is gathered like the embeddings (no gradient)."""
+    with torch.no_grad():
+        clip_all = clip if gather is None else gather(clip)[0]
+        same = clip[:, None] == clip_all[None, :]
+        same[torch.arange(len(target), device=same.device), target] = False
+    return same
 
 
 def cluster_loss(vis_logits: torch.Tensor, aud_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -49,10 +70,11 @@ def cluster_loss(vis_logits: torch.Tensor, aud_logits: torch.Tensor, labels: tor
 
 
 def joint_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, lam: float,
-               gather: Gather | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+               gather: Gather | None = None, clip: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """L = λ·L_NC + (1−λ)·L_clust (eq. 4) from an AVModel output dict (vis_emb, aud_emb, vis_logits, aud_logits,
-    rho) and labels (B,) int64. Returns (loss, {"loss", "nce", "clust", "rho"} as floats for logging)."""
-    nce = nce_loss(out["vis_emb"], out["aud_emb"], out["rho"], gather)
+    rho), labels (B,) int64 and the pairs' clip ids (B,) (same-clip pairs are not negatives; ``None``: no mask).
+    Returns (loss, {"loss", "nce", "clust", "rho"} as floats for logging)."""
+    nce = nce_loss(out["vis_emb"], out["aud_emb"], out["rho"], gather, clip)
     clust = cluster_loss(out["vis_logits"], out["aud_logits"], labels)
     loss = lam * nce + (1.0 - lam) * clust                 # eq. 4
     parts = {"loss": float(loss.detach()), "nce": float(nce.detach()), "clust": float(clust.detach()),

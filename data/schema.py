@@ -6,6 +6,7 @@ would unpickle ``.pyd``/``.pickle`` and run code from the shard.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import asdict, dataclass
@@ -35,6 +36,13 @@ def sample_key(index: int) -> str:
     if index < 0:
         raise ValueError(f"sample index must be >= 0, got {index}")
     return f"{index:012d}"
+
+
+def clip_id(video_id: str) -> int:
+    """Stable non-negative int63 id of a clip (its frames share it): the first 8 bytes of blake2b(video_id). Lets
+    the contrastive loss keep frames of one clip from being each other's negatives across the global batch
+    (collisions: ~N²/2⁶⁴, i.e. none at VGGSound scale)."""
+    return int.from_bytes(hashlib.blake2b(video_id.encode(), digest_size=8).digest(), "little") >> 1
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Shards -> training batches: a Ray Data pipeline for the trainers and a plain DataLoader for debugging/baselines.
 
 Both paths decode whole shards in one Python call (:func:`read_shard_blocks`) into big numpy blocks
-``{"frames": (n, H, W, 3) uint8, "audio": (n, S) int16, "index": (n,) int64, "label": (n,) int64}`` — numeric
+``{"frames": (n, H, W, 3) uint8, "audio": (n, S) int16, "index": (n,) int64, "label": (n,) int64, "clip": (n,)
+int64}`` (``clip``: :func:`data.schema.clip_id` of the video id, shared by a clip's frames) — numeric
 columns only, so ``iter_torch_batches`` works and per-row overhead is paid once per block. The consumer turns a block
 into the decoded-batch format (docs/INTERFACES.md) with :class:`BatchCollate` (ImageNet normalisation + log-mel, in
 torch, per batch).
@@ -16,6 +17,11 @@ Trainer usage::
 
 Shuffling: shard order and in-shard order are permuted with ``(seed, epoch)`` (or afresh on every execution with
 ``epoch=None``); the consumer adds a local shuffle buffer seeded with ``seed + epoch``.
+
+Reproducible training streams: ``ray_dataset(..., epoch=e, part=(p, n))`` is part ``p`` of ``n`` of epoch ``e``'s
+shard order (:func:`partition_shards`: shards dealt out to balance sample counts), read in that order
+(``preserve_order``). One seed, one epoch and one part give the same batches in the same order on every run, which
+``streaming_split`` (blocks go to whichever consumer asks first) cannot.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ from avdet.audio import LogMel
 from avdet.config import AudioConfig
 from data.config import StreamConfig
 from data.health import DataHealth, SampleSpec
+from data.schema import clip_id
 from data.shards import Manifest, iter_tar_groups, iter_shard_samples, read_manifest
 
 log = logging.getLogger(__name__)
@@ -86,13 +93,15 @@ def _stack(samples: list[dict[str, Any]], ids: dict[str, int]) -> dict[str, np.n
     return {"frames": np.stack([s["frame"] for s in samples]),
             "audio": np.stack([s["audio"] for s in samples]),
             "index": np.array([s["meta"]["index"] for s in samples], np.int64),
-            "label": np.array([ids.get(s["meta"].get("label"), -1) for s in samples], np.int64)}
+            "label": np.array([ids.get(s["meta"].get("label"), -1) for s in samples], np.int64),
+            "clip": np.array([clip_id(str(s["meta"]["video_id"])) for s in samples], np.int64)}
 
 
 class BatchCollate:
     """numpy block ``{"frames": (B,H,W,3) uint8, "audio": (B,S) int16, "index", "label"}`` -> decoded batch
     ``{"frames": (B,3,H,W) float32 ImageNet-normalised, "audio": (B,1,n_mels,T) float32 log-mel, "index": (B,)
-    int64, "label": (B,) int64}``. Usable as ``collate_fn`` of ``iter_torch_batches`` and of a DataLoader."""
+    int64, "label": (B,) int64, "clip": (B,) int64}``. Usable as ``collate_fn`` of ``iter_torch_batches`` and of a
+    DataLoader."""
 
     def __init__(self, audio: AudioConfig):
         self.audio = audio
@@ -110,7 +119,8 @@ class BatchCollate:
             audio = self._logmel(wave)
         return {"frames": frames.contiguous(), "audio": audio,
                 "index": torch.from_numpy(np.array(block["index"], np.int64)),
-                "label": torch.from_numpy(np.array(block["label"], np.int64))}
+                "label": torch.from_numpy(np.array(block["label"], np.int64)),
+                "clip": torch.from_numpy(np.array(block["clip"], np.int64))}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -125,22 +135,48 @@ def _read_shards_udf(batch: dict[str, np.ndarray], classes: list[str], spec: Sam
         yield from read_shard_blocks(str(path), classes, spec, block_rows, seed, max_bad_fraction, int(count))
 
 
+def partition_shards(shards: list[tuple[str, int]], parts: int) -> list[list[tuple[str, int]]]:
+    """Deal ``shards`` [(path, count)] out to ``parts`` consumers, in order, each to the one with the fewest samples
+    so far (ties: the lowest part): deterministic, and the parts' sample counts differ by at most one shard's."""
+    if parts < 1:
+        raise ValueError(f"partition_shards: parts must be >= 1, got {parts}")
+    out: list[list[tuple[str, int]]] = [[] for _ in range(parts)]
+    load = [0] * parts
+    for shard in shards:
+        p = min(range(parts), key=lambda i: (load[i], i))
+        out[p].append(shard)
+        load[p] += shard[1]
+    return out
+
+
 def ray_dataset(manifest: Manifest | str | Path, split: str, cfg: StreamConfig, epoch: int | None = 0,
-                read_num_cpus: float = 0.5):
+                read_num_cpus: float = 0.5, part: tuple[int, int] | None = None):
     """``ray.data.Dataset`` of numpy sample blocks of ``split`` (one read task per shard, ``cfg.read_concurrency``
     at a time). Hand it to a TorchTrainer / ``streaming_split`` and iterate it with :func:`iter_torch_batches`.
 
     ``epoch=k`` fixes the shard and in-shard order to ``(cfg.seed, k)`` (reproducible; build one per epoch);
     ``epoch=None`` reshuffles both afresh on every execution, i.e. every epoch of a long-lived Ray Train dataset.
+    ``part=(p, n)`` (with an ``epoch``): only part ``p`` of :func:`partition_shards` of that order, blocks delivered
+    in order, so the stream is a function of ``(seed, epoch, p, n)`` alone.
     ``read_num_cpus`` is the CPU reservation per read task (< 1 so reads fit beside the train workers)."""
     import ray
 
     m = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
     fresh = cfg.shuffle and epoch is None
+    if part is not None and epoch is None:
+        raise ValueError("ray_dataset: part= needs an epoch (a reproducible order to partition)")
+    order = _shard_order(m, split, cfg, 0 if epoch is None else epoch)
+    if part is not None:
+        order = partition_shards(order, part[1])[part[0]]
+        if not order:
+            raise ValueError(f"ray_dataset: part {part[0]} of {part[1]} of split {split!r} has no shards "
+                             f"({len(m.split_shards(split))} shards in all): use fewer workers or smaller shards")
     items = [{"path": p, "count": c,
               "seed": FRESH if fresh else f"{cfg.seed}/{epoch}/{Path(p).name}" if cfg.shuffle else ""}
-             for p, c in _shard_order(m, split, cfg, 0 if epoch is None else epoch)]
+             for p, c in order]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
+    if part is not None:
+        ds.context.execution_options.preserve_order = True
     if fresh:
         ds = ds.randomize_block_order()
     return ds.map_batches(

@@ -48,7 +48,9 @@ class DetectorTrainConfig:
     Warmup is linear from ``warmup_factor``·lr over ``warmup_steps`` steps; ``lr`` is multiplied by ``lr_gamma`` at
     each epoch in ``lr_steps``. ``min_confidence`` drops pseudo-annotations with a lower score; ``max_images`` > 0
     trains on a fixed random subset of that many annotated frames (CPU demos). ``torch_threads`` 0 keeps Ray's
-    default (one thread per reserved CPU). ``fail_at_step`` >= 0 is a FAULT-INJECTION knob for tests: rank 0 raises
+    default (one thread per reserved CPU). ``hflip`` (probability) and ``scale_jitter`` ([lo, hi] resize factors,
+    then crop/pad back to the frame size) augment the training images as torchvision's detection references do;
+    ``seed`` drives initialisation, the stream order, the box samplers and the augmentations. ``fail_at_step`` >= 0 is a FAULT-INJECTION knob for tests: rank 0 raises
     once at that global step (a marker file in ``out_dir`` stops it recurring after the restart); leave it at -1.
     """
     pseudo_dir: str = ""
@@ -76,8 +78,13 @@ class DetectorTrainConfig:
     report_every: int = 20
     max_failures: int = 0
     seed: int = 0
+    hflip: float = 0.0
+    scale_jitter: list[float] = field(default_factory=lambda: [1.0, 1.0])
     fail_at_step: int = -1
     stream: StreamConfig = field(default_factory=StreamConfig)
+
+    def augments(self) -> bool:
+        return self.hflip > 0 or list(self.scale_jitter) != [1.0, 1.0]
 
     def check(self) -> None:
         require(self.split in ("train", "test"), "split", "must be 'train' or 'test'")
@@ -98,6 +105,9 @@ class DetectorTrainConfig:
         require(self.torch_threads >= 0, "torch_threads", "must be >= 0 (0 = Ray's default)")
         require(self.report_every >= 1, "report_every", "must be >= 1")
         require(self.max_failures >= -1, "max_failures", "must be >= 0, or -1 for unlimited")
+        require(0 <= self.hflip <= 1, "hflip", "must be a probability in [0, 1]")
+        require(len(self.scale_jitter) == 2 and 0 < self.scale_jitter[0] <= self.scale_jitter[1] <= 4,
+                "scale_jitter", "must be [lo, hi] with 0 < lo <= hi <= 4 ([1, 1] = off)")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -138,11 +148,13 @@ def attach_pseudo(batch: dict[str, np.ndarray], index: np.ndarray, box: np.ndarr
     return {"frames": batch["frames"][found], "index": batch["index"][found], "box": box[rows], "cls": cls[rows]}
 
 
-def training_dataset(cfg: DetectorTrainConfig, table: dict[str, np.ndarray]):
-    """Ray Dataset of annotated training rows (module docstring), shuffled by shard and within shards afresh on
-    every epoch (``epoch=None``: each pass of the long-lived Ray Train dataset is a new order)."""
+def training_dataset(cfg: DetectorTrainConfig, table: dict[str, np.ndarray], epoch: int | None = None,
+                     part: tuple[int, int] | None = None):
+    """Ray Dataset of annotated training rows (module docstring). ``epoch`` + ``part=(rank, world)``: that rank's
+    part of the epoch's seeded order (reproducible; built per epoch by each worker); ``epoch=None``: shuffled
+    afresh on every pass."""
     stream = dataclasses.replace(cfg.stream, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed)
-    ds = ray_dataset(read_manifest(cfg.manifest), cfg.split, stream, epoch=None)
+    ds = ray_dataset(read_manifest(cfg.manifest), cfg.split, stream, epoch=epoch, part=part)
     return ds.map_batches(attach_pseudo, batch_size=None, batch_format="numpy", num_cpus=0.25,
                           fn_kwargs={k: table[k] for k in ("index", "box", "cls")})
 
@@ -161,13 +173,15 @@ def _trainer(cfg: DetectorTrainConfig, table: dict[str, np.ndarray]):
     return TorchTrainer(
         train_loop_per_worker,
         torch_config=LoopbackTorchConfig(),
-        train_loop_config={"cfg": to_dict(dataclasses.replace(cfg, out_dir=str(out)))},
+        train_loop_config={"cfg": to_dict(dataclasses.replace(cfg, out_dir=str(out),
+                                                              manifest=str(Path(cfg.manifest).resolve()))),
+                           "table": table},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=RunConfig(name="detector", storage_path=str(out / "ray"),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        datasets={"train": training_dataset(cfg, table)},
+        # no datasets: each worker streams its part of every epoch's seeded order (detector_worker)
     )
 
 

@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from avdet.augment import augment
 from avdet.config import from_dict
 from avdet.detector import build_detector
 from distributed import dist
@@ -30,14 +31,22 @@ log = logging.getLogger(__name__)
 FAULT_MARKER = "fault_injected"
 
 
-def to_detection_batch(batch: dict[str, np.ndarray], device) -> tuple[list[torch.Tensor], list[dict]]:
+def to_detection_batch(batch: dict[str, np.ndarray], device, flip_p: float = 0.0,
+                       scale_range: tuple[float, float] = (1.0, 1.0), gen: torch.Generator | None = None
+                       ) -> tuple[list[torch.Tensor], list[dict]]:
     """``{"frames" (B,H,W,3) uint8, "box" (B,4) xyxy, "cls" (B,) category id}`` -> torchvision detection inputs:
-    images [(3,H,W) float in [0, 1]], targets [{"boxes" (1,4) float32, "labels" (1,) int64}]."""
-    frames = torch.from_numpy(np.ascontiguousarray(batch["frames"])).to(device)
-    boxes = torch.as_tensor(np.asarray(batch["box"], np.float32), device=device)
+    images [(3,H,W) float in [0, 1]], targets [{"boxes" (1,4) float32, "labels" (1,) int64}]; with ``gen``, each
+    image and its box are flipped / scale-jittered (:func:`avdet.augment.augment`) on the CPU first."""
+    frames = torch.from_numpy(np.ascontiguousarray(batch["frames"]))
+    boxes = torch.as_tensor(np.asarray(batch["box"], np.float32))
     labels = torch.as_tensor(np.asarray(batch["cls"], np.int64), device=device)
-    images = [f.permute(2, 0, 1).float().div_(255.0) for f in frames]
-    targets = [{"boxes": boxes[i:i + 1], "labels": labels[i:i + 1]} for i in range(len(images))]
+    images, targets = [], []
+    for i, f in enumerate(frames):
+        image, box = f.permute(2, 0, 1).float().div_(255.0), boxes[i:i + 1]
+        if gen is not None:
+            image, box = augment(image, box, flip_p, scale_range, gen)
+        images.append(image.to(device))
+        targets.append({"boxes": box.to(device), "labels": labels[i:i + 1]})
     return images, targets
 
 
@@ -51,10 +60,11 @@ def _agree_next(batch, device) -> bool:
 
 def train_one_epoch(model, optimizer, batches: Iterable[dict], device, epoch: int, step: int,
                     lr_at: Callable[[int, int], float], report: Callable[[dict], None], report_every: int,
-                    grad_clip: float = 0.0, writer=None, fault: Callable[[int], None] | None = None
-                    ) -> tuple[int, dict]:
+                    grad_clip: float = 0.0, writer=None, fault: Callable[[int], None] | None = None,
+                    augment_with: Callable | None = None) -> tuple[int, dict]:
     """One pass over ``batches`` (numpy blocks, see :func:`to_detection_batch`). Returns (global step, epoch
-    metrics averaged over every rank: the four Faster R-CNN losses, ``loss``, ``images``, ``images_per_s``)."""
+    metrics averaged over every rank: the four Faster R-CNN losses, ``loss``, ``images``, ``images_per_s``).
+    ``augment_with(batch, device)`` replaces :func:`to_detection_batch` (augmented training)."""
     model.train()
     sums: dict[str, float] = {}
     n_steps, n_images, t0 = 0, 0, time.perf_counter()
@@ -67,7 +77,7 @@ def train_one_epoch(model, optimizer, batches: Iterable[dict], device, epoch: in
             fault(step)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, epoch)
-        images, targets = to_detection_batch(batch, device)
+        images, targets = (augment_with or to_detection_batch)(batch, device)
         loss_dict = model(images, targets)
         loss = sum(loss_dict.values())
         if not math.isfinite(loss.item()):
@@ -168,12 +178,14 @@ def _fault_injector(fail_at_step: int, out_dir: Path) -> Callable[[int], None] |
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry point. ``config = {"cfg": resolved DetectorTrainConfig as a dict}`` (its ``detector``
-    section already carries K = the number of pseudo-classes)."""
+    """Ray Train entry point. ``config = {"cfg": resolved DetectorTrainConfig as a dict, "table": the training rows
+    of :func:`distributed.detector_train.load_pseudo_table`}`` (``cfg.detector`` already carries K).
+    Reproducible: every epoch each rank streams its own part of that epoch's seeded shard order, and the model's
+    initialisation, the box samplers and the augmentations draw from generators seeded by ``cfg.seed``."""
     import ray.train
     import ray.train.torch
 
-    from distributed.detector_train import DetectorTrainConfig
+    from distributed.detector_train import DetectorTrainConfig, training_dataset
 
     cfg = from_dict(DetectorTrainConfig, config["cfg"])
     dist.setup_logging(dist.get_rank())
@@ -189,14 +201,18 @@ def train_loop_per_worker(config: dict) -> None:
     writer = _writer(out / "tb") if dist.is_main_process() else None
     lr_at = lr_schedule(cfg.lr, cfg.warmup_steps, cfg.warmup_factor, cfg.lr_steps, cfg.lr_gamma)
     fault = _fault_injector(cfg.fail_at_step, out)
-    shard = ray.train.get_dataset_shard("train")
+    part = (dist.get_rank(), dist.get_world_size())
     for epoch in range(start_epoch, cfg.epochs):
-        batches = shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
-                                     prefetch_batches=cfg.stream.prefetch_batches,
-                                     local_shuffle_buffer_size=cfg.stream.shuffle_buffer or None,
-                                     local_shuffle_seed=cfg.seed + epoch if cfg.stream.shuffle_buffer else None)
+        torch.manual_seed(cfg.seed * 1009 + epoch)            # box samplers: the same draws after a resume
+        gen = torch.Generator().manual_seed((cfg.seed * 1009 + epoch) * 64 + dist.get_rank())
+        batches = training_dataset(cfg, config["table"], epoch=epoch, part=part).iter_batches(
+            batch_size=cfg.batch_size, batch_format="numpy", prefetch_batches=cfg.stream.prefetch_batches,
+            local_shuffle_buffer_size=cfg.stream.shuffle_buffer or None,
+            local_shuffle_seed=cfg.seed + epoch if cfg.stream.shuffle_buffer else None)
+        augmented = (lambda b, d: to_detection_batch(b, d, cfg.hflip, tuple(cfg.scale_jitter), gen)) \
+            if cfg.augments() else None
         step, stats = train_one_epoch(model, optimizer, batches, device, epoch, step, lr_at,
-                                      ray.train.report, cfg.report_every, cfg.grad_clip, writer, fault)
+                                      ray.train.report, cfg.report_every, cfg.grad_clip, writer, fault, augmented)
         history.append({"epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"], **stats})
         log.info("detector epoch %d: loss %.4f, %d images, %.1f images/s", epoch, stats["loss"], stats["images"],
                  stats["images_per_s"])

@@ -129,6 +129,25 @@ def broadcast_from_main(t: torch.Tensor) -> torch.Tensor:
 _OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
 
 
+@torch.no_grad()
+def average_buffers(module: torch.nn.Module) -> int:
+    """All-reduce-average ``module``'s floating-point buffers (BatchNorm running mean / var) over the ranks, in
+    place; returns how many were averaged. Each rank's BatchNorm otherwise tracks its own batches, so the ranks
+    would score with different models and a checkpoint (rank 0's buffers) would resume other ranks on statistics
+    that are not theirs. No-op in one process."""
+    bufs = [b for b in module.buffers() if b.is_floating_point()]
+    if get_world_size() == 1 or not bufs:
+        return 0
+    flat = torch.cat([b.reshape(-1) for b in bufs])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= get_world_size()
+    pos = 0
+    for b in bufs:
+        b.copy_(flat[pos:pos + b.numel()].view_as(b))
+        pos += b.numel()
+    return len(bufs)
+
+
 def all_gather_objects(obj) -> list:
     """Every rank's ``obj`` (picklable, small), in rank order; ``[obj]`` without a process group."""
     if get_world_size() == 1:

@@ -30,8 +30,13 @@ class PipelineConfig:
     """``dataset``: "synthetic" generates the embedded benchmark into ``<workdir>/synthetic`` (the demo);
     "vggsound" ingests ``videos_dir`` + ``csv`` (VGGSound format) and evaluates on ``gt`` when given.
     ``num_clusters`` (K) and ``frame_size`` are the single sources for every stage; ``ray_address`` is used by
-    every stage ("local" = a loopback-only Ray on this machine; "auto" = the cluster this job was submitted to)."""
+    every stage ("local" = a loopback-only Ray on this machine; "auto" = the cluster this job was submitted to).
+    ``seed`` is the one seed of the run: stage 1 (initialisation, stream order, equipartition, k-means) and the
+    detector (initialisation, stream order, samplers, augmentations); the synthetic data keeps ``synthetic.seed``.
+    ``data_dir`` holds ``synthetic/`` and ``shards/`` ("" = ``workdir``): runs with different seeds share them."""
     workdir: str = "outputs/run"
+    data_dir: str = ""
+    seed: int = 0
     dataset: str = "vggsound"
     videos_dir: str = ""
     csv: str = ""
@@ -93,13 +98,15 @@ def replaced_settings(given, resolved, prefix: str = "") -> list[str]:
 def resolve(cfg: PipelineConfig) -> PipelineConfig:
     """Fill derived paths and shared values into every stage's config; raises ConfigError when inputs are missing."""
     w = Path(cfg.workdir).resolve()
+    d = Path(cfg.data_dir).resolve() if cfg.data_dir else w
     videos_dir, csv, gt = cfg.videos_dir, cfg.csv, cfg.gt
     if cfg.dataset == "synthetic":
-        syn = w / "synthetic"
+        syn = d / "synthetic"
         videos_dir, csv, gt = str(syn / "videos"), str(syn / "vggsound.csv"), str(syn / "gt_test.json")
     elif not (videos_dir and csv):
         raise ConfigError(missing_vggsound_message(cfg))
-    shards, s1, pseudo, det, ev = (str(w / n) for n in ("shards", "stage1", "pseudo", "detector", "report"))
+    shards = str(d / "shards")
+    s1, pseudo, det, ev = (str(w / n) for n in ("stage1", "pseudo", "detector", "report"))
     manifest = str(Path(shards) / "manifest.json")
     r = dataclasses.replace
     audio = cfg.stage1.audio
@@ -110,10 +117,12 @@ def resolve(cfg: PipelineConfig) -> PipelineConfig:
         synthetic=r(cfg.synthetic, frame_size=max(cfg.synthetic.frame_size, cfg.frame_size)),
         ingest=r(cfg.ingest, videos_dir=videos_dir, csv=csv, out_dir=shards, frame_size=cfg.frame_size, audio=audio,
                  ray_address=cfg.ray_address),
-        stage1=r(cfg.stage1, manifest=manifest, out_dir=s1, model=model, ray_address=cfg.ray_address),
+        stage1=r(cfg.stage1, manifest=manifest, out_dir=s1, model=model, ray_address=cfg.ray_address,
+                 train=r(cfg.stage1.train, seed=cfg.seed), stream=r(cfg.stage1.stream, seed=cfg.seed)),
         pseudo=r(cfg.pseudo, stage1_dir=s1, manifest=manifest, out_dir=pseudo, ray_address=cfg.ray_address),
         detector=r(cfg.detector, pseudo_dir=pseudo, manifest=manifest, out_dir=det, ray_address=cfg.ray_address,
-                   detector=r(cfg.detector.detector, num_classes=cfg.num_clusters)),
+                   detector=r(cfg.detector.detector, num_classes=cfg.num_clusters), seed=cfg.seed,
+                   stream=r(cfg.detector.stream, seed=cfg.seed)),
         evaluate=r(cfg.evaluate, manifest=manifest, gt=gt, pseudo_train=str(Path(pseudo) / "pseudo_train.json"),
                    pseudo_test=str(Path(pseudo) / "pseudo_test.json"),
                    heatmaps=str(Path(pseudo) / "heatmaps_test.npz"), detector=str(Path(det) / "detector.pt"),
@@ -139,7 +148,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     w = Path(cfg.workdir)
     w.mkdir(parents=True, exist_ok=True)
     save_config(cfg, w / "config.yaml")
-    steps = [("synthetic", lambda: generate(cfg.synthetic, w / "synthetic"))] if cfg.dataset == "synthetic" else []
+    syn_dir = Path(cfg.data_dir or cfg.workdir) / "synthetic"
+    steps = [("synthetic", lambda: generate(cfg.synthetic, syn_dir))] if cfg.dataset == "synthetic" else []
     steps += [("ingest", lambda: _ingest(ingest, cfg.ingest)), ("stage1", lambda: run_stage1(cfg.stage1)),
               ("pseudo", lambda: run_pseudo(cfg.pseudo)), ("detector", lambda: run_detector_training(cfg.detector)),
               ("evaluate", lambda: run_evaluation(cfg.evaluate) if cfg.gt else {"skipped": "no ground truth (gt)"})]

@@ -343,14 +343,14 @@ def round_method(cfg: RelabelConfig, version: int) -> str:
 
 
 def relabel_round(scores: Scores, cfg: RelabelConfig, sk: SinkhornConfig, prev: LabelTable, version: int,
-                  service: "RelabelService | None" = None) -> tuple[LabelTable, dict]:
+                  service: "RelabelService | None" = None, seed: int = 0) -> tuple[LabelTable, dict]:
     """One relabel round over the whole dataset (every rank calls it with its rows). Returns the new table —
     identical on every rank — and the round's statistics (``log_relabel``, plus ``method``).
-    ``service`` (rank 0 only) is the actor pool for ``mode="actors"``."""
+    ``service`` (rank 0 only) is the actor pool for ``mode="actors"``; ``seed`` (with ``version``) seeds k-means."""
     method = round_method(cfg, version)
     k, result = scores.num_clusters, None
     if method == "kmeans":
-        table = _kmeans_round(scores, cfg, prev, version)
+        table = _kmeans_round(scores, cfg, prev, version, seed)
     elif method == "actors":
         table = _actors_round(scores, service, prev, version)
     elif method == "sparse":
@@ -373,15 +373,15 @@ def _all_index(index: torch.Tensor) -> torch.Tensor:
         return all_gather_with_grad(torch.as_tensor(index, dtype=torch.int64))[0]
 
 
-def _kmeans_round(scores: Scores, cfg: RelabelConfig, prev: LabelTable, version: int) -> LabelTable:
+def _kmeans_round(scores: Scores, cfg: RelabelConfig, prev: LabelTable, version: int, seed: int = 0) -> LabelTable:
     """FAISS k-means (best of ``kmeans_restarts``) over every rank's features, on rank 0 (GPU index when asked and
     present); the clusters are renamed to agree best with ``prev``, and the labels broadcast."""
     index = _all_index(scores.index)
     feats = gather_to_main(scores.features.float())
     labels = torch.zeros(index.shape[0], dtype=torch.int64)
     if feats is not None:
-        _, assign = kmeans(torch.cat(feats).numpy(), scores.num_clusters, niter=cfg.kmeans_iters, seed=version,
-                           use_gpu=cfg.use_gpu_faiss, nredo=cfg.kmeans_restarts)
+        _, assign = kmeans(torch.cat(feats).numpy(), scores.num_clusters, niter=cfg.kmeans_iters,
+                           seed=(seed * 1009 + version) % 2 ** 31, use_gpu=cfg.use_gpu_faiss, nredo=cfg.kmeans_restarts)
         labels = torch.from_numpy(align_to(np.asarray(assign, dtype=np.int64), prev.lookup(index).numpy(),
                                            scores.num_clusters))
     return LabelTable.from_pairs(index, broadcast_from_main(labels), scores.num_clusters, version)

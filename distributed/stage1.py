@@ -15,7 +15,7 @@ import os
 import tarfile
 from pathlib import Path
 
-from avdet.config import save_config, to_dict
+from avdet.config import ConfigError, save_config, to_dict
 from data.raylocal import connect_ray
 from data.shards import Manifest, read_manifest
 from data.stream import ray_dataset
@@ -63,19 +63,20 @@ def _trainer(cfg: Stage1Config, manifest: Manifest, num_train: int):
     from distributed.torch_loopback import LoopbackTorchConfig
 
     out = Path(cfg.out_dir).resolve()
-    datasets = {"train": ray_dataset(manifest, cfg.split, cfg.stream_config(shuffle=True), epoch=None),
-                **_score_datasets(manifest, cfg)}
+    datasets = _score_datasets(manifest, cfg)     # the training stream is built per epoch by each rank
     return TorchTrainer(
         train_loop_per_worker,
         torch_config=LoopbackTorchConfig(),
-        train_loop_config={"stage1": to_dict(dataclasses.replace(cfg, out_dir=str(out))), "num_train": num_train},
+        train_loop_config={"stage1": to_dict(dataclasses.replace(cfg, out_dir=str(out),
+                                                                 manifest=str(Path(cfg.manifest).resolve()))),
+                           "num_train": num_train},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                      placement_strategy=cfg.train.placement_strategy),
         run_config=RunConfig(name="stage1", storage_path=str(out / "ray"),
                              failure_config=FailureConfig(max_failures=cfg.train.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=DataConfig(datasets_to_split=[]),
     )
 
 
@@ -88,6 +89,11 @@ def run_stage1(cfg: Stage1Config) -> dict:
     manifest = read_manifest(cfg.manifest)
     indices = list_indices(manifest, cfg.split)
     check_batch_vs_workers(cfg.train, len(indices), cfg.relabel)
+    shards = len(manifest.split_shards(cfg.split))
+    if shards < cfg.train.num_workers:
+        raise ConfigError(f"train.num_workers {cfg.train.num_workers}: every worker streams whole shards of its own, "
+                          f"but split {cfg.split!r} has {shards}; lower train.num_workers or re-ingest with fewer "
+                          f"videos_per_shard")
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     if 0 not in list_versions(out / LABELS_DIR):

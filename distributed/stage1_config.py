@@ -13,8 +13,9 @@ from distributed.config import RelabelConfig, TrainConfig
 class Stage1Config:
     """Shards (``manifest``) -> stage-1 model + label table per epoch under ``out_dir``.
 
-    ``audio`` is the one definition of the audio window and log-mel, and ``train.batch_size`` the one batch size:
-    the stream's copies of both are replaced by them (see :meth:`stream_config`).
+    ``audio`` is the one definition of the audio window and log-mel, ``train.batch_size`` the one batch size and
+    ``train.seed`` the one seed (model initialisation, stream order, the initial equipartition, k-means): the
+    stream's copies are replaced by them (see :meth:`stream_config`).
     ``ray_address``: "local" starts Ray on 127.0.0.1; "auto" (or an address) joins a running cluster.
     """
     manifest: str = ""
@@ -33,4 +34,5 @@ class Stage1Config:
         require(self.split in ("train", "test"), "split", "must be 'train' or 'test'")
 
     def stream_config(self, shuffle: bool = True) -> StreamConfig:
-        return dataclasses.replace(self.stream, audio=self.audio, batch_size=self.train.batch_size, shuffle=shuffle)
+        return dataclasses.replace(self.stream, audio=self.audio, batch_size=self.train.batch_size, shuffle=shuffle,
+                                   seed=self.train.seed)

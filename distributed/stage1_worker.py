@@ -1,6 +1,11 @@
 """The per-worker loop of stage 1 (runs inside each Ray Train worker, under DeepSpeed).
 
-Epoch: train on this worker's stream shard with L = λ·L_NC + (1−λ)·L_clust (negatives from the global batch), then,
+Reproducible: every epoch each rank streams its own part of that epoch's seeded shard order
+(``data.stream.ray_dataset(..., epoch, part=(rank, world))``), model initialisation is seeded, and a round's rows
+are put in index order before it is solved, so one seed (and one world size) gives the same label tables on every
+run — and a run resumed from a checkpoint lands on the uninterrupted run's labels.
+
+Epoch: train on this worker's stream part with L = λ·L_NC + (1−λ)·L_clust (negatives from the global batch), then,
 when the schedule says so, score this worker's share of the WHOLE dataset and re-optimise the labels (distributed
 Sinkhorn-Knopp, dense or sparse, where only K-vectors cross the network; the relabel actor pool; or, for the first
 rounds, FAISS k-means on the features — ``relabel.relabel_round``), then report, and every ``checkpoint_every``
@@ -24,7 +29,7 @@ from avdet.fileio import write_atomic, write_json
 from avdet.losses import joint_loss
 from avdet.metrics.clusters import cluster_metrics
 from avdet.model import AVModel
-from data.stream import iter_torch_batches
+from data.stream import iter_torch_batches, ray_dataset
 from distributed import dist
 from distributed.engine import build_engine, load_checkpoint, save_checkpoint
 from distributed.labels import LabelTable
@@ -70,7 +75,8 @@ def train_epoch(engine, stream, labels: LabelTable, lam: float, epoch: int, step
         if fault is not None:
             fault(step)
         out = engine(batch["frames"], batch["audio"])
-        loss, parts = joint_loss(out, labels.lookup(batch["index"]), lam, gather=dist.all_gather_with_grad)
+        loss, parts = joint_loss(out, labels.lookup(batch["index"]), lam, gather=dist.all_gather_with_grad,
+                                 clip=batch["clip"])
         engine.backward(loss)
         engine.step()
         step, n = step + 1, n + 1
@@ -125,6 +131,8 @@ def score_dataset(model, stream, method: str, topk: int = 0, features: str = "bo
              "log_p": torch.zeros(0, k), "cand_idx": torch.zeros(0, kk, dtype=torch.int64),
              "cand_log_p": torch.zeros(0, kk), "features": torch.zeros(0, d)}
     got = {name: torch.cat(parts) if parts else empty[name] for name, parts in cols.items()}
+    order = torch.argsort(got["index"])        # index order: the round must not depend on block arrival order
+    got = {name: t[order] for name, t in got.items()}
     return Scores(got.pop("index"), got.pop("true"), k, **got)
 
 
@@ -136,7 +144,7 @@ def relabel(model, stream, cfg: Stage1Config, prev: LabelTable, version: int,
     t0 = time.perf_counter()
     scores = score_dataset(model, stream, round_method(cfg.relabel, version), cfg.relabel.topk,
                            cfg.relabel.kmeans_features)
-    table, stats = relabel_round(scores, cfg.relabel, cfg.sinkhorn, prev, version, service)
+    table, stats = relabel_round(scores, cfg.relabel, cfg.sinkhorn, prev, version, service, seed=cfg.train.seed)
     stats["relabel_s"] = time.perf_counter() - t0
     true_all = _gather_true(scores.index, scores.true)
     if true_all is not None:
@@ -156,7 +164,7 @@ def _gather_true(index: torch.Tensor, true: torch.Tensor):
 
 
 def _resume(engine, labels_dir: Path) -> tuple[int, int, LabelTable]:
-    """(next epoch, step, label table) from Ray Train's latest checkpoint, or a fresh start."""
+    """(next epoch, step, label table) from Ray Train's latest checkpoint, or a fresh start (epoch 0)."""
     import ray.train
 
     ckpt = ray.train.get_checkpoint()
@@ -235,18 +243,23 @@ def train_loop_per_worker(config: dict) -> None:
 def _epochs(cfg: Stage1Config, engine, table: LabelTable, start_epoch: int, step: int, nodes: int, writer,
             fault, service: RelabelService | None) -> None:
     """Train, relabel when scheduled, log and report, epoch after epoch; checkpoint every
-    ``train.checkpoint_every`` epochs and after the last (a restart resumes from the latest checkpoint)."""
+    ``train.checkpoint_every`` epochs and after the last (a restart resumes from the latest checkpoint; the first
+    epoch it runs records ``resumed_at_epoch``)."""
     import ray.train
 
     out = Path(cfg.out_dir)
-    train_shard = ray.train.get_dataset_shard("train")
+    part = (dist.get_rank(), dist.get_world_size())
     score_shard = ray.train.get_dataset_shard(f"score_{dist.get_rank()}")
     stream_cfg, score_cfg = cfg.stream_config(shuffle=True), cfg.stream_config(shuffle=False)
     for epoch in range(start_epoch, cfg.train.epochs):
-        step, parts = train_epoch(engine, iter_torch_batches(train_shard, stream_cfg, epoch), table, cfg.loss.lam,
+        stream = ray_dataset(cfg.manifest, cfg.split, stream_cfg, epoch=epoch, part=part)
+        step, parts = train_epoch(engine, iter_torch_batches(stream, stream_cfg, epoch), table, cfg.loss.lam,
                                   epoch, step, cfg.train.report_every, writer, fault)
+        dist.average_buffers(engine.module)     # one BatchNorm state for scoring, checkpoints and model.pt
         metrics = {"epoch": epoch, "step": step, "nodes": nodes, **{f"train_{k}": v for k, v in parts.items()},
                    "checkpointed": epoch == cfg.train.epochs - 1 or (epoch + 1) % cfg.train.checkpoint_every == 0}
+        if epoch == start_epoch and start_epoch > 0:
+            metrics["resumed_at_epoch"] = start_epoch
         if cfg.train.relabel_after(epoch):
             table, stats = relabel(engine.module, iter_torch_batches(score_shard, score_cfg), cfg, table,
                                    version=epoch + 1, service=service)

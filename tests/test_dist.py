@@ -64,7 +64,12 @@ def _collectives_worker(rank: int, world: int, out_dir: str) -> None:
     (gy * w[:gy.shape[0]]).sum().backward()
     reduce = D.make_reduce()
     t = torch.tensor([float(rank + 1), 10.0 * (rank + 1)])
-    torch.save({"gathered": gathered.detach(), "offset": offset, "grad": x.grad, "gy": gy.detach(),
+    bn = torch.nn.BatchNorm1d(2)
+    bn.running_mean.fill_(float(rank))                          # rank 0: 0, rank 1: 1 -> 0.5 on both
+    bn.running_var.fill_(2.0 + 2 * rank)                        # 2 and 4 -> 3
+    averaged = D.average_buffers(bn)
+    torch.save({"bn_mean": bn.running_mean, "bn_var": bn.running_var, "bn_n": averaged,
+                "bn_tracked": bn.num_batches_tracked, "gathered": gathered.detach(), "offset": offset, "grad": x.grad, "gy": gy.detach(),
                 "off_y": off_y, "grad_y": y.grad, "sum": reduce(t, "sum"), "max": reduce(t, "max"), "t": t,
                 "rank": D.get_rank(), "world": D.get_world_size()}, f"{out_dir}/rank{rank}.pt")
 
@@ -85,3 +90,5 @@ def test_collectives_two_process_gloo(tmp_path):
         assert torch.equal(r["grad_y"], world * w[:5][sl])
         assert torch.equal(r["sum"], torch.tensor([3.0, 30.0])) and torch.equal(r["max"], torch.tensor([2.0, 20.0]))
         assert torch.equal(r["t"], torch.tensor([rank + 1.0, 10.0 * (rank + 1)]))   # input untouched
+        assert r["bn_n"] == 2 and torch.equal(r["bn_mean"], torch.full((2,), 0.5))
+        assert torch.equal(r["bn_var"], torch.full((2,), 3.0)) and int(r["bn_tracked"]) == 0   # int buffer kept

@@ -69,3 +69,43 @@ def test_cluster_and_joint_loss():
     nce = nce_loss(v.float(), a.float(), torch.tensor(0.07))
     assert torch.allclose(loss, 0.3 * nce + 0.7 * ce) and set(parts) == {"loss", "nce", "clust", "rho"}
     assert abs(parts["loss"] - float(loss)) < 1e-6
+
+
+def _naive_nce_masked(v, a, rho, clip):
+    """L_NC by hand, with every other pair of the same clip left out of both denominators."""
+    b = v.shape[0]
+    s = [[max(float(v[i, :, y, x] @ a[j]) for y in range(v.shape[2]) for x in range(v.shape[3])) / rho
+          for j in range(b)] for i in range(b)]
+    keep = [[j == i or clip[j] != clip[i] for j in range(b)] for i in range(b)]
+    l_a2v = -sum(s[i][i] - math.log(sum(math.exp(s[i][j]) for j in range(b) if keep[i][j])) for i in range(b)) / b
+    l_v2a = -sum(s[i][i] - math.log(sum(math.exp(s[j][i]) for j in range(b) if keep[i][j])) for i in range(b)) / b
+    return (l_a2v + l_v2a) / 2
+
+
+def test_same_clip_pairs_are_not_negatives():
+    """A batch of 6 where pairs 1 and 4 are frames of one clip (and 2, 3, 5 of another): the loss equals the loss
+    computed by hand with the duplicates left out of the denominators, and differs from the unmasked loss."""
+    v, a = _emb(6, seed=3)
+    rho = torch.tensor(0.25, dtype=torch.float64)
+    clip = torch.tensor([10, 11, 12, 12, 11, 12])
+    got = float(nce_loss(v, a, rho, clip=clip))
+    assert abs(got - _naive_nce_masked(v, a, 0.25, clip.tolist())) < 1e-9
+    assert abs(got - float(nce_loss(v, a, rho))) > 1e-3
+    # distinct clips: the mask changes nothing
+    assert abs(float(nce_loss(v, a, rho, clip=torch.arange(6))) - float(nce_loss(v, a, rho))) < 1e-12
+
+
+def test_same_clip_mask_spans_the_global_batch():
+    """Two 'ranks' of 3 whose duplicate sits on the other rank: the mean of the per-rank losses equals the
+    hand-computed masked loss over all 6 pairs."""
+    v, a = _emb(6, seed=4)
+    rho = torch.tensor(0.3, dtype=torch.float64)
+    clip = torch.tensor([1, 2, 3, 4, 1, 5])                    # pair 0 (rank 0) and pair 4 (rank 1): one clip
+
+    def gather_for(rank):
+        def gather(t):
+            return {4: v, 2: a, 1: clip}[t.dim()], rank * 3       # what all_gather returns
+        return gather
+    per_rank = [nce_loss(v[r * 3:(r + 1) * 3], a[r * 3:(r + 1) * 3], rho, gather=gather_for(r),
+                         clip=clip[r * 3:(r + 1) * 3]) for r in range(2)]
+    assert abs(float(sum(per_rank)) / 2 - _naive_nce_masked(v, a, 0.3, clip.tolist())) < 1e-9

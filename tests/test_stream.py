@@ -10,7 +10,9 @@ from tests.shardkit import write_dataset
 
 from avdet.config import AudioConfig
 from data.config import StreamConfig
-from data.stream import IMAGENET_MEAN, IMAGENET_STD, iter_torch_batches, plain_loader, ray_dataset
+from data.schema import clip_id
+from data.stream import (IMAGENET_MEAN, IMAGENET_STD, iter_torch_batches, partition_shards, plain_loader,
+                         ray_dataset)
 
 COUNTS = [40, 30, 25, 33]
 N = sum(COUNTS)
@@ -51,6 +53,7 @@ def _check_batch(b):
     got = b["frames"].mean(dim=(2, 3)).numpy()
     assert np.abs(got - want).max() < 0.05                               # JPEG tolerance
     assert torch.isfinite(b["audio"]).all()
+    assert b["clip"].tolist() == [clip_id(f"v{i}") for i in idx]         # shardkit: sample i is clip "v{i}"
 
 
 def test_two_workers_see_every_sample_exactly_once(shards, ray_local):
@@ -104,3 +107,28 @@ def test_plain_loader_order_is_seeded_per_epoch(shards):
 def test_unknown_split_is_an_error(shards):
     with pytest.raises(ValueError, match="no shards for split 'val'"):
         plain_loader(shards, "val", _cfg())
+
+
+def test_partition_shards_balances_counts_deterministically():
+    shards = [("a", 40), ("b", 30), ("c", 25), ("d", 33), ("e", 5)]
+    parts = partition_shards(shards, 2)
+    # a:40 -> part 0; b:30 -> 1; c:25 -> 1 (30 < 40); d:33 -> 0 (55 > 40); e:5 -> 1 (55 < 73)
+    assert parts == [[("a", 40), ("d", 33)], [("b", 30), ("c", 25), ("e", 5)]]
+    assert partition_shards(shards, 2) == parts                          # a function of its input alone
+    assert sorted(s for p in partition_shards(shards, 3) for s in p) == sorted(shards)
+    with pytest.raises(ValueError, match="parts must be >= 1"):
+        partition_shards(shards, 0)
+
+
+def test_seeded_parts_are_reproducible_and_cover_the_epoch(shards, ray_local):
+    """``part=(p, n)`` of one epoch: the same batches in the same order on every execution; the parts together are
+    every sample once; another epoch is another order."""
+    def order(part, epoch=0):
+        ds = ray_dataset(shards, "train", _cfg(), epoch=epoch, part=part)
+        return [i for b in iter_torch_batches(ds, _cfg(), epoch) for i in b["index"].tolist()]
+    p0, p1 = order((0, 2)), order((1, 2))
+    assert order((0, 2)) == p0 and order((1, 2)) == p1
+    assert sorted(p0 + p1) == list(range(N)) and not set(p0) & set(p1)
+    assert order((0, 2), epoch=1) != p0
+    with pytest.raises(ValueError, match="part 4 of 5 .* has no shards"):
+        ray_dataset(shards, "train", _cfg(), epoch=0, part=(4, 5))
