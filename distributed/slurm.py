@@ -87,6 +87,10 @@ class SlurmConfig:
         require(self.max_retries >= 0, "max_retries", "must be >= 0")
         require(len(self.ray_tmp_dir) <= 32, "ray_tmp_dir", "must be a short path (<= 32 chars; Ray unix sockets)")
         require(self.rendezvous_timeout_s >= 1, "rendezvous_timeout_s", "must be >= 1")
+        require(0 <= self.ray_port <= 65535, "ray_port", "must be a port in [0, 65535] (0 = a free one)")
+        require(0 <= self.ray_dashboard_port <= 65535, "ray_dashboard_port",
+                "must be a port in [0, 65535] (0 = a free one)")
+        require(self.signal_delay_s >= 0, "signal_delay_s", "must be >= 0")
 
     @property
     def num_tasks(self) -> int:
