@@ -86,7 +86,7 @@ def path_under(root: str | os.PathLike, relative: str | os.PathLike, what: str) 
     if rel.is_absolute() or not rel.parts:
         raise UnsafePathError(f"{what}: {str(relative)!r} must be a relative path under {root}; refusing it")
     for part in rel.parts:
-        safe_name(part, what)
+        safe_name(part, f"{what}: {str(relative)!r}, part")
     base = Path(root).resolve()
     target = (base / rel).resolve()
     if not target.is_relative_to(base):

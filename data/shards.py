@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from avdet.fileio import TEMP_RE, temp_name, write_atomic  # noqa: F401  (re-exported: data.shards.write_atomic)
+from avdet.fileio import TEMP_RE, path_under, safe_name, temp_name, write_atomic  # noqa: F401  (write_atomic:
+#                                                                       re-exported as data.shards.write_atomic)
 from data.health import DataHealth, SampleSpec, check_sample
 from data.schema import DecodeError, decode_sample
 
@@ -130,7 +131,9 @@ class ShardWriter:
 
     @staticmethod
     def shard_name(split: str, shard_no: int) -> str:
-        return f"{split}-{shard_no:06d}.tar"
+        """``<split>-<shard_no:06d>.tar``; a split that is not a plain name (``../x``, ``/abs``) raises
+        :class:`avdet.fileio.UnsafePathError`."""
+        return f"{safe_name(split, 'shard split name')}-{shard_no:06d}.tar"
 
     def _sidecar(self, name: str) -> Path:
         return self.out_dir / f"{name}.info.json"
@@ -204,7 +207,10 @@ def read_manifest(path: str | Path) -> Manifest:
     doc = json.loads(path.read_text())
     if doc.get("version") != MANIFEST_VERSION:
         raise ValueError(f"manifest {path}: version {doc.get('version')!r}, expected {MANIFEST_VERSION}")
-    return Manifest(root=path.parent, classes=list(doc["classes"]), shards=[ShardInfo(**s) for s in doc["shards"]],
+    shards = [ShardInfo(**s) for s in doc["shards"]]
+    for i, s in enumerate(shards):       # a shard path must stay under the manifest's directory
+        path_under(path.parent, s.path, f"manifest {path}: shards[{i}].path")
+    return Manifest(root=path.parent, classes=list(doc["classes"]), shards=shards,
                     config=doc.get("config", {}), version=doc["version"])
 
 

@@ -2,7 +2,7 @@
 
 Every way a file can be unusable raises :class:`VideoError` with a short ``reason`` (``missing_file``,
 ``wrong_extension``, ``empty_file``, ``unreadable``, ``no_video_stream``, ``no_audio_track``, ``too_large``,
-``no_frames``, ``decode_error``) that the ingest report lists.
+``no_frames``, ``decode_error``, ``unsafe_name``, ``too_long``) that the ingest report lists.
 """
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 
 import av
 import numpy as np
+
+from avdet.fileio import UnsafePathError, safe_name
 
 VIDEO_EXTS = ("mp4", "mkv", "webm")
 
@@ -39,6 +41,10 @@ def candidate_names(youtube_id: str, start: int) -> list[str]:
 def find_video(videos_dir: str | Path, youtube_id: str, start: int) -> Path:
     """Path of the clip, or VideoError(``missing_file`` / ``wrong_extension``)."""
     root = Path(videos_dir)
+    try:
+        safe_name(youtube_id, "youtube_id")
+    except UnsafePathError as e:
+        raise VideoError("unsafe_name", str(e)) from None
     stems = candidate_names(youtube_id, start)
     for stem in stems:
         for ext in VIDEO_EXTS:
