@@ -93,7 +93,7 @@ def _video_samples(row: dict, cfg: IngestConfig) -> list[dict[str, Any]]:
     """Encoded samples of one CSV row (raises VideoError)."""
     path = find_video(cfg.videos_dir, row["youtube_id"], row["start"])
     clip = decode_clip(path, cfg.fps, cfg.frame_size, cfg.audio.sample_rate, cfg.max_pixels,
-                       cfg.max_frames_per_video)
+                       cfg.max_frames_per_video, cfg.max_duration_s)
     base = row["row"] * cfg.max_frames_per_video
     out = []
     for k, (t, img) in enumerate(clip.frames):
