@@ -69,5 +69,6 @@ class StreamConfig:
         require(self.shard_block_rows >= 1, "shard_block_rows", "must be >= 1")
         require(self.read_concurrency >= 1, "read_concurrency", "must be >= 1")
         require(self.num_workers >= 0, "num_workers", "must be >= 0")
+        require(self.seed >= 0, "seed", "must be >= 0")
         require(self.prefetch_batches >= 0, "prefetch_batches", "must be >= 0 (0 = no prefetching)")
         require(0.0 <= self.max_bad_fraction <= 1.0, "max_bad_fraction", "must be in [0, 1]")

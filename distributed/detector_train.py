@@ -98,6 +98,7 @@ class DetectorTrainConfig:
         require(self.torch_threads >= 0, "torch_threads", "must be >= 0 (0 = Ray's default)")
         require(self.report_every >= 1, "report_every", "must be >= 1")
         require(self.max_failures >= -1, "max_failures", "must be >= 0, or -1 for unlimited")
+        require(self.seed >= 0, "seed", "must be >= 0")
         require(self.fail_at_step >= -1, "fail_at_step", "must be >= 0, or -1 for no fault injection")
 
 

@@ -120,9 +120,15 @@ def test_null_for_a_non_optional_field_is_an_error_not_the_string_none(tmp_path)
     ("audio", "hop_length=0", "hop_length"),
     ("audio", "n_fft=0", "n_fft"),
     ("ingest", "max_duration_s=0", "max_duration_s"),
+    ("stream", "seed=-1", "seed"),
+    ("train", "seed=-1", "seed"),
+    ("eval", "picture_score=3", "picture_score"),
 ])
 def test_out_of_range_values_are_errors_naming_the_key(cls, override, key):
-    c = {"stream": StreamConfig, "detector": DetectorConfig, "audio": AudioConfig, "ingest": IngestConfig}[cls]
+    from distributed.config import TrainConfig
+    from distributed.evaluate import EvalConfig
+    c = {"stream": StreamConfig, "detector": DetectorConfig, "audio": AudioConfig, "ingest": IngestConfig,
+         "train": TrainConfig, "eval": EvalConfig}[cls]
     with pytest.raises(ConfigError, match=rf"^{key} "):
         load_config(c, None, [override])
 
