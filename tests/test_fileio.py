@@ -109,3 +109,22 @@ def test_slurm_local_refuses_a_state_dir_it_does_not_own(tmp_path):
     assert not list((tmp_path / "elsewhere").iterdir())
     r = subprocess.run(["bash", str(script), "env"], env=env, capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == f"export SLURM_CONF={tmp_path}/avdet-slurm-{os.getuid()}/etc/slurm.conf"
+
+
+def test_ray_nodes_without_a_tmp_dir_get_a_fresh_private_one(monkeypatch):
+    """raycluster.start_head/start_worker(tmp_dir=None): a new 0700 directory under <tmp>/avdet-<uid>/ray."""
+    import os
+    import shutil
+    import stat
+    import tempfile
+    from pathlib import Path
+
+    from distributed import raycluster
+    base = Path(tempfile.mkdtemp(prefix="pd", dir="/tmp"))          # short: Ray's socket paths
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", str(base))
+        a, b = raycluster._check_tmp_dir(None, "head"), raycluster._check_tmp_dir("", "worker")
+        assert a != b and a.parent == b.parent == (base / f"avdet-{os.getuid()}" / "ray").resolve()
+        assert all(stat.S_IMODE(os.lstat(d).st_mode) == 0o700 for d in (a, b, a.parent, a.parent.parent))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
