@@ -126,8 +126,8 @@ def make_clip(cfg: SynthConfig, backends: dict[str, str], job: ClipJob, videos_d
         per_frame.append([(o.class_index, o.sounding, b, i) for i, (o, b) in enumerate(zip(scene.objects, boxes))
                           if b is not None])
     audio, offscreen = build_audio(cfg, backends["audio"], scene, audio_rng)
-    outputs.write_mp4(path_under(videos_dir, f"{job.video_id}_000000.mp4", "synthetic clip"), np.stack(frames), audio, cfg.fps,
-                      cfg.sample_rate, cfg.crf)
+    out = path_under(videos_dir, f"{job.video_id}_000000.mp4", "synthetic clip")
+    outputs.write_mp4(out, np.stack(frames), audio, cfg.fps, cfg.sample_rate, cfg.crf)
     sheet = frames[len(frames) // 2] if job.keep_frame else None
     return ClipResult(job, per_frame, sheet, offscreen, time.perf_counter() - start)
 
