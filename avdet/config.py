@@ -10,6 +10,7 @@ distributed layers keep theirs beside their code and compose them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -38,9 +39,12 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert ``value`` (from YAML or a CLI string already parsed by YAML) to type ``tp`` or raise naming ``key``."""
     origin = typing.get_origin(tp)
+    if value is None and not _allows_none(tp):
+        raise ConfigError(f"{key}: null is not allowed here (expected {_type_name(tp)}); give a value or leave the "
+                          f"key out for its default")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        if value is None and type(None) in args:
+        if value is None:
             return None
         errors = []
         for arg in args:
@@ -95,14 +99,27 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         try:
-            return float(value)
-        except (TypeError, ValueError):
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: {value!r} is not a finite number (inf and nan are not allowed)")
+        return number
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return str(value)
     raise ConfigError(f"{key}: unsupported config type {tp!r}")
+
+
+def _allows_none(tp: Any) -> bool:
+    """``tp`` is Any, Optional[...] / ``X | None``, or a Literal listing None."""
+    origin = typing.get_origin(tp)
+    if tp is Any or tp is type(None):
+        return True
+    if origin in (typing.Union, types.UnionType, typing.Literal):
+        return type(None) in typing.get_args(tp) or None in typing.get_args(tp)
+    return False
 
 
 def _from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
@@ -159,10 +176,22 @@ def parse_overrides(overrides: list[str]) -> dict:
         key = key.strip().lstrip("-")
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.constructor.ConstructorError as e:     # e.g. !!python/object/apply: never built, never a string
+            raise ConfigError(f"override {item!r}: {_yaml_problem(e)}") from None
         except yaml.YAMLError:
             value = raw
         _set_dotted(tree, key, value)
     return tree
+
+
+def _yaml_problem(e: Exception) -> str:
+    """One line for a YAML error: where, what, and that tags such as ``!!python/...`` are refused."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    what = " ".join(str(getattr(e, "problem", None) or e).split())
+    hint = " (YAML tags such as !!python/... are not allowed in configs; write plain values)" \
+        if isinstance(e, yaml.constructor.ConstructorError) else ""
+    return f"{where}{what}{hint}"
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -179,7 +208,10 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path}: {_yaml_problem(e)}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: top level must be a mapping, got {type(loaded).__name__}")
         data = _merge(data, loaded)
@@ -242,7 +274,9 @@ class AudioConfig:
         require(self.sample_rate > 0, "sample_rate", "must be > 0")
         require(self.window_s > 0, "window_s", "must be > 0")
         require(self.n_mels >= 1, "n_mels", "must be >= 1")
-        require(self.win_length <= self.n_fft, "win_length", "must be <= n_fft")
+        require(self.n_fft >= 1, "n_fft", "must be >= 1")
+        require(1 <= self.win_length <= self.n_fft, "win_length", "must be in [1, n_fft]")
+        require(self.hop_length >= 1, "hop_length", "must be >= 1")
         require(0 <= self.f_min < self.f_max <= self.sample_rate / 2, "f_max", "must satisfy 0 <= f_min < f_max <= sample_rate/2")
 
 
@@ -315,6 +349,9 @@ class SelfLabelConfig:
         require(self.peakiness_scale > 0, "peakiness_scale", "must be > 0")
 
 
+TRAINABLE_BACKBONE_LAYERS = {"resnet50_fpn": 5, "mobilenet_v3_fpn": 6}   # torchvision's limits per backbone
+
+
 @dataclass
 class DetectorConfig:
     """Off-the-shelf torchvision Faster R-CNN over K pseudo-classes + background."""
@@ -325,7 +362,8 @@ class DetectorConfig:
     bg_iou: float = 0.5             # proposals with IoU < bg_iou against the pseudo-box are background (τ ≤ 0.7)
     fg_iou: float = 0.5
     backbone_weights: str | None = None
-    trainable_backbone_layers: int = 5    # with backbone_weights: stages left trainable (0-5); without, all train
+    trainable_backbone_layers: int = 5    # with backbone_weights: stages left trainable (resnet50_fpn 0-5,
+                                          # mobilenet_v3_fpn 0-6, as torchvision's builders); without, all train
     # RoI samples per image for the box head (torchvision: 512). With one pseudo-box per frame nearly all are
     # background; 128 makes a CPU step ~3.6x faster at 128 px (measured, see README).
     box_batch_size_per_image: int = 512
@@ -336,6 +374,12 @@ class DetectorConfig:
                 "must be 'resnet50_fpn' or 'mobilenet_v3_fpn'")
         require(self.num_classes >= 1, "num_classes", "must be >= 1")
         require(0.0 < self.bg_iou <= 0.7, "bg_iou", "must be in (0, 0.7]")
+        require(0.0 <= self.fg_iou <= 1.0, "fg_iou", "must be in [0, 1] (an IoU)")
+        require(self.fg_iou >= self.bg_iou, "fg_iou", f"must be >= bg_iou ({self.bg_iou}): torchvision's Matcher "
+                "needs bg_iou <= fg_iou")
+        top = TRAINABLE_BACKBONE_LAYERS[self.backbone]
+        require(0 <= self.trainable_backbone_layers <= top, "trainable_backbone_layers",
+                f"must be in [0, {top}] for {self.backbone}")
         require(self.min_size >= 32 and self.max_size >= self.min_size, "min_size", "must be >= 32 and <= max_size")
         require(self.box_batch_size_per_image >= 1, "box_batch_size_per_image", "must be >= 1")
         require(self.rpn_post_nms_top_n_train >= 1, "rpn_post_nms_top_n_train", "must be >= 1")

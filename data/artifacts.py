@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Iterable
 
+from avdet.fileio import UnsafePathError, path_under
 from data.shards import sha256_file, write_atomic
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,11 @@ def verify(out: str | Path, record: dict) -> list[str]:
     """Problems with the artifacts ``record`` lists under ``out`` (empty when every file matches)."""
     out, problems = Path(out), []
     for rel, digest in record.get("artifacts", {}).items():
-        p = out / rel
+        try:
+            p = path_under(out, rel, "artifact")
+        except UnsafePathError as e:
+            problems.append(f"{e} (a done.json lists only files under its stage directory)")
+            continue
         if not p.is_file():
             problems.append(f"{p}: missing")
         elif sha256_file(p) != digest:

@@ -27,6 +27,7 @@ class IngestConfig:
     max_frames_per_video: int = 16      # index stride per CSV row; frames beyond it are dropped
     videos_per_shard: int = 32          # one shard (and one Ray task) per group of this many CSV rows
     max_pixels: int = 3840 * 2160       # larger videos are rejected as "too_large"
+    max_duration_s: float = 600.0       # longer videos (container/stream duration, or decoded audio) are "too_long"
     jpeg_quality: int = 90
     concurrency: int = 2                # parallel Ray tasks (each writes one shard)
     use_ray: bool = True                # False: serial in-process ingest (small jobs, debugging)
@@ -39,6 +40,7 @@ class IngestConfig:
         require(self.max_frames_per_video >= 1, "max_frames_per_video", "must be >= 1")
         require(self.videos_per_shard >= 1, "videos_per_shard", "must be >= 1")
         require(self.max_pixels >= 1, "max_pixels", "must be >= 1")
+        require(self.max_duration_s > 0, "max_duration_s", "must be > 0 (seconds)")
         require(1 <= self.jpeg_quality <= 100, "jpeg_quality", "must be in [1, 100]")
         require(self.concurrency >= 1, "concurrency", "must be >= 1")
 
@@ -67,4 +69,6 @@ class StreamConfig:
         require(self.shard_block_rows >= 1, "shard_block_rows", "must be >= 1")
         require(self.read_concurrency >= 1, "read_concurrency", "must be >= 1")
         require(self.num_workers >= 0, "num_workers", "must be >= 0")
+        require(self.seed >= 0, "seed", "must be >= 0")
+        require(self.prefetch_batches >= 0, "prefetch_batches", "must be >= 0 (0 = no prefetching)")
         require(0.0 <= self.max_bad_fraction <= 1.0, "max_bad_fraction", "must be in [0, 1]")

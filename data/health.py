@@ -5,7 +5,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from data.schema import AUDIO_EXT, FRAME_EXT, META_EXT, REQUIRED_EXTS
+from data.schema import AUDIO_EXT, DEFAULT_LIMITS, FRAME_EXT, META_EXT, REQUIRED_EXTS, DecodeLimits
 
 MAX_EXAMPLES = 20
 
@@ -16,17 +16,33 @@ class DataHealthError(RuntimeError):
 
 @dataclass
 class SampleSpec:
-    """Shapes every sample must have: frame (frame_size, frame_size, 3), audio (num_samples,)."""
+    """Shapes every sample must have: frame (frame_size, frame_size, 3), audio (num_samples,); ``decode_limits``
+    overrides fields of :class:`data.schema.DecodeLimits` (the manifest's ``config.decode_limits``)."""
     frame_size: int
     num_samples: int
+    decode_limits: dict = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: dict) -> "SampleSpec | None":
-        """From a manifest's ``config`` (``frame_size``, ``audio.sample_rate``, ``audio.window_s``); None if absent."""
+        """From a manifest's ``config`` (``frame_size``, ``audio.sample_rate``, ``audio.window_s``, optional
+        ``decode_limits``); None if absent."""
         audio = config.get("audio", {})
         if "frame_size" not in config or "sample_rate" not in audio or "window_s" not in audio:
             return None
-        return cls(int(config["frame_size"]), int(round(audio["sample_rate"] * audio["window_s"])))
+        return cls(int(config["frame_size"]), int(round(audio["sample_rate"] * audio["window_s"])),
+                   dict(config.get("decode_limits") or {}))
+
+    def limits(self) -> DecodeLimits:
+        """What a reader decodes at most: no frame larger than ``frame_size``, no audio longer than ``num_samples``
+        (anything bigger breaks the shape contract anyway, so it is refused from its header), then the overrides."""
+        derived = DEFAULT_LIMITS.replace(max_image_side=self.frame_size, max_image_pixels=self.frame_size ** 2,
+                                         max_audio_frames=self.num_samples)
+        return derived.replace(**self.decode_limits)
+
+
+def limits_for(spec: SampleSpec | None) -> DecodeLimits:
+    """The spec's limits, or the general defaults for a shard of unknown spec."""
+    return spec.limits() if spec is not None else DEFAULT_LIMITS
 
 
 def check_sample(key: str, dec: dict[str, Any], spec: SampleSpec | None) -> tuple[str, str] | None:

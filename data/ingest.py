@@ -21,6 +21,7 @@ from tqdm import tqdm
 from avdet.config import to_dict
 from data.config import IngestConfig
 from data.schema import SampleMeta, encode_sample
+from avdet.fileio import UnsafePathError, safe_name
 from data.shards import ShardInfo, ShardWriter, sweep_stale_temps, write_atomic, write_manifest
 from data.video import VideoError, audio_window, decode_clip, find_video
 
@@ -50,6 +51,14 @@ def read_csv(path: str | Path) -> tuple[list[CsvRow], list[dict]]:
                 row = CsvRow(yid, int(float(start)), label or None, split)
             except ValueError:
                 rejected.append({"line": lineno, "reason": "bad_csv_row", "detail": f"{rec!r}"})
+                continue
+            try:                    # both become parts of file names (shards, video lookup)
+                safe_name(row.youtube_id, f"CSV {path} line {lineno}: youtube_id")
+                safe_name(row.split, f"CSV {path} line {lineno}: split")
+            except UnsafePathError as e:
+                log.warning("%s; row skipped", e)
+                rejected.append({"line": lineno, "youtube_id": yid, "start": row.start, "reason": "unsafe_name",
+                                 "detail": str(e)})
                 continue
             if (row.youtube_id, row.start) in rows:
                 rejected.append({"line": lineno, "youtube_id": yid, "start": row.start, "reason": "duplicate_row",
@@ -84,7 +93,7 @@ def _video_samples(row: dict, cfg: IngestConfig) -> list[dict[str, Any]]:
     """Encoded samples of one CSV row (raises VideoError)."""
     path = find_video(cfg.videos_dir, row["youtube_id"], row["start"])
     clip = decode_clip(path, cfg.fps, cfg.frame_size, cfg.audio.sample_rate, cfg.max_pixels,
-                       cfg.max_frames_per_video)
+                       cfg.max_frames_per_video, cfg.max_duration_s)
     base = row["row"] * cfg.max_frames_per_video
     out = []
     for k, (t, img) in enumerate(clip.frames):

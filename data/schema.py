@@ -3,13 +3,17 @@
 Decoding is by extension from a fixed whitelist (images via PIL, audio via soundfile, json, txt, cls). Any other
 entry (``.pyd``, ``.pickle``, ``.npy`` ...) is ignored and counted, never unpickled: webdataset's default decoders
 would unpickle ``.pyd``/``.pickle`` and run code from the shard.
+
+Decoding is also bounded, and the bounds are checked *before* decoding (:class:`DecodeLimits`): an image's size from
+its header, an audio file's frame count from its header, a JSON entry's byte size and nesting depth. A few kilobytes
+can otherwise claim a 12000x12000 frame (432 MB once decoded) or nest ``[`` deeper than Python's recursion limit.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable
 
 import numpy as np
@@ -20,6 +24,35 @@ FRAME_EXT = "jpg"
 AUDIO_EXT = "flac"
 META_EXT = "json"
 REQUIRED_EXTS = (FRAME_EXT, AUDIO_EXT, META_EXT)
+
+# PIL's own guard (a warning above it, DecompressionBombError above twice it); DecodeLimits is the tighter check
+Image.MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Largest entry a reader decodes; anything bigger is refused from its header, never decoded.
+
+    The defaults bound a shard of unknown spec; :meth:`data.health.SampleSpec.limits` tightens the image and audio
+    bounds to the manifest's frame and window size.
+    """
+    max_image_side: int = 8192           # pixels, width or height
+    max_image_pixels: int = 8192 * 8192  # width x height
+    max_audio_frames: int = 48000 * 600  # samples per channel (10 min at 48 kHz)
+    max_audio_channels: int = 8
+    max_json_bytes: int = 64 * 1024
+    max_json_depth: int = 32             # nesting of [ and { (a sample's metadata is flat)
+
+    def replace(self, **changes: Any) -> "DecodeLimits":
+        """A copy with ``changes`` (unknown names raise ValueError naming them)."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"decode limits: unknown {unknown} (known: {sorted(known)})")
+        return DecodeLimits(**{**asdict(self), **{k: int(v) for k, v in changes.items()}})
+
+
+DEFAULT_LIMITS = DecodeLimits()
 
 
 class DecodeError(ValueError):
@@ -101,54 +134,108 @@ def encode_sample(meta: SampleMeta, frame: np.ndarray, audio: np.ndarray, sample
 # decode (whitelist)
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """JPEG/PNG bytes -> (H, W, 3) uint8 RGB."""
+def decode_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """JPEG/PNG bytes -> (H, W, 3) uint8 RGB. The header's size is checked against ``limits`` before decoding
+    (``Image.open`` reads only the header): DecodeError ``image_too_large``."""
     try:
         with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if max(w, h) > limits.max_image_side or w * h > limits.max_image_pixels:
+                raise DecodeError("image_too_large", f"header says {w}x{h} (limits: side {limits.max_image_side}, "
+                                  f"{limits.max_image_pixels} pixels); not decoded")
             return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+    except DecodeError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise DecodeError("image_too_large", f"{e}; not decoded") from None
     except Exception as e:  # PIL raises many types on corrupt data
         raise DecodeError("bad_jpg", f"{type(e).__name__}: {e}") from None
 
 
-def decode_audio(data: bytes) -> np.ndarray:
-    """FLAC/WAV bytes -> (S,) int16 (first channel if not mono)."""
+def decode_audio(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """FLAC/WAV bytes -> (S,) int16 (first channel if not mono). The header's frame and channel counts are checked
+    against ``limits`` before reading: DecodeError ``audio_too_long``."""
     try:
-        wav, _sr = sf.read(io.BytesIO(data), dtype="int16", always_2d=True)
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            if f.frames > limits.max_audio_frames or f.channels > limits.max_audio_channels:
+                raise DecodeError("audio_too_long", f"header says {f.frames} frames x {f.channels} channels (limits: "
+                                  f"{limits.max_audio_frames} frames, {limits.max_audio_channels} channels); "
+                                  f"not decoded")
+            wav = f.read(dtype="int16", always_2d=True)
+    except DecodeError:
+        raise
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError on corrupt data
         raise DecodeError("bad_flac", f"{type(e).__name__}: {e}") from None
     return np.ascontiguousarray(wav[:, 0])
 
 
-def decode_json(data: bytes) -> Any:
+def json_depth(data: bytes) -> int:
+    """Deepest nesting of ``[``/``{`` in JSON text (outside strings), without parsing (no recursion)."""
+    depth = deepest = 0
+    in_str = esc = False
+    for c in data:
+        if in_str:
+            if esc:
+                esc = False
+            elif c == 0x5C:            # backslash
+                esc = True
+            elif c == 0x22:            # closing quote
+                in_str = False
+        elif c == 0x22:
+            in_str = True
+        elif c in (0x5B, 0x7B):        # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in (0x5D, 0x7D):        # ] }
+            depth -= 1
+    return deepest
+
+
+def decode_json(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Any:
+    """JSON bytes -> value; size and nesting depth are checked first (``json_too_large``, ``json_too_deep``)."""
+    if len(data) > limits.max_json_bytes:
+        raise DecodeError("json_too_large", f"{len(data)} bytes > max_json_bytes {limits.max_json_bytes}; not parsed")
+    depth = json_depth(data)
+    if depth > limits.max_json_depth:
+        raise DecodeError("json_too_deep", f"nesting depth {depth} > max_json_depth {limits.max_json_depth}; "
+                          f"not parsed")
     try:
         return json.loads(data)
+    except RecursionError:
+        raise DecodeError("json_too_deep", "the parser ran out of recursion depth") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DecodeError("bad_json", str(e)) from None
 
 
-def decode_text(data: bytes) -> str:
+def decode_text(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> str:
+    if len(data) > limits.max_json_bytes:
+        raise DecodeError("text_too_large", f"{len(data)} bytes > max_json_bytes {limits.max_json_bytes}")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DecodeError("bad_text", str(e)) from None
 
 
-def decode_cls(data: bytes) -> int:
+def decode_cls(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> int:
+    if len(data) > limits.max_json_bytes:
+        raise DecodeError("text_too_large", f"{len(data)} bytes > max_json_bytes {limits.max_json_bytes}")
     try:
         return int(data.decode("utf-8").strip())
     except (UnicodeDecodeError, ValueError) as e:
         raise DecodeError("bad_cls", str(e)) from None
 
 
-DECODERS: dict[str, Callable[[bytes], Any]] = {
+DECODERS: dict[str, Callable[[bytes, DecodeLimits], Any]] = {
     "jpg": decode_image, "jpeg": decode_image, "png": decode_image,
     "flac": decode_audio, "wav": decode_audio,
     "json": decode_json, "txt": decode_text, "cls": decode_cls,
 }
 
 
-def decode_sample(raw: dict[str, bytes], only: tuple[str, ...] | None = None) -> tuple[dict[str, Any], list[str]]:
-    """Raw entries ``{ext: bytes}`` -> (decoded ``{ext: value}``, ignored extensions).
+def decode_sample(raw: dict[str, bytes], only: tuple[str, ...] | None = None,
+                  limits: DecodeLimits = DEFAULT_LIMITS) -> tuple[dict[str, Any], list[str]]:
+    """Raw entries ``{ext: bytes}`` -> (decoded ``{ext: value}``, ignored extensions); each decoder checks ``limits``
+    before decoding.
 
     Extensions outside :data:`DECODERS` (or outside ``only``) are never decoded. Raises :class:`DecodeError` on the
     first entry that fails to decode. ``__key__`` and other ``__*__`` entries are passed through unchanged.
@@ -163,5 +250,7 @@ def decode_sample(raw: dict[str, bytes], only: tuple[str, ...] | None = None) ->
         if fn is None or (only is not None and ext not in only):
             ignored.append(ext)
             continue
-        out[ext] = fn(data)
+        if data is None:            # data.shards.iter_tar_groups did not read an oversized member
+            raise DecodeError("entry_too_large", f"{ext} entry larger than the reader's member limit; not read")
+        out[ext] = fn(data, limits)
     return out, ignored

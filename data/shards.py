@@ -21,13 +21,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from avdet.fileio import TEMP_RE, temp_name, write_atomic  # noqa: F401  (re-exported: data.shards.write_atomic)
-from data.health import DataHealth, SampleSpec, check_sample
-from data.schema import DecodeError, decode_sample
+from avdet.fileio import TEMP_RE, path_under, safe_name, temp_name, write_atomic  # noqa: F401  (write_atomic:
+#                                                                       re-exported as data.shards.write_atomic)
+from data.health import DataHealth, SampleSpec, check_sample, limits_for
+from data.schema import DecodeError, DecodeLimits, decode_sample
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
+MAX_MEMBER_BYTES = 64 << 20      # a tar member larger than this is not read (its sample fails as entry_too_large)
 MANIFEST_VERSION = 1
 
 
@@ -130,7 +132,9 @@ class ShardWriter:
 
     @staticmethod
     def shard_name(split: str, shard_no: int) -> str:
-        return f"{split}-{shard_no:06d}.tar"
+        """``<split>-<shard_no:06d>.tar``; a split that is not a plain name (``../x``, ``/abs``) raises
+        :class:`avdet.fileio.UnsafePathError`."""
+        return f"{safe_name(split, 'shard split name')}-{shard_no:06d}.tar"
 
     def _sidecar(self, name: str) -> Path:
         return self.out_dir / f"{name}.info.json"
@@ -204,7 +208,10 @@ def read_manifest(path: str | Path) -> Manifest:
     doc = json.loads(path.read_text())
     if doc.get("version") != MANIFEST_VERSION:
         raise ValueError(f"manifest {path}: version {doc.get('version')!r}, expected {MANIFEST_VERSION}")
-    return Manifest(root=path.parent, classes=list(doc["classes"]), shards=[ShardInfo(**s) for s in doc["shards"]],
+    shards = [ShardInfo(**s) for s in doc["shards"]]
+    for i, s in enumerate(shards):       # a shard path must stay under the manifest's directory
+        path_under(path.parent, s.path, f"manifest {path}: shards[{i}].path")
+    return Manifest(root=path.parent, classes=list(doc["classes"]), shards=shards,
                     config=doc.get("config", {}), version=doc["version"])
 
 
@@ -235,16 +242,18 @@ def _split_name(name: str) -> tuple[str, str]:
     return (f"{head}/{stem}" if head else stem), ext
 
 
-def iter_tar_groups(path: str | Path) -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
+def iter_tar_groups(path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES,
+                    ) -> Iterator[tuple[str, list[tuple[str, bytes | None]]]]:
     """(key, [(ext, bytes), ...]) for consecutive tar members sharing a key; tar errors propagate after the groups
-    read so far. Non-file members are skipped."""
+    read so far. Non-file members are skipped. A member larger than ``max_member_bytes`` (its tar header says so)
+    is not read: its bytes are ``None``, which :func:`data.schema.decode_sample` refuses as ``entry_too_large``."""
     key, entries = None, []
     with tarfile.open(path, mode="r|") as tar:
         for m in tar:
             if not m.isfile():
                 continue
             k, ext = _split_name(m.name)
-            data = tar.extractfile(m).read()
+            data = tar.extractfile(m).read() if m.size <= max_member_bytes else None
             if k != key and key is not None:
                 yield key, entries
                 entries = []
@@ -256,13 +265,17 @@ def iter_tar_groups(path: str | Path) -> Iterator[tuple[str, list[tuple[str, byt
 
 def iter_shard_samples(path: str | Path, health: DataHealth, spec: SampleSpec | None = None,
                        expected_count: int | None = None,
-                       raw: Iterator[tuple[str, list]] | None = None) -> Iterator[dict[str, Any]]:
+                       raw: Iterator[tuple[str, list]] | None = None,
+                       limits: DecodeLimits | None = None) -> Iterator[dict[str, Any]]:
     """Decoded samples of one shard, skipping (and counting in ``health``) every sample that is unusable.
 
     Yields ``{"key": str, "shard": str, "frame": (H, W, 3) uint8, "audio": (S,) int16, "meta": dict}``.
-    ``raw`` replaces the shard's own (key, entries) groups, e.g. a shuffled list of them.
+    ``raw`` replaces the shard's own (key, entries) groups, e.g. a shuffled list of them. ``limits`` (default: the
+    spec's, :meth:`data.health.SampleSpec.limits`) bound every entry before it is decoded; an entry over them is a
+    skipped sample (``image_too_large``, ``audio_too_long``, ``json_too_large``, ``json_too_deep``).
     """
     name = Path(path).name
+    limits = limits if limits is not None else limits_for(spec)
     seen_keys: set[str] = set()
     n = 0
     try:
@@ -274,7 +287,7 @@ def iter_shard_samples(path: str | Path, health: DataHealth, spec: SampleSpec | 
                 health.bad_sample(name, key, "duplicate_key", f"entries {exts} (key seen before in this shard)")
                 continue
             seen_keys.add(key)
-            sample = _decode_checked(name, key, dict(entries), health, spec)
+            sample = _decode_checked(name, key, dict(entries), health, spec, limits)
             if sample is not None:
                 health.good += 1
                 yield sample
@@ -285,9 +298,9 @@ def iter_shard_samples(path: str | Path, health: DataHealth, spec: SampleSpec | 
 
 
 def _decode_checked(shard: str, key: str, raw: dict[str, bytes], health: DataHealth,
-                    spec: SampleSpec | None) -> dict[str, Any] | None:
+                    spec: SampleSpec | None, limits: DecodeLimits) -> dict[str, Any] | None:
     try:
-        dec, ignored = decode_sample(raw)
+        dec, ignored = decode_sample(raw, limits=limits)
     except DecodeError as e:
         health.bad_sample(shard, key, e.reason, e.detail)
         return None

@@ -2,7 +2,7 @@
 
 Every way a file can be unusable raises :class:`VideoError` with a short ``reason`` (``missing_file``,
 ``wrong_extension``, ``empty_file``, ``unreadable``, ``no_video_stream``, ``no_audio_track``, ``too_large``,
-``no_frames``, ``decode_error``) that the ingest report lists.
+``no_frames``, ``decode_error``, ``unsafe_name``, ``too_long``) that the ingest report lists.
 """
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 
 import av
 import numpy as np
+
+from avdet.fileio import UnsafePathError, safe_name
 
 VIDEO_EXTS = ("mp4", "mkv", "webm")
 
@@ -39,6 +41,10 @@ def candidate_names(youtube_id: str, start: int) -> list[str]:
 def find_video(videos_dir: str | Path, youtube_id: str, start: int) -> Path:
     """Path of the clip, or VideoError(``missing_file`` / ``wrong_extension``)."""
     root = Path(videos_dir)
+    try:
+        safe_name(youtube_id, "youtube_id")
+    except UnsafePathError as e:
+        raise VideoError("unsafe_name", str(e)) from None
     stems = candidate_names(youtube_id, start)
     for stem in stems:
         for ext in VIDEO_EXTS:
@@ -52,8 +58,12 @@ def find_video(videos_dir: str | Path, youtube_id: str, start: int) -> Path:
 
 
 def decode_clip(path: str | Path, fps: float, frame_size: int, sample_rate: int, max_pixels: int,
-                max_frames: int) -> Clip:
-    """Frames at times k/fps (k = 0, 1, ...; at most ``max_frames``) and the whole audio track resampled."""
+                max_frames: int, max_duration_s: float = 600.0) -> Clip:
+    """Frames at times k/fps (k = 0, 1, ...; at most ``max_frames``) and the whole audio track resampled.
+
+    A file longer than ``max_duration_s`` is ``too_long``: refused from its container/stream duration before any
+    decoding, and the audio decoding stops there too when the header understates it (the whole track is held in
+    memory, so an unbounded one is a way to exhaust it)."""
     path = Path(path)
     if path.stat().st_size == 0:
         raise VideoError("empty_file", f"{path.name} has 0 bytes")
@@ -70,13 +80,17 @@ def decode_clip(path: str | Path, fps: float, frame_size: int, sample_rate: int,
         w, h = vs.codec_context.width, vs.codec_context.height
         if w * h > max_pixels:
             raise VideoError("too_large", f"{w}x{h} > max_pixels {max_pixels}")
+        duration = _duration_s(container)
+        if duration is not None and duration > max_duration_s:
+            raise VideoError("too_long", f"{duration:.1f} s > max_duration_s {max_duration_s:g} (from its header); "
+                             f"not decoded")
         try:
             frames = _decode_frames(container, fps, frame_size, max_frames)
         except av.error.FFmpegError as e:
             raise VideoError("decode_error", f"video: {type(e).__name__}: {e}") from None
     if not frames:
         raise VideoError("no_frames", "the video stream decoded to no frames")
-    audio, audio_start = _decode_audio(path, sample_rate)
+    audio, audio_start = _decode_audio(path, sample_rate, max_duration_s)
     return Clip(frames=frames, audio=audio, audio_start=audio_start, orig_width=w, orig_height=h)
 
 
@@ -98,11 +112,20 @@ def _decode_frames(container, fps: float, size: int, max_frames: int) -> list[tu
     return out
 
 
-def _decode_audio(path: Path, sample_rate: int) -> tuple[np.ndarray, float]:
-    """Whole audio track -> ((N,) int16 mono at ``sample_rate``, time of its first sample in s)."""
+def _duration_s(container) -> float | None:
+    """Longest duration the container or any of its streams declares, in s; None when none does."""
+    found = [container.duration / av.time_base] if container.duration is not None else []
+    found += [float(s.duration * s.time_base) for s in container.streams if s.duration is not None and s.time_base]
+    return max(found) if found else None
+
+
+def _decode_audio(path: Path, sample_rate: int, max_duration_s: float = 600.0) -> tuple[np.ndarray, float]:
+    """Whole audio track -> ((N,) int16 mono at ``sample_rate``, time of its first sample in s); VideoError
+    ``too_long`` as soon as more than ``max_duration_s`` of it is decoded."""
     resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
     chunks: list[np.ndarray] = []
     start = None
+    limit, total = int(max_duration_s * sample_rate), 0
     try:
         with av.open(str(path)) as container:
             stream = container.streams.audio[0]
@@ -111,6 +134,10 @@ def _decode_audio(path: Path, sample_rate: int) -> tuple[np.ndarray, float]:
                     start = float(frame.time or 0.0)
                 for out in resampler.resample(frame):
                     chunks.append(out.to_ndarray().reshape(-1))
+                    total += len(chunks[-1])
+                if total > limit:
+                    raise VideoError("too_long", f"audio decoded past max_duration_s {max_duration_s:g} s (the "
+                                     f"header did not say so); stopped")
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray().reshape(-1))
     except av.error.FFmpegError as e:

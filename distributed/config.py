@@ -52,6 +52,7 @@ class TrainConfig:
 
     def check(self) -> None:
         require(self.epochs >= 1, "epochs", "must be >= 1")
+        require(self.seed >= 0, "seed", "must be >= 0")
         require(self.batch_size >= 1, "batch_size", "must be >= 1 (samples per worker per step)")
         require(self.lr > 0, "lr", "must be > 0")
         require(self.weight_decay >= 0, "weight_decay", "must be >= 0")

@@ -108,6 +108,8 @@ class DetectorTrainConfig:
         require(0 <= self.hflip <= 1, "hflip", "must be a probability in [0, 1]")
         require(len(self.scale_jitter) == 2 and 0 < self.scale_jitter[0] <= self.scale_jitter[1] <= 4,
                 "scale_jitter", "must be [lo, hi] with 0 < lo <= hi <= 4 ([1, 1] = off)")
+        require(self.seed >= 0, "seed", "must be >= 0")
+        require(self.fail_at_step >= -1, "fail_at_step", "must be >= 0, or -1 for no fault injection")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -73,6 +73,7 @@ class EvalConfig:
         require(all(m >= 1 for m in self.m_shots), "m_shots", "must all be >= 1")
         require(self.batch_size >= 1 and self.num_actors >= 1, "batch_size", "and num_actors must be >= 1")
         require(self.num_pictures >= 0, "num_pictures", "must be >= 0")
+        require(0.0 <= self.picture_score <= 1.0, "picture_score", "must be in [0, 1] (a detection score)")
 
 
 def _detection_target(coco: dict, which: str) -> dict:

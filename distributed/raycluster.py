@@ -25,9 +25,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from avdet.fileio import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +151,16 @@ def _node_ports(node_ip: str) -> dict[str, int]:
     return dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS), node_ip)))
 
 
-def _check_tmp_dir(tmp_dir: Path) -> Path:
+def _check_tmp_dir(tmp_dir: Path | str | None, role: str) -> Path:
+    """``tmp_dir`` resolved and created (mode 0700: it holds the cluster token); empty/None = a fresh directory under
+    this user's :func:`avdet.fileio.private_dir` ``ray``."""
+    if not tmp_dir:
+        tmp_dir = tempfile.mkdtemp(prefix=role[0], dir=private_dir("ray"))
     tmp_dir = Path(tmp_dir).resolve()
     if len(str(tmp_dir)) > _MAX_TMP_DIR_LEN:
         raise ValueError(f"Ray tmp_dir {tmp_dir} is {len(str(tmp_dir))} characters; Ray's unix sockets need it "
                          f"<= {_MAX_TMP_DIR_LEN}: use a short path such as tempfile.mkdtemp(dir='/tmp')")
-    tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     return tmp_dir
 
 
@@ -181,14 +188,15 @@ def _launch(args: list[str], tmp_dir: Path, env: dict[str, str], role: str,
     raise RuntimeError(f"Ray {role} did not start within {timeout:.0f}s (exit {proc.poll()}); {log_path}:\n{tail}")
 
 
-def start_head(tmp_dir: str | Path, num_cpus: int, num_gpus: int = 0, port: int | None = None,
+def start_head(tmp_dir: str | Path | None, num_cpus: int, num_gpus: int = 0, port: int | None = None,
                dashboard_port: int | None = None, node_ip: str = LOOPBACK, token_path: str | Path | None = None,
                timeout: float = 90.0) -> RayNode:
     """Start a Ray head on ``node_ip`` (loopback by default) with the dashboard/job server on the same address.
 
-    ``tmp_dir`` (short path) holds Ray's session dir, the log and, unless ``token_path`` is given, the token.
+    ``tmp_dir`` (short path) holds Ray's session dir, the log and, unless ``token_path`` is given, the token;
+    ``""``/None = a fresh directory under this user's private ``<tmp>/avdet-<uid>/ray``.
     """
-    tmp_dir = _check_tmp_dir(Path(tmp_dir))
+    tmp_dir = _check_tmp_dir(tmp_dir, "head")
     token = write_token(token_path or tmp_dir / "auth_token")
     names = ("port", "dashboard-port", "ray-client-server-port", *NODE_PORTS)
     given = {"port": port, "dashboard-port": dashboard_port}
@@ -207,10 +215,10 @@ def start_head(tmp_dir: str | Path, num_cpus: int, num_gpus: int = 0, port: int 
     return node
 
 
-def start_worker(head_address: str, tmp_dir: str | Path, num_cpus: int, num_gpus: int = 0,
+def start_worker(head_address: str, tmp_dir: str | Path | None, num_cpus: int, num_gpus: int = 0,
                  node_ip: str = LOOPBACK, token_path: str | Path | None = None, timeout: float = 90.0) -> RayNode:
     """Start a Ray worker node joining ``head_address``; ``token_path`` is the head's token (default: tmp_dir's)."""
-    tmp_dir = _check_tmp_dir(Path(tmp_dir))
+    tmp_dir = _check_tmp_dir(tmp_dir, "worker")
     token = Path(token_path or tmp_dir / "auth_token")
     if not token.is_file():
         raise FileNotFoundError(f"Ray worker: cluster token {token} not found; pass the head's token_path")

@@ -39,7 +39,7 @@ from typing import Any, Callable
 import submitit
 
 from avdet.config import require
-from avdet.fileio import write_atomic
+from avdet.fileio import private_dir, write_atomic
 from distributed import raycluster
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,8 @@ class SlurmConfig:
     job_name: str = "avdet"
     log_dir: str = "runs/slurm"      # submitit logs and pickles; on a shared filesystem
     shared_dir: str = ""             # rendezvous files + cluster token; "" = <log_dir>/rendezvous (shared too)
-    ray_tmp_dir: str = "/tmp/avdet-ray"   # node-local; short (Ray's unix socket paths)
+    ray_tmp_dir: str = ""            # node-local, short (Ray's unix socket paths); "" = <tmp>/avdet-<uid>/ray
+                                     # (avdet.fileio.private_dir: mode 0700, ours): never a shared fixed /tmp name
     ray_port: int = 0                # 0 = a free port
     ray_dashboard_port: int = 0
     rendezvous_timeout_s: int = 300
@@ -87,6 +88,10 @@ class SlurmConfig:
         require(self.max_retries >= 0, "max_retries", "must be >= 0")
         require(len(self.ray_tmp_dir) <= 32, "ray_tmp_dir", "must be a short path (<= 32 chars; Ray unix sockets)")
         require(self.rendezvous_timeout_s >= 1, "rendezvous_timeout_s", "must be >= 1")
+        require(0 <= self.ray_port <= 65535, "ray_port", "must be a port in [0, 65535] (0 = a free one)")
+        require(0 <= self.ray_dashboard_port <= 65535, "ray_dashboard_port",
+                "must be a port in [0, 65535] (0 = a free one)")
+        require(self.signal_delay_s >= 0, "signal_delay_s", "must be >= 0")
 
     @property
     def num_tasks(self) -> int:
@@ -154,7 +159,8 @@ class RayJob(submitit.helpers.Checkpointable):
         rdv = Path(self.cfg.shared_dir or Path(self.cfg.log_dir) / "rendezvous") / f"{env.job_id}-{attempt}"
         rdv.mkdir(parents=True, exist_ok=True)
         node_ip = raycluster.LOOPBACK if self.cfg.nodes == 1 else socket.gethostbyname(socket.gethostname())
-        tmp = Path(self.cfg.ray_tmp_dir) / f"{env.job_id}-{attempt}-{env.global_rank}"
+        tmp = (Path(self.cfg.ray_tmp_dir) if self.cfg.ray_tmp_dir else private_dir("ray")) / \
+            f"{env.job_id}-{attempt}-{env.global_rank}"
         log.info("task %d/%d on %s (%s), rendezvous %s", env.global_rank, env.num_tasks, env.hostname, node_ip, rdv)
         try:
             if env.global_rank == 0:

@@ -7,17 +7,24 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-try:
-    import data.synthetic  # noqa: F401
-except ImportError:  # run as a script from anywhere: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):                      # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.synthetic.generate import main as generate_main  # noqa: E402
+from data.synthetic.config import SynthConfig  # noqa: E402
+from data.synthetic.generate import generate  # noqa: E402
+from jobs.cli import parse_args, setup_logging  # noqa: E402
+
+
+def _out(parser) -> None:
+    parser.add_argument("--out", required=True, help="dataset root directory")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """``--config path --out dir [dotted overrides]``; returns the generation report."""
-    return generate_main(argv)
+    """``--config path --out dir [dotted overrides] [--dry-run]``; returns the generation report."""
+    setup_logging()
+    cfg, args = parse_args(SynthConfig, sys.argv[1:] if argv is None else argv, __doc__.split("\n")[0],
+                           add_arguments=_out)
+    return generate(cfg, args.out)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,13 @@ from distributed.stage1_config import Stage1Config
 from jobs.cli import parse, setup_logging
 
 
+def inputs(cfg: Stage1Config) -> dict[str, str]:
+    return {"manifest": cfg.manifest}
+
+
 def main(argv: list[str]) -> dict:
     setup_logging()
-    cfg = parse(Stage1Config, argv, __doc__)
+    cfg = parse(Stage1Config, argv, __doc__, inputs)
     summary = run_stage1(cfg)
     print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}, indent=1))
     return summary

@@ -24,7 +24,16 @@ stamp=.venv/.installed-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -
 if [ ! -f "$stamp" ]; then
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
   echo "setup: installing Python dependencies into .venv (first time: ~2 minutes)"
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -vE "^WARNING: Location|is ignored" || true
+  # The filter drops two harmless pip warnings; pip's own exit status (PIPESTATUS[0]) decides, not grep's (which is
+  # 1 when every line was filtered).
+  set +e
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -vE "^WARNING: Location|is ignored"
+  pip_rc=${PIPESTATUS[0]}
+  set -e
+  if [ "$pip_rc" -ne 0 ]; then
+    echo "setup: pip install -e '.[test]' failed (exit $pip_rc), see its messages above; fix that and run again" >&2
+    exit "$pip_rc"
+  fi
   .venv/bin/python -c "import torch, torchvision, torchaudio, ray, deepspeed, faiss, webdataset, submitit, av" \
     || { echo "setup: the venv is broken; remove .venv and run again" >&2; exit 1; }
   rm -f .venv/.installed-*

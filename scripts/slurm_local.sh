@@ -6,14 +6,15 @@
 #   scripts/slurm_local.sh stop     # stop the daemons by the PIDs written at start
 #   scripts/slurm_local.sh env      # print `export SLURM_CONF=...` for sbatch/squeue/submitit clients
 #
-# Everything lives under $SLURM_LOCAL_DIR (default /tmp/avdet-slurm): slurm.conf, munge key/socket, spool, logs,
-# and pids/{munged,slurmctld,slurmd}.pid. Clients find the cluster through SLURM_CONF=$SLURM_LOCAL_DIR/etc/slurm.conf
-# (the script never touches /etc/slurm). Daemons bind to 127.0.0.1 only (CommunicationParameters=NoInAddrAny,
-# NoCtldInAddrAny with NodeAddr=127.0.0.1). No systemd: munged runs as user munge via setpriv, slurmctld -D and
-# slurmd -D in the background as root. Settings follow shared/docs/ENVIRONMENT.md.
+# Everything lives under $SLURM_LOCAL_DIR (default ${TMPDIR:-/tmp}/avdet-slurm-<uid>, refused unless it is our own
+# real directory): slurm.conf, munge key/socket, spool, logs, and pids/{munged,slurmctld,slurmd}.pid. Clients find the
+# cluster through SLURM_CONF=$SLURM_LOCAL_DIR/etc/slurm.conf (the script never touches /etc/slurm). Daemons bind to
+# 127.0.0.1 only (CommunicationParameters=NoInAddrAny, NoCtldInAddrAny with NodeAddr=127.0.0.1). No systemd: munged
+# runs as user munge via setpriv, slurmctld -D and slurmd -D in the background as root. Settings follow
+# shared/docs/ENVIRONMENT.md.
 set -euo pipefail
 
-DIR="${SLURM_LOCAL_DIR:-/tmp/avdet-slurm}"
+DIR="${SLURM_LOCAL_DIR:-${TMPDIR:-/tmp}/avdet-slurm-$(id -u)}"
 CTLD_PORT="${SLURM_LOCAL_CTLD_PORT:-6817}"
 SLURMD_PORT="${SLURM_LOCAL_SLURMD_PORT:-6818}"
 PARTITION="${SLURM_LOCAL_PARTITION:-debug}"
@@ -22,6 +23,18 @@ PKGS=(slurmctld slurmd slurm-client munge)
 
 log() { echo "slurm_local: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+
+own_state_dir() {  # create $DIR (mode 0700) or accept it only as our own real directory: a name in /tmp can be
+                   # created first by anyone, who would then hold our munge key and slurm.conf
+    mkdir -p "$(dirname "$DIR")"
+    mkdir -m 700 "$DIR" 2>/dev/null || true
+    [ -L "$DIR" ] && die "state dir $DIR is a symlink; remove it (or set SLURM_LOCAL_DIR) and run again"
+    [ -d "$DIR" ] || die "state dir $DIR exists but is not a directory; remove it (or set SLURM_LOCAL_DIR)"
+    local owner
+    owner="$(stat -c %u "$DIR")"
+    [ "$owner" = "$(id -u)" ] || die "state dir $DIR is owned by uid $owner, not by this user ($(id -u)): someone" \
+        "else created it; remove it (or set SLURM_LOCAL_DIR to a directory of your own) and run again"
+}
 
 install_if_missing() {
     local missing=0
@@ -113,13 +126,14 @@ wait_for() {  # wait_for SECONDS DESCRIPTION CMD...
 node_idle() { SLURM_CONF="$CONF" sinfo -h -N -o '%t' | grep -Eq '^(idle|mix|alloc)'; }
 
 cmd_start() {
+    own_state_dir
     install_if_missing
     export PATH="$PATH:/usr/sbin"
     if alive slurmctld || alive slurmd || alive munged; then
         log "already running under $DIR (run '$0 stop' first)"; cmd_status; return 0
     fi
     mkdir -p "$DIR/log" "$DIR/pids"
-    chmod 755 "$DIR"   # munged (user munge) must reach $DIR/munge; mkdtemp makes 0700
+    chmod 755 "$DIR"   # munged (user munge) must reach $DIR/munge; own_state_dir made it 0700 and ours
     write_munge_key
     write_slurm_conf
     export SLURM_CONF="$CONF"
@@ -166,5 +180,5 @@ case "${1:-}" in
     stop) cmd_stop ;;
     status) cmd_status ;;
     env) echo "export SLURM_CONF=$CONF" ;;
-    *) echo "usage: $0 start|stop|status|env   (state dir: \$SLURM_LOCAL_DIR, default /tmp/avdet-slurm)" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop|status|env   (state dir: \$SLURM_LOCAL_DIR, default \${TMPDIR:-/tmp}/avdet-slurm-<uid>)" >&2; exit 2 ;;
 esac

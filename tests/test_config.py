@@ -75,3 +75,100 @@ def test_impossible_value_is_named():
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml"):
         load_config(MethodConfig, tmp_path / "nope.yaml")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# values that must be errors (issue 15)
+
+def _stage1():
+    from distributed.stage1_config import Stage1Config
+    return Stage1Config
+
+
+@pytest.mark.parametrize("override,key", [
+    ("train.lr=inf", "train.lr"), ("train.lr=.inf", "train.lr"), ("train.lr=nan", "train.lr"),
+    ("sinkhorn.lambda_sk=1e400", "sinkhorn.lambda_sk"), ("train.lr=-.inf", "train.lr"),
+])
+def test_non_finite_floats_are_errors_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=rf"^{key}: .*not a finite number"):
+        load_config(_stage1(), None, [override])
+
+
+def test_non_finite_fps_is_an_error():
+    with pytest.raises(ConfigError, match=r"^fps: .*not a finite number"):
+        load_config(IngestConfig, None, ["fps=inf"])
+
+
+def test_null_for_a_non_optional_field_is_an_error_not_the_string_none(tmp_path):
+    with pytest.raises(ConfigError, match=r"^out_dir: null is not allowed"):
+        load_config(IngestConfig, None, ["out_dir=null"])
+    (tmp_path / "c.yaml").write_text("out_dir: ~\n")
+    with pytest.raises(ConfigError, match=r"^out_dir: null is not allowed"):
+        load_config(IngestConfig, tmp_path / "c.yaml")
+    with pytest.raises(ConfigError, match=r"^train\.epochs: null"):
+        load_config(_stage1(), None, ["train.epochs=null"])
+    cfg = load_config(_stage1(), None, ["model.visual_weights=null", "train.relabel_epochs=null"])  # Optional: fine
+    assert cfg.model.visual_weights is None and cfg.train.relabel_epochs is None
+
+
+@pytest.mark.parametrize("cls,override,key", [
+    ("stream", "prefetch_batches=-5", "prefetch_batches"),
+    ("detector", "fg_iou=7", "fg_iou"),
+    ("detector", "fg_iou=0.3", "fg_iou"),                      # below bg_iou (0.5): torchvision's Matcher refuses
+    ("detector", "trainable_backbone_layers=-9", "trainable_backbone_layers"),
+    ("detector", "trainable_backbone_layers=6", "trainable_backbone_layers"),    # resnet50_fpn: 0..5
+    ("audio", "hop_length=0", "hop_length"),
+    ("audio", "n_fft=0", "n_fft"),
+    ("ingest", "max_duration_s=0", "max_duration_s"),
+    ("stream", "seed=-1", "seed"),
+    ("train", "seed=-1", "seed"),
+    ("eval", "picture_score=3", "picture_score"),
+])
+def test_out_of_range_values_are_errors_naming_the_key(cls, override, key):
+    from distributed.config import TrainConfig
+    from distributed.evaluate import EvalConfig
+    c = {"stream": StreamConfig, "detector": DetectorConfig, "audio": AudioConfig, "ingest": IngestConfig,
+         "train": TrainConfig, "eval": EvalConfig}[cls]
+    with pytest.raises(ConfigError, match=rf"^{key} "):
+        load_config(c, None, [override])
+
+
+def test_trainable_backbone_layers_range_follows_the_backbone():
+    cfg = load_config(DetectorConfig, None, ["backbone=mobilenet_v3_fpn", "trainable_backbone_layers=6"])
+    assert cfg.trainable_backbone_layers == 6
+
+
+def test_slurm_ports_and_signal_delay_are_checked():
+    from distributed.slurm import SlurmConfig
+    for override, key in [("ray_port=70000", "ray_port"), ("ray_dashboard_port=-1", "ray_dashboard_port"),
+                          ("signal_delay_s=-3", "signal_delay_s")]:
+        with pytest.raises(ConfigError, match=rf"^{key} "):
+            load_config(SlurmConfig, None, [override])
+
+
+def test_python_yaml_tags_are_config_errors_naming_the_file(tmp_path):
+    bad = tmp_path / "evil.yaml"
+    bad.write_text("out_dir: !!python/object/apply:os.system ['touch pwned']\n")
+    with pytest.raises(ConfigError, match=r"config file .*evil\.yaml: line 1.*!!python"):
+        load_config(IngestConfig, bad)
+    with pytest.raises(ConfigError, match=r"override 'out_dir=!!python/object/apply:os.system \[x\]'"):
+        load_config(IngestConfig, None, ["out_dir=!!python/object/apply:os.system [x]"])
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_broken_yaml_file_is_a_config_error_naming_the_file(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"config file .*broken\.yaml: line"):
+        load_config(IngestConfig, bad)
+
+
+def test_every_config_dataclass_has_finite_defaults_and_loads():
+    """The null and finiteness checks must not reject any default of the project's configs."""
+    from data.synthetic.config import SynthConfig
+    from distributed.detector_train import DetectorTrainConfig
+    from distributed.pipeline import PipelineConfig
+    from distributed.pseudo_config import PseudoConfig
+    from distributed.slurm import SlurmConfig
+    for c in (PipelineConfig, _stage1(), PseudoConfig, DetectorTrainConfig, IngestConfig, SynthConfig, SlurmConfig):
+        load_config(c)

@@ -93,3 +93,43 @@ def test_selfbox_probe_refuses_what_it_cannot_score():
         probe(np.zeros((2, 8, 8)), [np.array([[0.0, 0, 8, 8]])], [np.zeros((0, 4))] * 2, (64, 64), [0.5], 0.5)
     with pytest.raises(ValueError, match="each non-empty"):
         probe(np.zeros((1, 8, 8)), [np.zeros((0, 4))], [np.zeros((0, 4))], (64, 64), [0.5], 0.5)
+
+
+def _setup_sandbox(tmp_path, pip_body: str) -> tuple[Path, dict]:
+    """A copy of scripts/setup.sh in a fake project whose .venv has a scripted pip and a python that imports fine;
+    ``dpkg`` is shimmed to say every Debian package is installed (so nothing touches apt)."""
+    import os
+    import shutil
+    proj = tmp_path / "proj"
+    (proj / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "setup.sh", proj / "scripts" / "setup.sh")
+    (proj / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    shims, vbin = tmp_path / "shims", proj / ".venv" / "bin"
+    shims.mkdir()
+    vbin.mkdir(parents=True)
+    for path, body in [(shims / "dpkg", "exit 0"), (vbin / "pip", pip_body), (vbin / "python", "exit 0")]:
+        path.write_text(f"#!/usr/bin/env bash\n{body}\n")
+        path.chmod(0o755)
+    env = {**os.environ, "PATH": f"{shims}{os.pathsep}{os.environ['PATH']}"}
+    return proj, env
+
+
+def test_setup_fails_loudly_when_pip_fails(tmp_path):
+    """Before the fix `pip ... | grep -v ... || true` swallowed pip's status and the stamp was written anyway."""
+    import subprocess
+    proj, env = _setup_sandbox(tmp_path, 'echo "ERROR: No matching distribution found for torch" >&2; exit 3')
+    r = subprocess.run(["bash", str(proj / "scripts" / "setup.sh")], env=env, capture_output=True, text=True)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "No matching distribution" in r.stdout + r.stderr           # pip's own message still shows
+    assert "pip install -e '.[test]' failed (exit 3)" in r.stderr
+    assert not list((proj / ".venv").glob(".installed-*"))             # no stamp: the next run retries
+
+
+def test_setup_succeeds_when_pip_prints_only_filtered_warnings(tmp_path):
+    """grep exits 1 when it filters every line; that must not fail the set-up."""
+    import subprocess
+    proj, env = _setup_sandbox(tmp_path, 'echo "WARNING: Location x is ignored"; exit 0')
+    r = subprocess.run(["bash", str(proj / "scripts" / "setup.sh")], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "WARNING: Location" not in r.stdout
+    assert len(list((proj / ".venv").glob(".installed-*"))) == 1

@@ -60,6 +60,7 @@ class SynthConfig:
 
     def check(self) -> None:
         """Raise ConfigError naming the first impossible value."""
+        require(self.seed >= 0, "seed", "must be >= 0")
         unknown = [c for c in self.classes if c not in CATALOGUE]
         require(not unknown, "classes", f"has unknown classes {unknown}; known: {sorted(CATALOGUE)}")
         require(len(self.classes) >= 1 and len(set(self.classes)) == len(self.classes), "classes",

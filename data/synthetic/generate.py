@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from avdet.config import load_config, to_dict
+from avdet.fileio import path_under
 from data.artifacts import read_done, write_done
 from data.synthetic import outputs, render, sound
 from data.synthetic.catalogue import class_specs
@@ -125,8 +126,8 @@ def make_clip(cfg: SynthConfig, backends: dict[str, str], job: ClipJob, videos_d
         per_frame.append([(o.class_index, o.sounding, b, i) for i, (o, b) in enumerate(zip(scene.objects, boxes))
                           if b is not None])
     audio, offscreen = build_audio(cfg, backends["audio"], scene, audio_rng)
-    outputs.write_mp4(videos_dir / f"{job.video_id}_000000.mp4", np.stack(frames), audio, cfg.fps,
-                      cfg.sample_rate, cfg.crf)
+    out = path_under(videos_dir, f"{job.video_id}_000000.mp4", "synthetic clip")
+    outputs.write_mp4(out, np.stack(frames), audio, cfg.fps, cfg.sample_rate, cfg.crf)
     sheet = frames[len(frames) // 2] if job.keep_frame else None
     return ClipResult(job, per_frame, sheet, offscreen, time.perf_counter() - start)
 
