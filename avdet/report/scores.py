@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from avdet.matching import apply_mapping, confusion, hungarian, m_shot, majority
+from avdet.matching import apply_mapping, confusion, hungarian, m_shot, majority, per_video
 from avdet.metrics import (boxes_to_map, centre_box_detections, cluster_metrics, evaluate_detections,
                            localisation_metrics, predictions_to_detections, whole_image_detections, whole_image_maps)
 
@@ -23,16 +23,23 @@ __all__ = ["matchings", "mapped_detections", "named", "class_agnostic", "agnosti
            "detection_baselines", "localisation_scores", "cluster_scores", "self_label_accuracy"]
 
 
-def matchings(pseudo, true, confidence, K: int, C: int, m_shots: Sequence[int] = (1, 10)) -> dict[str, dict]:
+def matchings(pseudo, true, confidence, K: int, C: int, m_shots: Sequence[int] = (1, 10), videos=None,
+              reduce: str = "mean") -> dict[str, dict]:
     """Cluster → class mappings from labelled self-labels: ``{"hungarian" | "argmax" | "<m>-shot":
-    {"mapping": [K ints], "num_labels": true labels used, "num_matched": clusters with a class}}``."""
+    {"mapping": [K ints], "num_labels": true labels used, "num_matched": clusters with a class}}``; the m-shot
+    entries also carry ``"unit"``: "video" (``videos`` given: the top-m videos per cluster, each video's confidence
+    the ``reduce`` of its frames', :func:`avdet.matching.per_video`) or "frame"."""
     pseudo, true = np.asarray(pseudo, np.int64), np.asarray(true, np.int64)
     out = {"hungarian": (hungarian(pseudo, true, K, C), len(true)), "argmax": (majority(pseudo, true, K, C), len(true))}
-    sizes = np.bincount(pseudo, minlength=K)
+    unit_pseudo = pseudo if videos is None else per_video(pseudo, true, confidence, videos, reduce)[0]
+    sizes = np.bincount(unit_pseudo, minlength=K)
     for m in m_shots:
-        out[f"{m}-shot"] = (m_shot(pseudo, true, confidence, K, C, m), int(np.minimum(sizes, m).sum()))
-    return {k: {"mapping": [int(v) for v in mp], "num_labels": int(n), "num_matched": int((mp >= 0).sum())}
-            for k, (mp, n) in out.items()}
+        out[f"{m}-shot"] = (m_shot(pseudo, true, confidence, K, C, m, videos, reduce), int(np.minimum(sizes, m).sum()))
+    res = {k: {"mapping": [int(v) for v in mp], "num_labels": int(n), "num_matched": int((mp >= 0).sum())}
+           for k, (mp, n) in out.items()}
+    for m in m_shots:
+        res[f"{m}-shot"]["unit"] = "frame" if videos is None else "video"
+    return res
 
 
 def self_label_accuracy(mapping, pseudo, true) -> float:

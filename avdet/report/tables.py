@@ -128,9 +128,10 @@ def table5(results: dict) -> Table:
     rows = [[label, pct(det[k]["map_50"]), pct(det[k]["map_30"]), pct(det[k]["map_50_95"]),
              pct(match.get(k, {}).get("test_self_label_acc")), str(match.get(k, {}).get("num_labels", "-"))]
             for k, label in MATCHING_ROWS if k in det]
+    unit = next((match[k].get("unit") for k, _ in MATCHING_ROWS if "unit" in match.get(k, {})), "frame")
     return Table("Table 5. Matching strategies.",
                  "Clusters are named from the training self-labels; m-shot = majority vote over the m most confident "
-                 "samples per cluster. '# labels' = true labels the matching used.",
+                 f"{unit}s per cluster. '# labels' = true labels the matching used ({unit}s for m-shot).",
                  ["Matching", "mAP<sub>50</sub>", "mAP<sub>30</sub>", "mAP", "Self-label acc. (test)", "# labels"],
                  rows)
 
