@@ -53,10 +53,14 @@ class EvalConfig:
     out_dir: str = "outputs/eval"
     dataset: str = "synthetic"          # name printed in the tables
     detection_gt: str = "all"           # "all" objects or only the "sounding" ones are detection targets
+    gt_timestamp_tolerance_s: float = 0.001   # a GT image joins the nearest test frame of its clip within this
+    max_unmatched_gt_fraction: float = 0.0    # GT images joining no frame of an unjoined clip: above this, an error
     score_threshold: float = 0.05       # detector boxes kept for mAP (torchvision box_score_thresh)
     loc_threshold: float = 0.5          # boxes ≥ this form the localisation pseudo-heatmap
     centre_box_frac: float = 0.5        # centre-box baseline: frac·W × frac·H
     m_shots: list[int] = field(default_factory=lambda: [1, 10])
+    m_shot_unit: str = "video"          # m-shot labels the top-m "video"s per cluster (paper Table 5) or "frame"s
+    m_shot_video_score: str = "mean"    # a video's confidence: "mean" or "max" of its frames' in its cluster
     num_pictures: int = 12              # detection pictures, and as many heatmap pictures
     picture_score: float = 0.3          # detections drawn when scoring at least this
     batch_size: int = 8
@@ -67,10 +71,14 @@ class EvalConfig:
 
     def check(self) -> None:
         require(self.detection_gt in ("all", "sounding"), "detection_gt", "must be 'all' or 'sounding'")
+        require(self.gt_timestamp_tolerance_s >= 0.0, "gt_timestamp_tolerance_s", "must be >= 0")
+        require(0.0 <= self.max_unmatched_gt_fraction <= 1.0, "max_unmatched_gt_fraction", "must be in [0, 1]")
         require(0.0 <= self.score_threshold < 1.0, "score_threshold", "must be in [0, 1)")
         require(0.0 <= self.loc_threshold <= 1.0, "loc_threshold", "must be in [0, 1]")
         require(0.0 < self.centre_box_frac <= 1.0, "centre_box_frac", "must be in (0, 1]")
         require(all(m >= 1 for m in self.m_shots), "m_shots", "must all be >= 1")
+        require(self.m_shot_unit in ("video", "frame"), "m_shot_unit", "must be 'video' or 'frame'")
+        require(self.m_shot_video_score in ("mean", "max"), "m_shot_video_score", "must be 'mean' or 'max'")
         require(self.batch_size >= 1 and self.num_actors >= 1, "batch_size", "and num_actors must be >= 1")
         require(self.num_pictures >= 0, "num_pictures", "must be >= 0")
 
@@ -81,8 +89,16 @@ def _detection_target(coco: dict, which: str) -> dict:
     return dict(coco, annotations=[a for a in coco["annotations"] if a.get("sounding")])
 
 
-def _self_box_arrays(sl: eval_data.SelfLabels) -> dict:
-    return {"index": sl.index, "boxes": sl.boxes, "confidence": sl.confidence, "pseudo": sl.pseudo}
+def _self_box_arrays(sl: eval_data.SelfLabels, image_ids: set[int]) -> dict:
+    """The self-boxes of the evaluated frames (those with a ground-truth image) as arrays."""
+    keep = np.array([int(i) in image_ids for i in sl.index], bool)
+    return {"index": sl.index[keep], "boxes": sl.boxes[keep], "confidence": sl.confidence[keep],
+            "pseudo": sl.pseudo[keep]}
+
+
+def _evaluated(predictions: Predictions | None, image_ids: set[int]) -> Predictions | None:
+    """Only the frames with a ground-truth image are scored: detections elsewhere are neither right nor wrong."""
+    return None if predictions is None else {i: p for i, p in predictions.items() if int(i) in image_ids}
 
 
 def score_predictions(cfg: EvalConfig, classes: list[str], coco: dict, train: eval_data.SelfLabels,
@@ -91,21 +107,26 @@ def score_predictions(cfg: EvalConfig, classes: list[str], coco: dict, train: ev
     """Every number of the report (module docstring) as the ``results`` dict, minus curves and config."""
     C, K = len(classes), max(train.num_clusters, test.num_clusters)
     lab = train.labelled()
-    match = scores.matchings(train.pseudo[lab], train.true[lab], train.confidence[lab], K, C, cfg.m_shots)
+    videos = train.video[lab] if cfg.m_shot_unit == "video" else None
+    match = scores.matchings(train.pseudo[lab], train.true[lab], train.confidence[lab], K, C, cfg.m_shots, videos,
+                             cfg.m_shot_video_score)
     for m in match.values():
         m["test_self_label_acc"] = scores.self_label_accuracy(m["mapping"], test.pseudo, test.true)
     target = _detection_target(coco, cfg.detection_gt)
-    results = {"classes": classes, "matching": match, "detection": {}}
+    image_ids = {int(im["id"]) for im in coco["images"]}
+    predictions, self_boxes = _evaluated(predictions, image_ids), _self_box_arrays(test, image_ids)
+    results = {"classes": classes, "matching": match, "detection": {},
+               "ground_truth": coco.get("info", {}).get("ground_truth", {})}
     if predictions is not None:
         for name, m in match.items():
             dets = scores.mapped_detections(predictions, m["mapping"])
             results["detection"][name] = scores.named(evaluate_detections(target, dets), classes)
-    base = scores.detection_baselines(target, classes, _self_box_arrays(test), match["hungarian"]["mapping"],
+    base = scores.detection_baselines(target, classes, self_boxes, match["hungarian"]["mapping"],
                                       frame_labels, cfg.centre_box_frac)
     if predictions is not None:
         base["detector_agnostic"] = scores.agnostic_scores(target, scores.mapped_detections(predictions, None))
     results["baselines"] = base
-    results["localisation"] = scores.localisation_scores(coco, predictions, _self_box_arrays(test), cfg.loc_threshold)
+    results["localisation"] = scores.localisation_scores(coco, predictions, self_boxes, cfg.loc_threshold)
     results["clusters"], results["confusion"] = {}, {}
     for split, sl in (("train", train), ("test", test)):
         results["clusters"][split], counts = scores.cluster_scores(sl.pseudo, sl.true, K, C)
@@ -187,7 +208,8 @@ def run_evaluation(cfg: EvalConfig, predictions: Predictions | None = None) -> d
         predictions = _predict(cfg, manifest)
     if predictions is not None:
         frames = _restrict(frames, predictions)
-    coco = eval_data.eval_ground_truth(json.loads(Path(cfg.gt).read_text()), frames, manifest.classes)
+    coco = eval_data.eval_ground_truth(json.loads(Path(cfg.gt).read_text()), frames, manifest.classes,
+                                       cfg.gt_timestamp_tolerance_s, cfg.max_unmatched_gt_fraction)
     train = eval_data.read_self_labels(cfg.pseudo_train)
     test = eval_data.read_self_labels(cfg.pseudo_test, (frames.height, frames.width))
     frame_labels = {int(i): int(c) for i, c in zip(frames.index, frames.label)}
