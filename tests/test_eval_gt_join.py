@@ -123,6 +123,7 @@ def test_detector_firing_on_unannotated_frames_scores_100(tmp_path):
     assert res["ground_truth"]["num_frames_without_gt"] == CLIPS * (PER_CLIP - 1)
     assert res["ground_truth"]["num_missed"] == 0
     assert res["localisation"]["methods"]["detector"]["num_samples"] == CLIPS
+    assert res["matching"]["1-shot"]["unit"] == "video"
     # the bug this guards against: every ingested frame an image of the evaluation
     frames = eval_data.read_test_frames(read_manifest(art["manifest"]), "test")
     all_frames = {"images": [{"id": int(i), "width": FS, "height": FS} for i in frames.index],
@@ -135,3 +136,27 @@ def test_detector_firing_on_unannotated_frames_scores_100(tmp_path):
         dets.append({"image_id": i, "category_id": v % 2 + 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
                      "score": float(p["scores"][0])})
     assert evaluate_detections(all_frames, dets)["map_50"] < 0.2
+
+
+def test_localisation_threshold_is_chosen_on_training_frames(tmp_path):
+    """Training frames 0..19 have the self-box (8, 8, 24, 24); the detector finds it with score 0.42 plus a wrong
+    (0, 0, 4, 4) box at 0.3: mean cIoU is 256/272 for t <= 0.3, 1 for 0.35..0.4, 0 above, so t = 0.35 (lowest tie).
+    The test frames' own scores (0.5 exact, 0.9 wrong) would have led elsewhere; they are not looked at."""
+    art = _write_artifacts(tmp_path)
+    train_preds = {i: {"boxes": np.array([[8.0, 8.0, 24.0, 24.0], [0.0, 0.0, 4.0, 4.0]]),
+                       "scores": np.array([0.42, 0.3]), "labels": np.array([1, 1])} for i in range(20)}
+    done = run_evaluation(EvalConfig(**art, out_dir=str(tmp_path / "ev"), num_pictures=0), predictions=_predictions(),
+                          train_predictions=train_preds)
+    loc = json.loads(Path(done["results"]).read_text())["localisation"]
+    assert loc["threshold"] == pytest.approx(0.35) and loc["threshold_source"] == "train_pseudo (20 training frames)"
+    assert loc["methods"]["detector"]["mean_ciou"] == pytest.approx(1.0)      # the 0.5 exact boxes are kept
+    done = run_evaluation(EvalConfig(**art, out_dir=str(tmp_path / "fixed"), num_pictures=0, loc_threshold=0.6,
+                                     loc_threshold_from="fixed"), predictions=_predictions(),
+                          train_predictions=train_preds)
+    loc = json.loads(Path(done["results"]).read_text())["localisation"]
+    assert loc["threshold"] == pytest.approx(0.6) and loc["threshold_source"] == "fixed"
+    assert loc["methods"]["detector"]["mean_ciou"] == pytest.approx(0.0)      # 0.5 < 0.6: nothing kept
+    done = run_evaluation(EvalConfig(**art, out_dir=str(tmp_path / "none"), num_pictures=0),
+                          predictions=_predictions())                        # no detector, no training predictions
+    loc = json.loads(Path(done["results"]).read_text())["localisation"]
+    assert loc["threshold"] == pytest.approx(0.5) and loc["threshold_source"].startswith("fixed (no training")
