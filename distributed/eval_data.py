@@ -127,10 +127,10 @@ def join_ground_truth(gt_images: list[dict], frames: TestFrames, tolerance_s: fl
     or a duplicated image)."""
     if tolerance_s < 0:
         raise ValueError(f"timestamp tolerance {tolerance_s} s must be >= 0")
-    by_video: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for vid in set(frames.video_id):
-        sel = np.array([v == vid for v in frames.video_id])
-        by_video[vid] = (frames.timestamp[sel], frames.index[sel])
+    rows: dict[str, list[int]] = {}
+    for n, vid in enumerate(frames.video_id):
+        rows.setdefault(str(vid), []).append(n)
+    by_video = {vid: (frames.timestamp[r], frames.index[r]) for vid, r in rows.items()}
     frame_of, taken, unmatched = {}, {}, []
     for img in gt_images:
         vid, ts = str(img["video_id"]), float(img["timestamp"])
