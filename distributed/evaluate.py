@@ -1,7 +1,12 @@
 """Evaluation stage (METHOD.md §5, paper §4): artifacts of the earlier stages in, ``results.json``, ``tables.md``,
 ``report.html`` + ``img/*.png`` and ``done.json`` (last) out.
 
-1. Clusters are named from the TRAIN self-labels (pseudo class vs true label): Hungarian, argmax, m-shot.
+0. Only annotated frames are evaluated: each ground-truth image joins the test frame of its clip nearest its
+   timestamp (``gt_timestamp_tolerance_s``); frames without one are not images of the evaluation, and ground truth
+   that joins nothing is counted (``results["ground_truth"]``) and, beyond ``max_unmatched_gt_fraction``, an error
+   (:func:`distributed.eval_data.eval_ground_truth`).
+1. Clusters are named from the TRAIN self-labels (pseudo class vs true label): Hungarian, argmax, m-shot (the top-m
+   videos per cluster by default, ``m_shot_unit``).
 2. The detector runs over the test frames (plain loop, or a Ray Data actor pool with ``use_ray``); its pseudo-class
    detections are mapped to classes by each matching and scored with COCO mAP@0.3 / 0.5 / [0.5:0.95] against the
    ground truth rescaled onto the frames (``detection_gt``: every object, or the sounding ones only).
@@ -9,7 +14,9 @@
    carries no class, so scoring it class-aware would only measure a guessed label), the test self-boxes
    (class-agnostic, and with Hungarian-matched pseudo-classes), and the self-boxes with the TRUE video label
    (weak-sup.: an upper bound on the classification part).
-4. Localisation (Table 2 style) against the sounding objects; cluster quality (NMI, ARI, Hungarian acc., purity).
+4. Localisation (Table 2 style, and the field's protocols: DSOL single / multi source, Flickr consensus) against the
+   sounding objects, with the box-score threshold chosen on TRAINING frames (:func:`choose_loc_threshold`); cluster
+   quality (NMI, ARI, Hungarian acc., purity).
 
 Re-running a complete stage (``done.json`` present) returns its summary without recomputing.
 """
@@ -55,7 +62,7 @@ class EvalConfig:
     dataset: str = "synthetic"          # name printed in the tables
     detection_gt: str = "all"           # "all" objects or only the "sounding" ones are detection targets
     gt_timestamp_tolerance_s: float = 0.001   # a GT image joins the nearest test frame of its clip within this
-    max_unmatched_gt_fraction: float = 0.0    # GT images joining no frame of an unjoined clip: above this, an error
+    max_unmatched_gt_fraction: float = 0.0    # share of GT images "missed" (no image of their clip joined) allowed
     score_threshold: float = 0.05       # detector boxes kept for mAP (torchvision box_score_thresh)
     loc_threshold: float = 0.5          # boxes ≥ this form the localisation pseudo-heatmap ("fixed")
     loc_threshold_from: str = "train_pseudo"  # or "fixed": chosen on training frames vs their self-boxes, never test
@@ -241,8 +248,8 @@ def run_evaluation(cfg: EvalConfig, predictions: Predictions | None = None,
 
     ``predictions`` (``{index: {"boxes", "scores", "labels"}}``, see :mod:`distributed.eval_infer`) replaces the
     detector run, e.g. for known-answer tests; ``train_predictions`` likewise replaces its run on the training
-    frames that choose the localisation threshold (:func:`choose_loc_threshold`). With neither predictions nor ``cfg.detector`` the detector rows are
-    left out and only the self-label figures are reported.
+    frames that choose the localisation threshold (:func:`choose_loc_threshold`). With neither predictions nor
+    ``cfg.detector`` the detector rows are left out and only the self-label figures are reported.
     """
     out = Path(cfg.out_dir)
     done = read_done(out, "evaluation")
