@@ -160,3 +160,26 @@ def test_localisation_threshold_is_chosen_on_training_frames(tmp_path):
                           predictions=_predictions())                        # no detector, no training predictions
     loc = json.loads(Path(done["results"]).read_text())["localisation"]
     assert loc["threshold"] == pytest.approx(0.5) and loc["threshold_source"].startswith("fixed (no training")
+
+
+def test_new_config_keys_are_checked():
+    from avdet.config import ConfigError, load_config
+
+    cfg = load_config(EvalConfig, None, ["m_shot_unit=frame", "max_unmatched_gt_fraction=0.2",
+                                         "gt_timestamp_tolerance_s=0.01", "loc_threshold_from=fixed"])
+    assert (cfg.m_shot_unit, cfg.max_unmatched_gt_fraction, cfg.loc_threshold_from) == ("frame", 0.2, "fixed")
+    for bad in ("m_shot_unit=clip", "max_unmatched_gt_fraction=1.5", "gt_timestamp_tolerance_s=-1",
+                "loc_threshold_from=test", "m_shot_video_score=median"):
+        with pytest.raises(ConfigError):
+            load_config(EvalConfig, None, [bad])
+
+
+def test_self_labels_carry_video_ids(tmp_path):
+    doc = {"images": [{"id": 1, "video_id": "a", "width": 8, "height": 8, "true_label": 0},
+                      {"id": 2, "video_id": None, "width": 8, "height": 8, "true_label": 1}],
+           "annotations": [{"id": 1, "image_id": 1, "bbox": [0, 0, 4, 4], "category_id": 1, "score": 0.5},
+                           {"id": 2, "image_id": 2, "bbox": [0, 0, 4, 4], "category_id": 2, "score": 0.5}],
+           "categories": [{"id": 1}, {"id": 2}]}
+    (tmp_path / "p.json").write_text(json.dumps(doc))
+    sl = eval_data.read_self_labels(tmp_path / "p.json")
+    assert list(sl.video) == ["a", "#2"]          # no video id: the frame is its own video
