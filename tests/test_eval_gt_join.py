@@ -124,6 +124,8 @@ def test_detector_firing_on_unannotated_frames_scores_100(tmp_path):
     assert res["ground_truth"]["num_missed"] == 0
     assert res["localisation"]["methods"]["detector"]["num_samples"] == CLIPS
     assert res["matching"]["1-shot"]["unit"] == "video"
+    assert "3 test frames (the annotated ones of 30 ingested; 0 of 3 ground-truth images joined no frame" in \
+        Path(done["tables"]).read_text()
     # the bug this guards against: every ingested frame an image of the evaluation
     frames = eval_data.read_test_frames(read_manifest(art["manifest"]), "test")
     all_frames = {"images": [{"id": int(i), "width": FS, "height": FS} for i in frames.index],

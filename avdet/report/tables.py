@@ -180,8 +180,10 @@ def build_tables(results: dict) -> list[Table]:
 
 def summary_line(results: dict) -> str:
     """One line saying which dataset and run the figures are for."""
-    s = results.get("summary", {})
-    return (f"Dataset: {results.get('dataset', '?')}; {s.get('num_test_frames', '?')} test frames, "
+    s, g = results.get("summary", {}), results.get("ground_truth", {})
+    joined = (f" (the annotated ones of {g['num_test_frames']} ingested; {g['num_missed']} of {g['num_gt_images']} "
+              f"ground-truth images joined no frame, {g['num_unsampled']} were not sampled)") if g else ""
+    return (f"Dataset: {results.get('dataset', '?')}; {s.get('num_test_frames', '?')} test frames{joined}, "
             f"{s.get('num_gt_boxes', '?')} ground-truth boxes ({s.get('detection_gt', 'all')} objects), "
             f"{s.get('num_classes', '?')} classes, K = {s.get('num_clusters', '?')} pseudo-classes; "
             f"detector: {s.get('detector', '?')}.")
