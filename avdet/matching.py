@@ -3,13 +3,17 @@
 Every matcher returns a mapping array (K,) int64: ``mapping[k]`` is the class assigned to cluster k, or -1 when the
 cluster is unmatched (Hungarian with K > C, or an empty cluster). :func:`apply_mapping` turns pseudo-labels into
 class predictions with it. Ties in a vote go to the lowest class id.
+
+m-shot (paper Table 5) names each cluster from "the top m videos per cluster (based on the strength of association)":
+:func:`per_video` turns frame rows into one row per video first (its cluster, its true class, its confidence), and
+:func:`m_shot` then votes over videos. With ``videos=None`` it votes over frames (the earlier behaviour).
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["confusion", "hungarian", "majority", "m_shot", "apply_mapping"]
+__all__ = ["confusion", "hungarian", "majority", "per_video", "m_shot", "apply_mapping"]
 
 
 def _check(pseudo, true, K: int, C: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,13 +58,50 @@ def majority(pseudo, true, K: int, C: int) -> np.ndarray:
     return mapping
 
 
-def m_shot(pseudo, true, confidences, K: int, C: int, m: int) -> np.ndarray:
+def per_video(pseudo, true, confidences, videos, reduce: str = "mean") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frame rows -> one row per video: ``(pseudo (V,), true (V,), confidence (V,))`` in order of first appearance.
+
+    A video's cluster is the one most of its frames fall in (ties: the higher ``reduce`` confidence, then the lower
+    id); its confidence is the ``reduce`` ("mean" or "max") of the confidences of its frames in that cluster; its true
+    class is the most frequent one of its frames (they share the video label).
+    """
+    if reduce not in ("mean", "max"):
+        raise ValueError(f"reduce={reduce!r} must be 'mean' or 'max'")
+    pseudo = np.asarray(pseudo, dtype=np.int64).ravel()
+    true = np.asarray(true, dtype=np.int64).ravel()
+    conf = np.asarray(confidences, dtype=np.float64).ravel()
+    videos = list(videos)
+    if not (len(videos) == pseudo.size == true.size == conf.size):
+        raise ValueError(f"videos ({len(videos)}), pseudo ({pseudo.size}), true ({true.size}) and confidences "
+                         f"({conf.size}) differ in length")
+    rows: dict = {}
+    for i, v in enumerate(videos):
+        rows.setdefault(v, []).append(i)
+    agg = np.mean if reduce == "mean" else np.max
+    out_k, out_t, out_c = [], [], []
+    for members in rows.values():
+        members = np.asarray(members)
+        best = None
+        for k in np.unique(pseudo[members]):
+            sel = members[pseudo[members] == k]
+            key = (sel.size, float(agg(conf[sel])), -int(k))
+            if best is None or key > best[0]:
+                best = (key, int(k))
+        out_k.append(best[1])
+        out_c.append(best[0][1])
+        out_t.append(int(np.bincount(true[members]).argmax()))
+    return np.array(out_k, np.int64), np.array(out_t, np.int64), np.array(out_c, np.float64)
+
+
+def m_shot(pseudo, true, confidences, K: int, C: int, m: int, videos=None, reduce: str = "mean") -> np.ndarray:
     """Majority vote over the true classes of the ``m`` most confident samples of each cluster (m = 1, 10 ...).
 
     Args:
         pseudo: (N,) cluster ids in [0, K).  true: (N,) class ids in [0, C).
         confidences: (N,) higher = more confident (e.g. the self-label confidence or p(y*)).
         m: samples per cluster that are "labelled"; clusters with fewer samples use all they have.
+        videos: (N,) video id of each row, or None. Given, the samples are videos (:func:`per_video` with
+            ``reduce``): the top-m videos of each cluster are labelled, one vote each, as in the paper's Table 5.
     Returns:
         (K,) int64 cluster -> class; empty clusters -> -1.
     """
@@ -70,6 +111,8 @@ def m_shot(pseudo, true, confidences, K: int, C: int, m: int) -> np.ndarray:
     conf = np.asarray(confidences, dtype=np.float64).ravel()
     if conf.shape != pseudo.shape:
         raise ValueError(f"confidences ({conf.size}) and labels ({pseudo.size}) differ in length")
+    if videos is not None:
+        pseudo, true, conf = per_video(pseudo, true, conf, videos, reduce)
     mapping = np.full(K, -1, dtype=np.int64)
     order = np.lexsort((-conf, pseudo))  # by cluster, then by confidence descending (stable)
     starts = np.searchsorted(pseudo[order], np.arange(K + 1))

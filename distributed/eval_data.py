@@ -2,8 +2,18 @@
 (pseudo-annotations), the heatmaps, and the training histories.
 
 Coordinates: everything is moved into *frame pixels* (the shards' frame_size × frame_size frames, resized from the
-video without crop) as xyxy boxes. Ground-truth images are joined to shard samples on
-``(video_id, round(timestamp, 3))`` and their boxes scaled by frame_W / width, frame_H / height.
+video without crop) as xyxy boxes. Ground-truth boxes are scaled by frame_W / width, frame_H / height.
+
+Joining ground truth to frames (:func:`join_ground_truth`): a ground-truth image joins the test frame of the same
+``video_id`` whose ``timestamp`` is nearest, when it lies within ``tolerance_s`` (seconds, default 1 ms; it must stay
+below half the ingest frame period). Only joined frames are evaluated: a frame nobody annotated is not an image of the
+evaluation (VGGSound / AudioSet test sets annotate one frame per clip while ingest keeps up to ten, and detections on
+the other nine would otherwise all count as false positives). A ground-truth image that joins no frame is either
+*unsampled* (its clip has other joined ground-truth images: the annotation is denser than the ingest rate, as the
+synthetic benchmark's every-frame ground truth) or *missed* (no ground-truth image of its clip joined: the clip was
+not ingested, or its annotated timestamps are not ones ingest kept). Both are counted in ``results.json``
+(``ground_truth``); missed ones raise once their fraction of the ground-truth images exceeds
+``max_unmatched_fraction`` (EvalConfig ``max_unmatched_gt_fraction``).
 
 Class ids: ``c`` in [0, C) is the index into the class list (classes.json = the manifest's classes); the evaluation
 COCO uses ``category_id = c + 1`` (pycocotools treats id 0 as "none" in places). Ground-truth categories are
@@ -24,13 +34,8 @@ from data.shards import Manifest, iter_tar_groups
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TestFrames", "SelfLabels", "read_test_frames", "load_frames", "eval_ground_truth", "read_self_labels",
-           "read_heatmaps", "read_histories", "join_key"]
-
-
-def join_key(video_id: str, timestamp: float) -> tuple[str, float]:
-    """The key that joins a ground-truth image to a shard sample."""
-    return str(video_id), round(float(timestamp), 3)
+__all__ = ["TestFrames", "SelfLabels", "GroundTruthJoin", "read_test_frames", "load_frames", "join_ground_truth",
+           "eval_ground_truth", "read_self_labels", "read_heatmaps", "read_histories"]
 
 
 @dataclass
@@ -95,32 +100,106 @@ def _category_to_class(gt: dict, classes: list[str]) -> dict[int, int]:
     return out
 
 
-def eval_ground_truth(gt: dict, frames: TestFrames, classes: list[str]) -> dict:
-    """The evaluation COCO in frame pixels: images = the test frames (``id`` = sample index), annotations = every
-    ground-truth object of a joined image (``category_id`` = class + 1, ``sounding`` kept)."""
+@dataclass
+class GroundTruthJoin:
+    """Ground-truth images against test frames. ``frame_of``: {ground-truth image id: sample index};
+    ``unsampled`` / ``missed``: (video_id, timestamp) of the ground-truth images that joined no frame (module doc)."""
+    frame_of: dict[int, int]
+    unsampled: list[tuple[str, float]]
+    missed: list[tuple[str, float]]
+    num_gt_images: int
+    num_frames: int
+    tolerance_s: float
+
+    def report(self, examples: int = 20) -> dict:
+        """The ``results.json`` ``ground_truth`` entry: counts, the missed fraction, the first missed entries."""
+        n = max(self.num_gt_images, 1)
+        return {"num_gt_images": self.num_gt_images, "num_joined": len(self.frame_of),
+                "num_unsampled": len(self.unsampled), "num_missed": len(self.missed),
+                "missed_fraction": len(self.missed) / n, "num_test_frames": self.num_frames,
+                "num_frames_without_gt": self.num_frames - len(self.frame_of), "tolerance_s": self.tolerance_s,
+                "missed_examples": [{"video_id": v, "timestamp": t} for v, t in self.missed[:examples]]}
+
+
+def join_ground_truth(gt_images: list[dict], frames: TestFrames, tolerance_s: float = 1e-3) -> GroundTruthJoin:
+    """Join each ground-truth image (``video_id``, ``timestamp``) to the nearest test frame of its clip within
+    ``tolerance_s``; raises when two ground-truth images take the same frame (a tolerance wider than the frame gap,
+    or a duplicated image)."""
+    if tolerance_s < 0:
+        raise ValueError(f"timestamp tolerance {tolerance_s} s must be >= 0")
+    rows: dict[str, list[int]] = {}
+    for n, vid in enumerate(frames.video_id):
+        rows.setdefault(str(vid), []).append(n)
+    by_video = {vid: (frames.timestamp[r], frames.index[r]) for vid, r in rows.items()}
+    frame_of, taken, unmatched = {}, {}, []
+    for img in gt_images:
+        vid, ts = str(img["video_id"]), float(img["timestamp"])
+        times, idx = by_video.get(vid, (np.zeros(0), np.zeros(0, np.int64)))
+        gap = np.abs(times - ts)
+        j = int(np.argmin(gap)) if gap.size else -1
+        if j < 0 or gap[j] > tolerance_s + 1e-9:
+            unmatched.append((vid, ts))
+            continue
+        frame = int(idx[j])
+        if frame in taken:
+            raise ValueError(f"ground-truth images {taken[frame]} and {img['id']} both join frame {frame} of clip "
+                             f"{vid!r} (t = {times[j]:.3f} s): lower evaluate.gt_timestamp_tolerance_s "
+                             f"({tolerance_s} s) below half the gap between ingested frames, or remove the duplicate")
+        taken[frame] = img["id"]
+        frame_of[img["id"]] = frame
+    joined_videos = {str(img["video_id"]) for img in gt_images if img["id"] in frame_of}
+    unsampled = [u for u in unmatched if u[0] in joined_videos]
+    missed = [u for u in unmatched if u[0] not in joined_videos]
+    return GroundTruthJoin(frame_of, unsampled, missed, len(gt_images), len(frames.index), float(tolerance_s))
+
+
+def eval_ground_truth(gt: dict, frames: TestFrames, classes: list[str], tolerance_s: float = 1e-3,
+                      max_unmatched_fraction: float = 0.0) -> dict:
+    """The evaluation COCO in frame pixels: images = the test frames that have a ground-truth image (``id`` = sample
+    index), annotations = every object of those images (``category_id`` = class + 1, ``sounding`` and ``annotator``
+    kept). ``coco["info"]["ground_truth"]`` is the join report (:meth:`GroundTruthJoin.report`).
+
+    Raises ValueError, naming the first missed clip and timestamp, when the missed ground-truth images exceed
+    ``max_unmatched_fraction`` of all ground-truth images.
+    """
     cat_to_class = _category_to_class(gt, classes)
-    by_key = {join_key(f["video_id"], f["timestamp"]): f for f in gt["images"]}
+    join = join_ground_truth(gt["images"], frames, tolerance_s)
+    report = join.report()
+    if report["missed_fraction"] > max_unmatched_fraction + 1e-12:
+        v, t = join.missed[0]
+        raise ValueError(
+            f"ground truth: {len(join.missed)} of {join.num_gt_images} ground-truth images "
+            f"({100 * report['missed_fraction']:.1f} %, tolerance {100 * max_unmatched_fraction:.1f} %) join no "
+            f"ingested test frame, e.g. clip {v!r} at t = {t:.3f} s: the clip was not ingested or ingest kept no "
+            f"frame within {tolerance_s} s of that time. Ingest at the annotated times (ingest fps), or raise "
+            "evaluate.max_unmatched_gt_fraction to evaluate without them")
+    if join.missed:
+        log.warning("ground truth: %d of %d ground-truth images join no test frame and are left out (within the "
+                    "tolerance of %.1f %%); first: %s", len(join.missed), join.num_gt_images,
+                    100 * max_unmatched_fraction, join.missed[0])
+    if report["num_frames_without_gt"]:
+        log.info("ground truth: %d of %d test frames have no ground-truth image and are not evaluated",
+                 report["num_frames_without_gt"], join.num_frames)
     anns_of: dict[int, list[dict]] = {}
     for a in gt["annotations"]:
         anns_of.setdefault(a["image_id"], []).append(a)
-    images, anns, missing = [], [], 0
-    for idx, vid, ts in zip(frames.index, frames.video_id, frames.timestamp):
-        img = by_key.get(join_key(vid, ts))
-        images.append({"id": int(idx), "width": frames.width, "height": frames.height, "video_id": vid,
-                       "timestamp": float(ts)})
-        if img is None:
-            missing += 1
+    images, anns = [], []
+    for img in sorted(gt["images"], key=lambda im: join.frame_of.get(im["id"], -1)):
+        if img["id"] not in join.frame_of:
             continue
+        idx = join.frame_of[img["id"]]
+        images.append({"id": idx, "width": frames.width, "height": frames.height, "video_id": str(img["video_id"]),
+                       "timestamp": float(img["timestamp"])})
         sx, sy = frames.width / float(img["width"]), frames.height / float(img["height"])
         for a in anns_of.get(img["id"], []):
             x, y, w, h = a["bbox"]
-            anns.append({"id": len(anns) + 1, "image_id": int(idx), "category_id": cat_to_class[a["category_id"]] + 1,
-                         "bbox": [x * sx, y * sy, w * sx, h * sy], "area": w * sx * h * sy, "iscrowd": 0,
-                         "sounding": bool(a.get("sounding", True))})
-    if missing:
-        log.warning("ground truth: %d of %d test frames have no ground-truth image (joined on video_id, timestamp);"
-                    " they count as frames without objects", missing, len(images))
-    return {"images": images, "annotations": anns,
+            ann = {"id": len(anns) + 1, "image_id": idx, "category_id": cat_to_class[a["category_id"]] + 1,
+                   "bbox": [x * sx, y * sy, w * sx, h * sy], "area": w * sx * h * sy, "iscrowd": 0,
+                   "sounding": bool(a.get("sounding", True))}
+            if "annotator" in a:
+                ann["annotator"] = int(a["annotator"])
+            anns.append(ann)
+    return {"info": {"ground_truth": report}, "images": images, "annotations": anns,
             "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)]}
 
 
@@ -128,7 +207,8 @@ def eval_ground_truth(gt: dict, frames: TestFrames, classes: list[str]) -> dict:
 class SelfLabels:
     """Pseudo-annotations, one row per annotation: ``index`` (sample), ``pseudo`` (cluster in [0, K)),
     ``confidence``, ``true`` (class id or -1), ``boxes`` (N, 4) xyxy — in frame pixels when read with a frame size.
-    ``image_true``: {sample index: true class or -1} for every image of the file, annotated or not."""
+    ``image_true``: {sample index: true class or -1} for every image of the file, annotated or not.
+    ``video``: (N,) the row's ``video_id`` (``"#<image id>"`` where the file has none: then each frame is a video)."""
     index: np.ndarray
     pseudo: np.ndarray
     confidence: np.ndarray
@@ -136,6 +216,7 @@ class SelfLabels:
     boxes: np.ndarray
     num_clusters: int
     image_true: dict[int, int] = field(default_factory=dict)
+    video: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
 
     def labelled(self) -> np.ndarray:
         """Boolean mask of the rows whose frame has a true label."""
@@ -156,15 +237,17 @@ def read_self_labels(path: str | Path, frame_size: tuple[int, int] | None = None
         x, y, w, h = (float(v) for v in a["bbox"])
         sx = frame_size[1] / float(im["width"]) if frame_size else 1.0
         sy = frame_size[0] / float(im["height"]) if frame_size else 1.0
+        vid = im.get("video_id")
         rows.append((int(a["image_id"]), int(a["category_id"]) - 1, float(a.get("score", 1.0)),
-                     int(im.get("true_label", -1)), [x * sx, y * sy, (x + w) * sx, (y + h) * sy]))
+                     int(im.get("true_label", -1)), [x * sx, y * sy, (x + w) * sx, (y + h) * sy],
+                     str(vid) if vid is not None else f"#{a['image_id']}"))
     image_true = {i: int(im.get("true_label", -1)) for i, im in images.items()}
     if not rows:
         return SelfLabels(*(np.zeros(0, t) for t in (np.int64, np.int64, float, np.int64)), np.zeros((0, 4)), K,
                           image_true)
-    idx, pseudo, conf, true, boxes = zip(*rows)
+    idx, pseudo, conf, true, boxes, video = zip(*rows)
     return SelfLabels(np.array(idx, np.int64), np.array(pseudo, np.int64), np.array(conf), np.array(true, np.int64),
-                      np.array(boxes, np.float64).reshape(-1, 4), K, image_true)
+                      np.array(boxes, np.float64).reshape(-1, 4), K, image_true, np.array(video, object))
 
 
 def read_heatmaps(path: str | Path | None) -> dict[int, np.ndarray]:

@@ -19,7 +19,7 @@ from data.shards import Manifest, iter_samples
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Predictions", "predict_frames", "predict_plain", "predict_ray", "DetectorActor"]
+__all__ = ["Predictions", "predict_frames", "predict_plain", "predict_indices", "predict_ray", "DetectorActor"]
 
 Predictions = dict[int, dict[str, np.ndarray]]
 _COLUMNS = ("index", "x0", "y0", "x1", "y1", "score", "label")
@@ -60,6 +60,24 @@ def predict_plain(detector: str | Path, manifest: Manifest, split: str, batch_si
         out.update(zip(idx, predict_frames(model, frames, device)))
     log.info("detector: %d test frames, %d detections (score >= %.2f)", len(out),
              sum(len(p["scores"]) for p in out.values()), score_threshold)
+    return out
+
+
+def predict_indices(detector: str | Path, manifest: Manifest, split: str, indices, batch_size: int = 8,
+                    score_threshold: float = 0.05, device: str = "cpu") -> Predictions:
+    """Only the frames ``indices`` of ``split`` through the detector (decoding only those); frames not found are
+    absent from the result."""
+    from distributed.eval_data import load_frames
+
+    frames = load_frames(manifest, split, indices)
+    out: Predictions = {}
+    if not frames:
+        return out
+    model = _load(detector, score_threshold, device)
+    order = sorted(frames)
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        out.update(zip(idx, predict_frames(model, np.stack([frames[i] for i in idx]), device)))
     return out
 
 

@@ -1,7 +1,12 @@
 """Evaluation stage (METHOD.md §5, paper §4): artifacts of the earlier stages in, ``results.json``, ``tables.md``,
 ``report.html`` + ``img/*.png`` and ``done.json`` (last) out.
 
-1. Clusters are named from the TRAIN self-labels (pseudo class vs true label): Hungarian, argmax, m-shot.
+0. Only annotated frames are evaluated: each ground-truth image joins the test frame of its clip nearest its
+   timestamp (``gt_timestamp_tolerance_s``); frames without one are not images of the evaluation, and ground truth
+   that joins nothing is counted (``results["ground_truth"]``) and, beyond ``max_unmatched_gt_fraction``, an error
+   (:func:`distributed.eval_data.eval_ground_truth`).
+1. Clusters are named from the TRAIN self-labels (pseudo class vs true label): Hungarian, argmax, m-shot (the top-m
+   videos per cluster by default, ``m_shot_unit``).
 2. The detector runs over the test frames (plain loop, or a Ray Data actor pool with ``use_ray``); its pseudo-class
    detections are mapped to classes by each matching and scored with COCO mAP@0.3 / 0.5 / [0.5:0.95] against the
    ground truth rescaled onto the frames (``detection_gt``: every object, or the sounding ones only).
@@ -9,7 +14,9 @@
    carries no class, so scoring it class-aware would only measure a guessed label), the test self-boxes
    (class-agnostic, and with Hungarian-matched pseudo-classes), and the self-boxes with the TRUE video label
    (weak-sup.: an upper bound on the classification part).
-4. Localisation (Table 2 style) against the sounding objects; cluster quality (NMI, ARI, Hungarian acc., purity).
+4. Localisation (Table 2 style, and the field's protocols: DSOL single / multi source, Flickr consensus) against the
+   sounding objects, with the box-score threshold chosen on TRAINING frames (:func:`choose_loc_threshold`); cluster
+   quality (NMI, ARI, Hungarian acc., purity).
 
 Re-running a complete stage (``done.json`` present) returns its summary without recomputing.
 """
@@ -24,13 +31,14 @@ import numpy as np
 
 from avdet.config import require, save_config, to_dict
 from avdet.fileio import write_json
-from avdet.metrics import evaluate_detections
+from avdet.metrics import boxes_to_map, evaluate_detections
+from avdet.metrics.localisation import choose_score_threshold
 from avdet.report import page, scores
 from avdet.report.figures import confusion_figure, curve_figures, detection_figures, heatmap_figures
 from data.shards import read_manifest
 from distributed import eval_data
 from data.artifacts import read_done, write_done
-from distributed.eval_infer import Predictions, predict_plain, predict_ray
+from distributed.eval_infer import Predictions, predict_indices, predict_plain, predict_ray
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +61,16 @@ class EvalConfig:
     out_dir: str = "outputs/eval"
     dataset: str = "synthetic"          # name printed in the tables
     detection_gt: str = "all"           # "all" objects or only the "sounding" ones are detection targets
+    gt_timestamp_tolerance_s: float = 0.001   # a GT image joins the nearest test frame of its clip within this
+    max_unmatched_gt_fraction: float = 0.0    # share of GT images "missed" (no image of their clip joined) allowed
     score_threshold: float = 0.05       # detector boxes kept for mAP (torchvision box_score_thresh)
-    loc_threshold: float = 0.5          # boxes ≥ this form the localisation pseudo-heatmap
+    loc_threshold: float = 0.5          # boxes ≥ this form the localisation pseudo-heatmap ("fixed")
+    loc_threshold_from: str = "train_pseudo"  # or "fixed": chosen on training frames vs their self-boxes, never test
+    loc_calibration_frames: int = 200   # training frames the detector runs on to choose it
     centre_box_frac: float = 0.5        # centre-box baseline: frac·W × frac·H
     m_shots: list[int] = field(default_factory=lambda: [1, 10])
+    m_shot_unit: str = "video"          # m-shot labels the top-m "video"s per cluster (paper Table 5) or "frame"s
+    m_shot_video_score: str = "mean"    # a video's confidence: "mean" or "max" of its frames' in its cluster
     num_pictures: int = 12              # detection pictures, and as many heatmap pictures
     picture_score: float = 0.3          # detections drawn when scoring at least this
     batch_size: int = 8
@@ -67,10 +81,17 @@ class EvalConfig:
 
     def check(self) -> None:
         require(self.detection_gt in ("all", "sounding"), "detection_gt", "must be 'all' or 'sounding'")
+        require(self.gt_timestamp_tolerance_s >= 0.0, "gt_timestamp_tolerance_s", "must be >= 0")
+        require(0.0 <= self.max_unmatched_gt_fraction <= 1.0, "max_unmatched_gt_fraction", "must be in [0, 1]")
         require(0.0 <= self.score_threshold < 1.0, "score_threshold", "must be in [0, 1)")
         require(0.0 <= self.loc_threshold <= 1.0, "loc_threshold", "must be in [0, 1]")
+        require(self.loc_threshold_from in ("train_pseudo", "fixed"), "loc_threshold_from",
+                "must be 'train_pseudo' or 'fixed'")
+        require(self.loc_calibration_frames >= 1, "loc_calibration_frames", "must be >= 1")
         require(0.0 < self.centre_box_frac <= 1.0, "centre_box_frac", "must be in (0, 1]")
         require(all(m >= 1 for m in self.m_shots), "m_shots", "must all be >= 1")
+        require(self.m_shot_unit in ("video", "frame"), "m_shot_unit", "must be 'video' or 'frame'")
+        require(self.m_shot_video_score in ("mean", "max"), "m_shot_video_score", "must be 'mean' or 'max'")
         require(self.batch_size >= 1 and self.num_actors >= 1, "batch_size", "and num_actors must be >= 1")
         require(self.num_pictures >= 0, "num_pictures", "must be >= 0")
         require(0.0 <= self.picture_score <= 1.0, "picture_score", "must be in [0, 1] (a detection score)")
@@ -82,31 +103,50 @@ def _detection_target(coco: dict, which: str) -> dict:
     return dict(coco, annotations=[a for a in coco["annotations"] if a.get("sounding")])
 
 
-def _self_box_arrays(sl: eval_data.SelfLabels) -> dict:
-    return {"index": sl.index, "boxes": sl.boxes, "confidence": sl.confidence, "pseudo": sl.pseudo}
+def _self_box_arrays(sl: eval_data.SelfLabels, image_ids: set[int]) -> dict:
+    """The self-boxes of the evaluated frames (those with a ground-truth image) as arrays."""
+    keep = np.array([int(i) in image_ids for i in sl.index], bool)
+    return {"index": sl.index[keep], "boxes": sl.boxes[keep], "confidence": sl.confidence[keep],
+            "pseudo": sl.pseudo[keep]}
+
+
+def _evaluated(predictions: Predictions | None, image_ids: set[int]) -> Predictions | None:
+    """Only the frames with a ground-truth image are scored: detections elsewhere are neither right nor wrong."""
+    return None if predictions is None else {i: p for i, p in predictions.items() if int(i) in image_ids}
 
 
 def score_predictions(cfg: EvalConfig, classes: list[str], coco: dict, train: eval_data.SelfLabels,
                       test: eval_data.SelfLabels, frame_labels: dict[int, int],
-                      predictions: Predictions | None) -> dict:
-    """Every number of the report (module docstring) as the ``results`` dict, minus curves and config."""
+                      predictions: Predictions | None, loc_threshold: tuple[float, str] | None = None) -> dict:
+    """Every number of the report (module docstring) as the ``results`` dict, minus curves and config.
+    ``loc_threshold``: (box-score threshold of the localisation maps, how it was chosen); default the fixed
+    ``cfg.loc_threshold``."""
     C, K = len(classes), max(train.num_clusters, test.num_clusters)
     lab = train.labelled()
-    match = scores.matchings(train.pseudo[lab], train.true[lab], train.confidence[lab], K, C, cfg.m_shots)
+    videos = train.video[lab] if cfg.m_shot_unit == "video" else None
+    match = scores.matchings(train.pseudo[lab], train.true[lab], train.confidence[lab], K, C, cfg.m_shots, videos,
+                             cfg.m_shot_video_score)
     for m in match.values():
         m["test_self_label_acc"] = scores.self_label_accuracy(m["mapping"], test.pseudo, test.true)
     target = _detection_target(coco, cfg.detection_gt)
-    results = {"classes": classes, "matching": match, "detection": {}}
+    image_ids = {int(im["id"]) for im in coco["images"]}
+    predictions, self_boxes = _evaluated(predictions, image_ids), _self_box_arrays(test, image_ids)
+    results = {"classes": classes, "matching": match, "detection": {},
+               "ground_truth": coco.get("info", {}).get("ground_truth", {})}
     if predictions is not None:
         for name, m in match.items():
             dets = scores.mapped_detections(predictions, m["mapping"])
             results["detection"][name] = scores.named(evaluate_detections(target, dets), classes)
-    base = scores.detection_baselines(target, classes, _self_box_arrays(test), match["hungarian"]["mapping"],
+    base = scores.detection_baselines(target, classes, self_boxes, match["hungarian"]["mapping"],
                                       frame_labels, cfg.centre_box_frac)
     if predictions is not None:
         base["detector_agnostic"] = scores.agnostic_scores(target, scores.mapped_detections(predictions, None))
     results["baselines"] = base
-    results["localisation"] = scores.localisation_scores(coco, predictions, _self_box_arrays(test), cfg.loc_threshold)
+    threshold, source = loc_threshold if loc_threshold is not None else (cfg.loc_threshold, "fixed")
+    results["localisation"] = scores.localisation_scores(coco, predictions, self_boxes, threshold)
+    results["localisation"]["threshold_source"] = source
+    results["localisation"]["protocols"] = scores.localisation_protocols(coco, predictions, self_boxes, threshold,
+                                                                         match["hungarian"]["mapping"])
     results["clusters"], results["confusion"] = {}, {}
     for split, sl in (("train", train), ("test", test)):
         results["clusters"][split], counts = scores.cluster_scores(sl.pseudo, sl.true, K, C)
@@ -160,6 +200,39 @@ def _restrict(frames: eval_data.TestFrames, predictions: Predictions) -> eval_da
     return frames.subset(keep)
 
 
+def _calibration_frames(train: eval_data.SelfLabels, n: int) -> list[int]:
+    """Up to ``n`` training frames with a self-box, evenly spread over the sorted sample indices."""
+    return _evenly(sorted({int(i) for i in train.index}), n)
+
+
+def choose_loc_threshold(cfg: EvalConfig, manifest, train: eval_data.SelfLabels, frame_size: tuple[int, int],
+                         train_predictions: Predictions | None = None) -> tuple[float, str]:
+    """The box-score threshold of the localisation pseudo-heatmaps and how it was chosen. ``train_pseudo``: the
+    detector runs on up to ``loc_calibration_frames`` TRAINING frames and the threshold maximising their mean cIoU
+    against their own self-boxes (the pseudo-annotations it was trained on) is kept
+    (:func:`avdet.metrics.localisation.choose_score_threshold`); no test frame or test label is looked at. Falls
+    back to the fixed ``loc_threshold`` (and says so) without a detector or training frames. ``frame_size``: (H, W)
+    of every frame (ingest makes them one size); ``train`` boxes in frame pixels."""
+    if cfg.loc_threshold_from == "fixed":
+        return cfg.loc_threshold, "fixed"
+    ids = _calibration_frames(train, cfg.loc_calibration_frames)
+    if train_predictions is None and cfg.detector and ids:
+        train_predictions = predict_indices(cfg.detector, manifest, "train", ids, cfg.batch_size,
+                                            cfg.score_threshold, cfg.device)
+    ids = [i for i in ids if train_predictions and i in train_predictions]
+    if not ids:
+        log.warning("localisation threshold: no training frame to calibrate on (no detector, or no training shard "
+                    "holds the self-labelled frames); using the fixed loc_threshold %.2f", cfg.loc_threshold)
+        return cfg.loc_threshold, "fixed (no training frames to calibrate on)"
+    boxes: dict[int, list] = {}
+    for i, b in zip(train.index, train.boxes):
+        boxes.setdefault(int(i), []).append(b)
+    targets = [boxes_to_map(boxes[i], None, 0.0, *frame_size) for i in ids]
+    t = choose_score_threshold([(train_predictions[i]["boxes"], train_predictions[i]["scores"]) for i in ids], targets)
+    log.info("localisation threshold %.2f chosen on %d training frames against their self-boxes", t, len(ids))
+    return t, f"train_pseudo ({len(ids)} training frames)"
+
+
 def _check_inputs(cfg: EvalConfig) -> None:
     """Fail before any work when a required artifact is missing, naming the key and the path."""
     required = ["manifest", "gt", "pseudo_train", "pseudo_test"] + (["detector"] if cfg.detector else [])
@@ -170,12 +243,14 @@ def _check_inputs(cfg: EvalConfig) -> None:
                                 "the config at their outputs)")
 
 
-def run_evaluation(cfg: EvalConfig, predictions: Predictions | None = None) -> dict:
+def run_evaluation(cfg: EvalConfig, predictions: Predictions | None = None,
+                   train_predictions: Predictions | None = None) -> dict:
     """Evaluate and write the report under ``cfg.out_dir``; returns the ``done.json`` summary.
 
     ``predictions`` (``{index: {"boxes", "scores", "labels"}}``, see :mod:`distributed.eval_infer`) replaces the
-    detector run, e.g. for known-answer tests. With neither predictions nor ``cfg.detector`` the detector rows are
-    left out and only the self-label figures are reported.
+    detector run, e.g. for known-answer tests; ``train_predictions`` likewise replaces its run on the training
+    frames that choose the localisation threshold (:func:`choose_loc_threshold`). With neither predictions nor
+    ``cfg.detector`` the detector rows are left out and only the self-label figures are reported.
     """
     out = Path(cfg.out_dir)
     done = read_done(out, "evaluation")
@@ -188,11 +263,14 @@ def run_evaluation(cfg: EvalConfig, predictions: Predictions | None = None) -> d
         predictions = _predict(cfg, manifest)
     if predictions is not None:
         frames = _restrict(frames, predictions)
-    coco = eval_data.eval_ground_truth(json.loads(Path(cfg.gt).read_text()), frames, manifest.classes)
-    train = eval_data.read_self_labels(cfg.pseudo_train)
+    coco = eval_data.eval_ground_truth(json.loads(Path(cfg.gt).read_text()), frames, manifest.classes,
+                                       cfg.gt_timestamp_tolerance_s, cfg.max_unmatched_gt_fraction)
+    train = eval_data.read_self_labels(cfg.pseudo_train, (frames.height, frames.width))
     test = eval_data.read_self_labels(cfg.pseudo_test, (frames.height, frames.width))
     frame_labels = {int(i): int(c) for i, c in zip(frames.index, frames.label)}
-    results = score_predictions(cfg, manifest.classes, coco, train, test, frame_labels, predictions)
+    loc = (choose_loc_threshold(cfg, manifest, train, (frames.height, frames.width), train_predictions)
+           if predictions is not None else None)
+    results = score_predictions(cfg, manifest.classes, coco, train, test, frame_labels, predictions, loc)
     history = cfg.detector_history or (str(Path(cfg.detector).with_name("history.json")) if cfg.detector else "")
     results["curves"] = eval_data.read_histories(cfg.stage1_done, history if Path(history).is_file() else "")
     results.update(dataset=cfg.dataset, config=to_dict(cfg))

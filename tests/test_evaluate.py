@@ -17,7 +17,7 @@ from avdet.detector import build_detector, save_detector
 from data.schema import SampleMeta, encode_sample
 from data.shards import ShardWriter, read_manifest, write_manifest
 from distributed import eval_data
-from distributed.eval_infer import DetectorActor, _rows_to_predictions, predict_plain, predict_ray
+from distributed.eval_infer import DetectorActor, _rows_to_predictions, predict_indices, predict_plain, predict_ray
 from distributed.evaluate import EvalConfig, run_evaluation
 
 CLASSES = ["cat", "dog", "cow"]
@@ -206,6 +206,16 @@ def test_actor_udf_matches_plain(artifacts, detector):
     idx = np.array(sorted(frames))
     rows = DetectorActor(str(detector), 0.0)({"frames": np.stack([frames[i] for i in idx]), "index": idx})
     _check_same(plain, _rows_to_predictions(rows))
+
+
+def test_predict_indices_matches_plain_on_those_frames(artifacts, detector):
+    m = read_manifest(artifacts["manifest"])
+    plain = predict_plain(detector, m, "test", batch_size=4, score_threshold=0.0)
+    some = predict_indices(detector, m, "test", [BASE + 1, BASE + 4, 99999], batch_size=4, score_threshold=0.0)
+    assert sorted(some) == [BASE + 1, BASE + 4]                  # 99999 is no sample: absent
+    for i in some:
+        np.testing.assert_allclose(np.sort(some[i]["scores"]), np.sort(plain[i]["scores"]), atol=1e-5)
+    assert predict_indices(detector, m, "train", [BASE]) == {}    # no training shard: nothing, detector not loaded
 
 
 def _check_same(a: dict, b: dict) -> None:

@@ -40,7 +40,13 @@ def fake_results() -> dict:
         "baselines": {"weak_sup": _det(0.429, per), "centre_box": _det(0.056), "whole_image": _det(0.01),
                       "self_boxes": _det(0.296), "self_boxes_hungarian": _det(0.2, per),
                       "detector_agnostic": _det(0.45)},
-        "localisation": {"threshold": 0.5, "methods": {"whole_image": loc, "self_boxes": loc, "detector": loc}},
+        "localisation": {"threshold": 0.5, "threshold_source": "train_pseudo (20 training frames)",
+                         "methods": {"whole_image": loc, "self_boxes": loc, "detector": loc},
+                         "protocols": {"threshold": 0.5,
+                                       "dsol_single_source": {"detector": {"iou_50": 0.25, "auc": 0.3, "mean_iou": 0.3,
+                                                                           "num_samples": 4}},
+                                       "dsol_multi_source": {"detector": {"ciou_30": 0.5, "auc": 0.4, "nsa": 0.75,
+                                                                          "mean_ciou": 0.4, "num_samples": 2}}}},
         "clusters": {"train": {"nmi": 0.8, "ari": 0.7, "hungarian_acc": 0.9, "purity": 0.9, "n": 30},
                      "test": {"nmi": 0.6, "ari": 0.5, "hungarian_acc": 0.7, "purity": 0.75, "n": 4}},
         "confusion": {"test": [[0, 2, 0], [1, 0, 0], [1, 0, 0], [0, 0, 1]]},
@@ -65,7 +71,7 @@ def fake_figures(results: dict) -> list[Figure]:
 
 def test_tables_follow_the_paper():
     res = fake_results()
-    t1, t2, t3, t4, t5, t6 = build_tables(res)
+    t1, t2, t2b, t3, t4, t5, t6 = build_tables(res)
     assert t1.header == ["Method", "No labels?", "mAP<sub>30</sub>", "mAP<sub>50</sub>", "mAP"]
     assert t1.rows[-1] == ["Ours - full", "✓", "49.4", "39.4", "13.1"] and t1.bold == {len(t1.rows) - 1}
     assert t1.rows[0][1] == "✗" and "Centre box*" in [r[0] for r in t1.rows]
@@ -73,6 +79,9 @@ def test_tables_follow_the_paper():
     assert t4.rows == [["3", "4", "39.4"]]
     assert [r[0] for r in t5.rows] == ["Hung.", "Argmax", "1-shot", "10-shot"]
     assert [r[0] for r in t2.rows] == ["Whole image (trivial)", "Ours - self-boxes", "Ours - detector"]
+    assert "train_pseudo (20 training frames)" in t2.caption
+    assert t2b.rows == [["DSOL single source", "Ours - detector", "IoU@0.5 25.0", "30.0", "-", "4"],
+                        ["DSOL multi source (class-aware)", "Ours - detector", "CIoU@0.3 50.0", "40.0", "75.0", "2"]]
     md = t1.markdown()
     assert "| Centre box\\* |" in md and "| **Ours - full** |" in md
     assert pct(None) == "-" and pct(0.12345) == "12.3"

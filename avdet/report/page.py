@@ -74,7 +74,8 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, str]]:
     return out
 
 
-KEY_SETTINGS = ("split", "detection_gt", "score_threshold", "loc_threshold", "centre_box_frac", "m_shots", "use_ray")
+KEY_SETTINGS = ("split", "detection_gt", "score_threshold", "loc_threshold", "loc_threshold_from", "centre_box_frac",
+                "m_shots", "m_shot_unit", "max_unmatched_gt_fraction", "use_ray")
 
 
 def _config_html(config: dict) -> str:

@@ -15,24 +15,34 @@ from typing import Sequence
 
 import numpy as np
 
-from avdet.matching import apply_mapping, confusion, hungarian, m_shot, majority
+from avdet.matching import apply_mapping, confusion, hungarian, m_shot, majority, per_video
 from avdet.metrics import (boxes_to_map, centre_box_detections, cluster_metrics, evaluate_detections,
                            localisation_metrics, predictions_to_detections, whole_image_detections, whole_image_maps)
+from avdet.metrics.localisation import (class_box_maps, consensus_map, dsol_multi_source, dsol_single_source,
+                                        flickr_protocol)
 
 __all__ = ["matchings", "mapped_detections", "named", "class_agnostic", "agnostic_scores", "box_detections",
-           "detection_baselines", "localisation_scores", "cluster_scores", "self_label_accuracy"]
+           "detection_baselines", "localisation_scores", "localisation_protocols", "cluster_scores",
+           "self_label_accuracy"]
 
 
-def matchings(pseudo, true, confidence, K: int, C: int, m_shots: Sequence[int] = (1, 10)) -> dict[str, dict]:
+def matchings(pseudo, true, confidence, K: int, C: int, m_shots: Sequence[int] = (1, 10), videos=None,
+              reduce: str = "mean") -> dict[str, dict]:
     """Cluster → class mappings from labelled self-labels: ``{"hungarian" | "argmax" | "<m>-shot":
-    {"mapping": [K ints], "num_labels": true labels used, "num_matched": clusters with a class}}``."""
+    {"mapping": [K ints], "num_labels": true labels used, "num_matched": clusters with a class}}``; the m-shot
+    entries also carry ``"unit"``: "video" (``videos`` given: the top-m videos per cluster, each video's confidence
+    the ``reduce`` of its frames', :func:`avdet.matching.per_video`) or "frame"."""
     pseudo, true = np.asarray(pseudo, np.int64), np.asarray(true, np.int64)
     out = {"hungarian": (hungarian(pseudo, true, K, C), len(true)), "argmax": (majority(pseudo, true, K, C), len(true))}
-    sizes = np.bincount(pseudo, minlength=K)
+    unit_pseudo = pseudo if videos is None else per_video(pseudo, true, confidence, videos, reduce)[0]
+    sizes = np.bincount(unit_pseudo, minlength=K)
     for m in m_shots:
-        out[f"{m}-shot"] = (m_shot(pseudo, true, confidence, K, C, m), int(np.minimum(sizes, m).sum()))
-    return {k: {"mapping": [int(v) for v in mp], "num_labels": int(n), "num_matched": int((mp >= 0).sum())}
-            for k, (mp, n) in out.items()}
+        out[f"{m}-shot"] = (m_shot(pseudo, true, confidence, K, C, m, videos, reduce), int(np.minimum(sizes, m).sum()))
+    res = {k: {"mapping": [int(v) for v in mp], "num_labels": int(n), "num_matched": int((mp >= 0).sum())}
+           for k, (mp, n) in out.items()}
+    for m in m_shots:
+        res[f"{m}-shot"]["unit"] = "frame" if videos is None else "video"
+    return res
 
 
 def self_label_accuracy(mapping, pseudo, true) -> float:
@@ -119,15 +129,33 @@ def detection_baselines(coco: dict, classes: Sequence[str], self_boxes: dict, hu
     }
 
 
-def _gt_maps(coco: dict) -> dict[int, np.ndarray]:
-    """{image_id: union of the sounding boxes} for the images that have a sounding object."""
-    size = {im["id"]: (im["height"], im["width"]) for im in coco["images"]}
-    boxes: dict[int, list] = {}
+def _objects(coco: dict) -> dict[int, list[dict]]:
+    """{image_id: [{"cls", "sounding", "box" xyxy, "annotator" (or None)}]} for every evaluated image."""
+    out: dict[int, list[dict]] = {im["id"]: [] for im in coco["images"]}
     for a in coco["annotations"]:
-        if a.get("sounding", True):
-            x, y, w, h = a["bbox"]
-            boxes.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
-    return {i: boxes_to_map(b, None, 0.0, *size[i]) for i, b in boxes.items()}
+        x, y, w, h = a["bbox"]
+        out.setdefault(a["image_id"], []).append({"cls": int(a["category_id"]) - 1, "sounding": a.get("sounding", True),
+                                                  "box": [x, y, x + w, y + h], "annotator": a.get("annotator")})
+    return out
+
+
+def _sounding_map(objs: list[dict], H: int, W: int) -> np.ndarray:
+    """The localisation ground truth of one image: the annotators' consensus map (:func:`consensus_map`) when its
+    boxes carry annotator ids (Flickr-SoundNet), else the union of its sounding boxes."""
+    objs = [o for o in objs if o["sounding"]]
+    if objs and all(o["annotator"] is not None for o in objs):
+        by: dict[int, list] = {}
+        for o in objs:
+            by.setdefault(int(o["annotator"]), []).append(o["box"])
+        return consensus_map(list(by.values()), H, W)
+    return boxes_to_map([o["box"] for o in objs], None, 0.0, H, W)
+
+
+def _gt_maps(coco: dict) -> dict[int, np.ndarray]:
+    """{image_id: localisation ground-truth map (:func:`_sounding_map`)} for the images with a sounding object."""
+    size = {im["id"]: (im["height"], im["width"]) for im in coco["images"]}
+    return {i: _sounding_map(objs, *size[i]) for i, objs in _objects(coco).items()
+            if any(o["sounding"] for o in objs)}
 
 
 def localisation_scores(coco: dict, predictions: dict | None, self_boxes: dict, threshold: float) -> dict:
@@ -151,6 +179,76 @@ def localisation_scores(coco: dict, predictions: dict | None, self_boxes: dict, 
                 for i in ids]
         methods["detector"] = localisation_metrics(maps, gts)
     return {"threshold": threshold, "methods": methods}
+
+
+def _method_boxes(predictions: dict | None, self_boxes: dict, mapping, threshold: float) -> dict[str, dict]:
+    """{method: {image_id: (boxes (n, 4), scores (n,), classes (n,))}} with boxes kept from ``threshold`` on (the
+    detector) or all of them (self-boxes); classes through the cluster → class ``mapping`` (−1 unmatched)."""
+    mp = np.asarray(mapping, np.int64)
+    out: dict[str, dict] = {"self_boxes": {}}
+    for i, b, k in zip(self_boxes["index"], np.asarray(self_boxes["boxes"]).reshape(-1, 4), self_boxes["pseudo"]):
+        out["self_boxes"].setdefault(int(i), []).append((b, 1.0, int(mp[int(k)]) if 0 <= k < len(mp) else -1))
+    out["self_boxes"] = {i: tuple(np.array(v) for v in zip(*rows)) for i, rows in out["self_boxes"].items()}
+    if predictions is not None:
+        det = {}
+        for i, p in predictions.items():
+            keep = np.asarray(p["scores"]) >= threshold
+            pseudo = np.asarray(p["labels"], np.int64)[keep] - 1
+            cls = np.where((pseudo >= 0) & (pseudo < len(mp)), mp[np.clip(pseudo, 0, len(mp) - 1)], -1)
+            det[int(i)] = (np.asarray(p["boxes"]).reshape(-1, 4)[keep], np.asarray(p["scores"])[keep], cls)
+        out["detector"] = det
+    return out
+
+
+def localisation_protocols(coco: dict, predictions: dict | None, self_boxes: dict, threshold: float,
+                           mapping) -> dict:
+    """The field's localisation protocols (BASELINES.md, :mod:`avdet.metrics.localisation`) on the evaluated frames:
+
+    - ``"dsol_single_source"``: frames with exactly one object, sounding; IoU@0.5 / AUC, class-agnostic (methods
+      ``whole_image``, ``self_boxes``, ``detector``).
+    - ``"dsol_multi_source"``: frames with two or more objects; class-aware CIoU@0.3 / AUC / NSA with the classes
+      through ``mapping`` (Hungarian): sounding classes = those with a sounding object, silent = those present with
+      none sounding (methods ``self_boxes``, ``detector``; a whole-image guess has no class).
+    - ``"flickr"``: frames whose boxes carry annotator ids; consensus-map cIoU@0.5 / AUC.
+    A protocol without frames is left out. The detector keeps boxes scoring ≥ ``threshold``; self-boxes all count.
+    """
+    size = {im["id"]: (im["height"], im["width"]) for im in coco["images"]}
+    objects = _objects(coco)
+    boxes = _method_boxes(predictions, self_boxes, mapping, threshold)
+    empty = (np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64))
+    single = sorted(i for i, o in objects.items() if len(o) == 1 and o[0]["sounding"] and o[0]["annotator"] is None)
+    multi = sorted(i for i, o in objects.items() if len(o) >= 2 and all(x["annotator"] is None for x in o))
+    flickr = sorted(i for i, o in objects.items() if o and all(x["annotator"] is not None for x in o))
+    out = {"threshold": threshold}
+    for name, ids, agnostic in (("dsol_single_source", single, True), ("flickr", flickr, True),
+                                ("dsol_multi_source", multi, False)):
+        if not ids:
+            continue
+        gts = [_sounding_map(objects[i], *size[i]) for i in ids]
+        res = {}
+        if agnostic:
+            score = dsol_single_source if name == "dsol_single_source" else flickr_protocol
+            res["whole_image"] = score(whole_image_maps(gts), gts)
+            for m, per in boxes.items():
+                res[m] = score([boxes_to_map(per.get(i, empty)[0], None, 0.0, *size[i]) for i in ids], gts)
+        else:
+            for m, per in boxes.items():
+                samples = []
+                for i in ids:
+                    H, W = size[i]
+                    b, sc, cl = per.get(i, empty)
+                    objs = objects[i]
+                    sounding = {o["cls"] for o in objs if o["sounding"]}
+                    samples.append({"pred": class_box_maps(b, sc, cl, -np.inf, H, W),
+                                    "gt": {k: boxes_to_map([o["box"] for o in objs if o["cls"] == k and o["sounding"]],
+                                                           None, 0.0, H, W) for k in sounding},
+                                    "sounding": sorted(sounding),
+                                    "silent": sorted({o["cls"] for o in objs} - sounding)})
+                if any(s["sounding"] for s in samples):
+                    res[m] = dsol_multi_source(samples)
+        if res:
+            out[name] = res
+    return out
 
 
 def cluster_scores(pseudo, true, K: int, C: int) -> tuple[dict, np.ndarray]:
