@@ -56,6 +56,7 @@ class PipelineConfig:
         require(self.dataset in ("synthetic", "vggsound"), "dataset", "must be 'synthetic' or 'vggsound'")
         require(self.num_clusters >= 1, "num_clusters", "must be >= 1 (K pseudo-classes)")
         require(self.frame_size >= 32, "frame_size", "must be >= 32")
+        require(self.seed >= 0, "seed", "must be >= 0")
         bad = [s for s in self.stages if s not in STAGES]
         require(not bad, "stages", f"has unknown stages {bad}; known: {list(STAGES)}")
 
@@ -68,6 +69,14 @@ def missing_vggsound_message(cfg: PipelineConfig) -> str:
             f"csv=<vggsound.csv> (got videos_dir={cfg.videos_dir!r}, csv={cfg.csv!r}); optionally gt=<COCO json> "
             f"for evaluation. To try the pipeline without VGGSound run `make demo` (dataset=synthetic, "
             f"clusters/local/demo.yaml).")
+
+
+def pipeline_inputs(cfg: PipelineConfig) -> dict[str, str]:
+    """{key: path} the pipeline reads: nothing for the synthetic benchmark (it is generated); VGGSound needs its
+    clips, CSV and (when given) ground truth."""
+    if cfg.dataset == "synthetic":
+        return {}
+    return {"videos_dir": cfg.videos_dir, "csv": cfg.csv, **({"gt": cfg.gt} if cfg.gt else {})}
 
 
 def _default(f: dataclasses.Field):

@@ -43,7 +43,7 @@ def parse_args(cls: type[T], argv: list[str], description: str, inputs: Inputs |
     parser = parser_for(description)
     if add_arguments is not None:
         add_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)      # options may follow the overrides
     try:
         cfg = load_config(cls, args.config, args.overrides)
     except ConfigError as e:

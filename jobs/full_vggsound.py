@@ -16,20 +16,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for `python jobs/...`
 
 from avdet.config import ConfigError  # noqa: E402
-from distributed.pipeline import PipelineConfig, resolve, run_pipeline  # noqa: E402
+from distributed.pipeline import PipelineConfig, pipeline_inputs, resolve, run_pipeline  # noqa: E402
 from jobs.cli import parse, setup_logging  # noqa: E402
-
-
-def inputs(cfg: PipelineConfig) -> dict[str, str]:
-    """The synthetic benchmark is generated; VGGSound needs its clips, CSV and (when given) ground truth."""
-    if cfg.dataset == "synthetic":
-        return {}
-    return {"videos_dir": cfg.videos_dir, "csv": cfg.csv, **({"gt": cfg.gt} if cfg.gt else {})}
 
 
 def main(argv: list[str]) -> dict:
     setup_logging()
-    cfg = parse(PipelineConfig, argv, __doc__, inputs, show=resolve)
+    cfg = parse(PipelineConfig, argv, __doc__, pipeline_inputs, show=resolve)
     try:
         results = run_pipeline(cfg)
     except ConfigError as e:

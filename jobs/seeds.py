@@ -22,11 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for `python jobs/...`
 
-from avdet.config import ConfigError, load_config  # noqa: E402
+from avdet.config import ConfigError  # noqa: E402
 from avdet.fileio import write_atomic, write_json  # noqa: E402
 from avdet.report.seeds import seed_row, seeds_table, summarise  # noqa: E402
-from distributed.pipeline import PipelineConfig, run_pipeline  # noqa: E402
-from jobs.cli import setup_logging  # noqa: E402
+from distributed.pipeline import PipelineConfig, pipeline_inputs, resolve, run_pipeline  # noqa: E402
+from jobs.cli import parse_args, setup_logging  # noqa: E402
 
 
 def _commit() -> str:
@@ -44,27 +44,27 @@ def seed_config(base: PipelineConfig, seed: int) -> PipelineConfig:
                                workdir=str(Path(base.workdir) / "seeds" / f"seed-{seed}"))
 
 
-def main(argv: list[str]) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="pipeline YAML (e.g. clusters/local/demo.yaml)")
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="how many seeds (default 3)")
     parser.add_argument("--first", type=int, default=0, help="the first seed (default 0)")
     parser.add_argument("--publish", default="", help="also write the JSON here (e.g. docs/results/demo_seeds.json)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides of the pipeline config")
-    args = parser.parse_intermixed_args(argv)
-    if args.seeds < 1:
-        parser.error("--seeds must be >= 1")
+
+
+def main(argv: list[str]) -> dict:
     setup_logging()
-    try:
-        base = load_config(PipelineConfig, args.config, args.overrides)
-    except ConfigError as e:
-        parser.error(f"bad config: {e}")
+    base, args = parse_args(PipelineConfig, argv, __doc__, pipeline_inputs,
+                            show=lambda c: resolve(seed_config(c, 0)), add_arguments=_arguments)
+    if args.seeds < 1 or args.first < 0:
+        sys.exit("seeds: --seeds must be >= 1 and --first >= 0")
     out = Path(base.workdir) / "seeds"
     command = "python jobs/seeds.py " + " ".join(argv)
     rows, reports, timings = [], {}, {}
     for seed in range(args.first, args.first + args.seeds):
         t0 = time.perf_counter()
-        results = run_pipeline(seed_config(base, seed))
+        try:
+            results = run_pipeline(seed_config(base, seed))
+        except ConfigError as e:
+            sys.exit(f"seeds: {e}")
         ev = results.get("evaluate", {})
         if "results" not in ev:
             sys.exit(f"seeds: seed {seed} produced no evaluation ({ev}); the table needs ground truth")

@@ -48,10 +48,13 @@ def _jobs(d):
                            f"csv={d / 'vgg.csv'}"], "stage1", ["num_clusters=0"], "csv"),
         "make_synthetic": (["--out", str(d.parent / "o"), "num_train_per_class=1"], "classes",
                            ["fps=inf"], None),
+        "seeds": ([f"workdir={d.parent / 'o'}", "dataset=vggsound", f"videos_dir={d / 'videos'}",
+                   f"csv={d / 'vgg.csv'}", "--seeds", "2"], "stage1", ["seed=-1"], "csv"),
     }
 
 
-JOBS = ["ingest", "stage1", "pseudo_annotate", "train_detector", "evaluate", "full_vggsound", "make_synthetic"]
+JOBS = ["ingest", "stage1", "pseudo_annotate", "train_detector", "evaluate", "full_vggsound", "make_synthetic",
+        "seeds"]
 
 
 @pytest.mark.parametrize("job", JOBS)
