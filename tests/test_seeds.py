@@ -39,6 +39,7 @@ def test_summary_is_mean_sample_std_and_minimum():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)          # three tiny pipelines: ~5 min on an idle 2-core machine
 def test_seeds_job_shares_data_and_repeats_a_seed(tmp_path):
     """Two seeds in one workdir, then seed 0 again in another workdir on the same data: the repeat's figures and
     label tables equal the first seed-0 run's, and seed 1 differs from seed 0."""
