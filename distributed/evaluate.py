@@ -63,6 +63,8 @@ class EvalConfig:
     images_dir: str = ""                # a folder of still images: evaluate on them + gt (distributed/eval_images.py)
     class_names: str = ""               # class list naming training classes as the image set does ("" = same names)
     image_size: int = 0                 # images_dir: side the images are resized to (0 = the manifest's frame_size)
+    paper_dataset: str = ""             # the paper's figures to print beside ours: vggsound, audioset, openimages,
+                                        # openimages_general; "" = guessed from ``dataset``; "none" = never
     detection_gt: str = "all"           # "all" objects or only the "sounding" ones are detection targets
     gt_timestamp_tolerance_s: float = 0.001   # a GT image joins the nearest test frame of its clip within this
     max_unmatched_gt_fraction: float = 0.0    # share of GT images "missed" (no image of their clip joined) allowed
@@ -98,6 +100,8 @@ class EvalConfig:
         require(self.batch_size >= 1 and self.num_actors >= 1, "batch_size", "and num_actors must be >= 1")
         require(self.num_pictures >= 0, "num_pictures", "must be >= 0")
         require(self.image_size >= 0, "image_size", "must be >= 0 (0 = the training frames' size)")
+        require(self.paper_dataset in ("", "none", "vggsound", "audioset", "openimages", "openimages_general"),
+                "paper_dataset", "must be '', 'none', 'vggsound', 'audioset', 'openimages' or 'openimages_general'")
         require(0.0 <= self.picture_score <= 1.0, "picture_score", "must be in [0, 1] (a detection score)")
 
 
