@@ -48,7 +48,8 @@ def read_class_names(path: str | Path | None) -> dict[str, str]:
     return read_classlist(path)
 
 
-def name_mapping(train_classes: list[str], test_names: list[str], class_names: dict[str, str]) -> tuple[list[int], dict]:
+def name_mapping(train_classes: list[str], test_names: list[str],
+                 class_names: dict[str, str]) -> tuple[list[int], dict]:
     """(``(C,)`` training class -> index into ``test_names`` or -1, the report of names that did not match)."""
     index = {n.casefold(): i for i, n in enumerate(test_names)}
     to_test = [index.get(class_names.get(c, c).casefold(), -1) for c in train_classes]

@@ -71,7 +71,8 @@ def _train_artifacts(root: Path) -> dict:
         anns.append({"id": n + 1, "image_id": n, "category_id": CLUSTER_OF[c] + 1, "bbox": [0, 0, 32, 32],
                      "score": 0.9, "area": 1024, "iscrowd": 0})
     (root / "pseudo_train.json").write_text(json.dumps(
-        {"images": images, "annotations": anns, "categories": [{"id": k + 1, "name": f"cluster{k}"} for k in range(4)]}))
+        {"images": images, "annotations": anns,
+         "categories": [{"id": k + 1, "name": f"cluster{k}"} for k in range(4)]}))
     (root / "class_names.txt").write_text("playing accordion\tAccordion\nplaying acoustic guitar\tguitar\n"
                                           "playing drum kit\tDrum\n")
     return {"manifest": str(root / "shards" / "manifest.json"), "pseudo_train": str(root / "pseudo_train.json"),

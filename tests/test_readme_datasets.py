@@ -25,7 +25,8 @@ JOBS = {"jobs/make_subset.py": make_subset.main, "jobs/convert_gt.py": convert_g
 def readme_commands() -> list[str]:
     """The builder / converter commands of the README section, continuation lines joined."""
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("### From the datasets' files to the paper's tables"):text.index("## Running on a cluster")]
+    start = text.index("### From the datasets' files to the paper's tables")
+    section = text[start:text.index("## Running on a cluster")]
     lines = [ln.split() for b in re.findall(r"```bash\n(.*?)```", section, re.S) for ln in
              b.replace("\\\n", " ").splitlines()]
     return [" ".join(ln) for ln in lines if len(ln) > 1 and ln[1] in JOBS]
@@ -59,7 +60,8 @@ def write_data(data: Path) -> None:
     (a / "names.json").write_text(json.dumps({"1": "Violin, fiddle"}))
     o = data / "openimages"
     (o / "test").mkdir(parents=True)
-    names = [*read_classlist(LISTS / "openimages_instruments.txt"), *read_classlist(LISTS / "openimages_general_10.txt")]
+    names = [*read_classlist(LISTS / "openimages_instruments.txt"),
+             *read_classlist(LISTS / "openimages_general_10.txt")]
     (o / "class-descriptions-boxable.csv").write_text("".join(f"/m/oi{i},{n}\n" for i, n in enumerate(names)))
     mid = {n: f"/m/oi{i}" for i, n in enumerate(names)}
     rows = [("00aa", "Accordion"), ("00aa", "Cat"), ("00bb", "French horn"), ("00cc", "Computer mouse")]

@@ -53,7 +53,8 @@ def comparison(results: dict) -> tuple[str | None, str]:
         return None, f"The paper reports no figures on {results.get('dataset', 'this test set')!r}."
     spec = paper_numbers()["datasets"].get(ds)
     if spec is None:
-        return None, f"evaluate.paper_dataset={ds!r} is none of the paper's test sets {sorted(paper_numbers()['datasets'])}."
+        known = sorted(paper_numbers()["datasets"])
+        return None, f"evaluate.paper_dataset={ds!r} is none of the paper's test sets {known}."
     k = results.get("summary", {}).get("num_clusters")
     if k != spec["num_clusters"]:
         return None, (f"Paper figures not shown: the paper's {ds} figures use K = {spec['num_clusters']} "
