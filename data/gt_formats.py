@@ -28,18 +28,30 @@ Accepted layouts (the files as their authors distribute them):
   "normbox": [x, y, w, h], "sounding"?}]}}``, boxes normalised. ``timestamp`` = second + ``offset`` (the time of
   the frame your ingest keeps in that second; 0 by default).
 
+- **OpenImages** boxes (``test-annotations-bbox.csv`` / ``validation-annotations-bbox.csv``, Kuznetsova et al.):
+  a header ``ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax,IsOccluded,IsTruncated,IsGroupOf,IsDepiction,
+  IsInside``, one box per row, corners normalised to [0, 1], ``LabelName`` a ``/m/...`` MID named by
+  ``class-descriptions-boxable.csv`` (``MID,Display name``, no header). A folder of still images: ``file_name`` =
+  ``<ImageID>.jpg`` under the image folder, whose pixel size is read from the file and the boxes scaled to it;
+  ``video_id`` = the ImageID, ``timestamp`` 0. Only boxes of the chosen classes are kept, and only images with one
+  of them that the folder holds; ``IsGroupOf`` boxes become ``iscrowd`` 1 (COCO's rule: never a false negative).
+
 DSOL's files carry no sounding/silent flag: boxes are sounding unless a box has ``"sounding": false``.
 """
 from __future__ import annotations
 
+import csv
 import json
+import logging
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterable, Mapping
 
-__all__ = ["CocoGT", "from_vggss", "from_flickr_xml", "from_dsol_music", "from_dsol_audioset", "FORMATS",
-           "convert"]
+log = logging.getLogger(__name__)
+
+__all__ = ["CocoGT", "from_vggss", "from_flickr_xml", "from_dsol_music", "from_dsol_audioset", "from_openimages",
+           "FORMATS", "convert"]
 
 
 class CocoGT:
@@ -62,12 +74,12 @@ class CocoGT:
         return iid
 
     def box(self, image_id: int, category: str, x0: float, y0: float, x1: float, y1: float, sounding: bool = True,
-            annotator: int | None = None) -> None:
+            annotator: int | None = None, iscrowd: int = 0) -> None:
         if x1 < x0 or y1 < y0:
             raise ValueError(f"image {self.images[image_id - 1]['file_name']!r}: box ({x0}, {y0}, {x1}, {y1}) has "
                              "its corners swapped")
         ann = {"id": len(self.annotations) + 1, "image_id": image_id, "category_id": self.category(category),
-               "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0,
+               "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": int(iscrowd),
                "sounding": bool(sounding)}
         if annotator is not None:
             ann["annotator"] = int(annotator)
@@ -164,15 +176,70 @@ def from_dsol_audioset(doc: dict, category_names: Mapping, offset: float = 0.0) 
     return gt.to_dict("DSOL AudioSet-instrument")
 
 
-FORMATS = ("vggss", "flickr", "dsol-music", "dsol-audioset")
+def read_openimages_descriptions(path: str | Path) -> dict[str, str]:
+    """``class-descriptions-boxable.csv`` -> {MID: display name}."""
+    with open(path, newline="") as f:
+        return {r[0].strip(): r[1].strip() for r in csv.reader(f) if len(r) >= 2}
+
+
+def from_openimages(box_rows: Iterable[dict], descriptions: Mapping[str, str], images_dir: str | Path,
+                    classes: Iterable[str] | None = None, ext: str = "jpg") -> dict:
+    """OpenImages box rows (``csv.DictReader`` of the box CSV) -> ground truth in image pixels; see the module doc.
+    ``classes``: display names to keep (case-insensitive; None = every class with a box); categories are numbered
+    in that order."""
+    from PIL import Image
+
+    by_name = {n.casefold(): mid for mid, n in descriptions.items()}
+    if classes is not None:
+        classes = list(classes)
+        unknown = [c for c in classes if c.casefold() not in by_name]
+        if unknown:
+            raise ValueError(f"OpenImages classes {unknown} are not display names in class-descriptions-boxable.csv")
+        keep = {by_name[c.casefold()]: descriptions[by_name[c.casefold()]] for c in classes}
+    else:
+        keep = dict(descriptions)
+    boxes: dict[str, list[dict]] = {}
+    for r in box_rows:
+        if r["LabelName"] in keep:
+            boxes.setdefault(r["ImageID"], []).append(r)
+    gt = CocoGT(keep.values() if classes is not None else ())
+    absent = []
+    for image_id in sorted(boxes):
+        path = Path(images_dir) / f"{image_id}.{ext}"
+        if not path.is_file():
+            absent.append(image_id)
+            continue
+        with Image.open(path) as im:               # the header only
+            W, H = im.size
+        iid = gt.image(image_id, 0.0, W, H, path.name)
+        for r in boxes[image_id]:
+            x0, x1, y0, y1 = (_clip01(r[k]) * s for k, s in (("XMin", W), ("XMax", W), ("YMin", H), ("YMax", H)))
+            gt.box(iid, keep[r["LabelName"]], x0, y0, x1, y1, iscrowd=int(r.get("IsGroupOf", "0") == "1"))
+    if absent:
+        log.warning("OpenImages: %d of %d images with boxes of the chosen classes are not in %s (left out), e.g. %s",
+                    len(absent), len(boxes), images_dir, absent[0])
+    return gt.to_dict("OpenImages")
+
+
+FORMATS = ("vggss", "flickr", "dsol-music", "dsol-audioset", "openimages")
 
 
 def convert(fmt: str, source: str | Path, *, category_names: Mapping | list | None = None,
-            timestamp: float | None = None, fps: float = 30.0, category: str = "sound_source") -> dict:
+            timestamp: float | None = None, fps: float = 30.0, category: str = "sound_source",
+            descriptions: str | Path | None = None, images_dir: str | Path | None = None,
+            classes: Iterable[str] | None = None) -> dict:
     """Read ``source`` (a file, or for ``flickr`` a directory of XML files) in format ``fmt`` -> ground truth.
     ``category_names``: {id: name} or a list indexed by id (DSOL formats); ``timestamp``: VGG-SS / Flickr frame
-    time, DSOL AudioSet offset."""
+    time, DSOL AudioSet offset; ``descriptions``, ``images_dir``, ``classes``: OpenImages (its class names file, the
+    image folder, the display names to keep)."""
     source = Path(source)
+    if fmt == "openimages":
+        if not descriptions or not images_dir:
+            raise ValueError("format 'openimages' needs the class descriptions (class-descriptions-boxable.csv) and "
+                             "the image folder")
+        with open(source, newline="") as f:
+            return from_openimages(csv.DictReader(f), read_openimages_descriptions(descriptions), images_dir,
+                                   classes)
     if fmt == "flickr":
         files = sorted(source.glob("*.xml")) if source.is_dir() else [source]
         if not files:

@@ -60,6 +60,11 @@ class EvalConfig:
     stage1_done: str = ""               # <stage1_out>/done.json ("" = no stage-1 curves)
     out_dir: str = "outputs/eval"
     dataset: str = "synthetic"          # name printed in the tables
+    images_dir: str = ""                # a folder of still images: evaluate on them + gt (distributed/eval_images.py)
+    class_names: str = ""               # class list naming training classes as the image set does ("" = same names)
+    image_size: int = 0                 # images_dir: side the images are resized to (0 = the manifest's frame_size)
+    paper_dataset: str = ""             # the paper's figures to print beside ours: vggsound, audioset, openimages,
+                                        # openimages_general; "" = guessed from ``dataset``; "none" = never
     detection_gt: str = "all"           # "all" objects or only the "sounding" ones are detection targets
     gt_timestamp_tolerance_s: float = 0.001   # a GT image joins the nearest test frame of its clip within this
     max_unmatched_gt_fraction: float = 0.0    # share of GT images "missed" (no image of their clip joined) allowed
@@ -94,6 +99,9 @@ class EvalConfig:
         require(self.m_shot_video_score in ("mean", "max"), "m_shot_video_score", "must be 'mean' or 'max'")
         require(self.batch_size >= 1 and self.num_actors >= 1, "batch_size", "and num_actors must be >= 1")
         require(self.num_pictures >= 0, "num_pictures", "must be >= 0")
+        require(self.image_size >= 0, "image_size", "must be >= 0 (0 = the training frames' size)")
+        require(self.paper_dataset in ("", "none", "vggsound", "audioset", "openimages", "openimages_general"),
+                "paper_dataset", "must be '', 'none', 'vggsound', 'audioset', 'openimages' or 'openimages_general'")
         require(0.0 <= self.picture_score <= 1.0, "picture_score", "must be in [0, 1] (a detection score)")
 
 
@@ -248,7 +256,8 @@ def run_evaluation(cfg: EvalConfig, predictions: Predictions | None = None,
     """Evaluate and write the report under ``cfg.out_dir``; returns the ``done.json`` summary.
 
     ``predictions`` (``{index: {"boxes", "scores", "labels"}}``, see :mod:`distributed.eval_infer`) replaces the
-    detector run, e.g. for known-answer tests; ``train_predictions`` likewise replaces its run on the training
+    detector run, e.g. for known-answer tests (with ``images_dir``: keyed by the image set's image ids, boxes in
+    image pixels; :mod:`distributed.eval_images`); ``train_predictions`` likewise replaces its run on the training
     frames that choose the localisation threshold (:func:`choose_loc_threshold`). With neither predictions nor
     ``cfg.detector`` the detector rows are left out and only the self-label figures are reported.
     """
@@ -256,6 +265,9 @@ def run_evaluation(cfg: EvalConfig, predictions: Predictions | None = None,
     done = read_done(out, "evaluation")
     if done is not None:
         return done
+    if cfg.images_dir:                  # a folder of still images (OpenImages): no shards, no test self-labels
+        from distributed.eval_images import run_image_evaluation
+        return run_image_evaluation(cfg, predictions)
     _check_inputs(cfg)
     manifest = read_manifest(cfg.manifest)
     frames = eval_data.read_test_frames(manifest, cfg.split)

@@ -2,6 +2,11 @@
 
     python jobs/evaluate.py --config clusters/local/eval.yaml          # a finished `make demo` (outputs/demo)
     python jobs/evaluate.py manifest=... gt=.../gt_test.json pseudo_train=... pseudo_test=... detector=... use_ray=true
+    python jobs/evaluate.py images_dir=openimages/test gt=openimages_gt.json manifest=... pseudo_train=... \
+        detector=... class_names=data/classlists/vggsound_instruments_39.txt dataset=OpenImages
+
+With ``images_dir`` the test set is a folder of still images with COCO boxes (``file_name`` relative to it): the
+detector runs on them and classes are matched by name (distributed/eval_images.py); no shards or test self-labels.
 """
 from __future__ import annotations
 
@@ -18,7 +23,13 @@ REQUIRED = ("manifest", "gt", "pseudo_train", "pseudo_test", "detector")
 OPTIONAL = ("heatmaps", "detector_history", "stage1_done")        # "" = not used
 
 
+IMAGE_SET = ("images_dir", "gt", "manifest", "pseudo_train", "detector")
+
+
 def inputs(cfg: EvalConfig) -> dict[str, str]:
+    if cfg.images_dir:
+        return {**{k: getattr(cfg, k) for k in IMAGE_SET}, **({"class_names": cfg.class_names} if cfg.class_names
+                                                                else {})}
     return {**{k: getattr(cfg, k) for k in REQUIRED}, **{k: getattr(cfg, k) for k in OPTIONAL if getattr(cfg, k)}}
 
 

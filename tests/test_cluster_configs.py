@@ -24,6 +24,7 @@ JOB_CLASS = {"full_vggsound": PipelineConfig, "stage1": Stage1Config, "evaluate"
              "make_synthetic": SynthConfig, "launch_slurm": SlurmConfig}
 # a config file's job, from its name (configs not named after their job)
 NAME_CLASS = {"demo": PipelineConfig, "pipeline_tiny": PipelineConfig, "vggsound": PipelineConfig,
+              "vggsound_instruments": PipelineConfig, "audioset_instruments": PipelineConfig,
               "stage1_tiny": Stage1Config, "eval": EvalConfig, "pseudo_tiny": PseudoConfig,
               "detector_tiny": DetectorTrainConfig, "ingest_tiny": IngestConfig, "synthetic_demo": SynthConfig,
               "synthetic_tiny": SynthConfig, "local": SlurmConfig, "gpu_4x8": SlurmConfig}
@@ -73,3 +74,13 @@ def test_the_pipeline_names_each_setting_it_replaces():
     same = load_config(PipelineConfig, ROOT / "clusters/local/demo.yaml",
                        ["workdir=outputs/w", "stage1.out_dir=outputs/w/stage1"])
     assert replaced_settings(same, resolve(same)) == []          # a relative spelling of the derived path
+
+
+@pytest.mark.parametrize("name, k, marginal", [("vggsound_instruments", 39, "uniform"),
+                                               ("audioset_instruments", 30, "gaussian"), ("vggsound", 300, "uniform")])
+def test_the_papers_headline_configs(name, k, marginal):
+    """Paper §4.3: VGGSound instruments K = 39, uniform marginals; AudioSet K = 30, Gaussian marginals; §4.4 /
+    Table 6: all of VGGSound with K = 300. K reaches stage 1 and the detector through the pipeline."""
+    cfg = resolve(load_config(PipelineConfig, ROOT / f"clusters/ray/{name}.yaml", ["videos_dir=/v", "csv=/v.csv"]))
+    assert cfg.num_clusters == cfg.stage1.model.num_clusters == cfg.detector.detector.num_classes == k
+    assert cfg.stage1.sinkhorn.marginal == marginal
