@@ -224,3 +224,26 @@ def test_job_cli(tmp_path):
                           "num_test_per_class=0", "backend=numpy"])
     assert report["clips"] == 3 and report["test_clips"] == 0
     assert len((tmp_path / "vggsound.csv").read_text().splitlines()) == 3
+
+
+def test_killed_writers_temporaries_are_swept_and_never_recorded(tmp_path):
+    """A run killed mid-write leaves ``.<clip>.tmp-<host>-<pid>-<id>`` (``avdet.fileio.temp_name``); the next run
+    removes those of dead writers, and ``done.json`` lists only the planned files (no hidden or temporary ones)."""
+    import subprocess
+    import sys
+    from avdet.fileio import temp_name
+    root = tmp_path / "synth"
+    videos = root / "videos"
+    videos.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    clip = temp_name(videos / "syn000000_000000.mp4")
+    stale = clip.with_name(clip.name.replace(f"-{__import__('os').getpid()}-", f"-{dead.pid}-"))
+    stale.write_bytes(b"half an mp4")
+    other = videos / ".syn000001_000000.mp4.12345.mp4"             # what the old temporary name looked like
+    other.write_bytes(b"half an mp4")
+    generate.generate(tiny("backend=numpy"), root)
+    assert not stale.exists()
+    recorded = json.loads((root / "done.json").read_text())["artifacts"]
+    assert not [k for k in recorded if any(part.startswith(".") for part in k.split("/"))], recorded
+    assert len([k for k in recorded if k.endswith(".mp4")]) == 9
