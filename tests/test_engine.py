@@ -94,7 +94,11 @@ def test_engine_trains_and_checkpoint_round_trip(tmp_path, zero, optimizer, prec
     t0 = time.perf_counter()
     engine = build_engine(_model(0), cfg, steps_per_epoch=10)
     init_s = time.perf_counter() - t0
-    assert init_s < 60, f"deepspeed init took {init_s:.1f} s: a JIT build ran (see distributed/engine.py)"
+    import deepspeed.ops
+    from distributed.engine import SHM_COMM_OP
+    assert not deepspeed.ops.__compatible_ops__.get(SHM_COMM_OP, False), \
+        f"the shm comm op may be JIT-built (init took {init_s:.1f} s; see distributed/engine.py)"   # the event
+    assert init_s < 600, f"deepspeed init took {init_s:.1f} s"     # generous: the machine may be loaded
     losses = _train(engine, x, y, 8)
     assert losses[-1] < losses[0]
     client = {"epoch": 3, "step": 8, "label_version": 2}
