@@ -127,6 +127,34 @@ def test_stage1_soak_three_killed_workers_at_random_steps(stage1_reference, tmp_
                 steps, t_ref, t_soak, t_soak - t_ref)
 
 
+def test_fault_injector_fires_once_per_listed_step(tmp_path, monkeypatch):
+    """``train.fail_at_step=[2, 4]``: the last rank exits at step 2, the restarted group replays from before it and
+    exits at step 4 (not at 2 again), the next group runs through; rank 0 never injects anything."""
+    from distributed import stage1_worker as w
+    monkeypatch.setattr(w.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(w.dist, "get_rank", lambda: 0)
+    assert w._fault_injector([2, 4], tmp_path) is None
+    monkeypatch.setattr(w.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(w.logging, "shutdown", lambda: None)
+    exits = []
+
+    def exit_(code):
+        exits.append(code)
+        raise SystemExit(code)
+    monkeypatch.setattr(w.os, "_exit", exit_)
+    ran = []
+    for _group in range(3):                                      # the first group and two restarts
+        fault = w._fault_injector([2, 4], tmp_path)
+        try:
+            for step in range(6):
+                fault(step)
+                ran.append(step)
+        except SystemExit:
+            continue
+    assert exits == [1, 1] and ran == [0, 1, 0, 1, 2, 3, 0, 1, 2, 3, 4, 5]
+    assert sorted(json.loads(m.read_text())["step"] for m in tmp_path.glob("fault_injected-step*")) == [2, 4]
+
+
 @pytest.mark.slow
 def test_detector_survives_a_sigkilled_worker(ray_tagged, tmp_path):
     """A Ray Train worker of the detector job is SIGKILLed from outside as soon as the epoch-0 checkpoint is
