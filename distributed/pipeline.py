@@ -71,6 +71,7 @@ STAGES = ("ingest", "stage1", "pseudo", "detector", "evaluate")
 # often it logs, fault-injection and restart knobs, and the paths of its inputs and output (what the inputs *hold*
 # is in the lineage as sha256s, so a moved workdir does not re-run anything).
 NOT_RESULT_KEYS: dict[str, tuple[str, ...]] = {
+    "ingest": ("ray_address", "out_dir", "videos_dir", "csv", "concurrency", "use_ray"),
     "stage1": ("ray_address", "out_dir", "manifest", "train.report_every", "train.max_failures",
                "train.fail_at_step"),
     "pseudo": ("ray_address", "out_dir", "manifest", "stage1_dir"),
@@ -82,8 +83,13 @@ NOT_RESULT_KEYS: dict[str, tuple[str, ...]] = {
 
 def stage_inputs(cfg: PipelineConfig, stage: str) -> dict[str, str]:
     """{name: file} whose sha256 a stage's lineage records: the shard manifest and the upstream stages'
-    ``done.json`` (each lists the sha256 of its stage's artifacts, so it stands for all of them). ``cfg`` resolved."""
+    ``done.json`` (each lists the sha256 of its stage's artifacts, so it stands for all of them); for ingest the CSV
+    (and the synthetic dataset's ``done.json``) — not every video, which would cost too much at VGGSound scale.
+    ``cfg`` resolved."""
     w = Path(cfg.workdir)
+    if stage == "ingest":
+        syn = {"synthetic/done.json": str(Path(cfg.data_dir or cfg.workdir) / "synthetic" / "done.json")}
+        return {"csv": cfg.ingest.csv, **(syn if cfg.dataset == "synthetic" else {})}
     manifest = {"shards/manifest.json": cfg.stage1.manifest}
     done = {s: str(w / d / "done.json") for s, d in (("stage1", "stage1"), ("pseudo", "pseudo"),
                                                       ("detector", "detector"))}

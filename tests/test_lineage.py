@@ -48,7 +48,7 @@ def fake_stages(monkeypatch):
     def ingest(cfg):
         CALLS.append("ingest")
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-        write_manifest(cfg.out_dir, [], ["a", "b"], {"frame_size": cfg.frame_size})
+        write_manifest(cfg.out_dir, [], ["a", "b"], {"frame_size": cfg.frame_size, "fps": cfg.fps})
         (Path(cfg.out_dir) / "ingest_report.json").write_text("{}")
         return {}
 
@@ -107,6 +107,15 @@ def test_changed_shard_manifest_reruns_every_stage_that_reads_it(fake_stages, tm
     with caplog.at_level(logging.WARNING, logger="distributed.pipeline"):
         assert _run(work) == ["stage1", "pseudo", "detector", "evaluate"]
     assert "stage1: inputs changed: shards/manifest.json" in caplog.text
+
+
+def test_changed_ingest_config_reingests_and_reruns_every_later_stage(fake_stages, tmp_path, caplog):
+    work = tmp_path / "run"
+    _run(work)
+    assert _run(work, "ingest.concurrency=1") == []                           # how it runs changes nothing
+    with caplog.at_level(logging.WARNING, logger="distributed.pipeline"):
+        assert _run(work, "ingest.fps=2.0") == ["ingest", "stage1", "pseudo", "detector", "evaluate"]
+    assert "ingest: config changed (fps 1.0 -> 2.0)" in caplog.text and (work / "shards.stale-1").is_dir()
 
 
 def test_half_finished_stage_of_another_config_is_moved_aside_not_resumed(fake_stages, tmp_path, caplog):
