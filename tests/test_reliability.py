@@ -367,8 +367,8 @@ def test_ingest_killed_at_random_then_rerun_equals_uninterrupted(tmp_path):
 
 @pytest.mark.slow
 def test_synthetic_generator_killed_at_random_then_rerun_equals_uninterrupted(tmp_path):
-    """``python jobs/make_synthetic.py`` (tiny config, 9 clips) SIGKILLed mid-write — as soon as its first
-    ``_pace``-th clip (random, 1-4) is finished, so some but not all clips exist at the kill — then re-run: the CSV,
+    """``python jobs/make_synthetic.py`` (tiny config, 9 clips) SIGKILLed mid-write — as soon as a random 1-4 of its
+    clips are finished, so some but not all clips exist at the kill — then re-run: the CSV,
     COCO ground truth and class list are byte-identical to an uninterrupted run's, the same mp4s exist and every one
     decodes completely to the same frames up to H.264 noise, no temporary file is left and ``done.json`` lists none.
     (mp4 *bytes* are not compared: two uninterrupted runs already differ — measured mean |diff| 0.15-0.3 of 255 in
