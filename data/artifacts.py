@@ -5,9 +5,17 @@ A re-run finds the record with :func:`read_done`, which checks every listed arti
 stage is skipped: a missing or changed file is an error naming it (nothing is silently reused, nothing recomputed
 over the user's files). Paths in the record are relative to the stage's directory, so a moved workdir still checks.
 Records written before checksums existed (no ``artifacts`` key) are accepted as they are.
+
+Lineage: a driver (the pipeline) writes ``lineage.json`` into a stage's directory *before* the stage runs — the
+stage's resolved config (minus keys that do not change results) and the sha256 of every input it reads (upstream
+``done.json`` files, the shard manifest). :func:`write_done` copies it into the record as ``"lineage"``. A later run
+compares the lineage it would write with the recorded one (:func:`lineage_changes`); on any difference the old
+directory is moved aside (:func:`move_aside`) and the stage recomputed, so neither a finished output nor a
+half-finished one (Ray Train checkpoints, label tables) of another config or other inputs is ever reused.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -19,6 +27,7 @@ from data.shards import sha256_file, write_atomic
 log = logging.getLogger(__name__)
 
 DONE = "done.json"
+LINEAGE = "lineage.json"
 
 
 class ArtifactError(RuntimeError):
@@ -35,6 +44,8 @@ def write_done(out: str | Path, summary: dict, artifacts: Iterable[str | Path]) 
         p = Path(a)
         sums[p.resolve().relative_to(out.resolve()).as_posix()] = sha256_file(p)
     record = {**summary, "artifacts": sums}
+    if (out / LINEAGE).is_file():
+        record["lineage"] = json.loads((out / LINEAGE).read_text())
     write_atomic(out / DONE, json.dumps(record, indent=1).encode())
     return record
 
@@ -69,3 +80,70 @@ def read_done(out: str | Path, stage: str) -> dict | None:
     log.info("%s: %s is complete; skipping (%d artifacts checked)", stage, Path(out),
              len(record.get("artifacts", {})))
     return record
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# lineage: what a stage's output was computed from
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested dict -> ``{"a.b.c": value}`` (lists are values)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def make_lineage(config: dict, inputs: dict[str, str | Path], ignore: Iterable[str] = ()) -> dict:
+    """``{"config": flat {key: value} without ``ignore``d keys, "config_sha256", "inputs": {name: sha256}}``.
+    ``inputs`` maps a name (e.g. ``"shards/manifest.json"``) to a file; a missing file is recorded as ``None``."""
+    ignore = set(ignore)
+    flat = {k: v for k, v in sorted(flatten(config).items()) if k not in ignore}
+    blob = json.dumps(flat, sort_keys=True, default=str).encode()
+    return {"config": flat, "config_sha256": hashlib.sha256(blob).hexdigest(),
+            "inputs": {name: sha256_file(Path(p)) if Path(p).is_file() else None for name, p in inputs.items()}}
+
+
+def recorded_lineage(out: str | Path) -> dict | None:
+    """The lineage of what is in ``out``: ``done.json``'s ``"lineage"`` for a complete stage, else ``lineage.json``
+    (a started, unfinished stage); ``None`` when neither records one."""
+    out = Path(out)
+    for name in (DONE, LINEAGE):
+        if (out / name).is_file():
+            lineage = json.loads((out / name).read_text()).get("lineage") if name == DONE else \
+                json.loads((out / name).read_text())
+            if lineage is not None:
+                return lineage
+    return None
+
+
+def lineage_changes(old: dict | None, new: dict) -> list[str]:
+    """Why an output with lineage ``old`` is not what ``new`` would compute: ``["config changed (train.epochs 10 ->
+    12)", "inputs changed: shards/manifest.json"]``; empty when they agree."""
+    if old is None:
+        return ["no lineage recorded (written before lineage existed, or not by the pipeline)"]
+    why = []
+    a, b = old.get("config", {}), new["config"]
+    diff = [f"{k} {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in sorted(set(a) | set(b))
+            if a.get(k, "<unset>") != b.get(k, "<unset>")]
+    if diff:
+        why.append(f"config changed ({', '.join(diff[:5])}{', ...' if len(diff) > 5 else ''})")
+    changed = sorted(k for k in set(old.get("inputs", {})) | set(new["inputs"])
+                     if old.get("inputs", {}).get(k) != new["inputs"].get(k))
+    if changed:
+        why.append(f"inputs changed: {', '.join(changed)}")
+    return why
+
+
+def move_aside(out: str | Path) -> Path:
+    """Rename ``out`` to the first free ``<out>.stale-<n>`` (kept, never deleted: the user decides); returns it."""
+    out = Path(out)
+    n = 1
+    while out.with_name(f"{out.name}.stale-{n}").exists():
+        n += 1
+    dest = out.with_name(f"{out.name}.stale-{n}")
+    out.rename(dest)
+    return dest

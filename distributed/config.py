@@ -5,7 +5,7 @@ these dataclasses only say where and how the work runs. Each has ``check()`` rai
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from avdet.config import ConfigError, require
 
@@ -18,8 +18,9 @@ class TrainConfig:
     ``grad_clip`` 0 disables clipping. A checkpoint is taken every ``checkpoint_every`` epochs and after the last.
     Relabelling happens after the epochs in ``relabel_epochs`` when given, else after every ``relabel_every``-th
     epoch (0 = never).
-    ``fail_at_step`` >= 0 is a FAULT-INJECTION knob for tests: the last rank kills its own process (``os._exit``)
-    once on reaching that global step (a marker file in ``out_dir`` stops it recurring after the restart); keep -1.
+    ``fail_at_step`` is a FAULT-INJECTION knob for tests: the global steps at which the last rank kills its own
+    process (``os._exit``), each once (a marker file per step in ``out_dir`` stops it recurring after the restart);
+    keep it empty.
     """
     epochs: int = 10
     batch_size: int = 64
@@ -38,7 +39,7 @@ class TrainConfig:
     checkpoint_every: int = 1
     seed: int = 0
     max_failures: int = 0               # Ray Train FailureConfig: restarts of the worker group
-    fail_at_step: int = -1              # tests only: the last rank dies once at this global step (-1 = never)
+    fail_at_step: list[int] = field(default_factory=list)   # tests only: the last rank dies once at each step
     relabel_epochs: list[int] | None = None
     relabel_every: int = 1
     shm_comm: bool = False              # DeepSpeed's shared-memory comm op (inference all-reduce only; JIT ~30 s)
@@ -73,7 +74,8 @@ class TrainConfig:
         require(self.report_every >= 1, "report_every", "must be >= 1")
         require(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1 (epochs)")
         require(self.max_failures >= -1, "max_failures", "must be >= 0, or -1 for unlimited")
-        require(self.fail_at_step >= -1, "fail_at_step", "must be >= 0, or -1 for no fault injection")
+        require(all(s >= 0 for s in self.fail_at_step), "fail_at_step",
+                "must list global steps >= 0 ([] = no fault injection)")
         require(self.relabel_every >= 0, "relabel_every", "must be >= 0 (0 = never)")
         if self.relabel_epochs is not None:
             bad = [e for e in self.relabel_epochs if not 0 <= e < self.epochs]

@@ -14,11 +14,20 @@ Checkpoints: DeepSpeed (0.19.8, ``TorchCheckpointEngine.load``) reads every file
 model-states file (``mp_rank_00_model_states.pt``, which carries ``client_state``) loads under ``weights_only=True``
 because our client_state is plain types and tensors (RNG states included); the ZeRO optimizer-state files do not
 (they pickle ``deepspeed.runtime.fp16.loss_scaler.LossScaler``).
+
+So a checkpoint is verified before DeepSpeed opens it: every rank, right after saving, writes
+``checksums-rank<r>.json`` beside the files it wrote (sha256 of each; rank r owns ``*zero_pp_rank_<r>_*``, rank 0
+everything else — the model states, ``latest``, ``zero_to_fp32.py``); :func:`load_checkpoint` refuses to load
+(:class:`CheckpointIntegrityError`, naming the file) when a file differs from its checksum, is missing, or is not
+listed at all — before any ``torch.load`` runs. This guards against a checkpoint changed or planted after it was
+written, not against someone who can rewrite the checksum files too (they live in the same directory).
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
+import re
 import os
 import random
 import sys
@@ -35,6 +44,13 @@ log = logging.getLogger(__name__)
 
 SHM_COMM_OP = "deepspeed_shm_comm"
 _RNG_KEY = "_rng_per_rank"
+CHECKSUMS = "checksums-rank{}.json"
+_CHECKSUMS_RE = re.compile(r"^checksums-rank\d+\.json$")
+_ZERO_RANK_RE = re.compile(r"zero_pp_rank_(\d+)_")
+
+
+class CheckpointIntegrityError(RuntimeError):
+    """A DeepSpeed checkpoint file differs from the checksum recorded when it was written, or is not recorded."""
 
 
 def deepspeed_config(cfg: TrainConfig, steps_per_epoch: int) -> dict:
@@ -168,11 +184,60 @@ def save_checkpoint(engine, ckpt_dir: str | Path, client_state: dict, tag: str |
     state = dict(client_state)
     state[_RNG_KEY] = _gather_rng()
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=state)
+    record_checksums(ckpt_dir, get_rank())
+
+
+def _owner(name: str) -> int:
+    """The rank that writes checkpoint file ``name``: ZeRO shards name theirs, rank 0 writes the rest."""
+    m = _ZERO_RANK_RE.search(name)
+    return int(m[1]) if m else 0
+
+
+def _sha256(path: Path) -> str:
+    from data.shards import sha256_file
+    return sha256_file(path)
+
+
+def record_checksums(ckpt_dir: str | Path, rank: int) -> dict[str, str]:
+    """Write ``checksums-rank<rank>.json`` = {relative path: sha256} of the files this rank wrote under
+    ``ckpt_dir``, atomically; returns it. Called by :func:`save_checkpoint` on every rank."""
+    from avdet.fileio import write_json
+    root = Path(ckpt_dir)
+    sums = {p.relative_to(root).as_posix(): _sha256(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and not _CHECKSUMS_RE.match(p.name) and _owner(p.name) == rank}
+    write_json(root / CHECKSUMS.format(rank), sums)
+    return sums
+
+
+def verify_checksums(ckpt_dir: str | Path) -> int:
+    """Check every file under ``ckpt_dir`` against the ranks' ``checksums-rank*.json``; returns the number checked.
+    Raises :class:`CheckpointIntegrityError` naming each changed, missing or unlisted file (nothing is unpickled)."""
+    root = Path(ckpt_dir)
+    listed: dict[str, str] = {}
+    for f in sorted(root.glob("checksums-rank*.json")):
+        listed.update(json.loads(f.read_text()))
+    if not listed:
+        raise CheckpointIntegrityError(
+            f"checkpoint {root} has no checksums-rank*.json (written before checksums, or not by this project); "
+            f"refusing to load it: DeepSpeed unpickles checkpoint files. Delete it to start the stage afresh")
+    present = {p.relative_to(root).as_posix(): p for p in root.rglob("*")
+               if p.is_file() and not _CHECKSUMS_RE.match(p.name)}
+    problems = [f"{root / rel}: not listed in any checksums-rank*.json" for rel in sorted(set(present) - set(listed))]
+    problems += [f"{root / rel}: missing" for rel in sorted(set(listed) - set(present))]
+    problems += [f"{root / rel}: sha256 differs from the one recorded when it was written"
+                 for rel in sorted(set(listed) & set(present)) if _sha256(present[rel]) != listed[rel]]
+    if problems:
+        raise CheckpointIntegrityError(f"refusing to resume from checkpoint {root} (DeepSpeed would unpickle it): "
+                                       + "; ".join(problems))
+    return len(present)
 
 
 def load_checkpoint(engine, ckpt_dir: str | Path, tag: str | None = None, restore_rng: bool = True) -> dict:
     """Load the latest (or ``tag``) checkpoint into ``engine`` on every rank; restore this rank's RNG state (when
-    the world size matches the saved one) and return the client_state. Raises FileNotFoundError if none."""
+    the world size matches the saved one) and return the client_state. Raises FileNotFoundError if none, and
+    :class:`CheckpointIntegrityError` (before anything is unpickled) if a file differs from its recorded sha256."""
+    if Path(ckpt_dir).is_dir():
+        verify_checksums(ckpt_dir)
     path, state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
     if path is None:
         raise FileNotFoundError(f"no DeepSpeed checkpoint under {ckpt_dir} (tag {tag or 'latest'}); "

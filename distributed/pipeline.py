@@ -1,6 +1,8 @@
 """The whole pipeline as one config and one function: (synthetic data) → ingest → stage 1 → pseudo-annotations →
 detector → evaluation. Each stage is skipped when its artifact is complete (its ``done.json``), so a re-run — or a
-requeued SLURM job — resumes where the last one stopped.
+requeued SLURM job — resumes where the last one stopped; but only when it was computed from the same config and the
+same inputs (its lineage, :data:`NOT_RESULT_KEYS` and :func:`stage_inputs`): otherwise its old output is moved aside
+to ``<dir>.stale-<n>`` and it runs again, and so does every stage after it.
 
 Paths left empty are derived from ``workdir``; values that must agree across stages (audio window, frame size, K)
 have one source and are copied into the stages that need them (:func:`resolve`).
@@ -14,7 +16,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from avdet.config import ConfigError, require, save_config
+from avdet.config import ConfigError, require, save_config, to_dict
+from avdet.fileio import write_json
+from data.artifacts import LINEAGE, lineage_changes, make_lineage, move_aside, recorded_lineage
 from data.config import IngestConfig
 from data.synthetic.config import SynthConfig
 from distributed.detector_train import DetectorTrainConfig
@@ -62,6 +66,62 @@ class PipelineConfig:
 
 
 STAGES = ("ingest", "stage1", "pseudo", "detector", "evaluate")
+
+# Config keys (dotted, per stage) that do not change a stage's results, left out of its lineage: where it runs, how
+# often it logs, fault-injection and restart knobs, and the paths of its inputs and output (what the inputs *hold*
+# is in the lineage as sha256s, so a moved workdir does not re-run anything).
+NOT_RESULT_KEYS: dict[str, tuple[str, ...]] = {
+    "ingest": ("ray_address", "out_dir", "videos_dir", "csv", "concurrency", "use_ray"),
+    "stage1": ("ray_address", "out_dir", "manifest", "train.report_every", "train.max_failures",
+               "train.fail_at_step"),
+    "pseudo": ("ray_address", "out_dir", "manifest", "stage1_dir"),
+    "detector": ("ray_address", "out_dir", "manifest", "pseudo_dir", "report_every", "max_failures", "fail_at_step"),
+    "evaluate": ("ray_address", "out_dir", "manifest", "gt", "pseudo_train", "pseudo_test", "heatmaps", "detector",
+                 "detector_history", "stage1_done"),
+}
+
+
+def stage_inputs(cfg: PipelineConfig, stage: str) -> dict[str, str]:
+    """{name: file} whose sha256 a stage's lineage records: the shard manifest and the upstream stages'
+    ``done.json`` (each lists the sha256 of its stage's artifacts, so it stands for all of them); for ingest the CSV
+    (and the synthetic dataset's ``done.json``) — not every video, which would cost too much at VGGSound scale.
+    ``cfg`` resolved."""
+    w = Path(cfg.workdir)
+    if stage == "ingest":
+        syn = {"synthetic/done.json": str(Path(cfg.data_dir or cfg.workdir) / "synthetic" / "done.json")}
+        return {"csv": cfg.ingest.csv, **(syn if cfg.dataset == "synthetic" else {})}
+    manifest = {"shards/manifest.json": cfg.stage1.manifest}
+    done = {s: str(w / d / "done.json") for s, d in (("stage1", "stage1"), ("pseudo", "pseudo"),
+                                                      ("detector", "detector"))}
+    return {"stage1": manifest,
+            "pseudo": {**manifest, "stage1/done.json": done["stage1"]},
+            "detector": {**manifest, "pseudo/done.json": done["pseudo"]},
+            "evaluate": {**manifest, "gt": cfg.gt, **{f"{s}/done.json": p for s, p in done.items()}}}[stage]
+
+
+def stage_lineage(cfg: PipelineConfig, stage: str) -> dict:
+    """What ``stage`` would be computed from now: its config (minus :data:`NOT_RESULT_KEYS`) and its inputs'
+    sha256s. Call it right before the stage runs (the upstream stages' records must be final)."""
+    return make_lineage(to_dict(getattr(cfg, stage)), stage_inputs(cfg, stage), NOT_RESULT_KEYS[stage])
+
+
+def prepare_stage(stage: str, out: str | Path, lineage: dict, rerun: list[str]) -> list[str]:
+    """Before ``stage`` runs into ``out``: when ``out`` holds output (finished or not) of another config or other
+    inputs, move it aside to ``<out>.stale-<n>`` and log why (so nothing of it — ``done.json``, Ray Train
+    checkpoints, label tables — is reused); then record ``lineage`` in ``out/lineage.json``, which the stage's
+    ``done.json`` copies. ``rerun`` names this stage and the ones after it (for the log). Returns the reasons."""
+    out = Path(out)
+    why: list[str] = []
+    if out.is_dir() and any(out.iterdir()):
+        why = lineage_changes(recorded_lineage(out), lineage)
+        if why:
+            dest = move_aside(out)
+            log.warning("%s: %s; re-running %s (the later ones as their inputs change; the old output was moved "
+                        "to %s)", stage, "; ".join(why), ", ".join(rerun), dest)
+    out.mkdir(parents=True, exist_ok=True)
+    if recorded_lineage(out) != lineage:
+        write_json(out / LINEAGE, lineage)
+    return why
 
 
 def missing_vggsound_message(cfg: PipelineConfig) -> str:
@@ -172,6 +232,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             continue
         t0 = time.perf_counter()
         log.info("=== %s ===", name)
+        if name in NOT_RESULT_KEYS and (name != "evaluate" or cfg.gt):
+            later = [s for s in cfg.stages if STAGES.index(s) >= STAGES.index(name)]
+            prepare_stage(name, getattr(cfg, name).out_dir, stage_lineage(cfg, name), later)
         results[name] = step()
         results["timings_s"][name] = round(time.perf_counter() - t0, 1)
         log.info("=== %s finished in %.1f s ===", name, results["timings_s"][name])

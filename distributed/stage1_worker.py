@@ -192,16 +192,18 @@ def _checkpoint_and_report(engine, table: LabelTable, epoch: int, step: int, met
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
 
 
-def _fault_injector(fail_at_step: int, out_dir: Path) -> Callable[[int], None] | None:
+def _fault_injector(fail_at_steps: list[int], out_dir: Path) -> Callable[[int], None] | None:
     """Fault injection (tests only): the last rank kills its own process (``os._exit(1)``: no cleanup, no Python
-    exception, like a lost worker) once on reaching global step ``fail_at_step``; the marker file under ``out_dir``,
-    written first, keeps the restarted worker group from dying again."""
-    if fail_at_step < 0 or dist.get_rank() != dist.get_world_size() - 1:
+    exception, like a lost worker) on reaching each global step of ``fail_at_steps``, once per step: the marker
+    file ``fault_injected-step<N>`` under ``out_dir``, written first, keeps the restarted group from dying there
+    again."""
+    if not fail_at_steps or dist.get_rank() != dist.get_world_size() - 1:
         return None
-    marker = out_dir / FAULT_MARKER
+    steps = set(fail_at_steps)
 
     def fault(step: int) -> None:
-        if step == fail_at_step and not marker.exists():
+        marker = out_dir / f"{FAULT_MARKER}-step{step}"
+        if step in steps and not marker.exists():
             marker.write_text(json.dumps({"step": step, "rank": dist.get_rank(), "pid": os.getpid(),
                                           "time": time.time()}))
             log.warning("fault injection: rank %d (pid %d) exits at step %d", dist.get_rank(), os.getpid(), step)

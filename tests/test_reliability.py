@@ -53,39 +53,106 @@ def _stage1_cfg(manifest, out, *extra):
         "train.weight_decay=0", "train.report_every=2", "stream.shuffle_buffer=32", "train.epochs=2", *extra])
 
 
+@pytest.fixture(scope="module")
+def stage1_reference(ray_tagged, tmp_path_factory):
+    """Toy shards (48 samples, 6 shards) and the uninterrupted 2-epoch stage-1 run on them, shared by the
+    lost-worker tests: (manifest, reference dir, its summary, seconds it took)."""
+    from distributed.stage1 import run_stage1
+    from tests.avshards import make_toy_shards
+    root = tmp_path_factory.mktemp("stage1_ref")
+    manifest = make_toy_shards(root / "shards", num_classes=3, per_class=16, size=64, per_shard=8)
+    t0 = time.monotonic()
+    ref = run_stage1(_stage1_cfg(manifest, root / "ref"))
+    return manifest, root / "ref", ref, time.monotonic() - t0
+
+
+def _assert_same_labels(out: Path, ref_dir: Path, why: str = "") -> None:
+    from distributed.labels import LabelTable
+    for version in (1, 2):
+        a, b = LabelTable.load(out / "labels", version), LabelTable.load(ref_dir / "labels", version)
+        assert np.array_equal(a.indices, b.indices)
+        assert np.array_equal(a.labels, b.labels), f"labels v{version} differ after the resume{why}"
+
+
 @pytest.mark.slow
-def test_stage1_survives_a_killed_worker(ray_tagged, tmp_path):
+def test_stage1_survives_a_killed_worker(stage1_reference, tmp_path):
     """Rank 1 dies (``os._exit(1)``, no cleanup) at global step 4, i.e. mid epoch 1 (3 steps per epoch); Ray Train
     restarts the group (max_failures=1), which resumes from the epoch-0 checkpoint (DeepSpeed model + optimizer +
-    RNG, label table v1, step 3) and finishes.
+    RNG, label table v1, step 3; its files verified against their checksums) and finishes.
 
     Stage 1 is seeded (each rank streams its part of the epoch's seeded shard order; rounds solve rows in index
     order), so the resumed run must land on the *uninterrupted* run's label tables exactly, and its history must
     say it resumed at epoch 1 (a restart from scratch would record no resume)."""
-    from distributed.labels import LabelTable
     from distributed.stage1 import run_stage1
     from distributed.stage1_worker import FAULT_MARKER
-    from tests.avshards import make_toy_shards
 
-    manifest = make_toy_shards(tmp_path / "shards", num_classes=3, per_class=16, size=64, per_shard=8)
-    t0 = time.monotonic()
-    ref = run_stage1(_stage1_cfg(manifest, tmp_path / "ref"))
-    t_ref = time.monotonic() - t0
+    manifest, ref_dir, ref, t_ref = stage1_reference
     t0 = time.monotonic()
     out = tmp_path / "faulted"
-    got = run_stage1(_stage1_cfg(manifest, out, "train.fail_at_step=4", "train.max_failures=1"))
+    got = run_stage1(_stage1_cfg(manifest, out, "train.fail_at_step=[4]", "train.max_failures=1"))
     t_faulted = time.monotonic() - t0
-    marker = json.loads((out / FAULT_MARKER).read_text())
+    marker = json.loads((out / f"{FAULT_MARKER}-step4").read_text())
     assert marker["step"] == 4 and marker["rank"] == 1
     assert [m["epoch"] for m in got["metrics"]] == [0, 1]
     assert [m["step"] for m in got["metrics"]] == [m["step"] for m in ref["metrics"]]      # 3, 6: continued
     assert got["metrics"][1].get("resumed_at_epoch") == 1 and "resumed_at_epoch" not in ref["metrics"][1]
-    for version in (1, 2):
-        a, b = LabelTable.load(out / "labels", version), LabelTable.load(tmp_path / "ref" / "labels", version)
-        assert np.array_equal(a.indices, b.indices)
-        assert np.array_equal(a.labels, b.labels), f"labels v{version} differ after the resume"
+    _assert_same_labels(out, ref_dir)
     log.warning("RELIABILITY stage1 lost worker: ref %.1fs, faulted %.1fs (+%.1fs), label tables v1, v2 equal",
                 t_ref, t_faulted, t_faulted - t_ref)
+
+
+@pytest.mark.slow
+def test_stage1_soak_three_killed_workers_at_random_steps(stage1_reference, tmp_path):
+    """Soak: rank 1 is killed at 3 distinct random global steps of the 6 (1-5; drawn once per test run from a seed
+    that is logged and can be replayed with ``AVDET_SOAK_SEED``); Ray Train restarts the group each time
+    (max_failures=3) and the run ends on the uninterrupted run's label tables exactly."""
+    import os
+    from distributed.stage1 import run_stage1
+    from distributed.stage1_worker import FAULT_MARKER
+
+    manifest, ref_dir, ref, t_ref = stage1_reference
+    seed = int(os.environ.get("AVDET_SOAK_SEED") or time.time_ns() % 2**31)
+    steps = sorted(random.Random(seed).sample(range(1, 6), 3))
+    why = f" (AVDET_SOAK_SEED={seed}: kills at steps {steps})"
+    log.warning("soak: AVDET_SOAK_SEED=%d -> rank 1 killed at steps %s", seed, steps)
+    out = tmp_path / "soak"
+    t0 = time.monotonic()
+    got = run_stage1(_stage1_cfg(manifest, out, f"train.fail_at_step={steps}", "train.max_failures=3"))
+    t_soak = time.monotonic() - t0
+    fired = sorted(json.loads(p.read_text())["step"] for p in out.glob(f"{FAULT_MARKER}-step*"))
+    assert fired == steps, f"faults fired at {fired}{why}"
+    assert [m["step"] for m in got["metrics"]] == [m["step"] for m in ref["metrics"]], why
+    _assert_same_labels(out, ref_dir, why)
+    log.warning("RELIABILITY stage1 soak: 3 kills at steps %s: ref %.1fs, soak %.1fs (+%.1fs), label tables equal",
+                steps, t_ref, t_soak, t_soak - t_ref)
+
+
+def test_fault_injector_fires_once_per_listed_step(tmp_path, monkeypatch):
+    """``train.fail_at_step=[2, 4]``: the last rank exits at step 2, the restarted group replays from before it and
+    exits at step 4 (not at 2 again), the next group runs through; rank 0 never injects anything."""
+    from distributed import stage1_worker as w
+    monkeypatch.setattr(w.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(w.dist, "get_rank", lambda: 0)
+    assert w._fault_injector([2, 4], tmp_path) is None
+    monkeypatch.setattr(w.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(w.logging, "shutdown", lambda: None)
+    exits = []
+
+    def exit_(code):
+        exits.append(code)
+        raise SystemExit(code)
+    monkeypatch.setattr(w.os, "_exit", exit_)
+    ran = []
+    for _group in range(3):                                      # the first group and two restarts
+        fault = w._fault_injector([2, 4], tmp_path)
+        try:
+            for step in range(6):
+                fault(step)
+                ran.append(step)
+        except SystemExit:
+            continue
+    assert exits == [1, 1] and ran == [0, 1, 0, 1, 2, 3, 0, 1, 2, 3, 4, 5]
+    assert sorted(json.loads(m.read_text())["step"] for m in tmp_path.glob("fault_injected-step*")) == [2, 4]
 
 
 @pytest.mark.slow
@@ -300,34 +367,52 @@ def test_ingest_killed_at_random_then_rerun_equals_uninterrupted(tmp_path):
 
 @pytest.mark.slow
 def test_synthetic_generator_killed_at_random_then_rerun_equals_uninterrupted(tmp_path):
-    """``python jobs/make_synthetic.py`` (tiny config) SIGKILLed after a random delay, then re-run: the CSV, COCO
-    ground truth and class list are byte-identical to an uninterrupted run's, the same mp4s exist and every one
-    decodes completely to the same frames up to H.264 noise. (mp4 *bytes* are not compared: two uninterrupted runs
-    already differ — measured mean |diff| 0.15-0.3 of 255 in decoded frames of some clips — see RELIABILITY.md.)"""
+    """``python jobs/make_synthetic.py`` (tiny config, 9 clips) SIGKILLed mid-write — as soon as a random 1-4 of its
+    clips are finished, so some but not all clips exist at the kill — then re-run: the CSV,
+    COCO ground truth and class list are byte-identical to an uninterrupted run's, the same mp4s exist and every one
+    decodes completely to the same frames up to H.264 noise, no temporary file is left and ``done.json`` lists none.
+    (mp4 *bytes* are not compared: two uninterrupted runs already differ — measured mean |diff| 0.15-0.3 of 255 in
+    decoded frames of some clips — see RELIABILITY.md.)"""
     tiny = REPO / "clusters" / "local" / "synthetic_tiny.yaml"
 
     def cmd(out):
         return [sys.executable, "jobs/make_synthetic.py", "--config", str(tiny), "--out", str(out)]
+
+    def clips(root):
+        return sorted(p.name for p in (root / "videos").glob("syn*_000000.mp4")) if (root / "videos").is_dir() else []
     t0 = time.monotonic()
     subprocess.run(cmd(tmp_path / "ref"), cwd=REPO, check=True, capture_output=True, timeout=300)
     full_s = time.monotonic() - t0
-    delay = random.Random(1).uniform(0.4, 0.9) * full_s
-    rc = faultkit.run_killed(cmd(tmp_path / "cut"), delay, cwd=REPO)
-    subprocess.run(cmd(tmp_path / "cut"), cwd=REPO, check=True, capture_output=True, timeout=300)
+    total = len(clips(tmp_path / "ref"))
+    k = random.Random(1).randint(1, 4)
+    cut = tmp_path / "cut"
+    at_kill: dict = {}
+
+    def ready():                                    # an event, not a fraction of a reference time
+        n = clips(cut)
+        if len(n) >= k:
+            at_kill.update(clips=n, done=(cut / "done.json").exists())
+        return len(n) >= k
+    rc = faultkit.run_killed(cmd(cut), 0.0, cwd=REPO, after=ready)
+    assert rc == -9, f"the generator finished (rc {rc}) before it could be killed"
+    assert k <= len(at_kill["clips"]) < total and not at_kill["done"], at_kill       # mid-write, not after the end
+    subprocess.run(cmd(cut), cwd=REPO, check=True, capture_output=True, timeout=300)
     # generation_report.json holds timings; done.json the sha256s of the mp4s, which differ (see gaps)
-    ref, cut = (faultkit.tree_hashes(tmp_path / d, ("generation_report.json", "done.json")) for d in ("ref", "cut"))
-    assert ref.keys() == cut.keys()
-    assert {k: v for k, v in cut.items() if not k.endswith(".mp4")} == \
+    ref, got = (faultkit.tree_hashes(tmp_path / d, ("generation_report.json", "done.json")) for d in ("ref", "cut"))
+    assert ref.keys() == got.keys()
+    assert {k: v for k, v in got.items() if not k.endswith(".mp4")} == \
         {k: v for k, v in ref.items() if not k.endswith(".mp4")}
     records = [json.loads((tmp_path / d / "done.json").read_text())["artifacts"] for d in ("ref", "cut")]
     assert records[1].keys() == records[0].keys()
+    assert not [r for r in records[1] if any(part.startswith(".") for part in r.split("/"))], records[1]
     same = [k for k in records[0] if not k.endswith(".mp4") and k != "generation_report.json"]
     assert [records[1][k] for k in same] == [records[0][k] for k in same]
     worst = max(_frame_diff(tmp_path / "ref" / k, tmp_path / "cut" / k) for k in ref if k.endswith(".mp4"))
-    hidden = [str(p.relative_to(tmp_path / "cut")) for p in (tmp_path / "cut").rglob(".*")]
-    log.warning("RELIABILITY synthetic: full %.1fs, killed at %.1fs (rc %s), worst mean |frame diff| %.3f, hidden "
-                "temp files left %s", full_s, delay, rc, worst, hidden)
+    hidden = [str(p.relative_to(cut)) for p in cut.rglob(".*")]
+    log.warning("RELIABILITY synthetic: full %.1fs, killed after %d of %d clips (rc %s), worst mean |frame diff| "
+                "%.3f, hidden temp files left %s", full_s, len(at_kill["clips"]), total, rc, worst, hidden)
     assert worst < 2.0, worst
+    assert not hidden, hidden
 
 
 def _frame_diff(a: Path, b: Path) -> float:

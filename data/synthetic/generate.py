@@ -20,6 +20,7 @@ from tqdm import tqdm
 from avdet.config import load_config, to_dict
 from avdet.fileio import path_under
 from data.artifacts import read_done, write_done
+from data.shards import sweep_stale_temps
 from data.synthetic import outputs, render, sound
 from data.synthetic.catalogue import class_specs
 from data.synthetic.config import SynthConfig
@@ -217,6 +218,8 @@ def generate(cfg: SynthConfig, root: str | Path) -> dict:
     (root / DONE).unlink(missing_ok=True)
     videos_dir = root / "videos"
     videos_dir.mkdir(parents=True, exist_ok=True)
+    for d in (root, videos_dir):
+        sweep_stale_temps(d)            # temporaries of a killed run (logged)
     jobs = plan_jobs(cfg)
     _remove_stale_videos(videos_dir, jobs)
     log.info("generating %d synthetic clips (%d classes, %s) into %s with %d workers",
@@ -236,7 +239,8 @@ def generate(cfg: SynthConfig, root: str | Path) -> dict:
               "mean_clip_seconds_per_worker": round(float(np.mean([r.seconds for r in results])), 4)}
     outputs.write_json(root / "generation_report.json", report)
     files = [root / n for n in ("generation_report.json", "vggsound.csv", "classes.json", "gt_train.json",
-                                 "gt_test.json", "contact_sheet.png")] + sorted(videos_dir.glob("*.mp4"))
+                                 "gt_test.json", "contact_sheet.png")] + \
+        [videos_dir / f"{j.video_id}_000000.mp4" for j in jobs]        # the planned clips: never a temporary
     write_done(root, {"config": _content_config(cfg), "backends": backends},
                [f for f in files if f.is_file()])
     log.info("synthetic dataset done: %d clips in %.1f s (%.1f clips/s)", len(results), seconds,

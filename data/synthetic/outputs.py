@@ -1,20 +1,22 @@
 """Writing the synthetic dataset's files: mp4 clips, the VGGSound-format CSV, COCO ground truth. All atomic
 (a temporary name in the same directory, then ``rename``), so a killed run never leaves a half file under the
-final name."""
+final name. Temporaries are ``avdet.fileio.temp_name``s (``.<name>.tmp-<host>-<pid>-<id>``): the next run's
+``data.shards.sweep_stale_temps`` recognises and removes those of dead writers."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
 import numpy as np
 
+from avdet.fileio import temp_name
+
 
 def atomic_path(path: Path) -> Path:
-    """A temporary sibling of ``path`` unique to this process (rename it onto ``path`` when complete)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """A temporary sibling of ``path`` naming this writer (rename it onto ``path`` when complete)."""
+    return temp_name(Path(path))
 
 
 def write_text(path: Path, text: str) -> None:
@@ -31,8 +33,8 @@ def write_json(path: Path, obj) -> None:
 
 def write_mp4(path: Path, frames: np.ndarray, audio: np.ndarray, fps: int, sample_rate: int, crf: int) -> None:
     """H.264 (yuv420p) + AAC mono mp4 at ``path``, atomically. frames uint8 (T, H, W, 3); audio float32 (S,)."""
-    tmp = atomic_path(path).with_suffix(".mp4")       # the muxer picks the container from the suffix
-    with av.open(str(tmp), "w") as box:
+    tmp = atomic_path(path)
+    with av.open(str(tmp), "w", format="mp4") as box:   # the temp name has no .mp4 suffix: say the container
         video = box.add_stream("libx264", rate=fps)
         video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         video.options = {"crf": str(crf), "preset": "veryfast"}
