@@ -311,14 +311,16 @@ def _in_queue(job_id: str, timeout: float | None = None) -> bool | None:
     return None
 
 
-def _wait_results(submitted, cfg: SlurmConfig, poll_s: float = 5.0, grace_s: float = GONE_GRACE_S,
-                  patience_s: float = CONTROLLER_PATIENCE_S) -> list:
+def _wait_results(submitted, cfg: SlurmConfig, poll_s: float = 5.0, grace_s: float | None = None,
+                  patience_s: float | None = None) -> list:
     """``submitted.results()``, but a SLURM job that left the queue without a result (killed, or exited non-zero
     outside submitit's wrapper) is an error naming the job and its stderr after ``grace_s``. submitit alone would
     wait forever where ``sacct`` has no accounting to ask (e.g. a cluster without slurmdbd).
 
     A controller that does not answer (squeue fails or times out) is never read as "the job is gone": polling goes
     on, and only after ``patience_s`` without one answer does this raise, naming the job."""
+    grace_s = GONE_GRACE_S if grace_s is None else grace_s
+    patience_s = CONTROLLER_PATIENCE_S if patience_s is None else patience_s
     gone_since = None
     silent_since = None
     while not submitted.done():

@@ -101,3 +101,26 @@ def test_tiny_pipeline_on_real_slurm_returns_its_metrics(slurm_cluster, tmp_path
     assert set(metrics["timings_s"]) == {"synthetic", "ingest", "stage1", "pseudo", "detector", "evaluate"}
     assert (workdir / "detector" / "detector.pt").is_file()
     assert metrics["evaluate"]["map_50"] is not None and 0.0 <= metrics["evaluate"]["map_50"] <= 1.0
+
+
+@pytest.mark.slow
+def test_a_job_that_dies_without_a_result_fails_launch_naming_it_and_its_stderr(slurm_cluster, tmp_path,
+                                                                                 monkeypatch):
+    """The batch script dies before submitit's wrapper runs (a setup line exits 7): no result file ever comes, and
+    without accounting submitit would wait forever. launch() raises, naming the job id and its stderr's last lines."""
+    import time
+
+    from distributed import slurm
+
+    monkeypatch.setattr(slurm, "GONE_GRACE_S", 5.0)
+    cfg = _cfg(tmp_path, setup=["echo 'avdet-test: node lost its scratch disk' >&2", "exit 7"])
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError) as e:
+        launch(JOB, ["--n", "2"], cfg)
+    msg = str(e.value)
+    assert "left the queue without a result" in msg and "SLURM job " in msg
+    assert "avdet-test: node lost its scratch disk" in msg, msg
+    assert time.monotonic() - t0 < 120
+    logs = Path(cfg.log_dir)      # submitit's pickles (executed by the job) sit below a directory only we can enter
+    assert oct(logs.stat().st_mode & 0o777) == oct(0o700) and list(logs.glob("*/*_submitted.pkl"))
+    print(f"dead job reported after {time.monotonic() - t0:.0f} s")
