@@ -206,17 +206,28 @@ def start_head(tmp_dir: str | Path | None, num_cpus: int, num_gpus: int = 0, por
     token = write_token(token_path or tmp_dir / "auth_token")
     names = ("port", "dashboard-port", "ray-client-server-port", *NODE_PORTS)
     given = {"port": port, "dashboard-port": dashboard_port}
-    fresh = iter(free_ports(len(names), node_ip, avoid=tuple(p for p in given.values() if p)))
-    ports = {name: given.get(name) or next(fresh) for name in names}
-    port, dashboard_port = ports["port"], ports["dashboard-port"]
-    args = ["--head", "--node-ip-address", node_ip, "--dashboard-host", node_ip, "--include-dashboard", "true",
-            "--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus)]
-    args += [a for name, p in ports.items() for a in (f"--{name}", str(p))]
     # Ray gives the dashboard 60 s to come up, then the head exits 1 ("Failed to start the dashboard"): seen on a
     # loaded 2-core machine. Give it our own start timeout instead (the caller's environment wins).
     env = {**ray_env(token, loopback=_is_ray_localhost(node_ip)),
            "RAY_DASHBOARD_STARTUP_TIMEOUT_S": os.environ.get("RAY_DASHBOARD_STARTUP_TIMEOUT_S", str(int(timeout)))}
-    proc, log_path = _launch(args, tmp_dir, env, "head", timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        fresh = iter(free_ports(len(names), node_ip, avoid=tuple(p for p in given.values() if p)))
+        ports = {name: given.get(name) or next(fresh) for name in names}
+        args = ["--head", "--node-ip-address", node_ip, "--dashboard-host", node_ip, "--include-dashboard", "true",
+                "--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus)]
+        args += [a for name, p in ports.items() for a in (f"--{name}", str(p))]
+        try:
+            proc, log_path = _launch(args, tmp_dir, env, "head", max(deadline - time.monotonic(), 1.0))
+            break
+        except RuntimeError as e:
+            # Ray waits a fixed 30 s for the raylet to register with the GCS ("The current node timed out during
+            # startup"); on a loaded machine a second try often makes it. Retry while our own timeout lasts.
+            if "timed out during startup" not in str(e) or deadline - time.monotonic() < 60:
+                raise
+            log.warning("Ray head timed out during its own startup (loaded machine?); trying again, %.0f s left",
+                        deadline - time.monotonic())
+    port, dashboard_port = ports["port"], ports["dashboard-port"]
     _wait_tcp(node_ip, dashboard_port, timeout=30.0)
     node = RayNode(proc, f"{node_ip}:{port}", node_ip, tmp_dir, token, log_path,
                    dashboard_url=f"http://{node_ip}:{dashboard_port}", ports=ports)
