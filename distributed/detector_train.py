@@ -34,8 +34,10 @@ from data.shards import read_manifest
 from data.stream import ray_dataset
 from data.artifacts import read_done, write_done
 from distributed.detector_worker import train_loop_per_worker
+from distributed.resources import fit_to_cluster, train_demand
 
 log = logging.getLogger(__name__)
+JOIN_CPUS = 0.25      # the pseudo-box join step of each worker's stream (distributed.resources counts it)
 
 
 
@@ -157,7 +159,7 @@ def training_dataset(cfg: DetectorTrainConfig, table: dict[str, np.ndarray], epo
     afresh on every pass."""
     stream = dataclasses.replace(cfg.stream, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed)
     ds = ray_dataset(read_manifest(cfg.manifest), cfg.split, stream, epoch=epoch, part=part)
-    return ds.map_batches(attach_pseudo, batch_size=None, batch_format="numpy", num_cpus=0.25,
+    return ds.map_batches(attach_pseudo, batch_size=None, batch_format="numpy", num_cpus=JOIN_CPUS,
                           fn_kwargs={k: table[k] for k in ("index", "box", "cls")})
 
 
@@ -232,6 +234,10 @@ def run_detector_training(cfg: DetectorTrainConfig) -> dict:
     connect_ray(cfg.ray_address, num_cpus=_local_cpus(cfg))
     log.info("detector: %d images, K=%d, %s at %d px, %d workers x batch %d, %d epochs", len(table["index"]), k,
              cfg.detector.backbone, cfg.detector.min_size, cfg.num_workers, cfg.batch_size, cfg.epochs)
+    fitted = fit_to_cluster(train_demand("detector", cfg.num_workers, cfg.cpus_per_worker,
+                                         cfg.stream.read_concurrency, "detector.num_workers or "
+                                         "detector.stream.read_concurrency", join_cpus=JOIN_CPUS))
+    cfg = dataclasses.replace(cfg, cpus_per_worker=fitted.cpus_per_worker)
     result = _trainer(cfg, table).fit()
     if result.error is not None:
         raise RuntimeError(f"detector training failed (checkpoints kept under {out / 'ray'}): "

@@ -22,6 +22,7 @@ Re-running a complete stage returns its ``done.json``; a split whose json and np
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -43,6 +44,7 @@ from data.shards import Manifest, read_manifest
 from data.stream import BatchCollate, ray_dataset
 from data.artifacts import read_done, write_done
 from distributed.pseudo_config import PseudoConfig
+from distributed.resources import fit_to_cluster, pool_demand
 from distributed.stage1_config import Stage1Config
 
 log = logging.getLogger(__name__)
@@ -296,6 +298,10 @@ def run_pseudo(cfg: PseudoConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     connect_ray(cfg.ray_address, num_cpus=_local_cpus(cfg))
+    fitted = fit_to_cluster(pool_demand("pseudo-annotation", cfg.num_actors, cfg.actor_cpus,
+                                        cfg.stream.read_concurrency,
+                                        "pseudo.num_actors or pseudo.stream.read_concurrency"))
+    cfg = dataclasses.replace(cfg, actor_cpus=fitted.cpus_per_worker)
     k = stage1.model.num_clusters
     log.info("pseudo: splits %s, K=%d, %d actors, beta=%.2f, min_confidence=%.3f", cfg.splits, k, cfg.num_actors,
              cfg.selflabel.beta, cfg.selflabel.min_confidence)

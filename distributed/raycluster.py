@@ -10,10 +10,16 @@ Two traps from shared/docs/ENVIRONMENT.md are handled here, once:
 * Loopback. ``--node-ip-address 127.0.0.1`` alone is rewritten to the external address; every process we start
   gets ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` and ``--dashboard-host 127.0.0.1`` as well, and every port is
   chosen by binding 127.0.0.1:0. :func:`listening_sockets` lets tests prove it.
-* Token auth (on by default in Ray 2.60). We keep it **on**, explicitly: each cluster gets its own random token
-  file (``<tmp_dir>/auth_token``, mode 0600, or a path the caller shares between nodes) instead of the per-user
+* Token auth. Ray 2.60's defaults (ray/_private/authentication/authentication_token_setup.py) are *not* "on":
+  a fresh local ``ray.init()`` turns it on and writes ``~/.ray/auth_token``, but ``ray start --head`` with
+  ``RAY_AUTH_MODE`` unset turns it on only when a token already exists (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``
+  or ``~/.ray/auth_token``) and otherwise starts an open cluster with a warning; a client given an explicit
+  address never turns it on by itself. So we set it **on**, explicitly: each cluster gets its own random token file
+  (``<tmp_dir>/auth_token``, mode 0600, or a path the caller shares between nodes) instead of the per-user
   ``~/.ray/auth_token``. Every process of the cluster and every client (``ray.init``, ``ray job submit``) runs with
   ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN_PATH=<that file>``: :meth:`RayNode.env` returns exactly these.
+  ``tests/test_ray_job_submit.py::test_job_api_refuses_a_submitter_without_the_token`` proves the job API refuses
+  a caller without it (HTTP 401; 403 with a wrong token).
 """
 from __future__ import annotations
 
@@ -200,14 +206,28 @@ def start_head(tmp_dir: str | Path | None, num_cpus: int, num_gpus: int = 0, por
     token = write_token(token_path or tmp_dir / "auth_token")
     names = ("port", "dashboard-port", "ray-client-server-port", *NODE_PORTS)
     given = {"port": port, "dashboard-port": dashboard_port}
-    fresh = iter(free_ports(len(names), node_ip, avoid=tuple(p for p in given.values() if p)))
-    ports = {name: given.get(name) or next(fresh) for name in names}
+    # Ray gives the dashboard 60 s to come up, then the head exits 1 ("Failed to start the dashboard"): seen on a
+    # loaded 2-core machine. Give it our own start timeout instead (the caller's environment wins).
+    env = {**ray_env(token, loopback=_is_ray_localhost(node_ip)),
+           "RAY_DASHBOARD_STARTUP_TIMEOUT_S": os.environ.get("RAY_DASHBOARD_STARTUP_TIMEOUT_S", str(int(timeout)))}
+    deadline = time.monotonic() + timeout
+    while True:
+        fresh = iter(free_ports(len(names), node_ip, avoid=tuple(p for p in given.values() if p)))
+        ports = {name: given.get(name) or next(fresh) for name in names}
+        args = ["--head", "--node-ip-address", node_ip, "--dashboard-host", node_ip, "--include-dashboard", "true",
+                "--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus)]
+        args += [a for name, p in ports.items() for a in (f"--{name}", str(p))]
+        try:
+            proc, log_path = _launch(args, tmp_dir, env, "head", max(deadline - time.monotonic(), 1.0))
+            break
+        except RuntimeError as e:
+            # Ray waits a fixed 30 s for the raylet to register with the GCS ("The current node timed out during
+            # startup"); on a loaded machine a second try often makes it. Retry while our own timeout lasts.
+            if "timed out during startup" not in str(e) or deadline - time.monotonic() < 60:
+                raise
+            log.warning("Ray head timed out during its own startup (loaded machine?); trying again, %.0f s left",
+                        deadline - time.monotonic())
     port, dashboard_port = ports["port"], ports["dashboard-port"]
-    args = ["--head", "--node-ip-address", node_ip, "--dashboard-host", node_ip, "--include-dashboard", "true",
-            "--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus)]
-    args += [a for name, p in ports.items() for a in (f"--{name}", str(p))]
-    proc, log_path = _launch(args, tmp_dir, ray_env(token, loopback=_is_ray_localhost(node_ip)), "head",
-                             timeout)
     _wait_tcp(node_ip, dashboard_port, timeout=30.0)
     node = RayNode(proc, f"{node_ip}:{port}", node_ip, tmp_dir, token, log_path,
                    dashboard_url=f"http://{node_ip}:{dashboard_port}", ports=ports)

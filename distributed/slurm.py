@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -39,7 +40,7 @@ from typing import Any, Callable
 import submitit
 
 from avdet.config import require
-from avdet.fileio import private_dir, write_atomic
+from avdet.fileio import UnsafePathError, private_dir, write_atomic
 from distributed import raycluster
 
 log = logging.getLogger(__name__)
@@ -220,9 +221,33 @@ class RayJob(submitit.helpers.Checkpointable):
         return super().checkpoint(*args, **kwargs)
 
 
+def owned_private_dir(path: str | Path, what: str) -> Path:
+    """``path`` created with mode 0700, or an existing directory of this user's closed to others (chmod 0700 if it
+    was not). submitit's pickles there are *executed* by the job (``RayJob`` is unpickled on the node) and the
+    rendezvous holds the cluster token: a directory another user can write is a way to run code as us. ``log_dir``
+    must be on the filesystem the nodes share, so this is not :func:`avdet.fileio.private_dir` (node-local /tmp).
+    Raises :class:`UnsafePathError` for a symlink, a non-directory or another user's directory."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise UnsafePathError(f"{what} {path} is a symlink or not a directory; give a directory of your own")
+    if st.st_uid != os.getuid():
+        raise UnsafePathError(f"{what} {path} is owned by uid {st.st_uid}, not by this user (uid {os.getuid()}); "
+                              f"give a directory of your own")
+    if st.st_mode & 0o077:
+        log.warning("%s %s had mode %04o; now 0700 (submitit pickles and the cluster token live there)", what, path,
+                    stat.S_IMODE(st.st_mode))
+        os.chmod(path, 0o700)
+    return path
+
+
 def make_executor(cfg: SlurmConfig) -> submitit.Executor:
-    """The submitit executor of ``cfg.mode``, chosen explicitly (never AutoExecutor)."""
-    folder = Path(cfg.log_dir) / "%j"
+    """The submitit executor of ``cfg.mode``, chosen explicitly (never AutoExecutor), writing its pickles and logs
+    under a ``log_dir`` only this user can enter (:func:`owned_private_dir`)."""
+    folder = owned_private_dir(cfg.log_dir, "log_dir") / "%j"
+    if cfg.shared_dir:
+        owned_private_dir(cfg.shared_dir, "shared_dir")
     if cfg.mode == "local":
         executor = submitit.LocalExecutor(folder=folder)
         executor.update_parameters(tasks_per_node=cfg.tasks_per_node, nodes=1, cpus_per_task=cfg.cpus_per_task,
@@ -258,25 +283,62 @@ def launch(job: str, job_argv: list[str], cfg: SlurmConfig) -> dict:
     return results[0]
 
 
-def _in_queue(job_id: str) -> bool:
-    """Whether SLURM still lists the job (pending, running, requeued); False once it has left the queue."""
-    out = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%i"], capture_output=True, text=True,
-                         timeout=60)
-    return out.returncode == 0 and bool(out.stdout.strip())
+SQUEUE_TIMEOUT_S = 60.0      # one squeue call; a controller busy longer than this is "unknown", not "gone"
+CONTROLLER_PATIENCE_S = 1800.0   # how long launch() keeps asking a controller that does not answer
 
 
-def _wait_results(submitted, cfg: SlurmConfig, poll_s: float = 5.0, grace_s: float = GONE_GRACE_S) -> list:
+def _in_queue(job_id: str, timeout: float | None = None) -> bool | None:
+    """Whether SLURM still lists the job (pending, running, requeued): True; False once it has left the queue;
+    None when the controller did not answer (squeue failed or timed out) — that says nothing about the job.
+
+    ``squeue -j <gone id>`` on some SLURM versions exits 1 with "Invalid job id specified": that is an answer."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%i"], capture_output=True, text=True,
+                             timeout=timeout or SQUEUE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        log.warning("squeue for job %s did not answer within %.0f s; asking again", job_id,
+                    timeout or SQUEUE_TIMEOUT_S)
+        return None
+    except OSError as e:
+        log.warning("squeue for job %s could not run (%s); asking again", job_id, e)
+        return None
+    if out.returncode == 0:
+        return bool(out.stdout.strip())
+    if "invalid job id" in out.stderr.lower():
+        return False
+    log.warning("squeue for job %s failed (exit %d: %s); asking again", job_id, out.returncode,
+                out.stderr.strip()[-300:])
+    return None
+
+
+def _wait_results(submitted, cfg: SlurmConfig, poll_s: float = 5.0, grace_s: float | None = None,
+                  patience_s: float | None = None) -> list:
     """``submitted.results()``, but a SLURM job that left the queue without a result (killed, or exited non-zero
-    outside submitit's wrapper) is an error naming its logs after ``grace_s``. submitit alone would wait forever
-    where ``sacct`` has no accounting to ask (e.g. a cluster without slurmdbd)."""
+    outside submitit's wrapper) is an error naming the job and its stderr after ``grace_s``. submitit alone would
+    wait forever where ``sacct`` has no accounting to ask (e.g. a cluster without slurmdbd).
+
+    A controller that does not answer (squeue fails or times out) is never read as "the job is gone": polling goes
+    on, and only after ``patience_s`` without one answer does this raise, naming the job."""
+    grace_s = GONE_GRACE_S if grace_s is None else grace_s
+    patience_s = CONTROLLER_PATIENCE_S if patience_s is None else patience_s
     gone_since = None
+    silent_since = None
     while not submitted.done():
         if cfg.mode == "slurm":
-            if _in_queue(submitted.job_id):
+            listed = _in_queue(submitted.job_id)
+            if listed is None:
+                silent_since = silent_since or time.monotonic()
+                if time.monotonic() - silent_since > patience_s:
+                    raise RuntimeError(f"SLURM job {submitted.job_id}: the controller has not answered squeue for "
+                                       f"{patience_s:.0f} s; the job may still run (scontrol show job "
+                                       f"{submitted.job_id}; logs in {Path(submitted.paths.stderr).parent})")
+            else:
+                silent_since = None
+            if listed:
                 gone_since = None
-            elif gone_since is None:
+            elif listed is False and gone_since is None:
                 gone_since = time.monotonic()
-            elif time.monotonic() - gone_since > grace_s:
+            elif listed is False and time.monotonic() - gone_since > grace_s:
                 err = Path(submitted.paths.stderr)
                 tail = err.read_text(errors="replace")[-3000:] if err.exists() else "(no stderr file)"
                 raise RuntimeError(f"SLURM job {submitted.job_id} left the queue without a result; stderr "

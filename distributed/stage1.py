@@ -21,6 +21,7 @@ from data.shards import Manifest, read_manifest
 from data.stream import ray_dataset
 from data.artifacts import read_done, write_done
 from distributed.config import check_batch_vs_workers
+from distributed.resources import fit_to_cluster, train_demand
 from distributed.labels import LabelTable, list_versions, random_equipartition
 from distributed.stage1_config import Stage1Config
 from distributed.stage1_worker import HISTORY, LABELS_DIR, train_loop_per_worker
@@ -56,7 +57,7 @@ def _score_datasets(manifest: Manifest, cfg: Stage1Config) -> dict:
             for r in range(n)}
 
 
-def _trainer(cfg: Stage1Config, manifest: Manifest, num_train: int):
+def _trainer(cfg: Stage1Config, manifest: Manifest, num_train: int, cpus_per_worker: float = 1.0):
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -71,7 +72,8 @@ def _trainer(cfg: Stage1Config, manifest: Manifest, num_train: int):
                                                                  manifest=str(Path(cfg.manifest).resolve()))),
                            "num_train": num_train},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-                                     placement_strategy=cfg.train.placement_strategy),
+                                     placement_strategy=cfg.train.placement_strategy,
+                                     resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(name="stage1", storage_path=str(out / "ray"),
                              failure_config=FailureConfig(max_failures=cfg.train.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
@@ -101,7 +103,11 @@ def run_stage1(cfg: Stage1Config) -> dict:
     connect_ray(cfg.ray_address, num_cpus=_local_cpus(cfg))
     log.info("stage 1: %d samples in %d shards, %d workers, %d epochs, K=%d", len(indices),
              len(manifest.split_shards(cfg.split)), cfg.train.num_workers, cfg.train.epochs, cfg.model.num_clusters)
-    result = _trainer(cfg, manifest, len(indices)).fit()
+    actors = cfg.relabel.num_actors * cfg.relabel.actor_cpus if cfg.relabel.mode == "actors" else 0.0
+    fitted = fit_to_cluster(train_demand("stage 1", cfg.train.num_workers, 1.0, cfg.stream.read_concurrency,
+                                         "stage1.train.num_workers or stage1.stream.read_concurrency",
+                                         actor_cpus=actors))
+    result = _trainer(cfg, manifest, len(indices), fitted.cpus_per_worker).fit()
     if result.error is not None:
         raise RuntimeError(f"stage 1 failed: {result.error}") from result.error
     table = LabelTable.latest(out / LABELS_DIR)

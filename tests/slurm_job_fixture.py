@@ -20,3 +20,26 @@ def main(argv: list[str]) -> dict:
     finally:
         ray.shutdown()
     return {"sum": total, "nodes": nodes, "argv": list(argv)}
+
+
+def staged(argv: list[str]) -> dict:
+    """``staged(["--workdir", d])``: three "stages" whose artifacts are marker files in ``d``; a stage whose marker
+    exists is skipped, as the pipeline's stages are. On the first attempt (``SLURM_RESTART_COUNT`` unset/0) stage
+    ``b`` announces itself (``b.waiting``) and waits to be preempted."""
+    import time
+    from pathlib import Path
+
+    work = Path(argv[argv.index("--workdir") + 1])
+    attempt = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    ran, skipped = [], []
+    for stage in ("a", "b", "c"):
+        done = work / f"{stage}.done"
+        if done.exists():
+            skipped.append(stage)
+            continue
+        if stage == "b" and attempt == 0:
+            (work / "b.waiting").touch()
+            time.sleep(600)                     # preempted here (the test signals the job)
+        done.write_text(str(attempt))
+        ran.append(stage)
+    return {"ran": ran, "skipped": skipped, "attempt": attempt}

@@ -101,3 +101,56 @@ def test_tiny_pipeline_on_real_slurm_returns_its_metrics(slurm_cluster, tmp_path
     assert set(metrics["timings_s"]) == {"synthetic", "ingest", "stage1", "pseudo", "detector", "evaluate"}
     assert (workdir / "detector" / "detector.pt").is_file()
     assert metrics["evaluate"]["map_50"] is not None and 0.0 <= metrics["evaluate"]["map_50"] <= 1.0
+
+
+@pytest.mark.slow
+def test_a_job_that_dies_without_a_result_fails_launch_naming_it_and_its_stderr(slurm_cluster, tmp_path,
+                                                                                 monkeypatch):
+    """The batch script dies before submitit's wrapper runs (a setup line exits 7): no result file ever comes, and
+    without accounting submitit would wait forever. launch() raises, naming the job id and its stderr's last lines."""
+    import time
+
+    from distributed import slurm
+
+    monkeypatch.setattr(slurm, "GONE_GRACE_S", 5.0)
+    cfg = _cfg(tmp_path, setup=["echo 'avdet-test: node lost its scratch disk' >&2", "exit 7"])
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError) as e:
+        launch(JOB, ["--n", "2"], cfg)
+    msg = str(e.value)
+    assert "left the queue without a result" in msg and "SLURM job " in msg
+    assert "avdet-test: node lost its scratch disk" in msg, msg
+    assert time.monotonic() - t0 < 120
+    logs = Path(cfg.log_dir)      # submitit's pickles (executed by the job) sit below a directory only we can enter
+    assert oct(logs.stat().st_mode & 0o777) == oct(0o700) and list(logs.glob("*/*_submitted.pkl"))
+    print(f"dead job reported after {time.monotonic() - t0:.0f} s")
+
+
+@pytest.mark.slow
+def test_a_preempted_job_is_requeued_and_resumes_from_its_finished_artifacts(slurm_cluster, tmp_path):
+    """SIGUSR2 to the running job (what SLURM sends before preemption / the time limit): RayJob.checkpoint() stops
+    Ray and requeues the job; the rerun (SLURM_RESTART_COUNT=1) skips stage a, whose marker the first run wrote."""
+    import threading
+    import time
+
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = _cfg(tmp_path, time_min=15, tasks_per_node=1)
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.update(r=launch("tests.slurm_job_fixture:staged",
+                                                            ["--workdir", str(work)], cfg)), daemon=True)
+    t0 = time.monotonic()
+    t.start()
+    deadline = time.monotonic() + 400
+    while not (work / "b.waiting").exists():
+        assert time.monotonic() < deadline and t.is_alive(), "the job never reached stage b"
+        time.sleep(1)
+    jobs = subprocess.run(["squeue", "-h", "-o", "%i", "-n", cfg.job_name], capture_output=True, text=True,
+                          timeout=60).stdout.split()
+    assert len(jobs) == 1, jobs
+    subprocess.run(["scancel", "--signal=USR2", jobs[0]], check=True, timeout=60)
+    t.join(timeout=600)
+    assert not t.is_alive(), "launch() did not return after the requeue"
+    assert out["r"] == {"ran": ["b", "c"], "skipped": ["a"], "attempt": 1}
+    assert (work / "a.done").read_text() == "0" and (work / "c.done").read_text() == "1"
+    print(f"preempted + requeued job finished in {time.monotonic() - t0:.0f} s")
