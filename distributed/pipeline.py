@@ -64,6 +64,17 @@ class PipelineConfig:
 STAGES = ("ingest", "stage1", "pseudo", "detector", "evaluate")
 
 
+def git_commit() -> str:
+    """The short commit of this checkout ("unknown" outside git), for result files that say what made them."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def missing_vggsound_message(cfg: PipelineConfig) -> str:
     return (f"dataset=vggsound needs the clips and the CSV: set videos_dir=<folder of <youtube_id>_<start>.mp4> and "
             f"csv=<vggsound.csv> (got videos_dir={cfg.videos_dir!r}, csv={cfg.csv!r}); optionally gt=<COCO json> "
@@ -136,6 +147,7 @@ def resolve(cfg: PipelineConfig) -> PipelineConfig:
                    pseudo_test=str(Path(pseudo) / "pseudo_test.json"),
                    heatmaps=str(Path(pseudo) / "heatmaps_test.npz"), detector=str(Path(det) / "detector.pt"),
                    stage1_done=str(Path(s1) / "done.json"), out_dir=ev, dataset=cfg.dataset,
+                   k_sweep_json=cfg.evaluate.k_sweep_json or str(w / "ksweep" / "ksweep.json"),
                    ray_address=cfg.ray_address),
     )
 

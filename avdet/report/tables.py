@@ -142,11 +142,17 @@ def table3(results: dict) -> Table:
 
 
 def table4(results: dict) -> Table:
-    """Number of clusters K against the number of ground-truth classes (one row: this run)."""
+    """Number of clusters K against the number of ground-truth classes: the rows of ``jobs/k_sweep.py``
+    (``results["k_sweep"]``) when the evaluation found them, else this run's one row."""
+    if results.get("k_sweep", {}).get("rows"):
+        from avdet.report.ksweep import k_table     # ksweep builds on this module's Table
+
+        sweep = results["k_sweep"]
+        return k_table(sweep["rows"], sweep.get("dataset", ""), f"Command: {sweep.get('command', '?')}")
     s, full = results.get("summary", {}), results.get("detection", {}).get("hungarian")
     rows = [[str(s.get("num_classes", "?")), str(s.get("num_clusters", "?")), pct(full["map_50"]) if full else "-"]]
-    return Table("Table 4. Number of clusters K.", "This run only; rerun with another K for the ablation.",
-                 ["# GT-cls.", "K", f"mAP<sub>50</sub> {results.get('dataset', '')}".strip()], rows)
+    return Table("Table 4. Number of clusters K.", "This run only; `python jobs/k_sweep.py --k 5,9,18` for the "
+                 "ablation.", ["# GT-cls.", "K", f"mAP<sub>50</sub> {results.get('dataset', '')}".strip()], rows)
 
 
 def table5(results: dict) -> Table:
