@@ -60,6 +60,7 @@ class EvalConfig:
     stage1_done: str = ""               # <stage1_out>/done.json ("" = no stage-1 curves)
     out_dir: str = "outputs/eval"
     k_sweep_json: str = ""              # jobs/k_sweep.py's ksweep.json: Table 4's rows when the file exists
+    weak_sup_results: str = ""          # the weak-sup. detector's results.json (pipeline stage weak_sup), if it exists
     dataset: str = "synthetic"          # name printed in the tables
     detection_gt: str = "all"           # "all" objects or only the "sounding" ones are detection targets
     gt_timestamp_tolerance_s: float = 0.001   # a GT image joins the nearest test frame of its clip within this
@@ -298,6 +299,9 @@ def run_evaluation(cfg: EvalConfig, predictions: Predictions | None = None,
     history = cfg.detector_history or (str(Path(cfg.detector).with_name("history.json")) if cfg.detector else "")
     results["curves"] = eval_data.read_histories(cfg.stage1_done, history if Path(history).is_file() else "")
     results.update(dataset=cfg.dataset, config=to_dict(cfg))
+    weak = Path(cfg.weak_sup_results) if cfg.weak_sup_results else None
+    if weak is not None and weak.is_file() and "hungarian" in json.loads(weak.read_text()).get("detection", {}):
+        results["baselines"]["weak_sup_detector"] = json.loads(weak.read_text())["detection"]["hungarian"]
     if cfg.k_sweep_json and Path(cfg.k_sweep_json).is_file():
         results["k_sweep"] = json.loads(Path(cfg.k_sweep_json).read_text())
     results["summary"]["detector"] = Path(cfg.detector).name if cfg.detector else "given predictions"
