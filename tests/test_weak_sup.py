@@ -36,3 +36,20 @@ def test_weak_sup_stage_trains_and_reports(tmp_path):
     main_res = json.loads((tmp_path / "report" / "results.json").read_text())
     assert main_res["baselines"]["weak_sup_detector"] == weak["detection"]["hungarian"]
     assert "Ours - weak sup. (detector" in (tmp_path / "report" / "tables.md").read_text()
+
+
+def test_derived_configs_of_weak_sup_and_multi_source(tmp_path):
+    """Where the weak-sup. detector and the multi-source evaluation read and write (no stage runs)."""
+    from avdet.config import load_config
+    from distributed.pipeline import PipelineConfig, multi_source_eval, resolve, weak_sup_configs
+
+    cfg = resolve(load_config(PipelineConfig, TINY, [f"workdir={tmp_path / 'w'}", f"data_dir={tmp_path / 'd'}",
+                                                      "synthetic.num_multi_per_class=2"]))
+    det, ev = weak_sup_configs(cfg)
+    assert det.pseudo_dir == str(tmp_path / "w" / "weak_sup" / "pseudo") and det.epochs == cfg.detector.epochs
+    assert det.manifest == cfg.detector.manifest and ev.detector == str(tmp_path / "w/weak_sup/detector/detector.pt")
+    assert ev.pseudo_train == str(tmp_path / "w/weak_sup/pseudo/pseudo_train.json") and ev.gt == cfg.gt
+    assert cfg.evaluate.weak_sup_results == str(tmp_path / "w/weak_sup/report/results.json")
+    multi = multi_source_eval(cfg, tmp_path / "d" / "synthetic")
+    assert multi.gt == str(tmp_path / "d/synthetic/gt_test_multi.json") and multi.out_dir.endswith("report_multi")
+    assert multi.detector == cfg.evaluate.detector and multi.pseudo_train == cfg.evaluate.pseudo_train
