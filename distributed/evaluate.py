@@ -59,6 +59,8 @@ class EvalConfig:
     detector_history: str = ""          # history.json ("" = the one beside the detector, if any)
     stage1_done: str = ""               # <stage1_out>/done.json ("" = no stage-1 curves)
     out_dir: str = "outputs/eval"
+    k_sweep_json: str = ""              # jobs/k_sweep.py's ksweep.json: Table 4's rows when the file exists
+    weak_sup_results: str = ""          # the weak-sup. detector's results.json (pipeline stage weak_sup), if it exists
     dataset: str = "synthetic"          # name printed in the tables
     images_dir: str = ""                # a folder of still images: evaluate on them + gt (distributed/eval_images.py)
     class_names: str = ""               # class list naming training classes as the image set does ("" = same names)
@@ -73,6 +75,8 @@ class EvalConfig:
     loc_threshold_from: str = "train_pseudo"  # or "fixed": chosen on training frames vs their self-boxes, never test
     loc_calibration_frames: int = 200   # training frames the detector runs on to choose it
     centre_box_frac: float = 0.5        # centre-box baseline: frac·W × frac·H
+    selective_search_boxes: int = 0     # Selective Search* baseline: top-n proposals per test frame (0 = off)
+    selective_search_mode: str = "fast"  # OpenCV's "fast" or "quality" strategies
     m_shots: list[int] = field(default_factory=lambda: [1, 10])
     m_shot_unit: str = "video"          # m-shot labels the top-m "video"s per cluster (paper Table 5) or "frame"s
     m_shot_video_score: str = "mean"    # a video's confidence: "mean" or "max" of its frames' in its cluster
@@ -94,6 +98,9 @@ class EvalConfig:
                 "must be 'train_pseudo' or 'fixed'")
         require(self.loc_calibration_frames >= 1, "loc_calibration_frames", "must be >= 1")
         require(0.0 < self.centre_box_frac <= 1.0, "centre_box_frac", "must be in (0, 1]")
+        require(self.selective_search_boxes >= 0, "selective_search_boxes", "must be >= 0 (0 = no baseline)")
+        require(self.selective_search_mode in ("fast", "quality"), "selective_search_mode",
+                "must be 'fast' or 'quality'")
         require(all(m >= 1 for m in self.m_shots), "m_shots", "must all be >= 1")
         require(self.m_shot_unit in ("video", "frame"), "m_shot_unit", "must be 'video' or 'frame'")
         require(self.m_shot_video_score in ("mean", "max"), "m_shot_video_score", "must be 'mean' or 'max'")
@@ -241,6 +248,22 @@ def choose_loc_threshold(cfg: EvalConfig, manifest, train: eval_data.SelfLabels,
     return t, f"train_pseudo ({len(ids)} training frames)"
 
 
+def selective_search_baseline(cfg: EvalConfig, manifest, coco: dict) -> dict:
+    """The paper's "Selective Search*" row: the top ``selective_search_boxes`` proposals of every evaluated test frame,
+    ranked by their own order (:func:`avdet.proposals.selective_search`), scored class-agnostic."""
+    from avdet.proposals import selective_search
+
+    ids = sorted(int(im["id"]) for im in coco["images"])
+    frames = eval_data.load_frames(manifest, cfg.split, ids)
+    dets = []
+    for i in ids:
+        if i in frames:
+            boxes, box_scores = selective_search(frames[i], cfg.selective_search_boxes, cfg.selective_search_mode)
+            dets += scores.box_detections(np.full(len(boxes), i), boxes, box_scores, np.zeros(len(boxes), np.int64))
+    log.info("selective search: %d proposals on %d test frames", len(dets), len(frames))
+    return scores.agnostic_scores(_detection_target(coco, cfg.detection_gt), dets)
+
+
 def _check_inputs(cfg: EvalConfig) -> None:
     """Fail before any work when a required artifact is missing, naming the key and the path."""
     required = ["manifest", "gt", "pseudo_train", "pseudo_test"] + (["detector"] if cfg.detector else [])
@@ -283,9 +306,16 @@ def run_evaluation(cfg: EvalConfig, predictions: Predictions | None = None,
     loc = (choose_loc_threshold(cfg, manifest, train, (frames.height, frames.width), train_predictions)
            if predictions is not None else None)
     results = score_predictions(cfg, manifest.classes, coco, train, test, frame_labels, predictions, loc)
+    if cfg.selective_search_boxes:
+        results["baselines"]["selective_search"] = selective_search_baseline(cfg, manifest, coco)
     history = cfg.detector_history or (str(Path(cfg.detector).with_name("history.json")) if cfg.detector else "")
     results["curves"] = eval_data.read_histories(cfg.stage1_done, history if Path(history).is_file() else "")
     results.update(dataset=cfg.dataset, config=to_dict(cfg))
+    weak = Path(cfg.weak_sup_results) if cfg.weak_sup_results else None
+    if weak is not None and weak.is_file() and "hungarian" in json.loads(weak.read_text()).get("detection", {}):
+        results["baselines"]["weak_sup_detector"] = json.loads(weak.read_text())["detection"]["hungarian"]
+    if cfg.k_sweep_json and Path(cfg.k_sweep_json).is_file():
+        results["k_sweep"] = json.loads(Path(cfg.k_sweep_json).read_text())
     results["summary"]["detector"] = Path(cfg.detector).name if cfg.detector else "given predictions"
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")

@@ -37,7 +37,8 @@ class PipelineConfig:
     every stage ("local" = a loopback-only Ray on this machine; "auto" = the cluster this job was submitted to).
     ``seed`` is the one seed of the run: stage 1 (initialisation, stream order, equipartition, k-means) and the
     detector (initialisation, stream order, samplers, augmentations); the synthetic data keeps ``synthetic.seed``.
-    ``data_dir`` holds ``synthetic/`` and ``shards/`` ("" = ``workdir``): runs with different seeds share them."""
+    ``data_dir`` holds ``synthetic/`` and ``shards/`` ("" = ``workdir``): runs with different seeds share them.
+    ``stages`` may add "weak_sup" (the paper's weak-sup. baseline, :func:`run_weak_sup`; off by default for time)."""
     workdir: str = "outputs/run"
     data_dir: str = ""
     seed: int = 0
@@ -65,7 +66,18 @@ class PipelineConfig:
         require(not bad, "stages", f"has unknown stages {bad}; known: {list(STAGES)}")
 
 
-STAGES = ("ingest", "stage1", "pseudo", "detector", "evaluate")
+STAGES = ("ingest", "stage1", "pseudo", "detector", "weak_sup", "evaluate")   # weak_sup: opt-in (not a default)
+
+
+def git_commit() -> str:
+    """The short commit of this checkout ("unknown" outside git), for result files that say what made them."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 # Config keys (dotted, per stage) that do not change a stage's results, left out of its lineage: where it runs, how
 # often it logs, fault-injection and restart knobs, and the paths of its inputs and output (what the inputs *hold*
@@ -196,6 +208,8 @@ def resolve(cfg: PipelineConfig) -> PipelineConfig:
                    pseudo_test=str(Path(pseudo) / "pseudo_test.json"),
                    heatmaps=str(Path(pseudo) / "heatmaps_test.npz"), detector=str(Path(det) / "detector.pt"),
                    stage1_done=str(Path(s1) / "done.json"), out_dir=ev, dataset=cfg.dataset,
+                   k_sweep_json=cfg.evaluate.k_sweep_json or str(w / "ksweep" / "ksweep.json"),
+                   weak_sup_results=cfg.evaluate.weak_sup_results or str(w / "weak_sup" / "report" / "results.json"),
                    ray_address=cfg.ray_address),
     )
 
@@ -221,14 +235,18 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     steps = [("synthetic", lambda: generate(cfg.synthetic, syn_dir))] if cfg.dataset == "synthetic" else []
     steps += [("ingest", lambda: _ingest(ingest, cfg.ingest)), ("stage1", lambda: run_stage1(cfg.stage1)),
               ("pseudo", lambda: run_pseudo(cfg.pseudo)), ("detector", lambda: run_detector_training(cfg.detector)),
+              ("weak_sup", lambda: run_weak_sup(cfg)),
               ("evaluate", lambda: run_evaluation(cfg.evaluate) if cfg.gt else {"skipped": "no ground truth (gt)"})]
+    if cfg.dataset == "synthetic" and cfg.synthetic.num_multi_per_class:
+        steps.append(("evaluate_multi", lambda: run_evaluation(multi_source_eval(cfg, syn_dir))))
     if cfg.ray_address == "local":
         from data.raylocal import start_local_ray
         # the dashboard (on 127.0.0.1) serves the state API that Ray Train's placement-group cleaner polls
         start_local_ray(num_cpus=local_cpus(cfg), include_dashboard=True, dashboard_host="127.0.0.1")
     results: dict = {"timings_s": {}}
     for name, step in steps:
-        if name != "synthetic" and name not in cfg.stages:
+        if name not in ("synthetic", "evaluate_multi") and name not in cfg.stages or \
+                name == "evaluate_multi" and "evaluate" not in cfg.stages:
             continue
         t0 = time.perf_counter()
         log.info("=== %s ===", name)
@@ -240,6 +258,51 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         log.info("=== %s finished in %.1f s ===", name, results["timings_s"][name])
         _write_json(w / "pipeline.json", results)
     return results
+
+
+def weak_sup_configs(cfg: PipelineConfig) -> tuple[DetectorTrainConfig, EvalConfig]:
+    """The weak-sup. detector (the same job and budget as the main one, trained on ``<workdir>/weak_sup/pseudo``)
+    and its evaluation. Its pseudo-annotations carry the true classes, so the evaluation's Hungarian matching of
+    pseudo-class against true class is the identity mapping. ``cfg``: resolved."""
+    root = Path(cfg.workdir).resolve() / "weak_sup"
+    pseudo = root / "pseudo"
+    det = dataclasses.replace(cfg.detector, pseudo_dir=str(pseudo), out_dir=str(root / "detector"))
+    ev = dataclasses.replace(cfg.evaluate, pseudo_train=str(pseudo / "pseudo_train.json"),
+                             pseudo_test=str(pseudo / "pseudo_test.json"), heatmaps="", stage1_done="",
+                             detector=str(root / "detector" / "detector.pt"), out_dir=str(root / "report"),
+                             dataset=f"{cfg.dataset} (weak sup.)", selective_search_boxes=0, k_sweep_json="",
+                             weak_sup_results="")
+    return det, ev
+
+
+def run_weak_sup(cfg: PipelineConfig) -> dict:
+    """The paper's "Ours - weak sup." (Table 1): the self-boxes with the TRUE video labels
+    (:func:`distributed.pseudo.true_label_document`) train the same detector, evaluated with the identity class
+    mapping; the main evaluation shows its mAP in Table 1 (``evaluate.weak_sup_results``). ``cfg``: resolved."""
+    from avdet.fileio import write_json
+    from data.shards import read_manifest
+    from distributed.detector_train import run_detector_training
+    from distributed.evaluate import run_evaluation
+    from distributed.pseudo import true_label_document
+
+    det, ev = weak_sup_configs(cfg)
+    classes = read_manifest(cfg.detector.manifest).classes
+    Path(det.pseudo_dir).mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        target = Path(det.pseudo_dir) / f"pseudo_{split}.json"
+        if not target.is_file():
+            doc = json.loads((Path(cfg.pseudo.out_dir) / f"pseudo_{split}.json").read_text())
+            write_json(target, true_label_document(doc, classes))
+    trained = run_detector_training(det)
+    return {"detector": trained, "evaluate": run_evaluation(ev) if cfg.gt else {"skipped": "no ground truth (gt)"}}
+
+
+def multi_source_eval(cfg: PipelineConfig, syn_dir: Path) -> EvalConfig:
+    """The evaluation of the synthetic multi-source split (duets, ``gt_test_multi.json``; its clips are ingested as
+    test clips) under ``<workdir>/report_multi``: the class-aware protocols (Table 2b) score its two-source frames."""
+    return dataclasses.replace(cfg.evaluate, gt=str(Path(syn_dir).resolve() / "gt_test_multi.json"),
+                               out_dir=str(Path(cfg.workdir).resolve() / "report_multi"),
+                               dataset=f"{cfg.dataset} (multi-source)", k_sweep_json="")
 
 
 def local_cpus(cfg: PipelineConfig) -> int:

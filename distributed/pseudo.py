@@ -211,6 +211,17 @@ def coco_document(pred: dict[str, np.ndarray], meta: dict[int, dict], num_cluste
     return {"images": images, "annotations": anns, "categories": cats}
 
 
+def true_label_document(doc: dict, classes: list[str]) -> dict:
+    """The paper's "weak sup." training set: the same self-boxes with each frame's TRUE video label as the category
+    (``true_label + 1``, categories = ``classes``); frames without a label lose their box. A copy; ``doc`` is kept."""
+    label = {int(im["id"]): int(im.get("true_label", -1)) for im in doc["images"]}
+    anns = [dict(a, category_id=label[int(a["image_id"])] + 1) for a in doc["annotations"]
+            if label.get(int(a["image_id"]), -1) >= 0]
+    anns = [dict(a, id=i + 1) for i, a in enumerate(anns)]
+    return dict(doc, annotations=anns, categories=[{"id": c + 1, "name": n} for c, n in enumerate(classes)],
+                info=dict(doc.get("info", {}), weak_sup="category_id = true video label + 1"))
+
+
 def split_stats(doc: dict, num_clusters: int, missing_meta: int, unread: int) -> dict:
     """Counts, class histogram (index k = pseudo-class k), box-area-fraction quantiles of the kept annotations."""
     n_img, anns = len(doc["images"]), doc["annotations"]

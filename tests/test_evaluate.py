@@ -231,3 +231,12 @@ def test_ray_inference_matches_plain(artifacts, detector):
     plain = predict_plain(detector, m, "test", batch_size=4, score_threshold=0.0)
     ray_preds = predict_ray(detector, m, "test", batch_size=4, score_threshold=0.0, num_actors=1)
     _check_same(plain, ray_preds)
+
+
+def test_selective_search_row(artifacts, tmp_path):
+    done = run_evaluation(_config(artifacts, tmp_path / "ss", selective_search_boxes=20, num_pictures=0),
+                          predictions=perfect_predictions())
+    res = json.loads(Path(done["results"]).read_text())
+    ss = res["baselines"]["selective_search"]
+    assert 0.0 <= ss["map_50"] <= ss["map_30"] <= 1.0 and "ap50_per_class" not in ss
+    assert "| Selective Search\\* | ✓ |" in Path(done["tables"]).read_text()

@@ -98,3 +98,17 @@ def test_matchings_report_video_units():
     assert res["1-shot"]["num_labels"] == 2 and res["10-shot"]["num_labels"] == 3     # videos, not frames
     res = matchings(pseudo, true, conf, K=2, C=3, m_shots=[1], videos=None)
     assert res["1-shot"]["mapping"] == [0, 0] and res["1-shot"]["unit"] == "frame" and res["1-shot"]["num_labels"] == 2
+
+
+def test_more_clusters_than_classes_hungarian_one_to_one_argmax_many_to_one():
+    """K > C (Table 4's larger K): each class splits over two clusters. Hungarian names only C clusters (one-to-one),
+    so half the frames lose their class; argmax (majority vote) is the many-to-one figure and names every cluster."""
+    from avdet.report.scores import matchings, self_label_accuracy
+
+    true = np.repeat([0, 1, 2], 4)
+    pseudo = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5])             # K = 6 clusters, C = 3 classes
+    m = matchings(pseudo, true, np.ones(12), K=6, C=3, m_shots=(1,))
+    assert m["hungarian"]["num_matched"] == 3 and m["argmax"]["num_matched"] == 6
+    assert m["argmax"]["mapping"] == [0, 0, 1, 1, 2, 2] and m["1-shot"]["mapping"] == [0, 0, 1, 1, 2, 2]
+    assert self_label_accuracy(m["hungarian"]["mapping"], pseudo, true) == 0.5
+    assert self_label_accuracy(m["argmax"]["mapping"], pseudo, true) == 1.0

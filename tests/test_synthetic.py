@@ -268,3 +268,36 @@ def test_full_backends_are_installed():
           f"the emoji font {cfg.emoji_font}")
     needs(sound.fluidsynth_available(cfg.soundfont), f"pyfluidsynth or the soundfont {cfg.soundfont}")
     assert generate.resolve_backends(cfg) == {"pictures": "emoji", "audio": "fluidsynth"}
+
+
+def test_multi_source_split_leaves_the_rest_byte_identical(tmp_path):
+    """num_multi_per_class adds duet clips (two sounding instruments of different classes) and gt_test_multi.json;
+    every other file is byte-identical to the dataset without it, and done.json's config has no multi keys then."""
+    import hashlib
+    import json
+
+    def digests(root):
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file() and p.name not in ("done.json",
+                                                                                  "generation_report.json")}
+
+    off = generate.generate(tiny("backend=numpy"), tmp_path / "off")
+    on = generate.generate(tiny("backend=numpy", "num_multi_per_class=1"), tmp_path / "on")
+    a, b = digests(tmp_path / "off"), digests(tmp_path / "on")
+    assert "num_multi_per_class" not in json.loads((tmp_path / "off" / "done.json").read_text())["config"]
+    assert on["test_multi_clips"] == 3 and "test_multi_clips" not in off
+    assert {k: v for k, v in b.items() if k in a and k != "vggsound.csv"} == {k: v for k, v in a.items()
+                                                                             if k != "vggsound.csv"}
+    csv_off, csv_on = (tmp_path / "off" / "vggsound.csv").read_text(), (tmp_path / "on" / "vggsound.csv").read_text()
+    assert csv_on.startswith(csv_off) and csv_on[len(csv_off):].count(",test\n") == 3
+    assert set(b) - set(a) == {"gt_test_multi.json", "videos/syn000009_000000.mp4", "videos/syn000010_000000.mp4",
+                               "videos/syn000011_000000.mp4"}
+    multi = json.loads((tmp_path / "on" / "gt_test_multi.json").read_text())
+    per_image = {}
+    for ann in multi["annotations"]:
+        per_image.setdefault(ann["image_id"], []).append(ann)
+    first_frames = [anns for img, anns in per_image.items() if img % 8 == 0]
+    assert len(first_frames) == 3
+    for anns in first_frames:                        # both instruments visible and sounding, of two classes
+        sounding = {a["category_id"] for a in anns if a["sounding"]}
+        assert len(sounding) == 2 and all(not a["sounding"] for a in anns if a["category_id"] not in sounding)

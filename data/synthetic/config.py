@@ -1,6 +1,7 @@
 """SynthConfig: everything that decides what the synthetic benchmark contains and how big it is.
 
-The defaults are the "benchmark" size (9 instruments, 200 train + 25 test clips per class, 4 s, 160 px, 8 fps);
+``num_multi_per_class`` adds the multi-source test split (``gt_test_multi.json``): duets of two sounding instruments
+of different classes. The defaults are the "benchmark" size (9 instruments, 200 train + 25 test clips per class, 4 s, 160 px, 8 fps);
 clusters/local/synthetic_tiny.yaml (tests) and synthetic_demo.yaml (the end-to-end demo) shrink it.
 """
 from __future__ import annotations
@@ -43,6 +44,9 @@ class SynthConfig:
     p_offscreen: float = 0.3        # chance of an off-screen instrument of another class
     offscreen_db_min: float = -20.0  # its level relative to the sounding instrument, dB
     offscreen_db_max: float = -10.0
+    # multi-source test split (MUSIC-Duet style; 0 = none, and the dataset is byte-identical to one without the keys)
+    num_multi_per_class: int = 0    # test clips per class with a second sounding instrument of another class
+    multi_level_db: float = 3.0     # the second instrument's level: uniform in [-this, this] dB relative to the first
     # output and execution
     test_sheet_clips: int = 16      # frames (one per clip, from test clips first) on the contact sheet
     crf: int = 23                   # x264 quality
@@ -88,6 +92,10 @@ class SynthConfig:
         require(self.offscreen_db_min <= self.offscreen_db_max, "offscreen_db_min", "must be <= offscreen_db_max")
         require(0 <= self.crf <= 51, "crf", "must be in [0, 51]")
         require(self.num_workers >= 0, "num_workers", "must be >= 0")
+        require(self.num_multi_per_class >= 0, "num_multi_per_class", "must be >= 0")
+        require(0 <= self.multi_level_db <= 20, "multi_level_db", "must be in [0, 20] (both instruments audible)")
+        if self.num_multi_per_class and len(self.classes) < 2:
+            raise ConfigError("num_multi_per_class needs at least 2 classes (the two sounding ones differ)")
         require(self.test_sheet_clips >= 0, "test_sheet_clips", "must be >= 0")
         if self.p_offscreen > 0 and len(self.classes) < 2:
             raise ConfigError("p_offscreen needs at least 2 classes (the off-screen one differs); set it to 0")

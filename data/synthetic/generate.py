@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 DONE = "done.json"
 _NOT_CONTENT = ("num_workers",)     # config fields that do not change what is generated
+_MULTI = ("num_multi_per_class", "multi_level_db")  # left out of done.json while the multi-source split is off
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,9 @@ class ClipJob:
     index: int
     video_id: str
     class_index: int
-    split: str                      # "train" | "test"
+    split: str                      # "train" | "test" | "test_multi"
     keep_frame: bool                # return its middle frame for the contact sheet
+    second: int = -1                # "test_multi": the second sounding class (-1: none)
 
 
 @dataclass
@@ -84,7 +86,20 @@ def plan_jobs(cfg: SynthConfig) -> list[ClipJob]:
             jobs.append(ClipJob(i, f"syn{i:06d}", c, "train" if k < cfg.num_train_per_class else "test", False))
     order = sorted(jobs, key=lambda j: (j.split != "test", j.index % per_class, j.class_index))
     keep = {j.index for j in order[:cfg.test_sheet_clips]}
-    return [ClipJob(j.index, j.video_id, j.class_index, j.split, j.index in keep) for j in jobs]
+    return [ClipJob(j.index, j.video_id, j.class_index, j.split, j.index in keep) for j in jobs] + multi_jobs(cfg)
+
+
+def multi_jobs(cfg: SynthConfig) -> list[ClipJob]:
+    """The multi-source test clips, numbered after every other clip (so the others do not change): per class c,
+    ``num_multi_per_class`` duets of c with another class, the partners taken in turn."""
+    C, M, first = len(cfg.classes), cfg.num_multi_per_class, len(cfg.classes) * (cfg.num_train_per_class +
+                                                                                   cfg.num_test_per_class)
+    jobs = []
+    for c in range(C):
+        for m in range(M):
+            i = first + c * M + m
+            jobs.append(ClipJob(i, f"syn{i:06d}", c, "test_multi", False, (c + 1 + m % (C - 1)) % C))
+    return jobs
 
 
 def clip_rngs(seed: int, index: int) -> tuple[np.random.Generator, np.random.Generator]:
@@ -93,16 +108,23 @@ def clip_rngs(seed: int, index: int) -> tuple[np.random.Generator, np.random.Gen
     return np.random.default_rng(scene_ss), np.random.default_rng(audio_ss)
 
 
-def build_scene(cfg: SynthConfig, pictures: str, class_index: int, rng: np.random.Generator) -> render.Scene:
-    """The clip's scene with the chosen picture backend ("emoji" or "shapes")."""
+def build_scene(cfg: SynthConfig, pictures: str, class_index: int, rng: np.random.Generator,
+                second: int = -1) -> render.Scene:
+    """The clip's scene with the chosen picture backend ("emoji" or "shapes"); ``second`` >= 0: a duet."""
     sprites = [render.class_sprite(s, pictures, cfg.emoji_font) for s in class_specs(cfg.classes)]
-    return render.plan_scene(cfg, sprites, class_index, rng)
+    return render.plan_scene(cfg, sprites, class_index, rng, None if second < 0 else second)
 
 
-def build_audio(cfg: SynthConfig, audio_backend: str, scene: render.Scene, rng: np.random.Generator
-                ) -> tuple[np.ndarray, str | None]:
-    """The clip's audio, float32 (num_samples,), and the off-screen class name (None when there is none)."""
+def build_audio(cfg: SynthConfig, audio_backend: str, scene: render.Scene, rng: np.random.Generator,
+                second: int = -1) -> tuple[np.ndarray, str | None]:
+    """The clip's audio, float32 (num_samples,), and the off-screen class name (None when there is none).
+    ``second`` >= 0: a duet, the second (visible) instrument mixed at ±``multi_level_db`` and no off-screen one."""
     specs = class_specs(cfg.classes)
+    if second >= 0:
+        level = float(rng.uniform(-cfg.multi_level_db, cfg.multi_level_db))
+        snr_db = float(rng.uniform(cfg.snr_db_min, cfg.snr_db_max))
+        return sound.clip_audio(specs[scene.class_index], (specs[second], level), snr_db, cfg.clip_seconds,
+                                cfg.sample_rate, audio_backend, cfg.soundfont, rng), None
     visible = {o.class_index for o in scene.objects}
     hidden = [c for c in range(len(specs)) if c not in visible] or [c for c in range(len(specs))
                                                                      if c != scene.class_index]
@@ -119,14 +141,14 @@ def make_clip(cfg: SynthConfig, backends: dict[str, str], job: ClipJob, videos_d
     """Render one clip, write ``<videos_dir>/<video_id>_000000.mp4`` and return its per-frame annotations."""
     start = time.perf_counter()
     scene_rng, audio_rng = clip_rngs(cfg.seed, job.index)
-    scene = build_scene(cfg, backends["pictures"], job.class_index, scene_rng)
+    scene = build_scene(cfg, backends["pictures"], job.class_index, scene_rng, job.second)
     frames, per_frame = [], []
     for t in range(cfg.num_frames):
         frame, _masks, boxes = render.render_frame(scene, t)
         frames.append(frame)
         per_frame.append([(o.class_index, o.sounding, b, i) for i, (o, b) in enumerate(zip(scene.objects, boxes))
                           if b is not None])
-    audio, offscreen = build_audio(cfg, backends["audio"], scene, audio_rng)
+    audio, offscreen = build_audio(cfg, backends["audio"], scene, audio_rng, job.second)
     out = path_under(videos_dir, f"{job.video_id}_000000.mp4", "synthetic clip")
     outputs.write_mp4(out, np.stack(frames), audio, cfg.fps, cfg.sample_rate, cfg.crf)
     sheet = frames[len(frames) // 2] if job.keep_frame else None
@@ -149,12 +171,15 @@ def run_jobs(cfg: SynthConfig, backends: dict[str, str], jobs: list[ClipJob], vi
 
 
 def write_annotations(cfg: SynthConfig, root: Path, results: list[ClipResult]) -> dict[str, int]:
-    """vggsound.csv, classes.json, gt_train.json, gt_test.json; returns annotation counts."""
-    rows = [(r.job.video_id, cfg.classes[r.job.class_index], r.job.split) for r in results]
+    """vggsound.csv, classes.json, gt_train.json, gt_test.json (and gt_test_multi.json with the multi-source
+    split, whose clips the CSV lists as "test" under their first class: VGGSound has one label and two splits);
+    returns annotation counts."""
+    rows = [(r.job.video_id, cfg.classes[r.job.class_index], "test" if r.job.split == "test_multi" else r.job.split)
+            for r in results]
     outputs.write_text(root / "vggsound.csv", outputs.vggsound_csv(rows))
     outputs.write_json(root / "classes.json", list(cfg.classes))
     counts = {}
-    for split in ("train", "test"):
+    for split in ("train", "test") + (("test_multi",) if cfg.num_multi_per_class else ()):
         coco = outputs.CocoBuilder(list(cfg.classes))
         for r in (r for r in results if r.job.split == split):
             for t, objects in enumerate(r.objects):
@@ -179,7 +204,7 @@ def write_contact_sheet(cfg: SynthConfig, root: Path, results: list[ClipResult])
 
 def _content_config(cfg: SynthConfig) -> dict:
     d = to_dict(cfg)
-    for k in _NOT_CONTENT:
+    for k in _NOT_CONTENT + (_MULTI if not cfg.num_multi_per_class else ()):
         d.pop(k, None)
     return d
 
@@ -222,6 +247,8 @@ def generate(cfg: SynthConfig, root: str | Path) -> dict:
         sweep_stale_temps(d)            # temporaries of a killed run (logged)
     jobs = plan_jobs(cfg)
     _remove_stale_videos(videos_dir, jobs)
+    if not cfg.num_multi_per_class:
+        (root / "gt_test_multi.json").unlink(missing_ok=True)
     log.info("generating %d synthetic clips (%d classes, %s) into %s with %d workers",
              len(jobs), len(cfg.classes), backends, root, cfg.num_workers)
     start = time.perf_counter()
@@ -232,6 +259,8 @@ def generate(cfg: SynthConfig, root: str | Path) -> dict:
     seconds = time.perf_counter() - start
     report = {"clips": len(results), "train_clips": sum(r.job.split == "train" for r in results),
               "test_clips": sum(r.job.split == "test" for r in results), "frames_per_clip": cfg.num_frames,
+              **({"test_multi_clips": sum(r.job.split == "test_multi" for r in results)}
+                 if cfg.num_multi_per_class else {}),
               "objects": sum(len({f[3] for frame in r.objects for f in frame}) for r in results),
               "offscreen_clips": sum(r.offscreen is not None for r in results), **counts,
               "backends": backends, "num_workers": cfg.num_workers, "seconds": round(seconds, 3),
@@ -239,8 +268,9 @@ def generate(cfg: SynthConfig, root: str | Path) -> dict:
               "mean_clip_seconds_per_worker": round(float(np.mean([r.seconds for r in results])), 4)}
     outputs.write_json(root / "generation_report.json", report)
     files = [root / n for n in ("generation_report.json", "vggsound.csv", "classes.json", "gt_train.json",
-                                 "gt_test.json", "contact_sheet.png")] + \
-        [videos_dir / f"{j.video_id}_000000.mp4" for j in jobs]        # the planned clips: never a temporary
+                                 "gt_test.json", "contact_sheet.png")]
+    files += [root / "gt_test_multi.json"] if cfg.num_multi_per_class else []
+    files += [videos_dir / f"{j.video_id}_000000.mp4" for j in jobs]        # the planned clips: never a temporary
     write_done(root, {"config": _content_config(cfg), "backends": backends},
                [f for f in files if f.is_file()])
     log.info("synthetic dataset done: %d clips in %.1f s (%.1f clips/s)", len(results), seconds,

@@ -273,13 +273,18 @@ def _place(image: np.ndarray, size: int, speed: float, num_frames: int, taken: l
     return best[1], best[0]
 
 
-def plan_scene(cfg, sprites: list[np.ndarray], class_index: int, rng: np.random.Generator) -> Scene:
+def plan_scene(cfg, sprites: list[np.ndarray], class_index: int, rng: np.random.Generator,
+               second: int | None = None) -> Scene:
     """Random scene for sounding class ``class_index``: its object (sometimes two), 0..max_silent_objects silent
-    objects of other classes, a background. ``cfg`` is a SynthConfig; ``sprites`` the base pictures per class."""
+    objects of other classes, a background. ``second``: a second sounding class (a duet: one object of each, the
+    silent ones of neither). ``cfg`` is a SynthConfig; ``sprites`` the base pictures per class."""
     n_cls, size = len(sprites), cfg.frame_size
-    others = [c for c in range(n_cls) if c != class_index]
+    others = [c for c in range(n_cls) if c != class_index and c != second]
     n_silent = min(int(rng.integers(0, cfg.max_silent_objects + 1)), len(others))
-    members = [(class_index, True)] + ([(class_index, True)] if rng.random() < cfg.p_second_instance else [])
+    if second is None:
+        members = [(class_index, True)] + ([(class_index, True)] if rng.random() < cfg.p_second_instance else [])
+    else:
+        members = [(class_index, True), (second, True)]
     members += [(int(c), False) for c in rng.choice(others, size=n_silent, replace=False)] if n_silent else []
     speed = cfg.drift * size / cfg.fps
     objects, taken = [], []
