@@ -15,7 +15,6 @@ import dataclasses
 import html
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,16 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from avdet.config import ConfigError  # noqa: E402
 from avdet.fileio import write_atomic, write_json  # noqa: E402
 from avdet.report.seeds import seed_row, seeds_table, summarise  # noqa: E402
-from distributed.pipeline import PipelineConfig, pipeline_inputs, resolve, run_pipeline  # noqa: E402
+from distributed.pipeline import PipelineConfig, git_commit, pipeline_inputs, resolve, run_pipeline  # noqa: E402
 from jobs.cli import parse_args, setup_logging  # noqa: E402
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__)), check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def seed_config(base: PipelineConfig, seed: int) -> PipelineConfig:
@@ -80,7 +71,7 @@ def main(argv: list[str]) -> dict:
 
 def _write(out: Path, rows: list[dict], reports: dict, command: str, publish: str) -> dict:
     """seeds.json, seeds.md and seeds.html (atomic), after every seed, so a stopped run keeps what it has."""
-    doc = {"commit": _commit(), "command": command, "seeds": rows, "summary": summarise(rows)}
+    doc = {"commit": git_commit(), "command": command, "seeds": rows, "summary": summarise(rows)}
     write_json(out / "seeds.json", doc)
     if publish:
         write_json(Path(publish), doc)
