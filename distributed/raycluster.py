@@ -196,8 +196,10 @@ def _launch(args: list[str], tmp_dir: Path, env: dict[str, str], role: str,
 
 def start_head(tmp_dir: str | Path | None, num_cpus: int, num_gpus: int = 0, port: int | None = None,
                dashboard_port: int | None = None, node_ip: str = LOOPBACK, token_path: str | Path | None = None,
-               timeout: float = 90.0) -> RayNode:
+               timeout: float = 300.0) -> RayNode:
     """Start a Ray head on ``node_ip`` (loopback by default) with the dashboard/job server on the same address.
+    ``timeout`` is a generous bound (an idle start takes ~5 s; on a loaded 2-core machine a clean-clone test run
+    measured over 90 s), so a start that fails still fails within it, naming the log.
 
     ``tmp_dir`` (short path) holds Ray's session dir, the log and, unless ``token_path`` is given, the token;
     ``""``/None = a fresh directory under this user's private ``<tmp>/avdet-<uid>/ray``.
@@ -228,7 +230,7 @@ def start_head(tmp_dir: str | Path | None, num_cpus: int, num_gpus: int = 0, por
             log.warning("Ray head timed out during its own startup (loaded machine?); trying again, %.0f s left",
                         deadline - time.monotonic())
     port, dashboard_port = ports["port"], ports["dashboard-port"]
-    _wait_tcp(node_ip, dashboard_port, timeout=30.0)
+    _wait_tcp(node_ip, dashboard_port, timeout=max(deadline - time.monotonic(), 30.0))
     node = RayNode(proc, f"{node_ip}:{port}", node_ip, tmp_dir, token, log_path,
                    dashboard_url=f"http://{node_ip}:{dashboard_port}", ports=ports)
     log.info("Ray head up: address %s, dashboard %s, pid %d", node.address, node.dashboard_url, node.pid)
@@ -236,7 +238,7 @@ def start_head(tmp_dir: str | Path | None, num_cpus: int, num_gpus: int = 0, por
 
 
 def start_worker(head_address: str, tmp_dir: str | Path | None, num_cpus: int, num_gpus: int = 0,
-                 node_ip: str = LOOPBACK, token_path: str | Path | None = None, timeout: float = 90.0) -> RayNode:
+                 node_ip: str = LOOPBACK, token_path: str | Path | None = None, timeout: float = 300.0) -> RayNode:
     """Start a Ray worker node joining ``head_address``; ``token_path`` is the head's token (default: tmp_dir's)."""
     tmp_dir = _check_tmp_dir(tmp_dir, "worker")
     token = Path(token_path or tmp_dir / "auth_token")
