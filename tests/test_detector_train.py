@@ -112,3 +112,23 @@ def test_lr_schedule_and_predict_rejects_bad_frames():
     assert lr_at(50, 2) == pytest.approx(0.01)
     with pytest.raises(ValueError, match="uint8"):
         predict_batch(torch.nn.Identity(), np.zeros((1, 8, 8, 3), np.float32))
+
+
+def test_augmented_detection_batch_is_seeded_and_keeps_boxes_in_the_frame():
+    """The demo's training path (hflip 0.5, scale jitter [0.75, 1.25]): the same generator seed gives the same
+    images and boxes; boxes stay inside the frame; labels are untouched."""
+    import torch
+
+    from distributed.detector_worker import to_detection_batch
+    batch = {"frames": np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8),
+             "box": np.array([[10, 20, 40, 50]] * 4, np.float32), "cls": np.array([1, 2, 3, 1])}
+    a = to_detection_batch(batch, "cpu", 0.5, (0.75, 1.25), torch.Generator().manual_seed(1))
+    b = to_detection_batch(batch, "cpu", 0.5, (0.75, 1.25), torch.Generator().manual_seed(1))
+    assert all(torch.equal(x, y) for x, y in zip(a[0], b[0]))
+    assert all(torch.equal(x["boxes"], y["boxes"]) for x, y in zip(a[1], b[1]))
+    boxes = torch.cat([t["boxes"] for t in a[1]])
+    assert boxes.min() >= 0 and boxes.max() <= 64 and bool((boxes[:, 2:] > boxes[:, :2]).all())
+    assert [int(t["labels"]) for t in a[1]] == [1, 2, 3, 1]
+    plain = to_detection_batch(batch, "cpu")
+    assert plain[1][0]["boxes"].tolist() == [[10.0, 20.0, 40.0, 50.0]]
+    assert any(not torch.equal(p, x) for p, x in zip(plain[0], a[0]))      # something was augmented
