@@ -238,5 +238,5 @@ def test_selective_search_row(artifacts, tmp_path):
                           predictions=perfect_predictions())
     res = json.loads(Path(done["results"]).read_text())
     ss = res["baselines"]["selective_search"]
-    assert 0.0 <= ss["map_50"] <= ss["map_30"] <= 1.0 and "ap50_per_class" not in ss
+    assert ss["map_30"] > 0.0 and ss["map_50"] <= ss["map_30"] and "ap50_per_class" not in ss   # it finds objects
     assert "| Selective Search\\* | ✓ |" in Path(done["tables"]).read_text()
