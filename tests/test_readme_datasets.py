@@ -1,4 +1,4 @@
-"""The README's "From the datasets' files to the paper's tables" commands — every subset builder and converter —
+"""docs/REAL_DATA.md's "From the datasets' files to the paper's tables" commands — every subset builder and converter —
 run as written on tiny fixtures in each dataset's own layout under $DATA (the pipeline runs are not: they are tested
 on synthetic data elsewhere)."""
 from __future__ import annotations
@@ -23,10 +23,10 @@ JOBS = {"jobs/make_subset.py": make_subset.main, "jobs/convert_gt.py": convert_g
 
 
 def readme_commands() -> list[str]:
-    """The builder / converter commands of the README section, continuation lines joined."""
-    text = (ROOT / "README.md").read_text()
+    """The builder / converter commands of that section, continuation lines joined."""
+    text = (ROOT / "docs" / "REAL_DATA.md").read_text()
     start = text.index("### From the datasets' files to the paper's tables")
-    section = text[start:text.index("## Running on a cluster")]
+    section = text[start:text.index("## The paper's baselines")]
     lines = [ln.split() for b in re.findall(r"```bash\n(.*?)```", section, re.S) for ln in
              b.replace("\\\n", " ").splitlines()]
     return [" ".join(ln) for ln in lines if len(ln) > 1 and ln[1] in JOBS]
