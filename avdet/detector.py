@@ -24,6 +24,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torchvision.models.detection import FasterRCNN
 
@@ -129,3 +130,18 @@ def load_detector(path: str | os.PathLike, map_location: str | torch.device = "c
     model = _call_builder(ckpt["builder"], dict(ckpt["kwargs"]))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
+
+
+@torch.no_grad()
+def detect(model: torch.nn.Module, frames: np.ndarray | torch.Tensor,
+           device: str | torch.device = "cpu") -> list[dict[str, np.ndarray]]:
+    """Detections for a batch of frames, the one inference path (detector stage, evaluation, benchmarks):
+    ``frames`` (B, H, W, 3) uint8 -> per frame ``{"boxes" (n,4) float32 xyxy frame pixels, "scores" (n,) float32,
+    "labels" (n,) int64 category id (= pseudo-class + 1)}``. Puts the model in eval mode on ``device``."""
+    model.eval().to(device)
+    frames = torch.as_tensor(np.ascontiguousarray(frames))
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
+        raise ValueError(f"detect: frames must be (B, H, W, 3) uint8, got {tuple(frames.shape)} {frames.dtype}")
+    images = [f.permute(2, 0, 1).to(device).float().div_(255.0) for f in frames]
+    return [{"boxes": o["boxes"].cpu().numpy().astype(np.float32), "scores": o["scores"].cpu().numpy(),
+             "labels": o["labels"].cpu().numpy().astype(np.int64)} for o in model(images)]

@@ -60,9 +60,9 @@ def write_atomic(path: str | os.PathLike, payload: bytes | str | Callable[[Binar
     return path
 
 
-def write_json(path: str | os.PathLike, doc) -> Path:
-    """``doc`` as indented JSON at ``path``, atomically."""
-    return write_atomic(path, json.dumps(doc, indent=1))
+def write_json(path: str | os.PathLike, doc, default: Callable | None = None) -> Path:
+    """``doc`` as indented JSON at ``path``, atomically (``default`` as in ``json.dumps``, e.g. ``str``)."""
+    return write_atomic(path, json.dumps(doc, indent=1, default=default))
 
 
 class UnsafePathError(ValueError):

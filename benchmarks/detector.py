@@ -1,5 +1,5 @@
 """Detector throughput: a plain torchvision Faster R-CNN loop vs our detector path (build_detector +
-``distributed.detector_worker.train_one_epoch`` / ``detector_train.predict_batch``), train and inference images/s.
+``distributed.detector.worker.train_one_epoch`` / ``avdet.detector.detect``), train and inference images/s.
 
     python -m benchmarks.detector           # mobilenet_v3_fpn at 128 px, batch 8, K=309; writes out/detector.json
     python -m benchmarks.detector --tiny    # seconds-long smoke run
@@ -24,8 +24,8 @@ import torchvision
 from avdet.config import DetectorConfig
 from avdet.detector import build_detector
 from benchmarks.common import add_common_args, finish, interleaved_rates, loadavg
-from distributed.detector_train import predict_batch
-from distributed.detector_worker import to_detection_batch, train_one_epoch
+from avdet.detector import detect
+from distributed.detector.worker import to_detection_batch, train_one_epoch
 
 log = logging.getLogger("benchmarks.detector")
 
@@ -94,7 +94,7 @@ def plain_infer_fn(model, batch: dict):
 
 
 def ours_infer_fn(model, batch: dict):
-    return lambda: predict_batch(model, batch["frames"])
+    return lambda: detect(model, batch["frames"])
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

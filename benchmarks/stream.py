@@ -157,7 +157,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def _run_all(manifest: Path, cfg: StreamConfig) -> dict:
-    from data.raylocal import start_local_ray
+    from distributed.cluster.ray_local import start_local_ray
     import ray
     fig = {"decode_bound_1core": decode_bound(manifest, cfg)}
     log.info("decode bound: %.0f samples/s", fig["decode_bound_1core"])

@@ -28,8 +28,8 @@ from avdet.config import ModelConfig, from_dict, to_dict
 from avdet.losses import joint_loss
 from avdet.model import AVModel
 from benchmarks.common import add_common_args, finish, interleaved_rates, loadavg
-from distributed.config import TrainConfig
-from distributed.engine import release_process_group
+from distributed.stage1.config import Stage1TrainConfig
+from distributed.stage1.engine import release_process_group
 
 log = logging.getLogger("benchmarks.train_step")
 
@@ -65,9 +65,9 @@ def bare_step_fn(cfg: ModelConfig, batch, optimizer: str = "sgd", threads: int |
     return step
 
 
-def engine_step_fn(cfg: ModelConfig, batch, train: TrainConfig, gather=None):
+def engine_step_fn(cfg: ModelConfig, batch, train: Stage1TrainConfig, gather=None):
     """The same step through ``build_engine`` (DeepSpeed: engine(...), engine.backward, engine.step)."""
-    from distributed.engine import build_engine
+    from distributed.stage1.engine import build_engine
     torch.manual_seed(0)
     engine = build_engine(AVModel(cfg), train, steps_per_epoch=1000)
     engine.train()
@@ -80,9 +80,9 @@ def engine_step_fn(cfg: ModelConfig, batch, train: TrainConfig, gather=None):
     return step
 
 
-def _train_config(batch: int, optimizer: str, zero: int, workers: int = 1) -> TrainConfig:
+def _train_config(batch: int, optimizer: str, zero: int, workers: int = 1) -> Stage1TrainConfig:
     lr = 0.01 if optimizer == "sgd" else 1e-3
-    return TrainConfig(batch_size=batch, optimizer=optimizer, lr=lr, zero_stage=zero, num_workers=workers,
+    return Stage1TrainConfig(batch_size=batch, optimizer=optimizer, lr=lr, zero_stage=zero, num_workers=workers,
                        weight_decay=0.0)
 
 
@@ -109,7 +109,7 @@ def ray_worker(config: dict) -> None:
     {"rates": [global samples/s per block]} to ``config["out"]``. Every rank reports once at the end."""
     import ray.train
 
-    from distributed import dist
+    from distributed.cluster import dist
     torch.set_num_threads(config["threads"])
     cfg = from_dict(ModelConfig, config["model"])
     batch = config["batch"]
@@ -156,7 +156,7 @@ def ray_rates(cfg: ModelConfig, batch: int, optimizer: str, rounds: int, calls: 
     """Ray Train + DeepSpeed ZeRO 0 with 1 worker (all cores) and 2 workers (1 core each), on a loopback Ray."""
     import ray
 
-    from data.raylocal import start_local_ray
+    from distributed.cluster.ray_local import start_local_ray
     cores = os.cpu_count() or 1
     start_local_ray(num_cpus=cores, object_store_memory=256 * 2**20)
     try:

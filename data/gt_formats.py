@@ -2,7 +2,7 @@
 
 Output: ``{"images": [{"id", "video_id", "timestamp", "width", "height", "file_name"}], "annotations": [{"id",
 "image_id", "category_id", "bbox" [x, y, w, h], "area", "iscrowd": 0, "sounding", "annotator"?}], "categories":
-[{"id", "name"}]}``. ``distributed.eval_data`` joins an image to the ingested frame of the same ``video_id`` nearest
+[{"id", "name"}]}``. ``distributed.evaluation.frames`` joins an image to the ingested frame of the same ``video_id`` nearest
 ``timestamp`` (seconds from the start of the clip file ingest read) and rescales boxes from ``width`` × ``height``;
 categories are matched to the manifest's classes by *name*. Formats with normalised boxes keep them normalised with
 ``width = height = 1``. An entry with no box stays an image without objects (a frame that must have no detection).

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,9 @@ from typing import Any
 from tqdm import tqdm
 
 from avdet.config import to_dict
+from avdet.fileio import UnsafePathError, safe_name
 from data.config import IngestConfig
 from data.schema import SampleMeta, encode_sample
-from avdet.fileio import UnsafePathError, safe_name
 from data.shards import ShardInfo, ShardWriter, sweep_stale_temps, write_atomic, write_manifest
 from data.video import VideoError, audio_window, decode_clip, find_video
 
@@ -173,15 +172,17 @@ def ingest_local(cfg: IngestConfig) -> dict:
 
 
 def ingest(cfg: IngestConfig) -> dict:
-    """Ray Data ingest: one task per group/shard, ``cfg.concurrency`` at a time. Connects to ``cfg.ray_address``
-    (``"local"`` = a loopback-only Ray on this machine). Returns the ingest report (also in ingest_report.json)."""
+    """Ray Data ingest: one task per group/shard, ``cfg.concurrency`` at a time, on the Ray this process is already
+    connected to (the caller connects: ``distributed.cluster.ray_local.connect_ray``; data/ starts no cluster).
+    Returns the ingest report (also in ingest_report.json)."""
     if not cfg.use_ray:
         return ingest_local(cfg)
     import ray
 
-    from data.raylocal import connect_ray
+    if not ray.is_initialized():
+        raise RuntimeError("ingest: use_ray=true needs a connected Ray (distributed.cluster.ray_local.connect_ray "
+                           "before ingest(), as jobs/ingest.py does), or use_ray=false")
     groups, csv_rejects, classes = _plan(cfg)
-    connect_ray(cfg.ray_address, num_cpus=max(cfg.concurrency, os.cpu_count() or 1))
     ray.data.DataContext.get_current().enable_progress_bars = False
     results: list[dict] = []
     if groups:

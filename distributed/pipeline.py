@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +22,10 @@ from avdet.fileio import write_json
 from data.artifacts import LINEAGE, lineage_changes, make_lineage, move_aside, recorded_lineage
 from data.config import IngestConfig
 from data.synthetic.config import SynthConfig
-from distributed.detector_train import DetectorTrainConfig
-from distributed.evaluate import EvalConfig
-from distributed.pseudo_config import PseudoConfig
-from distributed.stage1_config import Stage1Config
+from distributed.detector.config import DetectorTrainConfig
+from distributed.evaluation.evaluate import EvalConfig
+from distributed.pseudo.config import PseudoConfig
+from distributed.stage1.config import Stage1Config
 
 log = logging.getLogger(__name__)
 
@@ -219,10 +220,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     per-stage wall times in ``timings_s``; writes ``<workdir>/pipeline.json``."""
     from data.ingest import ingest
     from data.synthetic.generate import generate
-    from distributed.detector_train import run_detector_training
-    from distributed.evaluate import run_evaluation
-    from distributed.pseudo import run_pseudo
-    from distributed.stage1 import run_stage1
+    from distributed.detector.train import run_detector_training
+    from distributed.evaluation.evaluate import run_evaluation
+    from distributed.pseudo.annotate import run_pseudo
+    from distributed.stage1.job import run_stage1
 
     given, cfg = cfg, resolve(cfg)
     for line in replaced_settings(given, cfg):
@@ -240,7 +241,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     if cfg.dataset == "synthetic" and cfg.synthetic.num_multi_per_class:
         steps.append(("evaluate_multi", lambda: run_evaluation(multi_source_eval(cfg, syn_dir))))
     if cfg.ray_address == "local":
-        from data.raylocal import start_local_ray
+        from distributed.cluster.ray_local import start_local_ray
         # the dashboard (on 127.0.0.1) serves the state API that Ray Train's placement-group cleaner polls
         start_local_ray(num_cpus=local_cpus(cfg), include_dashboard=True, dashboard_host="127.0.0.1")
     results: dict = {"timings_s": {}}
@@ -256,7 +257,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         results[name] = step()
         results["timings_s"][name] = round(time.perf_counter() - t0, 1)
         log.info("=== %s finished in %.1f s ===", name, results["timings_s"][name])
-        _write_json(w / "pipeline.json", results)
+        write_json(w / "pipeline.json", results, default=str)
     return results
 
 
@@ -277,13 +278,12 @@ def weak_sup_configs(cfg: PipelineConfig) -> tuple[DetectorTrainConfig, EvalConf
 
 def run_weak_sup(cfg: PipelineConfig) -> dict:
     """The paper's "Ours - weak sup." (Table 1): the self-boxes with the TRUE video labels
-    (:func:`distributed.pseudo.true_label_document`) train the same detector, evaluated with the identity class
+    (:func:`distributed.pseudo.annotate.true_label_document`) train the same detector, evaluated with the identity class
     mapping; the main evaluation shows its mAP in Table 1 (``evaluate.weak_sup_results``). ``cfg``: resolved."""
-    from avdet.fileio import write_json
     from data.shards import read_manifest
-    from distributed.detector_train import run_detector_training
-    from distributed.evaluate import run_evaluation
-    from distributed.pseudo import true_label_document
+    from distributed.detector.train import run_detector_training
+    from distributed.evaluation.evaluate import run_evaluation
+    from distributed.pseudo.annotate import true_label_document
 
     det, ev = weak_sup_configs(cfg)
     classes = read_manifest(cfg.detector.manifest).classes
@@ -331,10 +331,8 @@ def _ingest(ingest_fn, cfg: IngestConfig) -> dict:
                 f"or delete {done} to re-ingest (finished shards are kept and skipped)")
         log.info("ingest: %s exists with all %d shards; skipping (delete it to re-ingest)", done, len(m.shards))
         return json.loads(report.read_text())
+    if cfg.use_ray:
+        from distributed.cluster.ray_local import connect_ray
+        connect_ray(cfg.ray_address, num_cpus=max(cfg.concurrency, os.cpu_count() or 1))
     return ingest_fn(cfg)
 
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    tmp.replace(path)

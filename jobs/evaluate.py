@@ -1,4 +1,4 @@
-"""Evaluation job: stage artifacts -> results.json, tables.md, report.html (distributed/evaluate.py).
+"""Evaluation job: stage artifacts -> results.json, tables.md, report.html (distributed/evaluation/evaluate.py).
 
     python jobs/evaluate.py --config clusters/local/eval.yaml          # a finished `make demo` (outputs/demo)
     python jobs/evaluate.py manifest=... gt=.../gt_test.json pseudo_train=... pseudo_test=... detector=... use_ray=true
@@ -6,7 +6,7 @@
         detector=... class_names=data/classlists/vggsound_instruments_39.txt dataset=OpenImages
 
 With ``images_dir`` the test set is a folder of still images with COCO boxes (``file_name`` relative to it): the
-detector runs on them and classes are matched by name (distributed/eval_images.py); no shards or test self-labels.
+detector runs on them and classes are matched by name (distributed/evaluation/images.py); no shards or test self-labels.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 if __package__ in (None, ""):                      # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distributed.evaluate import EvalConfig, run_evaluation  # noqa: E402
+from distributed.evaluation.evaluate import EvalConfig, run_evaluation  # noqa: E402
 from jobs.cli import parse, setup_logging  # noqa: E402
 
 REQUIRED = ("manifest", "gt", "pseudo_train", "pseudo_test", "detector")

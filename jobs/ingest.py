@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ if __package__ in (None, ""):                      # run as a script: make the r
 from avdet.config import save_config  # noqa: E402
 from data.config import IngestConfig  # noqa: E402
 from data.ingest import ingest  # noqa: E402
+from distributed.cluster.ray_local import connect_ray  # noqa: E402
 from jobs.cli import parse, setup_logging  # noqa: E402
 
 
@@ -24,6 +26,8 @@ def inputs(cfg: IngestConfig) -> dict[str, str]:
 def main(argv: list[str]) -> dict:
     setup_logging()
     cfg = parse(IngestConfig, argv, __doc__.split("\n")[0], inputs)
+    if cfg.use_ray:
+        connect_ray(cfg.ray_address, num_cpus=max(cfg.concurrency, os.cpu_count() or 1))
     report = ingest(cfg)
     save_config(cfg, Path(cfg.out_dir) / "ingest_config.yaml")
     return report

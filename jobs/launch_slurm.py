@@ -21,7 +21,7 @@ if __package__ in (None, ""):                      # run as a script: make the r
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from avdet.config import ConfigError, load_config  # noqa: E402
-from distributed.slurm import SlurmConfig, launch  # noqa: E402
+from distributed.cluster.slurm import SlurmConfig, launch  # noqa: E402
 from jobs.cli import dry_run  # noqa: E402
 
 log = logging.getLogger("avdet.launch_slurm")

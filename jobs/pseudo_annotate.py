@@ -1,4 +1,4 @@
-"""Pseudo-annotation job: stage-1 model + shards -> COCO pseudo-annotations (distributed/pseudo.py).
+"""Pseudo-annotation job: stage-1 model + shards -> COCO pseudo-annotations (distributed/pseudo/annotate.py).
 
     python jobs/pseudo_annotate.py --config clusters/local/pseudo_tiny.yaml stage1_dir=... manifest=... out_dir=...
     ray job submit --working-dir . -- python jobs/pseudo_annotate.py --config ... ray_address=auto
@@ -11,8 +11,8 @@ from pathlib import Path
 if __package__ in (None, ""):                      # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distributed.pseudo import run_pseudo  # noqa: E402
-from distributed.pseudo_config import PseudoConfig  # noqa: E402
+from distributed.pseudo.annotate import run_pseudo  # noqa: E402
+from distributed.pseudo.config import PseudoConfig  # noqa: E402
 from jobs.cli import parse, setup_logging  # noqa: E402
 
 

@@ -10,8 +10,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for `python jobs/...`
 
-from distributed.stage1 import run_stage1
-from distributed.stage1_config import Stage1Config
+from distributed.stage1.config import Stage1Config
+from distributed.stage1.job import run_stage1
 from jobs.cli import parse, setup_logging
 
 

@@ -1,4 +1,4 @@
-"""Detector job: pseudo-annotations + shards -> Faster R-CNN checkpoint (distributed/detector_train.py).
+"""Detector job: pseudo-annotations + shards -> Faster R-CNN checkpoint (distributed/detector/train.py).
 
     python jobs/train_detector.py --config clusters/local/detector_tiny.yaml pseudo_dir=... manifest=... out_dir=...
     ray job submit --working-dir . -- python jobs/train_detector.py --config ... ray_address=auto
@@ -11,7 +11,8 @@ from pathlib import Path
 if __package__ in (None, ""):                      # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distributed.detector_train import DetectorTrainConfig, run_detector_training  # noqa: E402
+from distributed.detector.config import DetectorTrainConfig  # noqa: E402
+from distributed.detector.train import run_detector_training  # noqa: E402
 from jobs.cli import parse, setup_logging  # noqa: E402
 
 

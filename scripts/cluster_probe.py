@@ -29,7 +29,7 @@ from avdet.metrics.clusters import hungarian_accuracy  # noqa: E402
 from avdet.model import AVModel  # noqa: E402
 from avdet.sinkhorn import column_marginal, sinkhorn_knopp  # noqa: E402
 from data.stream import plain_loader  # noqa: E402
-from distributed.stage1_config import Stage1Config  # noqa: E402
+from distributed.stage1.config import Stage1Config  # noqa: E402
 
 
 @torch.no_grad()

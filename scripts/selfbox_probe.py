@@ -40,8 +40,8 @@ from avdet.fileio import write_json  # noqa: E402
 from avdet.selflabels import class_and_probability, confidence, peakiness  # noqa: E402
 from data.shards import read_manifest  # noqa: E402
 from data.stream import plain_loader  # noqa: E402
-from distributed.eval_data import eval_ground_truth, read_test_frames  # noqa: E402
-from distributed.pseudo import load_stage1  # noqa: E402
+from distributed.evaluation.frames import eval_ground_truth, read_test_frames  # noqa: E402
+from distributed.pseudo.annotate import load_stage1  # noqa: E402
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 

@@ -114,7 +114,7 @@ def _train_func(config: dict) -> None:
 
 def _sockets_during(fn, tag: str) -> list[list]:
     """Run ``fn()`` while a thread collects every listening socket of our tagged session: [[host, port, comm]]."""
-    from distributed.raycluster import listening_sockets
+    from distributed.cluster.raycluster import listening_sockets
     seen: set = set()
     stop = threading.Event()
 
@@ -135,13 +135,13 @@ def _sockets_during(fn, tag: str) -> list[list]:
 
 def _probe(out: Path) -> None:
     tag = tag_session()
-    from data.raylocal import start_local_ray
+    from distributed.cluster.ray_local import start_local_ray
     start_local_ray(num_cpus=3)
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from distributed.torch_loopback import LoopbackTorchConfig
+    from distributed.cluster.torch_loopback import LoopbackTorchConfig
 
     def data_pass():
         assert ray.data.range(64, override_num_blocks=4).map_batches(lambda b: b).count() == 64

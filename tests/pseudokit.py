@@ -12,7 +12,7 @@ from avdet.config import ModelConfig, save_config
 from avdet.model import AVModel
 from data.schema import SampleMeta, encode_sample
 from data.shards import ShardWriter, write_manifest
-from distributed.stage1_config import Stage1Config
+from distributed.stage1.config import Stage1Config
 from tests.avshards import toy_sample
 
 K = 3

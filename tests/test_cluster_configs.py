@@ -9,12 +9,12 @@ import yaml
 from avdet.config import load_config
 from data.config import IngestConfig
 from data.synthetic.config import SynthConfig
-from distributed.detector_train import DetectorTrainConfig
-from distributed.evaluate import EvalConfig
+from distributed.cluster.slurm import SlurmConfig
+from distributed.detector.config import DetectorTrainConfig
+from distributed.evaluation.evaluate import EvalConfig
 from distributed.pipeline import PipelineConfig, replaced_settings, resolve
-from distributed.pseudo_config import PseudoConfig
-from distributed.slurm import SlurmConfig
-from distributed.stage1_config import Stage1Config
+from distributed.pseudo.config import PseudoConfig
+from distributed.stage1.config import Stage1Config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", "clusters/README.md", "Makefile", "clusters/kuberay/rayjob.yaml", *sorted(

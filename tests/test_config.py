@@ -81,7 +81,7 @@ def test_missing_file_is_named(tmp_path):
 # values that must be errors (issue 15)
 
 def _stage1():
-    from distributed.stage1_config import Stage1Config
+    from distributed.stage1.config import Stage1Config
     return Stage1Config
 
 
@@ -125,10 +125,10 @@ def test_null_for_a_non_optional_field_is_an_error_not_the_string_none(tmp_path)
     ("eval", "picture_score=3", "picture_score"),
 ])
 def test_out_of_range_values_are_errors_naming_the_key(cls, override, key):
-    from distributed.config import TrainConfig
-    from distributed.evaluate import EvalConfig
+    from distributed.stage1.config import Stage1TrainConfig
+    from distributed.evaluation.evaluate import EvalConfig
     c = {"stream": StreamConfig, "detector": DetectorConfig, "audio": AudioConfig, "ingest": IngestConfig,
-         "train": TrainConfig, "eval": EvalConfig}[cls]
+         "train": Stage1TrainConfig, "eval": EvalConfig}[cls]
     with pytest.raises(ConfigError, match=rf"^{key} "):
         load_config(c, None, [override])
 
@@ -139,7 +139,7 @@ def test_trainable_backbone_layers_range_follows_the_backbone():
 
 
 def test_slurm_ports_and_signal_delay_are_checked():
-    from distributed.slurm import SlurmConfig
+    from distributed.cluster.slurm import SlurmConfig
     for override, key in [("ray_port=70000", "ray_port"), ("ray_dashboard_port=-1", "ray_dashboard_port"),
                           ("signal_delay_s=-3", "signal_delay_s")]:
         with pytest.raises(ConfigError, match=rf"^{key} "):
@@ -166,9 +166,9 @@ def test_broken_yaml_file_is_a_config_error_naming_the_file(tmp_path):
 def test_every_config_dataclass_has_finite_defaults_and_loads():
     """The null and finiteness checks must not reject any default of the project's configs."""
     from data.synthetic.config import SynthConfig
-    from distributed.detector_train import DetectorTrainConfig
+    from distributed.detector.config import DetectorTrainConfig
     from distributed.pipeline import PipelineConfig
-    from distributed.pseudo_config import PseudoConfig
-    from distributed.slurm import SlurmConfig
+    from distributed.pseudo.config import PseudoConfig
+    from distributed.cluster.slurm import SlurmConfig
     for c in (PipelineConfig, _stage1(), PseudoConfig, DetectorTrainConfig, IngestConfig, SynthConfig, SlurmConfig):
         load_config(c)

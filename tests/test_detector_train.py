@@ -11,10 +11,12 @@ import torch
 import torchvision
 
 from avdet.config import DetectorConfig
+from avdet.detector import detect
 from data.config import StreamConfig
-from distributed.detector_train import (DetectorTrainConfig, attach_pseudo, load_pseudo_table, predict_batch,
-                                        run_detector_training)
-from distributed.detector_worker import FAULT_MARKER, lr_schedule
+from distributed.detector.config import DetectorTrainConfig
+from distributed.detector.rows import attach_pseudo, load_pseudo_table
+from distributed.detector.train import run_detector_training
+from distributed.detector.worker import FAULT_MARKER, lr_schedule
 from tests.pseudokit import K, SIZE, make_two_split_shards, write_truth_pseudo
 
 
@@ -22,7 +24,7 @@ from tests.pseudokit import K, SIZE, make_two_split_shards, write_truth_pseudo
 def ray_local():
     import ray
 
-    from data.raylocal import connect_ray
+    from distributed.cluster.ray_local import connect_ray
     connect_ray("local", num_cpus=4)
     yield
     ray.shutdown()
@@ -63,7 +65,7 @@ def test_train_one_epoch_and_reload(ray_local, toy):
     model, ckpt = _load_plain(out / "detector.pt")
     assert ckpt["kwargs"]["num_classes"] == K + 1 and ckpt["kwargs"]["min_size"] == SIZE
     frames = np.random.default_rng(0).integers(0, 255, (2, SIZE, SIZE, 3), dtype=np.uint8)
-    preds = predict_batch(model, frames)
+    preds = detect(model, frames)
     assert len(preds) == 2 and set(preds[0]) == {"boxes", "scores", "labels"}
     assert preds[0]["boxes"].shape[1:] == (4,) and preds[0]["labels"].dtype == np.int64
     assert run_detector_training(_cfg(root, manifest, out_dir=str(out))) == summary     # complete: skipped
@@ -111,7 +113,7 @@ def test_lr_schedule_and_predict_rejects_bad_frames():
     assert lr_at(0, 0) == pytest.approx(0.001) and lr_at(10, 0) == pytest.approx(0.1)
     assert lr_at(50, 2) == pytest.approx(0.01)
     with pytest.raises(ValueError, match="uint8"):
-        predict_batch(torch.nn.Identity(), np.zeros((1, 8, 8, 3), np.float32))
+        detect(torch.nn.Identity(), np.zeros((1, 8, 8, 3), np.float32))
 
 
 def test_augmented_detection_batch_is_seeded_and_keeps_boxes_in_the_frame():
@@ -119,7 +121,7 @@ def test_augmented_detection_batch_is_seeded_and_keeps_boxes_in_the_frame():
     images and boxes; boxes stay inside the frame; labels are untouched."""
     import torch
 
-    from distributed.detector_worker import to_detection_batch
+    from distributed.detector.worker import to_detection_batch
     batch = {"frames": np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8),
              "box": np.array([[10, 20, 40, 50]] * 4, np.float32), "cls": np.array([1, 2, 3, 1])}
     a = to_detection_batch(batch, "cpu", 0.5, (0.75, 1.25), torch.Generator().manual_seed(1))

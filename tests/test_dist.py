@@ -1,4 +1,4 @@
-"""distributed.dist: single-process fallbacks, and the collectives in a real 2-process gloo group on loopback."""
+"""distributed.cluster.dist: single-process fallbacks, and the collectives in a real 2-process gloo group on loopback."""
 import logging
 from pathlib import Path
 
@@ -6,9 +6,7 @@ import pytest
 import torch
 
 import distributed
-from distributed import dist as D
-
-
+from distributed.cluster import dist as D
 def test_import_distributed_is_ours():
     """A top-level ``distributed`` package would clash with Dask's; it must resolve to this repo's."""
     assert Path(distributed.__file__).resolve().parent == Path(D.__file__).resolve().parent

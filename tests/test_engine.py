@@ -1,4 +1,4 @@
-"""distributed.engine + distributed.config: DeepSpeed in ONE process (world 1, gloo), ZeRO 0/1/2, checkpoints."""
+"""distributed.stage1.engine + distributed.stage1.config: DeepSpeed in ONE process (world 1, gloo), ZeRO 0/1/2, checkpoints."""
 import io
 import json
 import time
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from avdet.config import ConfigError
-from distributed.config import RelabelConfig, TrainConfig, check_batch_vs_workers
-from distributed.engine import (build_engine, deepspeed_config, load_checkpoint, release_process_group, rng_state,
+from distributed.stage1.config import RelabelConfig, Stage1TrainConfig, check_batch_vs_workers
+from distributed.stage1.engine import (build_engine, deepspeed_config, load_checkpoint, release_process_group, rng_state,
                                 save_checkpoint, set_rng_state)
 
 
@@ -20,13 +20,13 @@ def _teardown_group():
 
 
 def test_train_config_checks_name_the_key():
-    TrainConfig().check()
+    Stage1TrainConfig().check()
     for changes, key in [({"batch_size": 0}, "batch_size"), ({"zero_stage": 3}, "zero_stage"),
                          ({"precision": "fp16"}, "precision"), ({"optimizer": "lamb"}, "optimizer"),
                          ({"relabel_epochs": [0, 10]}, "relabel_epochs"), ({"grad_accum": 0}, "grad_accum")]:
         with pytest.raises(ConfigError, match=key):
-            TrainConfig(**changes).check()
-    TrainConfig(zero_stage=3, use_gpu=True, precision="fp16").check()
+            Stage1TrainConfig(**changes).check()
+    Stage1TrainConfig(zero_stage=3, use_gpu=True, precision="fp16").check()
     with pytest.raises(ConfigError, match="topk"):
         RelabelConfig(topk=-1).check()
     with pytest.raises(ConfigError, match="mode"):
@@ -34,25 +34,25 @@ def test_train_config_checks_name_the_key():
 
 
 def test_relabel_schedule_and_batch_vs_workers():
-    assert [e for e in range(6) if TrainConfig(epochs=6, relabel_every=2).relabel_after(e)] == [1, 3, 5]
-    assert [e for e in range(6) if TrainConfig(epochs=6, relabel_epochs=[0, 4]).relabel_after(e)] == [0, 4]
-    assert not any(TrainConfig(relabel_every=0).relabel_after(e) for e in range(10))
-    check_batch_vs_workers(TrainConfig(batch_size=8, num_workers=2), 16)
+    assert [e for e in range(6) if Stage1TrainConfig(epochs=6, relabel_every=2).relabel_after(e)] == [1, 3, 5]
+    assert [e for e in range(6) if Stage1TrainConfig(epochs=6, relabel_epochs=[0, 4]).relabel_after(e)] == [0, 4]
+    assert not any(Stage1TrainConfig(relabel_every=0).relabel_after(e) for e in range(10))
+    check_batch_vs_workers(Stage1TrainConfig(batch_size=8, num_workers=2), 16)
     with pytest.raises(ConfigError, match="batch_size 8 x num_workers 2"):
-        check_batch_vs_workers(TrainConfig(batch_size=8, num_workers=2), 15)
+        check_batch_vs_workers(Stage1TrainConfig(batch_size=8, num_workers=2), 15)
     with pytest.raises(ConfigError, match="num_actors"):
-        check_batch_vs_workers(TrainConfig(batch_size=1), 3, RelabelConfig(mode="actors", num_actors=4))
+        check_batch_vs_workers(Stage1TrainConfig(batch_size=1), 3, RelabelConfig(mode="actors", num_actors=4))
 
 
 def test_deepspeed_config_dict():
-    ds = deepspeed_config(TrainConfig(optimizer="adamw", zero_stage=2, precision="bf16", grad_accum=4,
+    ds = deepspeed_config(Stage1TrainConfig(optimizer="adamw", zero_stage=2, precision="bf16", grad_accum=4,
                                       grad_clip=1.0, warmup_steps=5, epochs=2, batch_size=16), steps_per_epoch=40)
     assert ds["train_micro_batch_size_per_gpu"] == 16 and ds["gradient_accumulation_steps"] == 4
     assert ds["zero_optimization"] == {"stage": 2} and ds["bf16"] == {"enabled": True}
     assert ds["optimizer"]["type"] == "AdamW" and ds["optimizer"]["params"]["torch_adam"] is True
     assert ds["gradient_clipping"] == 1.0
     assert ds["scheduler"]["params"] == {"total_num_steps": 20, "warmup_num_steps": 5}
-    sgd = deepspeed_config(TrainConfig(), steps_per_epoch=10)
+    sgd = deepspeed_config(Stage1TrainConfig(), steps_per_epoch=10)
     assert sgd["optimizer"]["type"] == "SGD" and "scheduler" not in sgd and "gradient_clipping" not in sgd
 
 
@@ -86,7 +86,7 @@ def _train(engine, x, y, steps):
 
 @pytest.mark.parametrize("zero,optimizer,precision", [(0, "sgd", "fp32"), (1, "adamw", "fp32"), (2, "sgd", "bf16")])
 def test_engine_trains_and_checkpoint_round_trip(tmp_path, zero, optimizer, precision):
-    cfg = TrainConfig(batch_size=32, zero_stage=zero, optimizer=optimizer, precision=precision,
+    cfg = Stage1TrainConfig(batch_size=32, zero_stage=zero, optimizer=optimizer, precision=precision,
                       lr=0.05 if optimizer == "sgd" else 0.01, grad_clip=1.0, weight_decay=0.0)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(32, 8, generator=g)
@@ -95,9 +95,9 @@ def test_engine_trains_and_checkpoint_round_trip(tmp_path, zero, optimizer, prec
     engine = build_engine(_model(0), cfg, steps_per_epoch=10)
     init_s = time.perf_counter() - t0
     import deepspeed.ops
-    from distributed.engine import SHM_COMM_OP
+    from distributed.stage1.engine import SHM_COMM_OP
     assert not deepspeed.ops.__compatible_ops__.get(SHM_COMM_OP, False), \
-        f"the shm comm op may be JIT-built (init took {init_s:.1f} s; see distributed/engine.py)"   # the event
+        f"the shm comm op may be JIT-built (init took {init_s:.1f} s; see distributed/stage1/engine.py)"   # the event
     assert init_s < 600, f"deepspeed init took {init_s:.1f} s"     # generous: the machine may be loaded
     losses = _train(engine, x, y, 8)
     assert losses[-1] < losses[0]
@@ -116,7 +116,7 @@ def test_engine_trains_and_checkpoint_round_trip(tmp_path, zero, optimizer, prec
 
 
 def test_load_checkpoint_missing_is_clear(tmp_path):
-    engine = build_engine(_model(0), TrainConfig(batch_size=4), steps_per_epoch=1)
+    engine = build_engine(_model(0), Stage1TrainConfig(batch_size=4), steps_per_epoch=1)
     with pytest.raises(FileNotFoundError, match="no DeepSpeed checkpoint"):
         load_checkpoint(engine, tmp_path / "nothing")
 
@@ -125,8 +125,8 @@ def test_load_checkpoint_missing_is_clear(tmp_path):
 def test_tampered_checkpoint_is_refused_before_anything_is_unpickled(tmp_path, monkeypatch, damage):
     """DeepSpeed loads checkpoints with ``torch.load(weights_only=False)``: one changed byte, a file nobody listed,
     or a checkpoint without checksums must stop the resume before ``torch.load`` is ever called."""
-    from distributed.engine import CheckpointIntegrityError
-    cfg = TrainConfig(batch_size=4, zero_stage=1, optimizer="adamw")
+    from distributed.stage1.engine import CheckpointIntegrityError
+    cfg = Stage1TrainConfig(batch_size=4, zero_stage=1, optimizer="adamw")
     engine = build_engine(_model(0), cfg, steps_per_epoch=1)
     save_checkpoint(engine, tmp_path, {"epoch": 0})
     sums = json.loads((tmp_path / "checksums-rank0.json").read_text())

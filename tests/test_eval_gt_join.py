@@ -16,8 +16,8 @@ import pytest
 from avdet.metrics import evaluate_detections
 from data.schema import SampleMeta, encode_sample
 from data.shards import ShardWriter, read_manifest, write_manifest
-from distributed import eval_data
-from distributed.evaluate import EvalConfig, run_evaluation
+from distributed.evaluation import frames as eval_data
+from distributed.evaluation.evaluate import EvalConfig, run_evaluation
 
 CLASSES = ["cat", "dog"]
 FS, OW, OH = 32, 64, 64

@@ -1,4 +1,4 @@
-"""Evaluation on a folder of still images (distributed/eval_images.py, jobs/evaluate.py images_dir=...) and the
+"""Evaluation on a folder of still images (distributed/evaluation/images.py, jobs/evaluate.py images_dir=...) and the
 OpenImages converter (data/gt_formats.py), on a tiny image folder and CSVs in OpenImages' own layout, with given
 detections whose AP is known by hand."""
 from __future__ import annotations
@@ -12,10 +12,9 @@ from PIL import Image
 
 from data.gt_formats import convert
 from data.shards import write_manifest
-from distributed.eval_images import name_mapping
-from distributed.evaluate import EvalConfig, run_evaluation
-from jobs import convert_gt
-from jobs import evaluate as evaluate_job
+from distributed.evaluation.evaluate import EvalConfig, run_evaluation
+from distributed.evaluation.images import name_mapping
+from jobs import convert_gt, evaluate as evaluate_job
 
 DESCRIPTIONS = "/m/0mkg,Accordion\n/m/0342h,Guitar\n/m/026t6,Drum\n/m/07y_7,Violin\n/m/01yrx,Cat\n"
 BOX_HEADER = ("ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax,IsOccluded,IsTruncated,IsGroupOf,"
@@ -147,8 +146,7 @@ def test_the_job_runs_a_detector_over_the_folder(openimages, tmp_path, monkeypat
     """An (untrained) detector through jobs/evaluate.py: every image is seen, boxes come back in image pixels."""
     from avdet.config import DetectorConfig
     from avdet.detector import build_detector, save_detector
-    from distributed import eval_images
-
+    from distributed.evaluation import images as eval_images
     cfg = DetectorConfig(backbone="mobilenet_v3_fpn", num_classes=4, min_size=64, max_size=64)
     det = save_detector(build_detector(cfg), cfg, tmp_path / "det" / "detector.pt")
     gt = tmp_path / "gt.json"

@@ -16,9 +16,9 @@ from avdet.config import DetectorConfig
 from avdet.detector import build_detector, save_detector
 from data.schema import SampleMeta, encode_sample
 from data.shards import ShardWriter, read_manifest, write_manifest
-from distributed import eval_data
-from distributed.eval_infer import DetectorActor, _rows_to_predictions, predict_indices, predict_plain, predict_ray
-from distributed.evaluate import EvalConfig, run_evaluation
+from distributed.evaluation import frames as eval_data
+from distributed.evaluation.evaluate import EvalConfig, run_evaluation
+from distributed.evaluation.infer import DetectorActor, _rows_to_predictions, predict_indices, predict_plain, predict_ray
 
 CLASSES = ["cat", "dog", "cow"]
 PERM = [2, 0, 3]                  # class c is cluster PERM[c]; cluster 1 is an extra (K = 4 > C = 3)

@@ -119,7 +119,7 @@ def test_ray_nodes_without_a_tmp_dir_get_a_fresh_private_one(monkeypatch):
     import tempfile
     from pathlib import Path
 
-    from distributed import raycluster
+    from distributed.cluster import raycluster
     base = Path(tempfile.mkdtemp(prefix="pd", dir="/tmp"))          # short: Ray's socket paths
     try:
         monkeypatch.setattr(tempfile, "tempdir", str(base))

@@ -9,8 +9,7 @@ import pytest
 
 from avdet.report.scores import _gt_maps
 from data.gt_formats import convert, from_dsol_audioset, from_dsol_music, from_vggss
-from distributed import eval_data
-
+from distributed.evaluation import frames as eval_data
 VGGSS = [  # vggss.json: a list; corners normalised; "file" = <youtube id>_<start>
     {"file": "-ab_cd_000030", "class": "playing violin, fiddle", "bbox": [[0.1, 0.2, 0.5, 0.9]]},
     {"file": "xyz_000000", "class": "dog barking", "bbox": [[0.0, -0.1, 1.2, 0.5], [0.5, 0.5, 0.75, 0.625]]},

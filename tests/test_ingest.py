@@ -20,7 +20,7 @@ BROKEN = {"ccc": "no_audio_track", "ddd": "empty_file", "eee": "unreadable", "ff
 
 @pytest.fixture(scope="module")
 def ray_local():
-    from data.raylocal import start_local_ray
+    from distributed.cluster.ray_local import start_local_ray
     import ray
     start_local_ray(num_cpus=2, object_store_memory=300 * 2**20)
     ray.data.DataContext.get_current().enable_progress_bars = False

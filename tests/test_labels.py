@@ -1,9 +1,9 @@
-"""distributed.labels: the versioned label table (round trips on a temp dir, lookup, statistics)."""
+"""distributed.stage1.labels: the versioned label table (round trips on a temp dir, lookup, statistics)."""
 import numpy as np
 import pytest
 import torch
 
-from distributed.labels import LabelTable, _nmi_numpy, list_versions, random_equipartition
+from distributed.stage1.labels import LabelTable, _nmi_numpy, list_versions, random_equipartition
 
 
 def _table(version=0):

@@ -32,10 +32,10 @@ def _fake_stage(name: str, out_dir: str, payload: dict) -> dict:
 def fake_stages(monkeypatch):
     import data.ingest
     import data.synthetic.generate
-    import distributed.detector_train
-    import distributed.evaluate
-    import distributed.pseudo
-    import distributed.stage1
+    import distributed.detector.train
+    import distributed.evaluation.evaluate
+    import distributed.pseudo.annotate
+    import distributed.stage1.job
     from data.shards import write_manifest
 
     def generate(cfg, root):
@@ -57,13 +57,13 @@ def fake_stages(monkeypatch):
 
     monkeypatch.setattr(data.synthetic.generate, "generate", generate)
     monkeypatch.setattr(data.ingest, "ingest", ingest)
-    monkeypatch.setattr(distributed.stage1, "run_stage1", lambda c: _fake_stage(
+    monkeypatch.setattr(distributed.stage1.job, "run_stage1", lambda c: _fake_stage(
         "stage1", c.out_dir, {"epochs": c.train.epochs, "manifest": upstream(c.manifest)}))
-    monkeypatch.setattr(distributed.pseudo, "run_pseudo", lambda c: _fake_stage(
+    monkeypatch.setattr(distributed.pseudo.annotate, "run_pseudo", lambda c: _fake_stage(
         "pseudo", c.out_dir, {"beta": c.selflabel.beta, "up": upstream(Path(c.stage1_dir) / DONE)}))
-    monkeypatch.setattr(distributed.detector_train, "run_detector_training", lambda c: _fake_stage(
+    monkeypatch.setattr(distributed.detector.train, "run_detector_training", lambda c: _fake_stage(
         "detector", c.out_dir, {"epochs": c.epochs, "up": upstream(Path(c.pseudo_dir) / DONE)}))
-    monkeypatch.setattr(distributed.evaluate, "run_evaluation", lambda c: _fake_stage(
+    monkeypatch.setattr(distributed.evaluation.evaluate, "run_evaluation", lambda c: _fake_stage(
         "evaluate", c.out_dir, {"up": upstream(c.stage1_done, c.pseudo_train, c.detector)}))
     CALLS.clear()
     return CALLS

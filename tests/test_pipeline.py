@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from distributed import raycluster
-
+from distributed.cluster import raycluster
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]

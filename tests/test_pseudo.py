@@ -10,8 +10,8 @@ import pytest
 from avdet.config import SelfLabelConfig, load_config
 from data.config import StreamConfig
 from data.shards import read_manifest
-from distributed.pseudo import coco_document, heatmap_indices, read_split_meta, run_pseudo
-from distributed.pseudo_config import PseudoConfig
+from distributed.pseudo.annotate import coco_document, heatmap_indices, read_split_meta, run_pseudo
+from distributed.pseudo.config import PseudoConfig
 from tests.pseudokit import K, SIZE, make_stage1_artifact, make_two_split_shards
 
 
@@ -19,7 +19,7 @@ from tests.pseudokit import K, SIZE, make_stage1_artifact, make_two_split_shards
 def ray_local():
     import ray
 
-    from data.raylocal import connect_ray
+    from distributed.cluster.ray_local import connect_ray
     connect_ray("local", num_cpus=4)
     yield
     ray.shutdown()

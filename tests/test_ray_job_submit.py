@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from distributed import raycluster
-
+from distributed.cluster import raycluster
 pytestmark = pytest.mark.slow
 
 SCRIPT = '''

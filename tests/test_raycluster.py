@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from distributed import raycluster
-
+from distributed.cluster import raycluster
 pytestmark = pytest.mark.slow
 
 
@@ -137,8 +136,8 @@ def test_stage1_spread_over_two_raylets(short_tmp, ray_client, tmp_path):
     k-means warm start, round 2 Sinkhorn in the actor pool; the label table is complete and balanced."""
     import numpy as np
 
-    from distributed.labels import LabelTable
-    from distributed.stage1 import run_stage1
+    from distributed.stage1.labels import LabelTable
+    from distributed.stage1.job import run_stage1
     from tests.avshards import make_toy_shards
     from tests.test_stage1 import K, PER_CLASS, _cfg
 

@@ -1,4 +1,4 @@
-"""distributed.relabel: distributed Sinkhorn gives the single-process labels — in a 2-process gloo group
+"""distributed.stage1.relabel: distributed Sinkhorn gives the single-process labels — in a 2-process gloo group
 ("workers" mode), in a pool of Ray actors on loopback ("actors" mode, also after an actor is killed) — and the
 FAISS warm start / sparse path."""
 import os
@@ -10,10 +10,10 @@ import torch
 
 from avdet.config import SinkhornConfig
 from avdet.sinkhorn import column_marginal, sinkhorn_knopp
-from distributed.config import RelabelConfig
-from distributed.dist import spawn_loopback
-from distributed.labels import random_equipartition
-from distributed.relabel import (RelabelService, Scores, SinkhornActor, align_to, kmeans_warm_start,
+from distributed.cluster.dist import spawn_loopback
+from distributed.stage1.config import RelabelConfig
+from distributed.stage1.labels import random_equipartition
+from distributed.stage1.relabel import (RelabelService, Scores, SinkhornActor, align_to, kmeans_warm_start,
                                  relabel_in_workers, relabel_round, relabel_sparse, round_method, target_marginal)
 
 N, K = 600, 12
@@ -174,7 +174,7 @@ def test_kmeans_warm_start_and_sparse_relabel():
 def local_ray():
     import ray
 
-    from data.raylocal import start_local_ray
+    from distributed.cluster.ray_local import start_local_ray
     if ray.is_initialized():
         ray.shutdown()
     start_local_ray(num_cpus=2, log_to_driver=False, configure_logging=False)
@@ -215,7 +215,7 @@ def test_a_rank_without_rows_scores_empty_tensors(method, field, width):
     """A worker whose score shard is empty still joins the round's collectives with (0, ·) tensors."""
     from avdet.config import ModelConfig
     from avdet.model import AVModel
-    from distributed.stage1_worker import score_dataset
+    from distributed.stage1.worker import score_dataset
     model = AVModel(ModelConfig(visual_width=4, audio_width=4, embed_dim=8, num_clusters=K))
     scores = score_dataset(model, [], method, topk=3)
     got = getattr(scores, field)
@@ -229,7 +229,7 @@ def test_kmeans_features_are_what_the_config_names(which):
     import torch.nn.functional as F
     from avdet.config import ModelConfig
     from avdet.model import AVModel
-    from distributed.stage1_worker import kmeans_features, score_dataset
+    from distributed.stage1.worker import kmeans_features, score_dataset
     torch.manual_seed(0)
     model = AVModel(ModelConfig(image_size=64, visual_width=4, audio_width=8, embed_dim=8, num_clusters=K)).eval()
     batch = {"frames": torch.randn(5, 3, 64, 64), "audio": torch.randn(5, 1, 64, 101),

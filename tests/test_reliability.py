@@ -38,14 +38,14 @@ def ray_tagged():
     if ray.is_initialized():
         ray.shutdown()
     tag = faultkit.tag_session()
-    from data.raylocal import start_local_ray
+    from distributed.cluster.ray_local import start_local_ray
     start_local_ray(num_cpus=4)
     yield tag
     ray.shutdown()
 
 
 def _stage1_cfg(manifest, out, *extra):
-    from distributed.stage1_config import Stage1Config
+    from distributed.stage1.config import Stage1Config
     return load_config(Stage1Config, None, [
         f"manifest={manifest}", f"out_dir={out}", "model.image_size=64", "model.visual_width=8",
         "model.audio_width=8", "model.num_clusters=3", "model.embed_dim=32", "audio.n_mels=32",
@@ -57,7 +57,7 @@ def _stage1_cfg(manifest, out, *extra):
 def stage1_reference(ray_tagged, tmp_path_factory):
     """Toy shards (48 samples, 6 shards) and the uninterrupted 2-epoch stage-1 run on them, shared by the
     lost-worker tests: (manifest, reference dir, its summary, seconds it took)."""
-    from distributed.stage1 import run_stage1
+    from distributed.stage1.job import run_stage1
     from tests.avshards import make_toy_shards
     root = tmp_path_factory.mktemp("stage1_ref")
     manifest = make_toy_shards(root / "shards", num_classes=3, per_class=16, size=64, per_shard=8)
@@ -67,7 +67,7 @@ def stage1_reference(ray_tagged, tmp_path_factory):
 
 
 def _assert_same_labels(out: Path, ref_dir: Path, why: str = "") -> None:
-    from distributed.labels import LabelTable
+    from distributed.stage1.labels import LabelTable
     for version in (1, 2):
         a, b = LabelTable.load(out / "labels", version), LabelTable.load(ref_dir / "labels", version)
         assert np.array_equal(a.indices, b.indices)
@@ -83,8 +83,8 @@ def test_stage1_survives_a_killed_worker(stage1_reference, tmp_path):
     Stage 1 is seeded (each rank streams its part of the epoch's seeded shard order; rounds solve rows in index
     order), so the resumed run must land on the *uninterrupted* run's label tables exactly, and its history must
     say it resumed at epoch 1 (a restart from scratch would record no resume)."""
-    from distributed.stage1 import run_stage1
-    from distributed.stage1_worker import FAULT_MARKER
+    from distributed.stage1.job import run_stage1
+    from distributed.stage1.worker import FAULT_MARKER
 
     manifest, ref_dir, ref, t_ref = stage1_reference
     t0 = time.monotonic()
@@ -107,8 +107,8 @@ def test_stage1_soak_three_killed_workers_at_random_steps(stage1_reference, tmp_
     that is logged and can be replayed with ``AVDET_SOAK_SEED``); Ray Train restarts the group each time
     (max_failures=3) and the run ends on the uninterrupted run's label tables exactly."""
     import os
-    from distributed.stage1 import run_stage1
-    from distributed.stage1_worker import FAULT_MARKER
+    from distributed.stage1.job import run_stage1
+    from distributed.stage1.worker import FAULT_MARKER
 
     manifest, ref_dir, ref, t_ref = stage1_reference
     seed = int(os.environ.get("AVDET_SOAK_SEED") or time.time_ns() % 2**31)
@@ -130,7 +130,7 @@ def test_stage1_soak_three_killed_workers_at_random_steps(stage1_reference, tmp_
 def test_fault_injector_fires_once_per_listed_step(tmp_path, monkeypatch):
     """``train.fail_at_step=[2, 4]``: the last rank exits at step 2, the restarted group replays from before it and
     exits at step 4 (not at 2 again), the next group runs through; rank 0 never injects anything."""
-    from distributed import stage1_worker as w
+    from distributed.stage1.job import worker as w
     monkeypatch.setattr(w.dist, "get_world_size", lambda: 2)
     monkeypatch.setattr(w.dist, "get_rank", lambda: 0)
     assert w._fault_injector([2, 4], tmp_path) is None
@@ -159,7 +159,7 @@ def test_fault_injector_fires_once_per_listed_step(tmp_path, monkeypatch):
 def test_detector_survives_a_sigkilled_worker(ray_tagged, tmp_path):
     """A Ray Train worker of the detector job is SIGKILLed from outside as soon as the epoch-0 checkpoint is
     registered (so during epoch 1); the group restarts (max_failures=1) from that checkpoint and finishes both epochs."""
-    from distributed.detector_train import run_detector_training
+    from distributed.detector.train import run_detector_training
     from tests.test_detector_train import _cfg
     from tests.pseudokit import make_two_split_shards, write_truth_pseudo
 
@@ -199,7 +199,7 @@ def test_ray_data_pass_survives_a_lost_node(monkeypatch):
     ~1 s), re-runs its tasks on the head, and the pass returns every row exactly once."""
     import ray
 
-    from distributed import raycluster
+    from distributed.cluster import raycluster
     for k, v in {"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "1000",
                  "RAY_health_check_failure_threshold": "2", "RAY_health_check_initial_delay_ms": "0"}.items():
         monkeypatch.setenv(k, v)
@@ -265,7 +265,7 @@ def test_every_listener_of_a_local_session_is_loopback(tmp_path):
     of that session is collected while each step runs. The stock config's c10d TCPStore listens on ``*`` (all
     interfaces; this is what the fix is for); with :class:`LoopbackTorchConfig` (what stage 1 and the detector use)
     nothing listens outside 127.0.0.1."""
-    from distributed.raycluster import is_loopback
+    from distributed.cluster.raycluster import is_loopback
     out = tmp_path / "sockets.json"
     subprocess.run([sys.executable, "-m", "tests.faultkit", "probe", str(out)], cwd=REPO, check=True, timeout=400)
     seen = json.loads(out.read_text())
@@ -452,7 +452,7 @@ def test_stream_reader_skips_counts_and_aborts_over_threshold(tmp_path, caplog):
 def test_every_torch_load_in_the_project_is_weights_only():
     """No checkpoint or artifact load may unpickle: every ``torch.load(`` call in the project's code passes
     ``weights_only=True``. Exceptions, documented in docs/RELIABILITY.md: DeepSpeed's own checkpoint loader
-    (distributed/engine.py) and the ``zero_to_fp32.py`` script DeepSpeed copies into each checkpoint (not ours)."""
+    (distributed/stage1/engine.py) and the ``zero_to_fp32.py`` script DeepSpeed copies into each checkpoint (not ours)."""
     import ast
     calls, bad = 0, []
     for path in (p for d in PROJECT_DIRS for p in (REPO / d).rglob("*.py")):

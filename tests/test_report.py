@@ -26,7 +26,7 @@ def _det(m50: float, per: dict | None = None) -> dict:
 
 
 def fake_results() -> dict:
-    """A complete results dict as distributed.evaluate writes it (numbers made up)."""
+    """A complete results dict as distributed.evaluation.evaluate writes it (numbers made up)."""
     per = {"accordion": 0.8, "cello": 0.3, "harp": None}
     loc = {"iou50_success": 0.5, "auc": 0.45, "ciou_30": 0.6, "mean_ciou": 0.4, "mean_iou": 0.4, "num_samples": 4}
     return {

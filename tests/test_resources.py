@@ -1,4 +1,4 @@
-"""distributed.resources: a stage sizes itself to the cluster it joins, or fails fast naming what is missing."""
+"""distributed.cluster.resources: a stage sizes itself to the cluster it joins, or fails fast naming what is missing."""
 from __future__ import annotations
 
 import os
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from distributed import raycluster
-from distributed.resources import ClusterTooSmall, fit, pool_demand, train_demand
+from distributed.cluster import raycluster
+from distributed.cluster.resources import ClusterTooSmall, fit, pool_demand, train_demand
 
 ROOT = Path(__file__).resolve().parents[1]
 KNOBS = "stage1.train.num_workers or stage1.stream.read_concurrency"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from avdet.config import ConfigError, load_config
-from distributed.slurm import SlurmConfig, launch, make_executor, resolve_job
+from distributed.cluster.slurm import SlurmConfig, launch, make_executor, resolve_job
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "slurm_local.sh"
@@ -110,8 +110,7 @@ def test_a_job_that_dies_without_a_result_fails_launch_naming_it_and_its_stderr(
     without accounting submitit would wait forever. launch() raises, naming the job id and its stderr's last lines."""
     import time
 
-    from distributed import slurm
-
+    from distributed.cluster import slurm
     monkeypatch.setattr(slurm, "GONE_GRACE_S", 5.0)
     cfg = _cfg(tmp_path, setup=["echo 'avdet-test: node lost its scratch disk' >&2", "exit 7"])
     t0 = time.monotonic()

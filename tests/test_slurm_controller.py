@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from distributed import slurm
-from distributed.slurm import SlurmConfig, _wait_results
+from distributed.cluster import slurm
+from distributed.cluster.slurm import SlurmConfig, _wait_results
 
 # The fake squeue plays the lines of $tmp/script in turn (the last one forever): "list" prints the job id, "gone"
 # prints nothing (exit 0), "fail" exits 1 like a controller that does not answer, "hang" sleeps 30 s.
@@ -95,7 +95,7 @@ def test_submitit_pickles_live_in_a_directory_only_this_user_can_enter(tmp_path)
     import os
 
     from avdet.fileio import UnsafePathError
-    from distributed.slurm import make_executor
+    from distributed.cluster.slurm import make_executor
 
     fresh = tmp_path / "fresh" / "logs"
     make_executor(SlurmConfig(mode="local", log_dir=str(fresh)))

@@ -1,15 +1,14 @@
 """Stage 1 on a local Ray (127.0.0.1): 2 DeepSpeed workers, ZeRO 1 and 2, relabel between epochs, resume."""
 import json
-import shutil
 
 import numpy as np
 import pytest
 
 from avdet.config import load_config
 from data.artifacts import ArtifactError
-from distributed.labels import LabelTable, list_versions
-from distributed.stage1 import run_stage1
-from distributed.stage1_config import Stage1Config
+from distributed.stage1.config import Stage1Config
+from distributed.stage1.job import run_stage1
+from distributed.stage1.labels import LabelTable, list_versions
 from tests.avshards import make_toy_shards
 from tests.test_scripts import _script
 
@@ -28,7 +27,7 @@ def manifest(tmp_path_factory):
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_local():
-    from data.raylocal import start_local_ray
+    from distributed.cluster.ray_local import start_local_ray
     import ray
     start_local_ray(num_cpus=4)
     yield

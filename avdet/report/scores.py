@@ -1,6 +1,6 @@
 """The numbers of the evaluation report, from plain arrays and dicts (METHOD.md §5, paper §4).
 
-Conventions shared with ``distributed.evaluate``:
+Conventions shared with ``distributed.evaluation.evaluate``:
 
 - classes ``c`` in [0, C); the evaluation COCO's ``category_id`` is ``c + 1``; images are test frames, boxes in
   frame pixels.

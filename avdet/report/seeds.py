@@ -21,7 +21,7 @@ SEED_FIGURES = [
 
 
 def seed_row(seed: int, results: dict) -> dict:
-    """The headline figures of one run's ``results.json`` (``distributed.evaluate``): fractions in [0, 1], mAP in
+    """The headline figures of one run's ``results.json`` (``distributed.evaluation.evaluate``): fractions in [0, 1], mAP in
     points (×100 of the COCO evaluator's fractions). A figure the run does not have is ``None``."""
     def get(*path):
         node = results

@@ -1,6 +1,6 @@
 """The evaluation tables, laid out like the paper's (Afouras et al. 2022, §4): Table 1 (detection vs baselines),
 Table 2 (localisation), Table 3 (per-class AP@0.5), Table 4 (number of clusters K), Table 5 (matching strategies),
-plus the cluster-quality table. Built from the ``results`` dict of ``distributed.evaluate`` (see
+plus the cluster-quality table. Built from the ``results`` dict of ``distributed.evaluation.evaluate`` (see
 :func:`build_tables`), rendered as Markdown or HTML. Figures are percentages with one decimal, as in the paper.
 """
 from __future__ import annotations

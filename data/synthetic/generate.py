@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from avdet.config import load_config, to_dict
-from avdet.fileio import path_under
+from avdet.fileio import path_under, write_atomic, write_json
 from data.artifacts import read_done, write_done
 from data.shards import sweep_stale_temps
 from data.synthetic import outputs, render, sound
@@ -176,15 +176,15 @@ def write_annotations(cfg: SynthConfig, root: Path, results: list[ClipResult]) -
     returns annotation counts."""
     rows = [(r.job.video_id, cfg.classes[r.job.class_index], "test" if r.job.split == "test_multi" else r.job.split)
             for r in results]
-    outputs.write_text(root / "vggsound.csv", outputs.vggsound_csv(rows))
-    outputs.write_json(root / "classes.json", list(cfg.classes))
+    write_atomic(root / "vggsound.csv", outputs.vggsound_csv(rows))
+    write_json(root / "classes.json", list(cfg.classes))
     counts = {}
     for split in ("train", "test") + (("test_multi",) if cfg.num_multi_per_class else ()):
         coco = outputs.CocoBuilder(list(cfg.classes))
         for r in (r for r in results if r.job.split == split):
             for t, objects in enumerate(r.objects):
                 coco.add_frame(r.job.index * cfg.num_frames + t, r.job.video_id, t, cfg.fps, cfg.frame_size, objects)
-        outputs.write_json(root / f"gt_{split}.json", coco.to_dict())
+        write_json(root / f"gt_{split}.json", coco.to_dict())
         counts[f"{split}_images"] = len(coco.images)
         counts[f"{split}_annotations"] = len(coco.annotations)
         counts[f"{split}_sounding_annotations"] = sum(a["sounding"] for a in coco.annotations)
@@ -266,7 +266,7 @@ def generate(cfg: SynthConfig, root: str | Path) -> dict:
               "backends": backends, "num_workers": cfg.num_workers, "seconds": round(seconds, 3),
               "render_seconds": round(render_s, 3), "clips_per_s": round(len(results) / max(seconds, 1e-9), 2),
               "mean_clip_seconds_per_worker": round(float(np.mean([r.seconds for r in results])), 4)}
-    outputs.write_json(root / "generation_report.json", report)
+    write_json(root / "generation_report.json", report)
     files = [root / n for n in ("generation_report.json", "vggsound.csv", "classes.json", "gt_train.json",
                                  "gt_test.json", "contact_sheet.png")]
     files += [root / "gt_test_multi.json"] if cfg.num_multi_per_class else []

@@ -4,7 +4,6 @@ final name. Temporaries are ``avdet.fileio.temp_name``s (``.<name>.tmp-<host>-<p
 ``data.shards.sweep_stale_temps`` recognises and removes those of dead writers."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,18 +16,6 @@ from avdet.fileio import temp_name
 def atomic_path(path: Path) -> Path:
     """A temporary sibling of ``path`` naming this writer (rename it onto ``path`` when complete)."""
     return temp_name(Path(path))
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically."""
-    tmp = atomic_path(path)
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def write_json(path: Path, obj) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically."""
-    write_text(path, json.dumps(obj, indent=1))
 
 
 def write_mp4(path: Path, frames: np.ndarray, audio: np.ndarray, fps: int, sample_rate: int, crf: int) -> None:

@@ -14,12 +14,12 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from avdet.detector import load_detector
+from avdet.detector import detect, load_detector
 from data.shards import Manifest, iter_samples
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Predictions", "predict_frames", "predict_plain", "predict_indices", "predict_ray", "DetectorActor"]
+__all__ = ["Predictions", "predict_plain", "predict_indices", "predict_ray", "DetectorActor"]
 
 Predictions = dict[int, dict[str, np.ndarray]]
 _COLUMNS = ("index", "x0", "y0", "x1", "y1", "score", "label")
@@ -32,13 +32,6 @@ def _load(path: str | Path, score_threshold: float, device: str) -> torch.nn.Mod
 
 
 @torch.no_grad()
-def predict_frames(model: torch.nn.Module, frames: np.ndarray, device: str = "cpu") -> list[dict[str, np.ndarray]]:
-    """(B, H, W, 3) uint8 frames -> B dicts {"boxes", "scores", "labels"} (torchvision detection output)."""
-    batch = torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float() / 255.0
-    outs = model(list(batch))
-    return [{k: o[k].detach().cpu().numpy() for k in ("boxes", "scores", "labels")} for o in outs]
-
-
 def _batches(samples: Iterable[dict], batch_size: int) -> Iterator[tuple[list[int], np.ndarray]]:
     idx, frames = [], []
     for s in samples:
@@ -57,7 +50,7 @@ def predict_plain(detector: str | Path, manifest: Manifest, split: str, batch_si
     model = _load(detector, score_threshold, device)
     out: Predictions = {}
     for idx, frames in _batches(iter_samples(manifest, split), batch_size):
-        out.update(zip(idx, predict_frames(model, frames, device)))
+        out.update(zip(idx, detect(model, frames, device)))
     log.info("detector: %d test frames, %d detections (score >= %.2f)", len(out),
              sum(len(p["scores"]) for p in out.values()), score_threshold)
     return out
@@ -67,7 +60,7 @@ def predict_indices(detector: str | Path, manifest: Manifest, split: str, indice
                     score_threshold: float = 0.05, device: str = "cpu") -> Predictions:
     """Only the frames ``indices`` of ``split`` through the detector (decoding only those); frames not found are
     absent from the result."""
-    from distributed.eval_data import load_frames
+    from distributed.evaluation.frames import load_frames
 
     frames = load_frames(manifest, split, indices)
     out: Predictions = {}
@@ -77,7 +70,7 @@ def predict_indices(detector: str | Path, manifest: Manifest, split: str, indice
     order = sorted(frames)
     for b in range(0, len(order), batch_size):
         idx = order[b:b + batch_size]
-        out.update(zip(idx, predict_frames(model, np.stack([frames[i] for i in idx]), device)))
+        out.update(zip(idx, detect(model, np.stack([frames[i] for i in idx]), device)))
     return out
 
 
@@ -92,7 +85,7 @@ class DetectorActor:
         self.model = _load(detector, score_threshold, device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outs = predict_frames(self.model, batch["frames"], self.device)
+        outs = detect(self.model, batch["frames"], self.device)
         cols: dict[str, list] = {c: [] for c in _COLUMNS}
         for i, o in zip(batch["index"], outs):
             rows = [(i, *o["boxes"][j], o["scores"][j], o["labels"][j]) for j in range(len(o["scores"]))]
@@ -119,7 +112,7 @@ def predict_ray(detector: str | Path, manifest: Manifest, split: str, batch_size
     import ray
 
     from data.config import StreamConfig
-    from data.raylocal import connect_ray
+    from distributed.cluster.ray_local import connect_ray
     from data.stream import ray_dataset
 
     connect_ray(ray_address, num_cpus=max(2, num_actors + 1))

@@ -30,10 +30,10 @@ from avdet.kmeans import kmeans, log_p_from_similarities, topk_candidates
 from avdet.matching import hungarian
 from avdet.sinkhorn import (Reduce, SinkhornResult, column_marginal, rank_marginal, sinkhorn_knopp,
                             sparse_sinkhorn_knopp)
-from distributed.config import RelabelConfig
-from distributed.dist import (all_gather_with_grad, broadcast_from_main, free_port, gather_to_main, init_group,
+from distributed.stage1.config import RelabelConfig
+from distributed.cluster.dist import (all_gather_with_grad, broadcast_from_main, free_port, gather_to_main, init_group,
                               is_main_process, local_rendezvous, make_reduce)
-from distributed.labels import LabelTable
+from distributed.stage1.labels import LabelTable
 
 log = logging.getLogger(__name__)
 

@@ -1,17 +1,20 @@
-"""Configs of the distributed layer: how stage 1 trains (``TrainConfig``) and how labels are re-optimised
-(``RelabelConfig``). The maths of the relabelling (λ_sk, marginal, tolerance) stays in ``avdet.config.SinkhornConfig``;
-these dataclasses only say where and how the work runs. Each has ``check()`` raising ``ConfigError`` naming the key;
-``check_batch_vs_workers`` checks what only the composition (config + dataset size) can tell.
+"""Config of stage 1 (joint localisation + self-labelling): ``Stage1Config`` composes the method's configs with how
+stage 1 trains (``Stage1TrainConfig``) and how labels are re-optimised (``RelabelConfig``). The maths of the
+relabelling (λ_sk, marginal, tolerance) stays in ``avdet.config.SinkhornConfig``; these dataclasses only say where and
+how the work runs. Each has ``check()`` raising ``ConfigError`` naming the key; ``check_batch_vs_workers`` checks what
+only the composition (config + dataset size) can tell.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
-from avdet.config import ConfigError, require
+from avdet.config import AudioConfig, ConfigError, LossConfig, ModelConfig, SinkhornConfig, require
+from data.config import StreamConfig
 
 
 @dataclass
-class TrainConfig:
+class Stage1TrainConfig:
     """Stage-1 training under DeepSpeed (inside Ray Train workers or one plain process).
 
     ``batch_size`` is per worker and per micro-step; the global batch is batch_size × num_workers × grad_accum.
@@ -126,7 +129,7 @@ class RelabelConfig:
                 "sparse relabel runs in mode 'workers' (the actor pool solves the dense problem)")
 
 
-def check_batch_vs_workers(train: TrainConfig, num_samples: int, relabel: RelabelConfig | None = None) -> None:
+def check_batch_vs_workers(train: Stage1TrainConfig, num_samples: int, relabel: RelabelConfig | None = None) -> None:
     """Composition checks: every worker gets at least one full micro-batch per epoch, and an actor pool does not
     outnumber the samples. Raises ConfigError naming the keys involved."""
     require(num_samples >= 1, "num_samples", "must be >= 1 (the dataset is empty)")
@@ -139,3 +142,32 @@ def check_batch_vs_workers(train: TrainConfig, num_samples: int, relabel: Relabe
     if relabel is not None and relabel.mode == "actors":
         require(relabel.num_actors <= num_samples, "num_actors",
                 f"({relabel.num_actors}) must be <= the number of samples ({num_samples})")
+
+
+@dataclass
+class Stage1Config:
+    """Shards (``manifest``) -> stage-1 model + label table per epoch under ``out_dir``.
+
+    ``audio`` is the one definition of the audio window and log-mel, ``train.batch_size`` the one batch size and
+    ``train.seed`` the one seed (model initialisation, stream order, the initial equipartition, k-means): the
+    stream's copies are replaced by them (see :meth:`stream_config`).
+    ``ray_address``: "local" starts Ray on 127.0.0.1; "auto" (or an address) joins a running cluster.
+    """
+    manifest: str = ""
+    out_dir: str = "outputs/stage1"
+    split: str = "train"
+    ray_address: str = "local"
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    sinkhorn: SinkhornConfig = field(default_factory=SinkhornConfig)
+    train: Stage1TrainConfig = field(default_factory=Stage1TrainConfig)
+    relabel: RelabelConfig = field(default_factory=RelabelConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+
+    def check(self) -> None:
+        require(self.split in ("train", "test"), "split", "must be 'train' or 'test'")
+
+    def stream_config(self, shuffle: bool = True) -> StreamConfig:
+        return dataclasses.replace(self.stream, audio=self.audio, batch_size=self.train.batch_size, shuffle=shuffle,
+                                   seed=self.train.seed)

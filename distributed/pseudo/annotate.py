@@ -38,14 +38,14 @@ from avdet.config import SelfLabelConfig, from_dict, load_config, replace, save_
 from avdet.fileio import write_atomic, write_json
 from avdet.model import AVModel
 from avdet.selflabels import self_labels
-from data.raylocal import connect_ray
+from data.artifacts import read_done, write_done
 from data.schema import DecodeError, decode_image, decode_json
 from data.shards import Manifest, read_manifest
 from data.stream import BatchCollate, ray_dataset
-from data.artifacts import read_done, write_done
-from distributed.pseudo_config import PseudoConfig
-from distributed.resources import fit_to_cluster, pool_demand
-from distributed.stage1_config import Stage1Config
+from distributed.cluster.ray_local import connect_ray
+from distributed.cluster.resources import fit_to_cluster, pool_demand
+from distributed.pseudo.config import PseudoConfig
+from distributed.stage1.config import Stage1Config
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
-"""DeepSpeed engine for stage 1: config dict from ``TrainConfig``, ``deepspeed.initialize``, checkpoints.
+"""DeepSpeed engine for stage 1: config dict from ``Stage1TrainConfig``, ``deepspeed.initialize``, checkpoints.
 
 Fast init on CPU (measured on the 2-core dev machine, deepspeed 0.19.8, torch 2.14.1):
 * DeepSpeed's ``TorchBackend`` JIT-compiles the shared-memory comm op (``deepspeed_shm_comm``) on first use (~30 s
   cold). That op serves only ``inference_all_reduce`` (tensor-parallel inference), never training collectives, so
-  unless ``TrainConfig.shm_comm`` is set we mark it incompatible in ``deepspeed.ops.__compatible_ops__`` (the
+  unless ``Stage1TrainConfig.shm_comm`` is set we mark it incompatible in ``deepspeed.ops.__compatible_ops__`` (the
   module-level dict DeepSpeed consults in ``comm/torch.py:build_shm_op``) and nothing is compiled: init ~2.5 s.
 * With ``shm_comm=True`` the build is cached in ``TORCH_EXTENSIONS_DIR`` (default here: ``<venv>/torch_extensions``),
   so only the first run pays for it (warm init ~2.3 s).
@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from distributed.config import TrainConfig
-from distributed.dist import ensure_dist_env, get_rank, get_world_size, init_group, is_dist, local_rendezvous
+from distributed.cluster.dist import ensure_dist_env, get_rank, get_world_size, init_group, is_dist, local_rendezvous
+from distributed.stage1.config import Stage1TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class CheckpointIntegrityError(RuntimeError):
     """A DeepSpeed checkpoint file differs from the checksum recorded when it was written, or is not recorded."""
 
 
-def deepspeed_config(cfg: TrainConfig, steps_per_epoch: int) -> dict:
+def deepspeed_config(cfg: Stage1TrainConfig, steps_per_epoch: int) -> dict:
     """The DeepSpeed config dict. ``steps_per_epoch`` = micro-batches per worker per epoch (for the scheduler)."""
     if cfg.optimizer == "sgd":
         opt = {"type": "SGD", "params": {"lr": cfg.lr, "momentum": cfg.momentum,
@@ -100,7 +100,7 @@ def prepare_deepspeed(shm_comm: bool = False) -> None:
         log.debug("deepspeed: shm comm op disabled (training uses gloo/NCCL collectives)")
 
 
-def build_engine(model: torch.nn.Module, params_cfg: TrainConfig, steps_per_epoch: int):
+def build_engine(model: torch.nn.Module, params_cfg: Stage1TrainConfig, steps_per_epoch: int):
     """Wrap ``model`` in a DeepSpeed engine (optimizer, ZeRO stage, precision, clipping, accumulation from
     ``params_cfg``). Works inside an existing process group (Ray Train), under a launcher's env (torchrun), or
     as a plain process (a world of one on a file:// store). Returns the engine; ``engine.optimizer`` /

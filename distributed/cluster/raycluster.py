@@ -129,11 +129,11 @@ def free_ports(n: int, host: str = LOOPBACK, avoid: tuple[int, ...] = ()) -> lis
 
 def _ray_cli() -> list[str]:
     """Ray's CLI run by this interpreter (so jobs get the project's venv), through :func:`_cli_main`."""
-    return [sys.executable, "-m", "distributed.raycluster"]
+    return [sys.executable, "-m", "distributed.cluster.raycluster"]
 
 
 def _cli_main() -> None:
-    """``python -m distributed.raycluster start ...``: Ray's own CLI, except that a worker may join on loopback.
+    """``python -m distributed.cluster.raycluster start ...``: Ray's own CLI, except that a worker may join on loopback.
 
     With ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (the only way to keep Ray on 127.0.0.1) ``ray start --address``
     refuses to start a worker node, a check meant for laptops. Here only the CLI's copy of that flag is switched
@@ -264,7 +264,7 @@ def connect(node: RayNode, **init_kwargs):
     import ray
     from ray._private import ray_constants
 
-    from data.raylocal import refresh_ray_process_config
+    from distributed.cluster.ray_local import refresh_ray_process_config
 
     ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "1"  # read at import
     refresh_ray_process_config()

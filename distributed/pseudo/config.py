@@ -11,7 +11,7 @@ from data.config import StreamConfig
 @dataclass
 class PseudoConfig:
     """Shards (``manifest``) + stage-1 artifacts (``stage1_dir``: ``model.pt``, ``config.yaml``) -> COCO pseudo-
-    annotations under ``out_dir`` (see :mod:`distributed.pseudo`).
+    annotations under ``out_dir`` (see :mod:`distributed.pseudo.annotate`).
 
     The model and the audio front end (log-mel settings) come from the stage-1 ``config.yaml``, so the frames and
     spectrograms are computed exactly as in stage 1; ``stream`` only says how the shards are read (block rows, read

@@ -4,7 +4,7 @@
 0. Only annotated frames are evaluated: each ground-truth image joins the test frame of its clip nearest its
    timestamp (``gt_timestamp_tolerance_s``); frames without one are not images of the evaluation, and ground truth
    that joins nothing is counted (``results["ground_truth"]``) and, beyond ``max_unmatched_gt_fraction``, an error
-   (:func:`distributed.eval_data.eval_ground_truth`).
+   (:func:`distributed.evaluation.frames.eval_ground_truth`).
 1. Clusters are named from the TRAIN self-labels (pseudo class vs true label): Hungarian, argmax, m-shot (the top-m
    videos per cluster by default, ``m_shot_unit``).
 2. The detector runs over the test frames (plain loop, or a Ray Data actor pool with ``use_ray``); its pseudo-class
@@ -35,10 +35,10 @@ from avdet.metrics import boxes_to_map, evaluate_detections
 from avdet.metrics.localisation import choose_score_threshold
 from avdet.report import page, scores
 from avdet.report.figures import confusion_figure, curve_figures, detection_figures, heatmap_figures
-from data.shards import read_manifest
-from distributed import eval_data
 from data.artifacts import read_done, write_done
-from distributed.eval_infer import Predictions, predict_indices, predict_plain, predict_ray
+from data.shards import read_manifest
+from distributed.evaluation import frames as eval_data
+from distributed.evaluation.infer import Predictions, predict_indices, predict_plain, predict_ray
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class EvalConfig:
     k_sweep_json: str = ""              # jobs/k_sweep.py's ksweep.json: Table 4's rows when the file exists
     weak_sup_results: str = ""          # the weak-sup. detector's results.json (pipeline stage weak_sup), if it exists
     dataset: str = "synthetic"          # name printed in the tables
-    images_dir: str = ""                # a folder of still images: evaluate on them + gt (distributed/eval_images.py)
+    images_dir: str = ""                # a folder of still images: evaluate on them + gt (distributed/evaluation/images.py)
     class_names: str = ""               # class list naming training classes as the image set does ("" = same names)
     image_size: int = 0                 # images_dir: side the images are resized to (0 = the manifest's frame_size)
     paper_dataset: str = ""             # the paper's figures to print beside ours: vggsound, audioset, openimages,
@@ -278,9 +278,9 @@ def run_evaluation(cfg: EvalConfig, predictions: Predictions | None = None,
                    train_predictions: Predictions | None = None) -> dict:
     """Evaluate and write the report under ``cfg.out_dir``; returns the ``done.json`` summary.
 
-    ``predictions`` (``{index: {"boxes", "scores", "labels"}}``, see :mod:`distributed.eval_infer`) replaces the
+    ``predictions`` (``{index: {"boxes", "scores", "labels"}}``, see :mod:`distributed.evaluation.infer`) replaces the
     detector run, e.g. for known-answer tests (with ``images_dir``: keyed by the image set's image ids, boxes in
-    image pixels; :mod:`distributed.eval_images`); ``train_predictions`` likewise replaces its run on the training
+    image pixels; :mod:`distributed.evaluation.images`); ``train_predictions`` likewise replaces its run on the training
     frames that choose the localisation threshold (:func:`choose_loc_threshold`). With neither predictions nor
     ``cfg.detector`` the detector rows are left out and only the self-label figures are reported.
     """
@@ -289,7 +289,7 @@ def run_evaluation(cfg: EvalConfig, predictions: Predictions | None = None,
     if done is not None:
         return done
     if cfg.images_dir:                  # a folder of still images (OpenImages): no shards, no test self-labels
-        from distributed.eval_images import run_image_evaluation
+        from distributed.evaluation.images import run_image_evaluation
         return run_image_evaluation(cfg, predictions)
     _check_inputs(cfg)
     manifest = read_manifest(cfg.manifest)

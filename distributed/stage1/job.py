@@ -1,5 +1,5 @@
 """Stage 1 on a Ray cluster: Ray Data streams the shards to a Ray Train ``TorchTrainer`` whose workers run DeepSpeed;
-labels are re-optimised over the whole dataset between epochs (see :mod:`distributed.stage1_worker`).
+labels are re-optimised over the whole dataset between epochs (see :mod:`distributed.stage1.worker`).
 
 Artifacts under ``out_dir``: ``config.yaml`` (resolved), ``labels/labels-<version>.npz`` (version 0 = the random
 equipartition, version e+1 = after epoch e), ``model.pt`` (plain state_dict), ``tb/`` (TensorBoard), ``ray/`` (Ray
@@ -16,15 +16,14 @@ import tarfile
 from pathlib import Path
 
 from avdet.config import ConfigError, save_config, to_dict
-from data.raylocal import connect_ray
+from data.artifacts import read_done, write_done
 from data.shards import Manifest, read_manifest
 from data.stream import ray_dataset
-from data.artifacts import read_done, write_done
-from distributed.config import check_batch_vs_workers
-from distributed.resources import fit_to_cluster, train_demand
-from distributed.labels import LabelTable, list_versions, random_equipartition
-from distributed.stage1_config import Stage1Config
-from distributed.stage1_worker import HISTORY, LABELS_DIR, train_loop_per_worker
+from distributed.cluster.ray_local import connect_ray
+from distributed.cluster.resources import fit_to_cluster, train_demand
+from distributed.stage1.config import Stage1Config, check_batch_vs_workers
+from distributed.stage1.labels import LabelTable, list_versions, random_equipartition
+from distributed.stage1.worker import HISTORY, LABELS_DIR, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +60,7 @@ def _trainer(cfg: Stage1Config, manifest: Manifest, num_train: int, cpus_per_wor
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from distributed.torch_loopback import LoopbackTorchConfig
+    from distributed.cluster.torch_loopback import LoopbackTorchConfig
 
     out = Path(cfg.out_dir).resolve()
     datasets = _score_datasets(manifest, cfg)     # the training stream is built per epoch by each rank

@@ -26,13 +26,14 @@ import numpy as np
 from PIL import Image
 
 from avdet.config import save_config, to_dict
+from avdet.detector import detect
 from avdet.fileio import write_json
 from avdet.metrics import centre_box_detections, evaluate_detections, whole_image_detections
 from avdet.report import page, scores
 from data.artifacts import write_done
 from data.shards import read_manifest
-from distributed import eval_data
-from distributed.eval_infer import Predictions, _load, predict_frames
+from distributed.evaluation import frames as eval_data
+from distributed.evaluation.infer import Predictions, _load
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def predict_images(detector: str | Path, files: dict[int, Path], size: int, batc
                 im = im.convert("RGB")
                 scale.append((im.width / size, im.height / size))
                 batch.append(np.asarray(im.resize((size, size), Image.BILINEAR)))
-        for i, (sx, sy), p in zip(ids[b:b + batch_size], scale, predict_frames(model, np.stack(batch), device)):
+        for i, (sx, sy), p in zip(ids[b:b + batch_size], scale, detect(model, np.stack(batch), device)):
             out[i] = dict(p, boxes=np.asarray(p["boxes"], np.float64) * [sx, sy, sx, sy])
     log.info("detector: %d images, %d detections (score >= %.2f)", len(out),
              sum(len(p["scores"]) for p in out.values()), score_threshold)

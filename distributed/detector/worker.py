@@ -24,8 +24,8 @@ import torch
 from avdet.augment import augment
 from avdet.config import from_dict
 from avdet.detector import build_detector
-from distributed import dist
-
+from distributed.cluster import dist
+from distributed.detector.config import DetectorTrainConfig
 log = logging.getLogger(__name__)
 
 FAULT_MARKER = "fault_injected"
@@ -179,13 +179,13 @@ def _fault_injector(fail_at_step: int, out_dir: Path) -> Callable[[int], None] |
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point. ``config = {"cfg": resolved DetectorTrainConfig as a dict, "table": the training rows
-    of :func:`distributed.detector_train.load_pseudo_table`}`` (``cfg.detector`` already carries K).
+    of :func:`distributed.detector.rows.load_pseudo_table`}`` (``cfg.detector`` already carries K).
     Reproducible: every epoch each rank streams its own part of that epoch's seeded shard order, and the model's
     initialisation, the box samplers and the augmentations draw from generators seeded by ``cfg.seed``."""
     import ray.train
     import ray.train.torch
 
-    from distributed.detector_train import DetectorTrainConfig, training_dataset
+    from distributed.detector.rows import training_dataset
 
     cfg = from_dict(DetectorTrainConfig, config["cfg"])
     dist.setup_logging(dist.get_rank())

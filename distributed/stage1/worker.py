@@ -30,11 +30,11 @@ from avdet.losses import joint_loss
 from avdet.metrics.clusters import cluster_metrics
 from avdet.model import AVModel
 from data.stream import iter_torch_batches, ray_dataset
-from distributed import dist
-from distributed.engine import build_engine, load_checkpoint, save_checkpoint
-from distributed.labels import LabelTable
-from distributed.relabel import RelabelService, Scores, relabel_round, round_method
-from distributed.stage1_config import Stage1Config
+from distributed.cluster import dist
+from distributed.stage1.config import Stage1Config
+from distributed.stage1.engine import build_engine, load_checkpoint, save_checkpoint
+from distributed.stage1.labels import LabelTable
+from distributed.stage1.relabel import RelabelService, Scores, relabel_round, round_method
 
 log = logging.getLogger(__name__)
 

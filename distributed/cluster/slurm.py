@@ -40,9 +40,8 @@ from typing import Any, Callable
 import submitit
 
 from avdet.config import require
-from avdet.fileio import UnsafePathError, private_dir, write_atomic
-from distributed import raycluster
-
+from avdet.fileio import UnsafePathError, private_dir, write_json
+from distributed.cluster import raycluster
 log = logging.getLogger(__name__)
 
 GONE_GRACE_S = 60.0      # a job out of the queue this long with no result file is failed (result writes are quick)
@@ -135,9 +134,6 @@ def _disconnect_driver() -> None:
         ray.shutdown()
 
 
-def _write_json(path: Path, data: dict) -> None:
-    write_atomic(path, json.dumps(data))
-
 
 class RayJob(submitit.helpers.Checkpointable):
     """What every SLURM task runs: rendezvous, Ray node, and (task 0) the job. Picklable; requeue-safe."""
@@ -179,7 +175,7 @@ class RayJob(submitit.helpers.Checkpointable):
         self._node = raycluster.start_head(tmp, cfg.ray_cpus or cfg.cpus_per_task, gpus, port=cfg.ray_port or None,
                                            dashboard_port=cfg.ray_dashboard_port or None, node_ip=node_ip,
                                            token_path=raycluster.write_token(rdv / "auth_token"))
-        _write_json(rdv / "head.json", {"address": self._node.address, "token_path": str(self._node.token_path),
+        write_json(rdv / "head.json", {"address": self._node.address, "token_path": str(self._node.token_path),
                                         "dashboard_url": self._node.dashboard_url})
         try:
             for rank in range(1, num_tasks):

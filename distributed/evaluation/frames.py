@@ -256,7 +256,7 @@ def read_heatmaps(path: str | Path | None) -> dict[int, np.ndarray]:
         if path:
             log.warning("heatmaps %s not found; the report has no heatmap pictures", path)
         return {}
-    with np.load(path, allow_pickle=False) as z:   # written by distributed.pseudo: index (n,), heatmap (n,h,w)
+    with np.load(path, allow_pickle=False) as z:   # written by distributed.pseudo.annotate: index (n,), heatmap (n,h,w)
         return {int(i): np.asarray(h) for i, h in zip(z["index"], z["heatmap"])}
 
 
