@@ -111,7 +111,7 @@ def private_dir(*parts: str, base: str | os.PathLike | None = None) -> Path:
     except FileExistsError:
         pass
     st = os.lstat(top)
-    fix = f"remove it (or set TMPDIR to a directory of your own) and run again"
+    fix = "remove it (or set TMPDIR to a directory of your own) and run again"
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise UnsafePathError(f"private directory {top} exists but is a symlink or not a directory; {fix}")
     if st.st_uid != uid:

@@ -126,3 +126,10 @@ def m_shot(pseudo, true, confidences, K: int, C: int, m: int, videos=None, reduc
 def apply_mapping(mapping: np.ndarray, pseudo) -> np.ndarray:
     """(K,) mapping, (N,) cluster ids -> (N,) predicted class ids (-1 for unmatched clusters)."""
     return np.asarray(mapping, dtype=np.int64)[np.asarray(pseudo, dtype=np.int64)]
+
+
+def align_to(labels: np.ndarray, prev: np.ndarray, num_clusters: int) -> np.ndarray:
+    """``labels`` with cluster ids renamed (a permutation) to agree most with ``prev`` (Hungarian on the K×K overlap),
+    so the classifiers' targets keep their meaning across k-means rounds (k-means names clusters arbitrarily)."""
+    rename = hungarian(labels, prev, num_clusters, num_clusters)
+    return rename[labels]

@@ -162,3 +162,36 @@ class AVModel(nn.Module):
     def scores(self, vis_emb: torch.Tensor, aud_emb: torch.Tensor) -> torch.Tensor:
         """(Bv, C, h, w), (Ba, C) -> (Bv, Ba) cross-pair scores S(v, a)."""
         return score_matrix(vis_emb, aud_emb, self.rho)
+
+
+def combined_log_p(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, K) log-probabilities Sinkhorn acts on: the mean of the audio and visual log-softmaxes (SeLaVi's product of
+    the two softmaxes, in the log domain; λ_sk is applied inside Sinkhorn)."""
+    return (F.log_softmax(out["vis_logits"].float(), 1) + F.log_softmax(out["aud_logits"].float(), 1)) / 2
+
+
+def pooled_features(out: dict[str, torch.Tensor], which: str) -> torch.Tensor:
+    """What k-means clusters: the L2-normalised pooled trunk features the classifiers see — "audio", "visual", or
+    "both" concatenated (scaled to unit norm)."""
+    vis, aud = F.normalize(out["vis_pool"].float(), dim=1), F.normalize(out["aud_pool"].float(), dim=1)
+    if which == "both":
+        return torch.cat([vis, aud], 1) / 2 ** 0.5
+    return {"audio": aud, "visual": vis}[which]
+
+
+def pooled_width(model: "AVModel", which: str) -> int:
+    """The width of :func:`pooled_features` ``which`` for ``model``."""
+    return {"audio": model.audio.out_channels, "visual": model.visual.out_channels}.get(
+        which, model.visual.out_channels + model.audio.out_channels)
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The stage-1 model's plain state_dict on CPU: what ``model.pt`` holds (``torch.load(weights_only=True)``)."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def load_model(cfg: ModelConfig, path: str | Path) -> "AVModel":
+    """An :class:`AVModel` of ``cfg`` with the weights of ``path`` (a :func:`model_state` file), in eval mode."""
+    model = AVModel(cfg)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()

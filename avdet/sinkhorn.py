@@ -36,9 +36,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
+
+if TYPE_CHECKING:
+    from avdet.config import SinkhornConfig
 
 log = logging.getLogger(__name__)
 
@@ -407,3 +410,21 @@ def _sparse_pass(cand_idx, cand_log_p, lam, floor, log_v, log_n, log_u, labels, 
         e = _exp_shifted_(flat_b, shift[flat_idx])
         col.s.index_add_(0, flat_idx, e.to(torch.float64))
     return col
+
+
+def target_marginal(marginal: str, num_clusters: int, gaussian_std: float = 0.5,
+                    prev_sizes: torch.Tensor | None = None) -> torch.Tensor:
+    """The round's column marginal (K,): :func:`column_marginal`, and a Gaussian one matched to the previous round's
+    cluster sizes ``prev_sizes`` (largest cluster gets the largest target, :func:`rank_marginal`) when given."""
+    c = column_marginal(num_clusters, marginal, gaussian_std)
+    if marginal == "gaussian" and prev_sizes is not None:
+        c = rank_marginal(c, torch.as_tensor(prev_sizes))
+    return c
+
+
+def solve(log_p: torch.Tensor, cfg: "SinkhornConfig", col_marginal: torch.Tensor,
+          reduce: Reduce | None = None) -> SinkhornResult:
+    """Dense Sinkhorn-Knopp on the rows ``log_p`` (n, K) as ``cfg`` (``avdet.config.SinkhornConfig``) says,
+    reducing K-vectors over processes with ``reduce``."""
+    return sinkhorn_knopp(torch.as_tensor(log_p), cfg.lambda_sk, col_marginal, cfg.max_iters, cfg.tol,
+                          reduce=reduce, dtype=getattr(torch, cfg.dtype), domain=cfg.domain)

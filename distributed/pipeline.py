@@ -241,9 +241,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     if cfg.dataset == "synthetic" and cfg.synthetic.num_multi_per_class:
         steps.append(("evaluate_multi", lambda: run_evaluation(multi_source_eval(cfg, syn_dir))))
     if cfg.ray_address == "local":
+        from distributed.cluster.net import LOOPBACK
         from distributed.cluster.ray_local import start_local_ray
         # the dashboard (on 127.0.0.1) serves the state API that Ray Train's placement-group cleaner polls
-        start_local_ray(num_cpus=local_cpus(cfg), include_dashboard=True, dashboard_host="127.0.0.1")
+        start_local_ray(num_cpus=local_cpus(cfg), include_dashboard=True, dashboard_host=LOOPBACK)
     results: dict = {"timings_s": {}}
     for name, step in steps:
         if name not in ("synthetic", "evaluate_multi") and name not in cfg.stages or \

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from distributed.cluster import raycluster
+from distributed.cluster import net, raycluster
 pytestmark = pytest.mark.slow
 
 
@@ -120,8 +120,8 @@ def test_listening_sockets_sees_a_plain_listener():
 def test_free_ports_are_distinct_and_avoid_the_given_ones():
     """Separate free_port() calls can return one port twice (CI: Ray refused to start on a clash); free_ports not."""
     for _ in range(50):
-        avoid = (raycluster.free_port(),)
-        ports = raycluster.free_ports(9, avoid=avoid)
+        avoid = (net.free_port(),)
+        ports = net.free_ports(9, avoid=avoid)
         assert len(set(ports)) == 9 and avoid[0] not in ports
 
 

@@ -1,6 +1,6 @@
-"""distributed.stage1.relabel: distributed Sinkhorn gives the single-process labels — in a 2-process gloo group
-("workers" mode), in a pool of Ray actors on loopback ("actors" mode, also after an actor is killed) — and the
-FAISS warm start / sparse path."""
+"""distributed.stage1.relabel: every strategy of a relabel round gives the single-process labels — dense and sparse
+Sinkhorn in a 2-process gloo group, the pool of Ray actors on loopback (also after an actor is killed) — and the
+k-means warm start recovers clusters."""
 import os
 import signal
 
@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from avdet.config import SinkhornConfig
-from avdet.sinkhorn import column_marginal, sinkhorn_knopp
+from avdet.matching import align_to
+from avdet.sinkhorn import column_marginal, sinkhorn_knopp, target_marginal
 from distributed.cluster.dist import spawn_loopback
 from distributed.stage1.config import RelabelConfig
 from distributed.stage1.labels import random_equipartition
-from distributed.stage1.relabel import (RelabelService, Scores, SinkhornActor, align_to, kmeans_warm_start,
-                                 relabel_in_workers, relabel_round, relabel_sparse, round_method, target_marginal)
+from distributed.stage1.relabel import STRATEGIES, Round, Scores, choose, relabel_round
+from distributed.stage1.relabel_pool import RelabelService, SinkhornActor
 
 N, K = 600, 12
 SK = SinkhornConfig(lambda_sk=20.0, max_iters=300, tol=1e-6, dtype="float64")   # float64: no near-tie flips
@@ -50,27 +51,35 @@ def _reference():
 def test_target_marginal_gaussian_follows_previous_sizes():
     prev = random_equipartition(np.arange(40), 4)
     prev.labels[:10] = 2                                           # cluster 2 is now the largest
-    c = target_marginal(SinkhornConfig(marginal="gaussian"), 4, prev)
+    c = target_marginal("gaussian", 4, 0.5, prev.cluster_sizes())
     assert int(torch.argmax(c)) == 2 and float(c.sum()) == pytest.approx(1.0)
 
 
-def test_relabel_in_workers_single_process_matches_sinkhorn():
+def _dense_round(log_p, index, version, prev=None):
+    """The dense strategy's round on these rows: (labels of the rows, the full table)."""
+    prev = prev if prev is not None else random_equipartition(np.arange(N) * 3 + 7, K)
+    true = torch.full((len(index),), -1, dtype=torch.int64)
+    table, stats = relabel_round(Scores(index, true, K, {"log_p": log_p}), Round(RelabelConfig(), SK, prev, version))
+    assert stats["method"] == "dense"
+    return table.lookup(index), table
+
+
+def test_dense_round_single_process_matches_sinkhorn():
     index, ref = _reference()
     log_p, _ = _scores()
-    labels, table = relabel_in_workers(log_p, index, SK, version=3)
+    labels, table = _dense_round(log_p, index, version=3)
     assert torch.equal(labels, ref) and table.version == 3 and len(table) == N
-    assert torch.equal(table.lookup(index), ref)
 
 
 def _workers_job(rank, world, out_dir):
     log_p, index = _scores()
     rows = slice(0, 250) if rank == 0 else slice(250, N)           # unequal shards
-    labels, table = relabel_in_workers(log_p[rows], index[rows], SK, version=1)
+    labels, table = _dense_round(log_p[rows], index[rows], version=1)
     torch.save({"labels": labels, "indices": torch.from_numpy(table.indices),
                 "table": torch.from_numpy(table.labels)}, f"{out_dir}/rank{rank}.pt")
 
 
-def test_relabel_in_workers_two_process_gloo_matches_single(tmp_path):
+def test_dense_round_two_process_gloo_matches_single(tmp_path):
     index, ref = _reference()
     spawn_loopback(_workers_job, 2, str(tmp_path))
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
@@ -79,13 +88,13 @@ def test_relabel_in_workers_two_process_gloo_matches_single(tmp_path):
         assert torch.equal(r["indices"], index) and torch.equal(r["table"], ref)
 
 
-def test_round_method_follows_the_config():
-    assert round_method(RelabelConfig(), 1) == "dense"
-    assert round_method(RelabelConfig(warm_start="kmeans"), 1) == "kmeans"
-    assert round_method(RelabelConfig(warm_start="kmeans", topk=3), 2) == "sparse"   # a warm start of one epoch
-    assert round_method(RelabelConfig(warm_start="kmeans", mode="actors"), 2) == "actors"
+def test_the_strategy_follows_the_config():
+    assert choose(RelabelConfig(), 1).name == "dense"
+    assert choose(RelabelConfig(warm_start="kmeans"), 1).name == "kmeans"
+    assert choose(RelabelConfig(warm_start="kmeans", topk=3), 2).name == "sparse"   # a warm start of one epoch
+    assert choose(RelabelConfig(warm_start="kmeans", mode="actors"), 2).name == "actors"
     every = RelabelConfig(warm_start="kmeans", kmeans_epochs=3)
-    assert [round_method(every, v) for v in (1, 3, 4)] == ["kmeans", "kmeans", "dense"]
+    assert [choose(every, v).name for v in (1, 3, 4)] == ["kmeans", "kmeans", "dense"]
 
 
 def test_align_to_renames_clusters_to_agree_with_the_previous_table():
@@ -111,15 +120,15 @@ def _round_job(rank, world, out_dir):
     rows = slice(0, 250) if rank == 0 else slice(250, N)
     prev = random_equipartition(index, K, version=1)
     true = torch.full((N,), -1, dtype=torch.int64)[rows]
-    dense, _ = relabel_round(Scores(index[rows], true, K, log_p=log_p[rows]), RelabelConfig(), SK, prev, 2)
+    dense, _ = relabel_round(Scores(index[rows], true, K, {"log_p": log_p[rows]}), Round(RelabelConfig(), SK, prev, 2))
     vals, idx = log_p[rows].topk(K, dim=1)                         # top-k with k = K: the dense problem, permuted
-    sparse, stats = relabel_round(Scores(index[rows], true, K, cand_idx=idx, cand_log_p=vals),
-                                  RelabelConfig(topk=K), SK, prev, 2)
+    sparse, stats = relabel_round(Scores(index[rows], true, K, {"cand_idx": idx, "cand_log_p": vals}),
+                                  Round(RelabelConfig(topk=K), SK, prev, 2))
     feats, _ = _blobs()
     f_rows = slice(0, 250) if rank == 0 else slice(250, feats.shape[0])
     f_index = torch.arange(feats.shape[0]) * 5
-    km, km_stats = relabel_round(Scores(f_index[f_rows], true[:1], K, features=feats[f_rows]),
-                                 RelabelConfig(warm_start="kmeans"), SK, random_equipartition(f_index, K), 1)
+    km, km_stats = relabel_round(Scores(f_index[f_rows], true[:1], K, {"features": feats[f_rows]}),
+                                 Round(RelabelConfig(warm_start="kmeans"), SK, random_equipartition(f_index, K), 1))
     torch.save({"dense": torch.from_numpy(dense.labels), "sparse": torch.from_numpy(sparse.labels),
                 "kmeans": torch.from_numpy(km.labels), "methods": [stats["method"], km_stats["method"]]},
                f"{out_dir}/rank{rank}.pt")
@@ -148,26 +157,23 @@ def test_sinkhorn_actor_in_process_without_group():
         actor.solve(SK, column_marginal(K))
 
 
-def test_kmeans_warm_start_and_sparse_relabel():
-    rng = np.random.default_rng(0)
-    centers = rng.normal(size=(K, 16)).astype(np.float32) * 4
-    truth = np.repeat(np.arange(K), 50)
-    feats = centers[truth] + rng.normal(size=(truth.size, 16)).astype(np.float32)
-    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-    index = np.arange(truth.size) * 2
-    table, cents = kmeans_warm_start(feats, index, K, niter=20, seed=0)
-    assert cents.shape == (K, 16) and len(table) == truth.size and table.nmi(
-        type(table)(index, truth, K)) > 0.9
-    cents /= np.linalg.norm(cents, axis=1, keepdims=True)
+def test_sparse_round_over_a_few_candidates_recovers_clusters():
+    """The sparse strategy with each row's top 3 of K clusters (nothing N×K is kept) still finds the blobs and
+    keeps the clusters balanced, where the same rows' arg-max would not."""
+    feats, truth = _blobs()
+    rng = np.random.default_rng(1)
+    centres = torch.from_numpy(np.stack([feats[truth == c].mean(0).numpy() for c in range(K)]))
+    log_p = torch.log_softmax(feats @ centres.T, 1).double()         # cosine margins < 2
+    log_p[:, 0] += 3.0                                              # a bias Sinkhorn must undo (arg-max: all in 0)
+    vals, idx = log_p.topk(3, dim=1)
+    index = torch.from_numpy(rng.permutation(truth.size).astype(np.int64))
     sk = SinkhornConfig(lambda_sk=10.0, max_iters=500, tol=1e-6, dtype="float64")
-    full = relabel_sparse(feats, index, cents, K, sk, temperature=0.1, version=2)   # topk = K: the dense problem
-    sims = torch.from_numpy(feats @ cents.T).double()
-    dense = sinkhorn_knopp(torch.log_softmax(sims / 0.1, 1), 10.0, column_marginal(K), 500, 1e-6,
-                           dtype=torch.float64)
-    assert np.array_equal(full.labels, dense.labels.numpy()) and full.version == 2
-    sparse = relabel_sparse(feats, index, cents, 3, sk, temperature=0.1)
-    assert sparse.nmi(type(table)(index, truth, K)) > 0.75
-    assert sparse.cluster_sizes().max() <= 2 * truth.size / K
+    table, stats = relabel_round(Scores(index, torch.full((truth.size,), -1), K, {"cand_idx": idx, "cand_log_p": vals}),
+                                 Round(RelabelConfig(topk=3), sk, random_equipartition(index, K), 2))
+    assert stats["method"] == "sparse" and table.version == 2
+    truth_table = type(table).from_pairs(index, torch.from_numpy(truth), K)
+    assert table.nmi(truth_table) > 0.75 and table.cluster_sizes().max() <= 2 * truth.size / K
+    assert int((log_p.argmax(1) == 0).sum()) > truth.size / 2        # the bias alone would put most rows in 0
 
 
 @pytest.fixture(scope="module")
@@ -217,8 +223,8 @@ def test_a_rank_without_rows_scores_empty_tensors(method, field, width):
     from avdet.model import AVModel
     from distributed.stage1.worker import score_dataset
     model = AVModel(ModelConfig(visual_width=4, audio_width=4, embed_dim=8, num_clusters=K))
-    scores = score_dataset(model, [], method, topk=3)
-    got = getattr(scores, field)
+    scores = score_dataset(model, [], STRATEGIES[method], RelabelConfig(topk=3))
+    got = scores.rows[field]
     d = model.visual.out_channels + model.audio.out_channels
     assert got.shape == (0, width if width is not None else d) and scores.index.shape == (0,)
 
@@ -229,20 +235,22 @@ def test_kmeans_features_are_what_the_config_names(which):
     import torch.nn.functional as F
     from avdet.config import ModelConfig
     from avdet.model import AVModel
-    from distributed.stage1.worker import kmeans_features, score_dataset
+    from avdet.model import pooled_features
+    from distributed.stage1.worker import score_dataset
     torch.manual_seed(0)
     model = AVModel(ModelConfig(image_size=64, visual_width=4, audio_width=8, embed_dim=8, num_clusters=K)).eval()
     batch = {"frames": torch.randn(5, 3, 64, 64), "audio": torch.randn(5, 1, 64, 101),
              "index": torch.arange(5), "label": torch.zeros(5, dtype=torch.int64)}
-    feats = score_dataset(model, [batch], "kmeans", features=which).features
+    cfg = RelabelConfig(kmeans_features=which)
+    feats = score_dataset(model, [batch], STRATEGIES["kmeans"], cfg).rows["features"]
     with torch.no_grad():
         out = model(batch["frames"], batch["audio"])
     vis, aud = F.normalize(out["vis_pool"], dim=1), F.normalize(out["aud_pool"], dim=1)
     want = {"audio": aud, "visual": vis, "both": torch.cat([vis, aud], 1) / 2 ** 0.5}[which]
     assert torch.allclose(feats, want, atol=1e-6)
     assert torch.allclose(feats.norm(dim=1), torch.ones(5), atol=1e-5)
-    assert torch.equal(kmeans_features(out, which), want.float())
-    empty = score_dataset(model, [], "kmeans", features=which).features
+    assert torch.equal(pooled_features(out, which), want.float())
+    empty = score_dataset(model, [], STRATEGIES["kmeans"], cfg).rows["features"]
     assert empty.shape == (0, want.shape[1])
 
 

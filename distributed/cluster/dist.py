@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import tempfile
 from datetime import timedelta
 from typing import Callable
@@ -22,10 +21,11 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from distributed.cluster.net import LOOPBACK, free_port
+
 log = logging.getLogger(__name__)
 
 Reduce = Callable[[torch.Tensor, str], torch.Tensor]
-LOOPBACK = "127.0.0.1"
 
 
 def is_dist() -> bool:
@@ -148,6 +148,13 @@ def average_buffers(module: torch.nn.Module) -> int:
     return len(bufs)
 
 
+def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of ``t`` (sizes may differ) concatenated in rank order, without gradient: the one way to
+    all-gather indices, labels and (index, label) pairs. One process: ``t``."""
+    with torch.no_grad():
+        return all_gather_with_grad(t)[0]
+
+
 def all_gather_objects(obj) -> list:
     """Every rank's ``obj`` (picklable, small), in rank order; ``[obj]`` without a process group."""
     if get_world_size() == 1:
@@ -174,13 +181,6 @@ def make_reduce(group=None) -> Reduce:
 
 # ---------------------------------------------------------------------------------------------------------------
 # process groups on one machine
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port that was free on ``host`` a moment ago (the usual race applies; tests retry on clash)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _pin_gloo_to_loopback(master_addr: str) -> None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import os
 
-log = logging.getLogger(__name__)
+from distributed.cluster.net import LOOPBACK
 
-LOOPBACK = "127.0.0.1"
+log = logging.getLogger(__name__)
 
 
 def _loopback_only() -> None:

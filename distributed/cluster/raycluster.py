@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from avdet.fileio import private_dir
+from distributed.cluster.net import LOOPBACK, free_ports
 
 log = logging.getLogger(__name__)
 
-LOOPBACK = "127.0.0.1"
 _READY_MARK = "This command will now block forever"
 # Unix socket paths (<tmp_dir>/session_<date>_<pid>/sockets/plasma_store) must stay under 107 bytes.
 _MAX_TMP_DIR_LEN = 48
@@ -101,30 +101,6 @@ def write_token(path: str | Path) -> Path:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
     return path
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port free right now on ``host`` (bind to port 0 and read it back)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def free_ports(n: int, host: str = LOOPBACK, avoid: tuple[int, ...] = ()) -> list[int]:
-    """``n`` distinct TCP ports free right now on ``host``, none in ``avoid``. All are held bound until every one is
-    picked: separate :func:`free_port` calls may return the same port twice (the OS reuses a just-closed one), which
-    once made Ray refuse to start ("port ... used by other components")."""
-    socks: list[socket.socket] = []
-    try:
-        while len(socks) < n + len(avoid):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            socks.append(s)
-            s.bind((host, 0))
-        picked = [s.getsockname()[1] for s in socks]
-        return [p for p in picked if p not in avoid][:n]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _ray_cli() -> list[str]:

@@ -41,6 +41,7 @@ import submitit
 
 from avdet.config import require
 from avdet.fileio import UnsafePathError, private_dir, write_json
+from distributed.cluster.net import LOOPBACK
 from distributed.cluster import raycluster
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ class RayJob(submitit.helpers.Checkpointable):
         attempt = os.environ.get("SLURM_RESTART_COUNT", "0")
         rdv = Path(self.cfg.shared_dir or Path(self.cfg.log_dir) / "rendezvous") / f"{env.job_id}-{attempt}"
         rdv.mkdir(parents=True, exist_ok=True)
-        node_ip = raycluster.LOOPBACK if self.cfg.nodes == 1 else socket.gethostbyname(socket.gethostname())
+        node_ip = LOOPBACK if self.cfg.nodes == 1 else socket.gethostbyname(socket.gethostname())
         tmp = (Path(self.cfg.ray_tmp_dir) if self.cfg.ray_tmp_dir else private_dir("ray")) / \
             f"{env.job_id}-{attempt}-{env.global_rank}"
         log.info("task %d/%d on %s (%s), rendezvous %s", env.global_rank, env.num_tasks, env.hostname, node_ip, rdv)

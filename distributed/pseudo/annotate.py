@@ -36,7 +36,7 @@ import torch
 
 from avdet.config import SelfLabelConfig, from_dict, load_config, replace, save_config, to_dict
 from avdet.fileio import write_atomic, write_json
-from avdet.model import AVModel
+from avdet.model import AVModel, load_model
 from avdet.selflabels import self_labels
 from data.artifacts import read_done, write_done
 from data.schema import DecodeError, decode_image, decode_json
@@ -66,9 +66,7 @@ def load_stage1(stage1_dir: str | Path) -> tuple[Stage1Config, AVModel]:
     """The stage-1 config (``config.yaml``) and model (``model.pt``, plain state_dict) in eval mode."""
     d = Path(stage1_dir)
     cfg = stage1_config(d)
-    model = AVModel(cfg.model)
-    model.load_state_dict(torch.load(d / "model.pt", map_location="cpu", weights_only=True))
-    return cfg, model.eval()
+    return cfg, load_model(cfg.model, d / "model.pt")
 
 
 class PseudoLabeler:

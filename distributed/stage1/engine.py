@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from distributed.cluster.dist import ensure_dist_env, get_rank, get_world_size, init_group, is_dist, local_rendezvous
+from distributed.cluster.dist import (all_gather_objects, ensure_dist_env, get_rank, get_world_size, init_group,
+                                      is_dist, local_rendezvous)
 from distributed.stage1.config import Stage1TrainConfig
 
 log = logging.getLogger(__name__)
@@ -168,21 +169,11 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _gather_rng() -> list[dict]:
-    """RNG states of every rank (rank order); DeepSpeed saves client_state from rank 0 only."""
-    mine = rng_state()
-    if get_world_size() == 1:
-        return [mine]
-    out: list = [None] * get_world_size()
-    torch.distributed.all_gather_object(out, mine)
-    return out
-
-
 def save_checkpoint(engine, ckpt_dir: str | Path, client_state: dict, tag: str | None = None) -> None:
     """Save model, optimizer, scheduler and ``client_state`` (epoch, step, label-table version, ...) plus every
     rank's RNG state. Must be called on EVERY rank (ZeRO shards are per rank; the others would hang)."""
     state = dict(client_state)
-    state[_RNG_KEY] = _gather_rng()
+    state[_RNG_KEY] = all_gather_objects(rng_state())   # every rank's: DeepSpeed saves rank 0's client_state
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=state)
     record_checksums(ckpt_dir, get_rank())
 

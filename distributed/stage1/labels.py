@@ -7,14 +7,14 @@ Stored as ``<dir>/labels-<version:06d>.npz`` (``indices`` sorted unique int64, `
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from avdet.fileio import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -22,26 +22,8 @@ _NAME = re.compile(r"^labels-(\d{6,})\.npz$")
 
 
 def _nmi(a: np.ndarray, b: np.ndarray) -> float:
-    """NMI of two labellings; the project's metric (avdet.metrics.clusters) when importable."""
-    try:
-        from avdet.metrics.clusters import nmi
-    except ImportError:                                   # pragma: no cover - the metrics module ships with avdet
-        nmi = _nmi_numpy
+    from avdet.metrics.clusters import nmi
     return float(nmi(a, b))
-
-
-def _nmi_numpy(a: np.ndarray, b: np.ndarray) -> float:
-    """NMI (arithmetic normalisation) from the contingency matrix."""
-    _, ai = np.unique(a, return_inverse=True)
-    _, bi = np.unique(b, return_inverse=True)
-    cont = np.zeros((ai.max() + 1, bi.max() + 1), dtype=np.float64)
-    np.add.at(cont, (ai, bi), 1.0)
-    p = cont / cont.sum()
-    pa, pb = p.sum(1), p.sum(0)
-    nz = p > 0
-    mi = float((p[nz] * np.log(p[nz] / np.outer(pa, pb)[nz])).sum())
-    ha, hb = -float((pa * np.log(pa)).sum()), -float((pb * np.log(pb)).sum())
-    return 1.0 if ha + hb == 0 else 2.0 * mi / (ha + hb)
 
 
 @dataclass
@@ -133,15 +115,8 @@ class LabelTable:
         directory.mkdir(parents=True, exist_ok=True)
         version = self.version if version is None else int(version)
         path = directory / f"labels-{version:06d}.npz"
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".labels-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, indices=self.indices, labels=self.labels,
-                         num_clusters=np.int64(self.num_clusters), version=np.int64(version))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, lambda f: np.savez(f, indices=self.indices, labels=self.labels,
+                                              num_clusters=np.int64(self.num_clusters), version=np.int64(version)))
         return path
 
     @classmethod
@@ -177,3 +152,14 @@ def random_equipartition(indices, num_clusters: int, seed: int = 0, version: int
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(idx.size, dtype=np.int64) % num_clusters)
     return LabelTable(idx, labels, num_clusters, version)
+
+
+def round_stats(table: LabelTable, prev: LabelTable | None, result=None) -> dict:
+    """Log and return a relabel round's statistics: cluster sizes, and vs ``prev`` the fraction changed and NMI;
+    with the Sinkhorn ``result`` (``avdet.sinkhorn.SinkhornResult``) its iterations and marginal error too."""
+    stats = table.stats(prev)
+    if result is not None:
+        stats.update(iters=result.iters, col_error=result.col_error, converged=result.converged)
+    log.info("relabel v%d: %s", table.version, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                         for k, v in stats.items() if k != "version"))
+    return stats

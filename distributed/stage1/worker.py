@@ -22,31 +22,25 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from avdet.config import from_dict
 from avdet.fileio import write_atomic, write_json
 from avdet.losses import joint_loss
 from avdet.metrics.clusters import cluster_metrics
-from avdet.model import AVModel
+from avdet.model import AVModel, model_state, pooled_width
 from data.stream import iter_torch_batches, ray_dataset
 from distributed.cluster import dist
-from distributed.stage1.config import Stage1Config
+from distributed.stage1.config import RelabelConfig, Stage1Config
 from distributed.stage1.engine import build_engine, load_checkpoint, save_checkpoint
 from distributed.stage1.labels import LabelTable
-from distributed.stage1.relabel import RelabelService, Scores, relabel_round, round_method
+from distributed.stage1.relabel import Round, Scores, Strategy, choose, relabel_round
+from distributed.stage1.relabel_pool import RelabelService
 
 log = logging.getLogger(__name__)
 
 LABELS_DIR = "labels"
 HISTORY = "history.json"
 FAULT_MARKER = "fault_injected"
-
-
-def combined_log_p(out: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(B, K) log-probabilities Sinkhorn acts on: the mean of the audio and visual log-softmaxes (SeLaVi's product of
-    the two softmaxes, in the log domain; λ_sk is applied inside Sinkhorn)."""
-    return (F.log_softmax(out["vis_logits"].float(), 1) + F.log_softmax(out["aud_logits"].float(), 1)) / 2
 
 
 def _has_batch(batch) -> bool:
@@ -93,47 +87,26 @@ def train_epoch(engine, stream, labels: LabelTable, lam: float, epoch: int, step
     return step, {k: v / max(n, 1) for k, v in totals.items()}
 
 
-def kmeans_features(out: dict[str, torch.Tensor], which: str) -> torch.Tensor:
-    """What k-means clusters: the L2-normalised pooled trunk features the classifiers see — "audio", "visual", or
-    "both" concatenated (scaled to unit norm)."""
-    vis, aud = F.normalize(out["vis_pool"].float(), dim=1), F.normalize(out["aud_pool"].float(), dim=1)
-    if which == "both":
-        return torch.cat([vis, aud], 1) / 2 ** 0.5
-    return {"audio": aud, "visual": vis}[which]
-
-
 @torch.no_grad()
-def score_dataset(model, stream, method: str, topk: int = 0, features: str = "both") -> Scores:
-    """This worker's rows of the whole-dataset scores, as round ``method`` needs them (``relabel.round_method``):
-    the combined log-probabilities (n, K), only their top-k per row (sparse: nothing N×K is kept), or the features
-    the classifiers see (k-means: :func:`kmeans_features` of ``features``)."""
+def score_dataset(model, stream, strategy: Strategy, cfg: RelabelConfig) -> Scores:
+    """This worker's rows of the whole-dataset scores, as the round's ``strategy`` scores them (the combined
+    log-probabilities, only their top-k, or the pooled features: ``relabel.STRATEGIES``), in sample-index order."""
     model.eval()
     k = model.cfg.num_clusters
-    fields = ("index", "true") + {"kmeans": ("features",), "sparse": ("cand_idx", "cand_log_p")}.get(method, ("log_p",))
-    cols: dict[str, list[torch.Tensor]] = {name: [] for name in fields}
+    widths = strategy.widths(cfg, k, pooled_width(model, cfg.kmeans_features))
+    cols: dict[str, list[torch.Tensor]] = {name: [] for name in ("index", "true", *widths)}
     for batch in stream:
-        out = model(batch["frames"], batch["audio"])
         cols["index"].append(batch["index"])
         cols["true"].append(batch["label"])
-        if method == "kmeans":
-            cols["features"].append(kmeans_features(out, features))
-        elif method == "sparse":
-            vals, idx = combined_log_p(out).topk(min(topk, k), dim=1)
-            cols["cand_idx"].append(idx)
-            cols["cand_log_p"].append(vals)
-        else:
-            cols["log_p"].append(combined_log_p(out))
+        for name, t in strategy.score(model(batch["frames"], batch["audio"]), cfg).items():
+            cols[name].append(t)
     # a rank without rows still joins the round's collectives, with (0, ·) tensors of the right width
-    kk = min(topk, k)
-    d = {"audio": model.audio.out_channels, "visual": model.visual.out_channels}.get(
-        features, model.visual.out_channels + model.audio.out_channels)
     empty = {"index": torch.zeros(0, dtype=torch.int64), "true": torch.zeros(0, dtype=torch.int64),
-             "log_p": torch.zeros(0, k), "cand_idx": torch.zeros(0, kk, dtype=torch.int64),
-             "cand_log_p": torch.zeros(0, kk), "features": torch.zeros(0, d)}
+             **{name: torch.zeros(0, w, dtype=dt) for name, (w, dt) in widths.items()}}
     got = {name: torch.cat(parts) if parts else empty[name] for name, parts in cols.items()}
     order = torch.argsort(got["index"])        # index order: the round must not depend on block arrival order
     got = {name: t[order] for name, t in got.items()}
-    return Scores(got.pop("index"), got.pop("true"), k, **got)
+    return Scores(got.pop("index"), got.pop("true"), k, got)
 
 
 def relabel(model, stream, cfg: Stage1Config, prev: LabelTable, version: int,
@@ -142,9 +115,9 @@ def relabel(model, stream, cfg: Stage1Config, prev: LabelTable, version: int,
     table on every rank, with statistics (cluster sizes, fraction changed, NMI vs previous, the method, and
     accuracy against true labels when the data has them — for monitoring only; they never reach the loss)."""
     t0 = time.perf_counter()
-    scores = score_dataset(model, stream, round_method(cfg.relabel, version), cfg.relabel.topk,
-                           cfg.relabel.kmeans_features)
-    table, stats = relabel_round(scores, cfg.relabel, cfg.sinkhorn, prev, version, service, seed=cfg.train.seed)
+    strategy = choose(cfg.relabel, version)
+    scores = score_dataset(model, stream, strategy, cfg.relabel)
+    table, stats = relabel_round(scores, Round(cfg.relabel, cfg.sinkhorn, prev, version, cfg.train.seed, service))
     stats["relabel_s"] = time.perf_counter() - t0
     true_all = _gather_true(scores.index, scores.true)
     if true_all is not None:
@@ -155,9 +128,7 @@ def relabel(model, stream, cfg: Stage1Config, prev: LabelTable, version: int,
 
 
 def _gather_true(index: torch.Tensor, true: torch.Tensor):
-    pairs = torch.stack([index, true], 1)
-    with torch.no_grad():
-        gathered, _ = dist.all_gather_with_grad(pairs)
+    gathered = dist.all_gather_rows(torch.stack([index, true], 1))
     if not bool((gathered[:, 1] >= 0).any()):
         return None
     return gathered[:, 0], gathered[:, 1]
@@ -238,7 +209,7 @@ def train_loop_per_worker(config: dict) -> None:
         if service is not None:
             service.shutdown()
     if dist.is_main_process():
-        _save_model(engine.module, out / "model.pt")
+        write_atomic(out / "model.pt", lambda f: torch.save(model_state(engine.module), f))
     dist.barrier()
 
 
@@ -293,9 +264,3 @@ def _append_history(path: Path, metrics: dict) -> None:
 def _writer(path: Path):
     from torch.utils.tensorboard import SummaryWriter
     return SummaryWriter(str(path))
-
-
-def _save_model(model: AVModel, path: Path) -> None:
-    """Plain state_dict of the stage-1 model (loads with ``torch.load(weights_only=True)``), written atomically."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    write_atomic(path, lambda f: torch.save(state, f))
