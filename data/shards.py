@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import numpy as np
+
 from avdet.fileio import TEMP_RE, path_under, safe_name, temp_name, write_atomic  # noqa: F401  (write_atomic:
 #                                                                       re-exported as data.shards.write_atomic)
 from data.health import DataHealth, SampleSpec, check_sample, limits_for
@@ -329,3 +331,89 @@ def iter_samples(manifest: Manifest | str | Path, split: str, max_bad_fraction: 
         health.check(max_bad_fraction, info.path)
     if health.bad_total:
         log.warning("split %s: %s", split, health.summary())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the split's samples outside the stream: the one place besides the stream that opens a shard and parses its keys
+
+
+def list_indices(manifest: Manifest, split: str) -> list[int]:
+    """Global indices of every sample of ``split``, from the tar headers alone (keys are
+    :func:`data.schema.sample_key`); no payload is read. An unreadable shard is logged and contributes what was
+    listed before the error."""
+    out: set[int] = set()
+    for info in manifest.split_shards(split):
+        try:
+            with tarfile.open(manifest.shard_path(info), mode="r|") as tar:
+                for member in tar:
+                    stem = _split_name(member.name)[0].rpartition("/")[2]
+                    if member.isfile() and stem.isdigit():
+                        out.add(int(stem))
+        except (tarfile.TarError, OSError, EOFError) as e:
+            log.warning("shard %s: unreadable (%s); kept the %d indices listed before it", info.path, e, len(out))
+    return sorted(out)
+
+
+@dataclass
+class SampleMeta:
+    """What a split's samples are, without their frames and audio: sorted by ``index``; ``label`` the class id
+    (-1 unknown); ``file_name`` ``"<shard>#<key>"``; ``height``/``width`` the frame size (ingest makes every frame
+    of a manifest the same size)."""
+    index: list[int]
+    video_id: list[str]
+    timestamp: list[float]
+    label: list[int]
+    file_name: list[str]
+    height: int
+    width: int
+
+
+def read_sample_meta(manifest: Manifest, split: str) -> SampleMeta:
+    """Every sample of ``split`` from the shards' ``json`` members (bounded, never unpickled) and the frame size
+    from the first ``jpg`` header. Samples whose json is unusable are logged and left out; an unreadable shard keeps
+    what was read before the error."""
+    from PIL import Image
+
+    from data.schema import decode_json
+    ids = {c: i for i, c in enumerate(manifest.classes)}
+    rows, size = [], None
+    for info in manifest.split_shards(split):
+        try:
+            for key, entries in iter_tar_groups(manifest.shard_path(info)):
+                ent = dict(entries)
+                if ent.get("json") is None:
+                    continue
+                try:
+                    meta = decode_json(ent["json"])
+                    rows.append((int(meta["index"]), str(meta["video_id"]), float(meta["timestamp"]),
+                                 ids.get(meta.get("label"), -1), f"{info.path}#{key}"))
+                except (DecodeError, KeyError, TypeError, ValueError) as e:
+                    log.warning("shard %s: sample %s has unusable json (%s); left out", info.path, key, e)
+                    continue
+                if size is None and ent.get("jpg") is not None:
+                    with Image.open(io.BytesIO(ent["jpg"])) as im:
+                        size = (im.height, im.width)
+        except (tarfile.TarError, OSError, EOFError) as e:
+            log.warning("shard %s: unreadable (%s); kept the samples read before it", info.path, e)
+    rows.sort()
+    h, w = size or (0, 0)
+    return SampleMeta(*(list(c) for c in zip(*rows)), height=h, width=w) if rows else \
+        SampleMeta([], [], [], [], [], h, w)
+
+
+def read_frames(manifest: Manifest, split: str, indices: Iterable[int]) -> dict[int, np.ndarray]:
+    """Decode only the frames of ``indices``: {index: (H, W, 3) uint8}, opening only the shards whose index range
+    holds one of them."""
+    from PIL import Image
+    wanted = {int(i) for i in indices}
+    keys = {f"{i:012d}" for i in wanted}
+    out: dict[int, np.ndarray] = {}
+    for info in manifest.split_shards(split):
+        if not any(info.min_index <= i <= info.max_index for i in wanted):
+            continue
+        for key, entries in iter_tar_groups(manifest.shard_path(info)):
+            jpg = dict(entries).get("jpg")
+            if key in keys and jpg is not None:
+                with Image.open(io.BytesIO(jpg)) as im:
+                    out[int(key)] = np.asarray(im.convert("RGB"))
+    return out

@@ -2,8 +2,9 @@
 
 Both paths decode whole shards in one Python call (:func:`read_shard_blocks`) into big numpy blocks
 ``{"frames": (n, H, W, 3) uint8, "audio": (n, S) int16, "index": (n,) int64, "label": (n,) int64, "clip": (n,)
-int64}`` (``clip``: :func:`data.schema.clip_id` of the video id, shared by a clip's frames) — numeric
-columns only, so ``iter_torch_batches`` works and per-row overhead is paid once per block. The consumer turns a block
+int64, "video_id": (n,) str, "timestamp": (n,) float64, "file_name": (n,) str "<shard>#<key>"}`` (``clip``:
+:func:`data.schema.clip_id` of the video id, shared by a clip's frames; the strings are what pseudo-annotation
+records, so it reads each shard once) — per-row overhead is paid once per block. The consumer turns a block
 into the decoded-batch format (docs/INTERFACES.md) with :class:`BatchCollate` (ImageNet normalisation + log-mel, in
 torch, per batch).
 
@@ -94,7 +95,10 @@ def _stack(samples: list[dict[str, Any]], ids: dict[str, int]) -> dict[str, np.n
             "audio": np.stack([s["audio"] for s in samples]),
             "index": np.array([s["meta"]["index"] for s in samples], np.int64),
             "label": np.array([ids.get(s["meta"].get("label"), -1) for s in samples], np.int64),
-            "clip": np.array([clip_id(str(s["meta"]["video_id"])) for s in samples], np.int64)}
+            "clip": np.array([clip_id(str(s["meta"]["video_id"])) for s in samples], np.int64),
+            "video_id": np.array([str(s["meta"]["video_id"]) for s in samples]),
+            "timestamp": np.array([float(s["meta"].get("timestamp", -1.0)) for s in samples], np.float64),
+            "file_name": np.array([f'{s["shard"]}#{s["key"]}' for s in samples])}
 
 
 class BatchCollate:

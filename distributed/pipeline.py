@@ -279,12 +279,12 @@ def weak_sup_configs(cfg: PipelineConfig) -> tuple[DetectorTrainConfig, EvalConf
 
 def run_weak_sup(cfg: PipelineConfig) -> dict:
     """The paper's "Ours - weak sup." (Table 1): the self-boxes with the TRUE video labels
-    (:func:`distributed.pseudo.annotate.true_label_document`) train the same detector, evaluated with the identity class
+    (:func:`data.pseudo_coco.true_label_document`) train the same detector, evaluated with the identity class
     mapping; the main evaluation shows its mAP in Table 1 (``evaluate.weak_sup_results``). ``cfg``: resolved."""
     from data.shards import read_manifest
     from distributed.detector.train import run_detector_training
     from distributed.evaluation.evaluate import run_evaluation
-    from distributed.pseudo.annotate import true_label_document
+    from data.pseudo_coco import true_label_document
 
     det, ev = weak_sup_configs(cfg)
     classes = read_manifest(cfg.detector.manifest).classes

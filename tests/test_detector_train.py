@@ -14,7 +14,8 @@ from avdet.config import DetectorConfig
 from avdet.detector import detect
 from data.config import StreamConfig
 from distributed.detector.config import DetectorTrainConfig
-from distributed.detector.rows import attach_pseudo, load_pseudo_table
+from data.pseudo_coco import training_rows
+from distributed.detector.rows import attach_pseudo
 from distributed.detector.train import run_detector_training
 from distributed.detector.worker import FAULT_MARKER, lr_schedule
 from tests.pseudokit import K, SIZE, make_two_split_shards, write_truth_pseudo
@@ -94,7 +95,7 @@ def test_fault_injection_and_resume(ray_local, toy):
 
 def test_pseudo_table_and_join(toy, tmp_path):
     root, _, truth = toy
-    table, k = load_pseudo_table(root / "pseudo" / "pseudo_train.json", max_images=10, seed=1)
+    table, k = training_rows(root / "pseudo" / "pseudo_train.json", max_images=10, seed=1)
     assert k == K and len(table["index"]) == 10 and np.all(np.diff(table["index"]) > 0)
     i0 = int(table["index"][0])
     assert table["box"][0].tolist() == list(map(float, truth[i0][:4])) and table["cls"][0] == truth[i0][4] + 1
@@ -105,7 +106,7 @@ def test_pseudo_table_and_join(toy, tmp_path):
     empty = attach_pseudo(batch, np.zeros(0, np.int64), np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
     assert len(empty["index"]) == 0
     with pytest.raises(FileNotFoundError, match="pseudo_annotate"):
-        load_pseudo_table(tmp_path / "missing.json")
+        training_rows(tmp_path / "missing.json")
 
 
 def test_lr_schedule_and_predict_rejects_bad_frames():

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from avdet.metrics import evaluate_detections
+from data.pseudo_coco import read_self_labels
 from data.schema import SampleMeta, encode_sample
 from data.shards import ShardWriter, read_manifest, write_manifest
 from distributed.evaluation import frames as eval_data
@@ -183,5 +184,5 @@ def test_self_labels_carry_video_ids(tmp_path):
                            {"id": 2, "image_id": 2, "bbox": [0, 0, 4, 4], "category_id": 2, "score": 0.5}],
            "categories": [{"id": 1}, {"id": 2}]}
     (tmp_path / "p.json").write_text(json.dumps(doc))
-    sl = eval_data.read_self_labels(tmp_path / "p.json")
+    sl = read_self_labels(tmp_path / "p.json")
     assert list(sl.video) == ["a", "#2"]          # no video id: the frame is its own video

@@ -15,7 +15,7 @@ import pytest
 from avdet.config import DetectorConfig
 from avdet.detector import build_detector, save_detector
 from data.schema import SampleMeta, encode_sample
-from data.shards import ShardWriter, read_manifest, write_manifest
+from data.shards import ShardWriter, read_frames, read_manifest, write_manifest
 from distributed.evaluation import frames as eval_data
 from distributed.evaluation.evaluate import EvalConfig, run_evaluation
 from distributed.evaluation.infer import DetectorActor, _rows_to_predictions, predict_indices, predict_plain, predict_ray
@@ -202,7 +202,7 @@ def test_actor_udf_matches_plain(artifacts, detector):
     """The Ray UDF's row format round-trips to the plain loop's predictions (no Ray needed)."""
     m = read_manifest(artifacts["manifest"])
     plain = predict_plain(detector, m, "test", batch_size=4, score_threshold=0.0)
-    frames = eval_data.load_frames(m, "test", plain)
+    frames = read_frames(m, "test", plain)
     idx = np.array(sorted(frames))
     rows = DetectorActor(str(detector), 0.0)({"frames": np.stack([frames[i] for i in idx]), "index": idx})
     _check_same(plain, _rows_to_predictions(rows))

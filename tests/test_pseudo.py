@@ -9,8 +9,9 @@ import pytest
 
 from avdet.config import SelfLabelConfig, load_config
 from data.config import StreamConfig
-from data.shards import read_manifest
-from distributed.pseudo.annotate import coco_document, heatmap_indices, read_split_meta, run_pseudo
+from data.shards import list_indices, read_frames, read_manifest, read_sample_meta
+from data.pseudo_coco import coco_document
+from distributed.pseudo.annotate import heatmap_indices, run_pseudo
 from distributed.pseudo.config import PseudoConfig
 from tests.pseudokit import K, SIZE, make_stage1_artifact, make_two_split_shards
 
@@ -82,10 +83,13 @@ def test_coco_document_filters_and_counts():
                                                                                     np.float32),
             "cls": np.array([0, 2]), "confidence": np.array([0.5, 0.1], np.float32),
             "score": np.array([9.0, 1.0], np.float32), "peakiness": np.array([2.0, 0.1], np.float32),
-            "height": np.array([8, 8]), "width": np.array([8, 8])}
-    doc = coco_document(pred, {3: {"file_name": "train-000000.tar#000000000003", "video_id": "v",
-                                   "timestamp": 1.0}}, 3, min_confidence=0.2)
-    assert [im["id"] for im in doc["images"]] == [3, 7] and doc["images"][1]["file_name"] == "#000000000007"
+            "height": np.array([8, 8]), "width": np.array([8, 8]), "video_id": np.array(["v", "w"]),
+            "timestamp": np.array([1.0, 2.5]),
+            "file_name": np.array(["train-000000.tar#000000000003", "train-000000.tar#000000000007"])}
+    doc = coco_document(pred, 3, min_confidence=0.2)
+    assert [im["id"] for im in doc["images"]] == [3, 7]
+    assert doc["images"][1] == {"id": 7, "file_name": "train-000000.tar#000000000007", "width": 8, "height": 8,
+                                "video_id": "w", "timestamp": 2.5, "true_label": -1}
     (ann,) = doc["annotations"]
     assert ann["bbox"] == [0.0, 0.0, 4.0, 8.0] and ann["area"] == 32.0 and ann["category_id"] == 1
 
@@ -93,9 +97,11 @@ def test_coco_document_filters_and_counts():
 def test_heatmap_indices_and_meta(toy):
     _, manifest, _, _ = toy
     assert heatmap_indices([5, 1, 9, 3], 2) == {1, 9} and heatmap_indices([1, 2], 0) == set()
-    meta = read_split_meta(read_manifest(manifest), "test")
-    assert sorted(meta) == list(range(1000, 1009))
-    assert meta[1000]["file_name"] == "test-000000.tar#000000001000"
+    m = read_manifest(manifest)
+    assert list_indices(m, "test") == list(range(1000, 1009))
+    meta = read_sample_meta(m, "test")
+    assert meta.index == list(range(1000, 1009)) and meta.file_name[0] == "test-000000.tar#000000001000"
+    assert set(read_frames(m, "test", [1003, 1007])) == {1003, 1007}
 
 
 def test_config_rejects_bad_split():

@@ -34,8 +34,8 @@ def test_oracle_pseudo_takes_each_frames_first_sounding_box(tmp_path):
     assert got == {10: ([2, 2, 4, 4], 2), 11: ([3, 3, 2, 2], 1)}        # frame b has no sounding object
     assert [c["id"] for c in doc["categories"]] == [1, 2, 3] and doc["info"]["annotated"] == 2
 
-    from distributed.detector.rows import load_pseudo_table            # the detector job reads it
-    table, k = load_pseudo_table(tmp_path / "oracle" / "pseudo_train.json")
+    from data.pseudo_coco import training_rows            # the detector job reads it
+    table, k = training_rows(tmp_path / "oracle" / "pseudo_train.json")
     assert k == 3 and table["index"].tolist() == [10, 11] and table["box"][0].tolist() == [2, 2, 6, 6]
 
 

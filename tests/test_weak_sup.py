@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from distributed.pseudo.annotate import true_label_document
+from data.pseudo_coco import true_label_document
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "clusters/local/pipeline_tiny.yaml")

@@ -31,7 +31,8 @@ from data.artifacts import read_done, write_done
 from distributed.cluster.ray_local import connect_ray
 from distributed.cluster.resources import fit_to_cluster, train_demand
 from distributed.detector.config import DetectorTrainConfig
-from distributed.detector.rows import JOIN_CPUS, load_pseudo_table
+from data.pseudo_coco import training_rows
+from distributed.detector.rows import JOIN_CPUS
 from distributed.detector.worker import train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def run_detector_training(cfg: DetectorTrainConfig) -> dict:
     done = read_done(out, "detector")
     if done is not None:
         return done
-    table, k = load_pseudo_table(Path(cfg.pseudo_dir) / f"pseudo_{cfg.split}.json", cfg.min_confidence,
+    table, k = training_rows(Path(cfg.pseudo_dir) / f"pseudo_{cfg.split}.json", cfg.min_confidence,
                                  cfg.max_images, cfg.seed)
     if len(table["index"]) < cfg.batch_size * cfg.num_workers:
         raise ValueError(f"detector: {len(table['index'])} annotated frames in {cfg.pseudo_dir} but batch_size "

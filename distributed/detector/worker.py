@@ -179,7 +179,7 @@ def _fault_injector(fail_at_step: int, out_dir: Path) -> Callable[[int], None] |
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point. ``config = {"cfg": resolved DetectorTrainConfig as a dict, "table": the training rows
-    of :func:`distributed.detector.rows.load_pseudo_table`}`` (``cfg.detector`` already carries K).
+    of :func:`data.pseudo_coco.training_rows`}`` (``cfg.detector`` already carries K).
     Reproducible: every epoch each rank streams its own part of that epoch's seeded shard order, and the model's
     initialisation, the box samplers and the augmentations draw from generators seeded by ``cfg.seed``."""
     import ray.train

@@ -36,7 +36,8 @@ from avdet.metrics.localisation import choose_score_threshold
 from avdet.report import page, scores
 from avdet.report.figures import confusion_figure, curve_figures, detection_figures, heatmap_figures
 from data.artifacts import read_done, write_done
-from data.shards import read_manifest
+from data.pseudo_coco import SelfLabels, read_self_labels
+from data.shards import read_frames, read_manifest
 from distributed.evaluation import frames as eval_data
 from distributed.evaluation.infer import Predictions, predict_indices, predict_plain, predict_ray
 
@@ -118,7 +119,7 @@ def _detection_target(coco: dict, which: str) -> dict:
     return dict(coco, annotations=[a for a in coco["annotations"] if a.get("sounding")])
 
 
-def _self_box_arrays(sl: eval_data.SelfLabels, image_ids: set[int]) -> dict:
+def _self_box_arrays(sl: SelfLabels, image_ids: set[int]) -> dict:
     """The self-boxes of the evaluated frames (those with a ground-truth image) as arrays."""
     keep = np.array([int(i) in image_ids for i in sl.index], bool)
     return {"index": sl.index[keep], "boxes": sl.boxes[keep], "confidence": sl.confidence[keep],
@@ -130,8 +131,8 @@ def _evaluated(predictions: Predictions | None, image_ids: set[int]) -> Predicti
     return None if predictions is None else {i: p for i, p in predictions.items() if int(i) in image_ids}
 
 
-def score_predictions(cfg: EvalConfig, classes: list[str], coco: dict, train: eval_data.SelfLabels,
-                      test: eval_data.SelfLabels, frame_labels: dict[int, int],
+def score_predictions(cfg: EvalConfig, classes: list[str], coco: dict, train: SelfLabels,
+                      test: SelfLabels, frame_labels: dict[int, int],
                       predictions: Predictions | None, loc_threshold: tuple[float, str] | None = None) -> dict:
     """Every number of the report (module docstring) as the ``results`` dict, minus curves and config.
     ``loc_threshold``: (box-score threshold of the localisation maps, how it was chosen); default the fixed
@@ -181,7 +182,7 @@ def _evenly(items: list[int], n: int) -> list[int]:
     return [items[p] for p in sorted(set(pos))]
 
 
-def _figures(cfg: EvalConfig, manifest, coco: dict, results: dict, test: eval_data.SelfLabels,
+def _figures(cfg: EvalConfig, manifest, coco: dict, results: dict, test: SelfLabels,
              predictions: Predictions | None, frame_labels: dict[int, int], histories: dict) -> list[page.Figure]:
     """Pick ~num_pictures frames with objects (and as many with heatmaps), decode only those, draw everything."""
     classes, mapping = results["classes"], results["matching"]["hungarian"]["mapping"]
@@ -189,7 +190,7 @@ def _figures(cfg: EvalConfig, manifest, coco: dict, results: dict, test: eval_da
     heatmaps = eval_data.read_heatmaps(cfg.heatmaps)
     det_ids = _evenly(with_objects, cfg.num_pictures) if predictions is not None else []
     heat_ids = _evenly(sorted(set(heatmaps) & set(frame_labels)), cfg.num_pictures)
-    frames = eval_data.load_frames(manifest, cfg.split, set(det_ids) | set(heat_ids))
+    frames = read_frames(manifest, cfg.split, set(det_ids) | set(heat_ids))
     boxes = {int(i): (b, int(k), float(c)) for i, b, k, c in zip(test.index, test.boxes, test.pseudo, test.confidence)}
     figs = curve_figures(histories)
     figs += detection_figures({i: frames[i] for i in det_ids if i in frames}, predictions or {}, coco, mapping,
@@ -215,12 +216,12 @@ def _restrict(frames: eval_data.TestFrames, predictions: Predictions) -> eval_da
     return frames.subset(keep)
 
 
-def _calibration_frames(train: eval_data.SelfLabels, n: int) -> list[int]:
+def _calibration_frames(train: SelfLabels, n: int) -> list[int]:
     """Up to ``n`` training frames with a self-box, evenly spread over the sorted sample indices."""
     return _evenly(sorted({int(i) for i in train.index}), n)
 
 
-def choose_loc_threshold(cfg: EvalConfig, manifest, train: eval_data.SelfLabels, frame_size: tuple[int, int],
+def choose_loc_threshold(cfg: EvalConfig, manifest, train: SelfLabels, frame_size: tuple[int, int],
                          train_predictions: Predictions | None = None) -> tuple[float, str]:
     """The box-score threshold of the localisation pseudo-heatmaps and how it was chosen. ``train_pseudo``: the
     detector runs on up to ``loc_calibration_frames`` TRAINING frames and the threshold maximising their mean cIoU
@@ -254,7 +255,7 @@ def selective_search_baseline(cfg: EvalConfig, manifest, coco: dict) -> dict:
     from avdet.proposals import selective_search
 
     ids = sorted(int(im["id"]) for im in coco["images"])
-    frames = eval_data.load_frames(manifest, cfg.split, ids)
+    frames = read_frames(manifest, cfg.split, ids)
     dets = []
     for i in ids:
         if i in frames:
@@ -300,8 +301,8 @@ def run_evaluation(cfg: EvalConfig, predictions: Predictions | None = None,
         frames = _restrict(frames, predictions)
     coco = eval_data.eval_ground_truth(json.loads(Path(cfg.gt).read_text()), frames, manifest.classes,
                                        cfg.gt_timestamp_tolerance_s, cfg.max_unmatched_gt_fraction)
-    train = eval_data.read_self_labels(cfg.pseudo_train, (frames.height, frames.width))
-    test = eval_data.read_self_labels(cfg.pseudo_test, (frames.height, frames.width))
+    train = read_self_labels(cfg.pseudo_train, (frames.height, frames.width))
+    test = read_self_labels(cfg.pseudo_test, (frames.height, frames.width))
     frame_labels = {int(i): int(c) for i, c in zip(frames.index, frames.label)}
     loc = (choose_loc_threshold(cfg, manifest, train, (frames.height, frames.width), train_predictions)
            if predictions is not None else None)

@@ -21,21 +21,19 @@ matched to the class list by *name*, so the generator's own id convention does n
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from data.shards import Manifest, iter_tar_groups
+from data.shards import Manifest, read_sample_meta
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TestFrames", "SelfLabels", "GroundTruthJoin", "read_test_frames", "load_frames", "join_ground_truth",
-           "eval_ground_truth", "read_self_labels", "read_heatmaps", "read_histories"]
+__all__ = ["TestFrames", "GroundTruthJoin", "read_test_frames", "join_ground_truth",
+           "eval_ground_truth", "read_heatmaps", "read_histories"]
 
 
 @dataclass
@@ -55,38 +53,12 @@ class TestFrames:
 
 
 def read_test_frames(manifest: Manifest, split: str) -> TestFrames:
-    """Metadata of every sample of ``split``, read from the shards' ``json`` entries (the frame size from the first
-    ``jpg`` header; ingest makes every frame the same size)."""
-    ids = {c: i for i, c in enumerate(manifest.classes)}
-    rows, size = [], None
-    for info in manifest.split_shards(split):
-        for _key, entries in iter_tar_groups(manifest.shard_path(info)):
-            ent = dict(entries)
-            if "json" not in ent or "jpg" not in ent:
-                continue
-            meta = json.loads(ent["json"])
-            if size is None:
-                with Image.open(io.BytesIO(ent["jpg"])) as im:
-                    size = (im.height, im.width)
-            rows.append((int(meta["index"]), str(meta["video_id"]), float(meta["timestamp"]),
-                         ids.get(meta.get("label"), -1)))
-    if not rows:
+    """Metadata of every sample of ``split`` (:func:`data.shards.read_sample_meta`)."""
+    meta = read_sample_meta(manifest, split)
+    if not meta.index:
         raise ValueError(f"manifest {manifest.root}: no {split!r} samples to evaluate on")
-    rows.sort()
-    return TestFrames(np.array([r[0] for r in rows], np.int64), [r[1] for r in rows],
-                      np.array([r[2] for r in rows]), np.array([r[3] for r in rows], np.int64), *size)
-
-
-def load_frames(manifest: Manifest, split: str, indices) -> dict[int, np.ndarray]:
-    """Decode only the frames of ``indices``: {index: (H, W, 3) uint8}."""
-    wanted = {f"{int(i):012d}" for i in indices}
-    out: dict[int, np.ndarray] = {}
-    for info in manifest.split_shards(split):
-        for key, entries in iter_tar_groups(manifest.shard_path(info)):
-            if key in wanted and "jpg" in dict(entries):
-                with Image.open(io.BytesIO(dict(entries)["jpg"])) as im:
-                    out[int(key)] = np.asarray(im.convert("RGB"))
-    return out
+    return TestFrames(np.array(meta.index, np.int64), meta.video_id, np.array(meta.timestamp),
+                      np.array(meta.label, np.int64), meta.height, meta.width)
 
 
 def _category_to_class(gt: dict, classes: list[str]) -> dict[int, int]:
@@ -201,53 +173,6 @@ def eval_ground_truth(gt: dict, frames: TestFrames, classes: list[str], toleranc
             anns.append(ann)
     return {"info": {"ground_truth": report}, "images": images, "annotations": anns,
             "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)]}
-
-
-@dataclass
-class SelfLabels:
-    """Pseudo-annotations, one row per annotation: ``index`` (sample), ``pseudo`` (cluster in [0, K)),
-    ``confidence``, ``true`` (class id or -1), ``boxes`` (N, 4) xyxy — in frame pixels when read with a frame size.
-    ``image_true``: {sample index: true class or -1} for every image of the file, annotated or not.
-    ``video``: (N,) the row's ``video_id`` (``"#<image id>"`` where the file has none: then each frame is a video)."""
-    index: np.ndarray
-    pseudo: np.ndarray
-    confidence: np.ndarray
-    true: np.ndarray
-    boxes: np.ndarray
-    num_clusters: int
-    image_true: dict[int, int] = field(default_factory=dict)
-    video: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
-
-    def labelled(self) -> np.ndarray:
-        """Boolean mask of the rows whose frame has a true label."""
-        return self.true >= 0
-
-
-def read_self_labels(path: str | Path, frame_size: tuple[int, int] | None = None) -> SelfLabels:
-    """Read ``pseudo_<split>.json``. With ``frame_size`` (H, W), boxes are rescaled from each image's
-    ``width``/``height`` to it."""
-    doc = json.loads(Path(path).read_text())
-    images = {int(im["id"]): im for im in doc["images"]}
-    K = max([len(doc.get("categories", []))] + [int(a["category_id"]) for a in doc["annotations"]])
-    rows = []
-    for a in doc["annotations"]:
-        im = images.get(int(a["image_id"]))
-        if im is None:
-            raise ValueError(f"{path}: annotation on image {a['image_id']} which is not in 'images'")
-        x, y, w, h = (float(v) for v in a["bbox"])
-        sx = frame_size[1] / float(im["width"]) if frame_size else 1.0
-        sy = frame_size[0] / float(im["height"]) if frame_size else 1.0
-        vid = im.get("video_id")
-        rows.append((int(a["image_id"]), int(a["category_id"]) - 1, float(a.get("score", 1.0)),
-                     int(im.get("true_label", -1)), [x * sx, y * sy, (x + w) * sx, (y + h) * sy],
-                     str(vid) if vid is not None else f"#{a['image_id']}"))
-    image_true = {i: int(im.get("true_label", -1)) for i, im in images.items()}
-    if not rows:
-        return SelfLabels(*(np.zeros(0, t) for t in (np.int64, np.int64, float, np.int64)), np.zeros((0, 4)), K,
-                          image_true)
-    idx, pseudo, conf, true, boxes, video = zip(*rows)
-    return SelfLabels(np.array(idx, np.int64), np.array(pseudo, np.int64), np.array(conf), np.array(true, np.int64),
-                      np.array(boxes, np.float64).reshape(-1, 4), K, image_true, np.array(video, object))
 
 
 def read_heatmaps(path: str | Path | None) -> dict[int, np.ndarray]:

@@ -31,8 +31,8 @@ from avdet.fileio import write_json
 from avdet.metrics import centre_box_detections, evaluate_detections, whole_image_detections
 from avdet.report import page, scores
 from data.artifacts import write_done
+from data.pseudo_coco import SelfLabels, read_self_labels
 from data.shards import read_manifest
-from distributed.evaluation import frames as eval_data
 from distributed.evaluation.infer import Predictions, _load
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def predict_images(detector: str | Path, files: dict[int, Path], size: int, batc
     return out
 
 
-def score_images(cfg, train_classes: list[str], coco: dict, test_names: list[str], train: eval_data.SelfLabels,
+def score_images(cfg, train_classes: list[str], coco: dict, test_names: list[str], train: SelfLabels,
                  predictions: Predictions) -> dict:
     """The ``results`` dict of an image set (module doc): matchings, detection per matching, baselines, names."""
     lab = train.labelled()
@@ -148,7 +148,7 @@ def run_image_evaluation(cfg, predictions: Predictions | None = None) -> dict:
     if predictions is None:
         size = cfg.image_size or int(manifest.config.get("frame_size", 0)) or 224
         predictions = predict_images(cfg.detector, files, size, cfg.batch_size, cfg.score_threshold, cfg.device)
-    train = eval_data.read_self_labels(cfg.pseudo_train)
+    train = read_self_labels(cfg.pseudo_train)
     results = score_images(cfg, manifest.classes, coco, test_names, train, predictions)
     results.update(dataset=cfg.dataset, config=to_dict(cfg), curves={"stage1": [], "detector": []})
     results["summary"]["detector"] = Path(cfg.detector).name if cfg.detector else "given predictions"

@@ -60,9 +60,9 @@ def predict_indices(detector: str | Path, manifest: Manifest, split: str, indice
                     score_threshold: float = 0.05, device: str = "cpu") -> Predictions:
     """Only the frames ``indices`` of ``split`` through the detector (decoding only those); frames not found are
     absent from the result."""
-    from distributed.evaluation.frames import load_frames
+    from data.shards import read_frames
 
-    frames = load_frames(manifest, split, indices)
+    frames = read_frames(manifest, split, indices)
     out: Predictions = {}
     if not frames:
         return out

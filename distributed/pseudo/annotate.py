@@ -3,7 +3,8 @@
 Ray Data streams each split's shards (:func:`data.stream.ray_dataset`, unshuffled) through a pool of
 ``num_actors`` :class:`PseudoLabeler` actors (``map_batches`` with an ``ActorPoolStrategy``); each actor holds the
 stage-1 ``AVModel`` and returns, per frame, the self-label of :func:`avdet.selflabels.self_labels` and the grid
-heatmap. The driver joins the results to the samples' metadata (read from the shards' ``json`` members) by index.
+heatmap, with the sample's ``video_id``, ``timestamp`` and ``file_name`` the stream carries, so each shard is read
+once (plus a header-only listing of the split's indices and the few frames the heatmap figures show).
 
 Artifacts under ``out_dir`` (each written to a temp file, then renamed; ``done.json`` last):
 
@@ -27,7 +28,6 @@ import json
 import logging
 import math
 import os
-import tarfile
 import time
 from pathlib import Path
 
@@ -39,8 +39,8 @@ from avdet.fileio import write_atomic, write_json
 from avdet.model import AVModel, load_model
 from avdet.selflabels import self_labels
 from data.artifacts import read_done, write_done
-from data.schema import DecodeError, decode_image, decode_json
-from data.shards import Manifest, read_manifest
+from data.pseudo_coco import coco_document
+from data.shards import Manifest, list_indices, read_frames, read_manifest
 from data.stream import BatchCollate, ray_dataset
 from distributed.cluster.ray_local import connect_ray
 from distributed.cluster.resources import fit_to_cluster, pool_demand
@@ -50,7 +50,8 @@ from distributed.stage1.config import Stage1Config
 log = logging.getLogger(__name__)
 
 AREA_QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
-_COLUMNS = ("index", "label", "box", "cls", "confidence", "score", "peakiness", "height", "width")
+_COLUMNS = ("index", "label", "box", "cls", "confidence", "score", "peakiness", "height", "width", "video_id",
+            "timestamp", "file_name")
 
 
 def stage1_config(stage1_dir: str | Path) -> Stage1Config:
@@ -97,55 +98,8 @@ class PseudoLabeler:
                 "box": col("box", np.float32).reshape(n, 4), "cls": col("cls", np.int64),
                 "confidence": col("confidence", np.float32), "score": col("score", np.float32),
                 "peakiness": col("peakiness", np.float32), "height": np.full(n, h, np.int64),
-                "width": np.full(n, w, np.int64), "heatmap": heat.numpy()}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# sample metadata, read straight from the shards (json members only; never unpickled)
-
-
-def _members(manifest: Manifest, split: str, want: str):
-    """(shard rel. path, key, bytes) of every ``<key>.<want>`` member of ``split``'s shards; unreadable shards are
-    logged and skipped (what was read before the error is kept)."""
-    for info in manifest.split_shards(split):
-        try:
-            with tarfile.open(manifest.shard_path(info), "r:") as tar:
-                for m in tar:
-                    stem, _, ext = m.name.rpartition("/")[2].partition(".")
-                    if m.isfile() and ext == want:
-                        yield info.path, stem, tar.extractfile(m).read()
-        except (tarfile.TarError, OSError, EOFError) as e:
-            log.warning("shard %s: unreadable while reading %s members (%s); kept the samples read before it",
-                        info.path, want, e)
-
-
-def read_split_meta(manifest: Manifest, split: str) -> dict[int, dict]:
-    """index -> ``{"file_name": "<shard>#<key>", "video_id", "timestamp"}`` for every sample of ``split``."""
-    out: dict[int, dict] = {}
-    for shard, key, data in _members(manifest, split, "json"):
-        try:
-            meta = decode_json(data)
-            index = int(meta["index"])
-        except (DecodeError, KeyError, TypeError, ValueError) as e:
-            log.warning("shard %s: sample %s has unusable json (%s); it gets no image entry", shard, key, e)
-            continue
-        out[index] = {"file_name": f"{shard}#{key}", "video_id": meta.get("video_id"),
-                      "timestamp": meta.get("timestamp")}
-    return out
-
-
-def read_frames(manifest: Manifest, file_names: list[str]) -> dict[str, np.ndarray]:
-    """``"<shard>#<key>"`` -> (H, W, 3) uint8 frame, one open per shard involved."""
-    by_shard: dict[str, set[str]] = {}
-    for name in file_names:
-        shard, _, key = name.partition("#")
-        by_shard.setdefault(shard, set()).add(key)
-    out = {}
-    for shard, keys in by_shard.items():
-        with tarfile.open(manifest.root / shard, "r:") as tar:
-            for key in sorted(keys):
-                out[f"{shard}#{key}"] = decode_image(tar.extractfile(f"{key}.jpg").read())
-    return out
+                "width": np.full(n, w, np.int64), "heatmap": heat.numpy(),
+                **{k: np.asarray(batch[k]) for k in ("video_id", "timestamp", "file_name")}}
 
 
 def heatmap_indices(indices: list[int], n: int) -> set[int]:
@@ -188,47 +142,14 @@ def _infer(manifest: Manifest, split: str, cfg: PseudoConfig, audio, keep: set[i
     return {k: v[order] for k, v in merged.items()}, heat
 
 
-def coco_document(pred: dict[str, np.ndarray], meta: dict[int, dict], num_clusters: int,
-                  min_confidence: float) -> dict:
-    """Columns of every frame (sorted by index) -> COCO dict (module docstring). Frames whose metadata is missing
-    keep an image entry with ``file_name`` ``"#<index>"``."""
-    images, anns = [], []
-    for i, index in enumerate(pred["index"].tolist()):
-        m = meta.get(index, {"file_name": f"#{index:012d}", "video_id": None, "timestamp": None})
-        images.append({"id": index, "file_name": m["file_name"], "width": int(pred["width"][i]),
-                       "height": int(pred["height"][i]), "video_id": m["video_id"], "timestamp": m["timestamp"],
-                       "true_label": int(pred["label"][i])})
-        if float(pred["confidence"][i]) < min_confidence:
-            continue
-        x0, y0, x1, y1 = (float(v) for v in pred["box"][i])
-        anns.append({"id": len(anns) + 1, "image_id": index, "bbox": [x0, y0, x1 - x0, y1 - y0],
-                     "category_id": int(pred["cls"][i]) + 1, "score": float(pred["confidence"][i]),
-                     "heatmap_score": float(pred["score"][i]), "peakiness": float(pred["peakiness"][i]),
-                     "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
-    cats = [{"id": k + 1, "name": f"cluster{k}"} for k in range(num_clusters)]
-    return {"images": images, "annotations": anns, "categories": cats}
-
-
-def true_label_document(doc: dict, classes: list[str]) -> dict:
-    """The paper's "weak sup." training set: the same self-boxes with each frame's TRUE video label as the category
-    (``true_label + 1``, categories = ``classes``); frames without a label lose their box. A copy; ``doc`` is kept."""
-    label = {int(im["id"]): int(im.get("true_label", -1)) for im in doc["images"]}
-    anns = [dict(a, category_id=label[int(a["image_id"])] + 1) for a in doc["annotations"]
-            if label.get(int(a["image_id"]), -1) >= 0]
-    anns = [dict(a, id=i + 1) for i, a in enumerate(anns)]
-    return dict(doc, annotations=anns, categories=[{"id": c + 1, "name": n} for c, n in enumerate(classes)],
-                info=dict(doc.get("info", {}), weak_sup="category_id = true video label + 1"))
-
-
-def split_stats(doc: dict, num_clusters: int, missing_meta: int, unread: int) -> dict:
+def split_stats(doc: dict, num_clusters: int, unread: int) -> dict:
     """Counts, class histogram (index k = pseudo-class k), box-area-fraction quantiles of the kept annotations."""
     n_img, anns = len(doc["images"]), doc["annotations"]
     size = {im["id"]: im["width"] * im["height"] for im in doc["images"]}
     frac = np.array([a["area"] / size[a["image_id"]] for a in anns]) if anns else np.zeros(0)
     hist = np.bincount([a["category_id"] - 1 for a in anns], minlength=num_clusters)
     return {"frames": n_img, "annotated": len(anns), "filtered": n_img - len(anns),
-            "filtered_fraction": (n_img - len(anns)) / max(n_img, 1), "missing_meta": missing_meta,
-            "unread_samples": unread, "class_histogram": hist.tolist(),
+            "filtered_fraction": (n_img - len(anns)) / max(n_img, 1), "unread_samples": unread, "class_histogram": hist.tolist(),
             "area_fraction_quantiles": {str(q): float(np.quantile(frac, q)) if len(frac) else None
                                         for q in AREA_QUANTILES},
             "mean_confidence": float(np.mean([a["score"] for a in anns])) if anns else None}
@@ -241,37 +162,36 @@ def annotate_split(manifest: Manifest, split: str, cfg: PseudoConfig, stage1: St
         log.info("pseudo: split %s already annotated in %s; reusing it", split, json_path)
         return {**json.loads(json_path.read_text())["info"], "reused": True}
     t0 = time.perf_counter()
-    meta = read_split_meta(manifest, split)
-    keep = heatmap_indices(list(meta), cfg.num_heatmaps)
+    listed = list_indices(manifest, split)
+    keep = heatmap_indices(listed, cfg.num_heatmaps)
     pred, heat = _infer(manifest, split, cfg, stage1.audio, keep)
     seconds = time.perf_counter() - t0
     k = stage1.model.num_clusters
-    doc = coco_document(pred, meta, k, cfg.selflabel.min_confidence)
+    doc = coco_document(pred, k, cfg.selflabel.min_confidence)
     found = set(pred["index"].tolist())
-    stats = split_stats(doc, k, missing_meta=len(found - set(meta)), unread=len(set(meta) - found))
+    stats = split_stats(doc, k, unread=len(set(listed) - found))
     stats.update({"seconds": seconds, "frames_per_s": len(found) / max(seconds, 1e-9)})
     if stats["unread_samples"]:
         log.warning("pseudo: split %s: %d samples listed in the shards were not decoded (see the reader's log); "
                     "they have no image entry", split, stats["unread_samples"])
     doc["info"] = {"split": split, **stats}
-    _write_heatmaps(npz_path, manifest, pred, heat, meta)
+    _write_heatmaps(npz_path, manifest, split, pred, heat)
     write_json(json_path, doc)
     log.info("pseudo: split %s: %d frames, %d annotated, %.1f s (%.1f frames/s)", split, stats["frames"],
              stats["annotated"], seconds, stats["frames_per_s"])
     return stats
 
 
-def _write_heatmaps(path: Path, manifest: Manifest, pred: dict, heat: dict[int, np.ndarray], meta: dict) -> None:
+def _write_heatmaps(path: Path, manifest: Manifest, split: str, pred: dict, heat: dict[int, np.ndarray]) -> None:
     idx = np.array(sorted(heat), np.int64)
     rows = np.searchsorted(pred["index"], idx)
-    names = [meta[i]["file_name"] for i in idx.tolist() if i in meta]
-    frames = read_frames(manifest, names) if len(names) == len(idx) else {}
+    frames = read_frames(manifest, split, idx.tolist())
     h, w = (next(iter(heat.values())).shape if heat else (0, 0))
     arrays = {"index": idx, "heatmap": np.stack([heat[i] for i in idx.tolist()]) if len(idx) else
               np.zeros((0, h, w), np.float32),
               "box": pred["box"][rows], "cls": pred["cls"][rows], "confidence": pred["confidence"][rows]}
-    if frames:
-        arrays["frame"] = np.stack([frames[n] for n in names])
+    if len(frames) == len(idx) and len(idx):
+        arrays["frame"] = np.stack([frames[i] for i in idx.tolist()])
     write_atomic(path, lambda f: np.savez(f, **arrays))
 
 

@@ -12,12 +12,11 @@ import dataclasses
 import json
 import logging
 import os
-import tarfile
 from pathlib import Path
 
 from avdet.config import ConfigError, save_config, to_dict
 from data.artifacts import read_done, write_done
-from data.shards import Manifest, read_manifest
+from data.shards import Manifest, list_indices, read_manifest
 from data.stream import ray_dataset
 from distributed.cluster.ray_local import connect_ray
 from distributed.cluster.resources import fit_to_cluster, train_demand
@@ -27,22 +26,6 @@ from distributed.stage1.worker import HISTORY, LABELS_DIR, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
-
-
-def list_indices(manifest: Manifest, split: str) -> list[int]:
-    """Global indices of every sample of ``split``, read from the tar headers alone (keys are ``f"{index:012d}"``);
-    no payload is decoded."""
-    out: set[int] = set()
-    for info in manifest.split_shards(split):
-        try:
-            with tarfile.open(manifest.shard_path(info)) as tar:
-                for member in tar:
-                    stem = member.name.split(".", 1)[0]
-                    if stem.isdigit():
-                        out.add(int(stem))
-        except (tarfile.TarError, OSError) as e:
-            log.warning("shard %s: unreadable (%s); its samples get no initial label and are skipped", info.path, e)
-    return sorted(out)
 
 
 def _score_datasets(manifest: Manifest, cfg: Stage1Config) -> dict:
