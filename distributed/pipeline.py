@@ -215,9 +215,31 @@ def resolve(cfg: PipelineConfig) -> PipelineConfig:
     )
 
 
-def run_pipeline(cfg: PipelineConfig) -> dict:
+class Observer:
+    """What the pipeline tells whoever watches it (``jobs/console.py`` draws it for a person). This default logs
+    one line per stage start and end and lets Ray forward its workers' output to the driver (``quiet`` False)."""
+    quiet = False
+
+    def stage_started(self, name: str, out_dir: str | None) -> None:
+        log.info("=== %s ===", name)
+
+    def stage_finished(self, name: str, seconds: float, result: dict) -> None:
+        log.info("=== %s finished in %.1f s ===", name, seconds)
+
+
+def stage_dirs(cfg: PipelineConfig, syn_dir: Path) -> dict[str, str]:
+    """Where each step writes (``cfg``: resolved); a long stage's ``progress.json`` is there."""
+    w = Path(cfg.workdir)
+    return {"synthetic": str(syn_dir), "ingest": cfg.ingest.out_dir, "stage1": cfg.stage1.out_dir,
+            "pseudo": cfg.pseudo.out_dir, "detector": cfg.detector.out_dir, "weak_sup": str(w / "weak_sup"),
+            "evaluate": cfg.evaluate.out_dir, "evaluate_multi": str(w / "report_multi")}
+
+
+def run_pipeline(cfg: PipelineConfig, observer: Observer | None = None) -> dict:
     """Run every stage in ``cfg.stages`` in order (skipping complete ones). Returns {stage: summary} plus
-    per-stage wall times in ``timings_s``; writes ``<workdir>/pipeline.json``."""
+    per-stage wall times in ``timings_s``; writes ``<workdir>/pipeline.json``. ``observer`` (default
+    :class:`Observer`) hears of every stage's start and end; a ``quiet`` one keeps the Ray workers' output out of
+    this process's console (it stays in Ray's session logs)."""
     from data.ingest import ingest
     from data.synthetic.generate import generate
     from distributed.detector.train import run_detector_training
@@ -240,24 +262,29 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
               ("evaluate", lambda: run_evaluation(cfg.evaluate) if cfg.gt else {"skipped": "no ground truth (gt)"})]
     if cfg.dataset == "synthetic" and cfg.synthetic.num_multi_per_class:
         steps.append(("evaluate_multi", lambda: run_evaluation(multi_source_eval(cfg, syn_dir))))
+    observer = observer or Observer()
+    from distributed.cluster.ray_local import connect_ray
     if cfg.ray_address == "local":
         from distributed.cluster.net import LOOPBACK
-        from distributed.cluster.ray_local import start_local_ray
         # the dashboard (on 127.0.0.1) serves the state API that Ray Train's placement-group cleaner polls
-        start_local_ray(num_cpus=local_cpus(cfg), include_dashboard=True, dashboard_host=LOOPBACK)
+        connect_ray("local", num_cpus=local_cpus(cfg), include_dashboard=True, dashboard_host=LOOPBACK,
+                    log_to_driver=not observer.quiet)
+    elif observer.quiet:
+        connect_ray(cfg.ray_address, log_to_driver=False)
+    dirs = stage_dirs(cfg, syn_dir)
     results: dict = {"timings_s": {}}
     for name, step in steps:
         if name not in ("synthetic", "evaluate_multi") and name not in cfg.stages or \
                 name == "evaluate_multi" and "evaluate" not in cfg.stages:
             continue
         t0 = time.perf_counter()
-        log.info("=== %s ===", name)
+        observer.stage_started(name, dirs.get(name))
         if name in NOT_RESULT_KEYS and (name != "evaluate" or cfg.gt):
             later = [s for s in cfg.stages if STAGES.index(s) >= STAGES.index(name)]
             prepare_stage(name, getattr(cfg, name).out_dir, stage_lineage(cfg, name), later)
         results[name] = step()
         results["timings_s"][name] = round(time.perf_counter() - t0, 1)
-        log.info("=== %s finished in %.1f s ===", name, results["timings_s"][name])
+        observer.stage_finished(name, results["timings_s"][name], results[name])
         write_json(w / "pipeline.json", results, default=str)
     return results
 

@@ -80,6 +80,12 @@ def dry_run(parser: argparse.ArgumentParser, cfg: Any, inputs: Inputs | None,
     parser.exit(0)
 
 
+def add_verbose(parser: argparse.ArgumentParser) -> None:
+    """``--verbose``: the libraries' and Ray workers' output on the console too (default: in the run's log files)."""
+    parser.add_argument("--verbose", action="store_true",
+                        help="show every log line (Ray, Ray Data, DeepSpeed, the workers) on the console")
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)   # its AVX probing is not news

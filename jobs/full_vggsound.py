@@ -9,7 +9,6 @@ Every stage is skipped when its artifact under ``workdir`` is complete, so re-ru
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -17,19 +16,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from avdet.config import ConfigError  # noqa: E402
 from distributed.pipeline import PipelineConfig, pipeline_inputs, resolve, run_pipeline  # noqa: E402
-from jobs.cli import parse, setup_logging  # noqa: E402
+from jobs.cli import add_verbose, parse_args  # noqa: E402
+from jobs.console import Console  # noqa: E402
 
 
 def main(argv: list[str]) -> dict:
-    setup_logging()
-    cfg = parse(PipelineConfig, argv, __doc__, pipeline_inputs, show=resolve)
+    cfg, args = parse_args(PipelineConfig, argv, __doc__, pipeline_inputs, show=resolve, add_arguments=add_verbose)
     try:
-        results = run_pipeline(cfg)
+        resolve(cfg)                    # a bad config is reported before anything is written
     except ConfigError as e:
         sys.exit(f"full_vggsound: {e}")
-    ev = results.get("evaluate", {})
-    print(json.dumps({"workdir": cfg.workdir, "timings_s": results["timings_s"], "report": ev.get("report"),
-                      "headline": {k: v for k, v in ev.items() if k.startswith(("map_", "test_"))}}, indent=1))
+    with Console(cfg.workdir, args.verbose) as console:
+        try:
+            results = run_pipeline(cfg, console)
+        except ConfigError as e:
+            sys.exit(f"full_vggsound: {e}")
+        console.summary(results)
     return results
 
 

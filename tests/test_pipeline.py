@@ -38,6 +38,11 @@ def test_pipeline_via_ray_job_submit_then_resume_skips(tmp_path):
              "python", "jobs/full_vggsound.py", "--config", TINY, f"workdir={workdir}", "ray_address=auto"],
             env=env, capture_output=True, text=True, timeout=1200)
         assert done.returncode == 0, f"ray job submit failed:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}"
+        # a run you can read: a line per stage and the summary; the workers' chatter stays in the log files
+        console = done.stdout + done.stderr
+        assert "Done in" in console and "detector mAP@0.5 (Hungarian)" in console, console[-3000:]
+        assert "Reporting training result" not in console and "Execution plan" not in console, console[-3000:]
+        assert len(console.splitlines()) <= 60, console[-3000:]
     finally:
         head.stop()
         shutil.rmtree(ray_tmp, ignore_errors=True)

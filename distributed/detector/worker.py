@@ -25,6 +25,7 @@ from avdet.augment import augment
 from avdet.config import from_dict
 from avdet.detector import build_detector
 from distributed.cluster import dist
+from distributed.cluster.progress import Progress
 from distributed.detector.config import DetectorTrainConfig
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,11 @@ def _agree_next(batch, device) -> bool:
 def train_one_epoch(model, optimizer, batches: Iterable[dict], device, epoch: int, step: int,
                     lr_at: Callable[[int, int], float], report: Callable[[dict], None], report_every: int,
                     grad_clip: float = 0.0, writer=None, fault: Callable[[int], None] | None = None,
-                    augment_with: Callable | None = None) -> tuple[int, dict]:
+                    augment_with: Callable | None = None, progress: Progress | None = None) -> tuple[int, dict]:
     """One pass over ``batches`` (numpy blocks, see :func:`to_detection_batch`). Returns (global step, epoch
     metrics averaged over every rank: the four Faster R-CNN losses, ``loss``, ``images``, ``images_per_s``).
-    ``augment_with(batch, device)`` replaces :func:`to_detection_batch` (augmented training)."""
+    ``augment_with(batch, device)`` replaces :func:`to_detection_batch` (augmented training); ``progress`` (rank 0)
+    feeds the console's progress bar."""
     model.train()
     sums: dict[str, float] = {}
     n_steps, n_images, t0 = 0, 0, time.perf_counter()
@@ -97,6 +99,8 @@ def train_one_epoch(model, optimizer, batches: Iterable[dict], device, epoch: in
             for k, v in parts.items():
                 writer.add_scalar(f"detector/{k}", v, step)
             writer.add_scalar("detector/lr", optimizer.param_groups[0]["lr"], step)
+        if progress is not None:
+            progress.step(epoch, step, len(images) * dist.get_world_size())
         if step % report_every == 0:
             log.info("epoch %d step %d loss %.4f lr %.5f", epoch, step, parts["loss"], optimizer.param_groups[0]["lr"])
             report({"epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"], **parts})
@@ -202,6 +206,8 @@ def train_loop_per_worker(config: dict) -> None:
     lr_at = lr_schedule(cfg.lr, cfg.warmup_steps, cfg.warmup_factor, cfg.lr_steps, cfg.lr_gamma)
     fault = _fault_injector(cfg.fail_at_step, out)
     part = (dist.get_rank(), dist.get_world_size())
+    steps = max(1, len(config["table"]["index"]) // (cfg.batch_size * dist.get_world_size()))
+    progress = Progress(out, "detector", cfg.epochs, steps, "images") if dist.is_main_process() else None
     for epoch in range(start_epoch, cfg.epochs):
         torch.manual_seed(cfg.seed * 1009 + epoch)            # box samplers: the same draws after a resume
         gen = torch.Generator().manual_seed((cfg.seed * 1009 + epoch) * 64 + dist.get_rank())
@@ -212,7 +218,8 @@ def train_loop_per_worker(config: dict) -> None:
         augmented = (lambda b, d: to_detection_batch(b, d, cfg.hflip, tuple(cfg.scale_jitter), gen)) \
             if cfg.augments() else None
         step, stats = train_one_epoch(model, optimizer, batches, device, epoch, step, lr_at,
-                                      ray.train.report, cfg.report_every, cfg.grad_clip, writer, fault, augmented)
+                                      ray.train.report, cfg.report_every, cfg.grad_clip, writer, fault, augmented,
+                                      progress)
         history.append({"epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"], **stats})
         log.info("detector epoch %d: loss %.4f, %d images, %.1f images/s", epoch, stats["loss"], stats["images"],
                  stats["images_per_s"])
@@ -223,6 +230,8 @@ def train_loop_per_worker(config: dict) -> None:
         _checkpoint_and_report(model, optimizer, epoch, step, history, resumes)
     if writer is not None:
         writer.close()
+    if progress is not None:
+        progress.close()
 
 
 def _writer(path: Path):

@@ -42,6 +42,7 @@ from data.artifacts import read_done, write_done
 from data.pseudo_coco import coco_document
 from data.shards import Manifest, list_indices, read_frames, read_manifest
 from data.stream import BatchCollate, ray_dataset
+from distributed.cluster.progress import Progress
 from distributed.cluster.ray_local import connect_ray
 from distributed.cluster.resources import fit_to_cluster, pool_demand
 from distributed.pseudo.config import PseudoConfig
@@ -128,13 +129,18 @@ def _infer(manifest: Manifest, split: str, cfg: PseudoConfig, audio, keep: set[i
         num_cpus=cfg.actor_cpus, num_gpus=cfg.actor_gpus or None)
     cols: dict[str, list[np.ndarray]] = {k: [] for k in _COLUMNS}
     heat: dict[int, np.ndarray] = {}
+    total = sum(s.count for s in manifest.split_shards(split))
+    progress, done = Progress(cfg.out_dir, f"pseudo ({split})", 1, total, "frames"), 0
     batches = ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=cfg.stream.prefetch_batches)
     for batch in batches:
+        done += len(batch["index"])
+        progress.step(0, done, len(batch["index"]))
         for k in _COLUMNS:
             cols[k].append(batch[k])
         for i, index in enumerate(batch["index"].tolist()):
             if index in keep:
                 heat[index] = batch["heatmap"][i]
+    progress.close()
     if not cols["index"]:
         raise RuntimeError(f"pseudo-annotation: split {split!r} of {manifest.root} produced no frames")
     merged = {k: np.concatenate(v) for k, v in cols.items()}

@@ -30,9 +30,10 @@ from avdet.metrics.clusters import cluster_metrics
 from avdet.model import AVModel, model_state, pooled_width
 from data.stream import iter_torch_batches, ray_dataset
 from distributed.cluster import dist
+from distributed.cluster.progress import Progress
 from distributed.stage1.config import RelabelConfig, Stage1Config
 from distributed.stage1.engine import build_engine, load_checkpoint, save_checkpoint
-from distributed.stage1.labels import LabelTable
+from distributed.stage1.labels import LabelTable, describe_round
 from distributed.stage1.relabel import Round, Scores, Strategy, choose, relabel_round
 from distributed.stage1.relabel_pool import RelabelService
 
@@ -52,9 +53,11 @@ def _has_batch(batch) -> bool:
 
 
 def train_epoch(engine, stream, labels: LabelTable, lam: float, epoch: int, step: int, report_every: int,
-                writer=None, fault: Callable[[int], None] | None = None) -> tuple[int, dict]:
+                writer=None, fault: Callable[[int], None] | None = None,
+                progress: Progress | None = None) -> tuple[int, dict]:
     """One epoch over ``stream`` (an iterator of decoded batches). Returns (global step, mean loss parts).
-    ``fault(step)`` is called before every step (fault injection, tests only)."""
+    ``fault(step)`` is called before every step (fault injection, tests only); ``progress`` (rank 0) feeds the
+    console's progress bar."""
     import ray.train
 
     engine.train()
@@ -79,6 +82,8 @@ def train_epoch(engine, stream, labels: LabelTable, lam: float, epoch: int, step
         if writer is not None:
             for k, v in parts.items():
                 writer.add_scalar(f"stage1/{k}", v, step)
+        if progress is not None:
+            progress.step(epoch, step, len(batch["index"]) * dist.get_world_size())
         if step % report_every == 0:
             rate = n * len(batch["index"]) * dist.get_world_size() / (time.perf_counter() - t0)
             log.info("epoch %d step %d loss %.4f nce %.4f clust %.4f (%.0f samples/s)", epoch, step,
@@ -200,21 +205,23 @@ def train_loop_per_worker(config: dict) -> None:
     start_epoch, step, table = _resume(engine, out / LABELS_DIR)
     writer = _writer(out / "tb") if dist.is_main_process() else None
     fault = _fault_injector(cfg.train.fail_at_step, out)
+    progress = Progress(out, "stage1", cfg.train.epochs, steps) if dist.is_main_process() else None
     nodes = len(set(dist.all_gather_objects(ray.get_runtime_context().get_node_id())))   # Ray nodes in the group
     service = RelabelService(cfg.relabel, cfg.sinkhorn) if (cfg.relabel.mode == "actors"
                                                             and dist.is_main_process()) else None
     try:
-        _epochs(cfg, engine, table, start_epoch, step, nodes, writer, fault, service)
+        _epochs(cfg, engine, table, start_epoch, step, nodes, writer, fault, service, progress)
     finally:
         if service is not None:
             service.shutdown()
     if dist.is_main_process():
         write_atomic(out / "model.pt", lambda f: torch.save(model_state(engine.module), f))
+        progress.close()
     dist.barrier()
 
 
 def _epochs(cfg: Stage1Config, engine, table: LabelTable, start_epoch: int, step: int, nodes: int, writer,
-            fault, service: RelabelService | None) -> None:
+            fault, service: RelabelService | None, progress: Progress | None = None) -> None:
     """Train, relabel when scheduled, log and report, epoch after epoch; checkpoint every
     ``train.checkpoint_every`` epochs and after the last (a restart resumes from the latest checkpoint; the first
     epoch it runs records ``resumed_at_epoch``)."""
@@ -227,7 +234,7 @@ def _epochs(cfg: Stage1Config, engine, table: LabelTable, start_epoch: int, step
     for epoch in range(start_epoch, cfg.train.epochs):
         stream = ray_dataset(cfg.manifest, cfg.split, stream_cfg, epoch=epoch, part=part)
         step, parts = train_epoch(engine, iter_torch_batches(stream, stream_cfg, epoch), table, cfg.loss.lam,
-                                  epoch, step, cfg.train.report_every, writer, fault)
+                                  epoch, step, cfg.train.report_every, writer, fault, progress)
         dist.average_buffers(engine.module)     # one BatchNorm state for scoring, checkpoints and model.pt
         metrics = {"epoch": epoch, "step": step, "nodes": nodes, **{f"train_{k}": v for k, v in parts.items()},
                    "checkpointed": epoch == cfg.train.epochs - 1 or (epoch + 1) % cfg.train.checkpoint_every == 0}
@@ -239,6 +246,8 @@ def _epochs(cfg: Stage1Config, engine, table: LabelTable, start_epoch: int, step
             metrics.update({f"relabel_{k}": v for k, v in stats.items() if isinstance(v, (int, float, str))})
             if dist.is_main_process():
                 table.save(out / LABELS_DIR)
+            if progress is not None:
+                progress.event(describe_round(stats))
         if writer is not None:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)):
