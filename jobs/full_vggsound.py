@@ -2,7 +2,8 @@
 
 On a Ray cluster (VGGSound):
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
-        python jobs/full_vggsound.py --config clusters/ray/vggsound.yaml videos_dir=/data/vggsound csv=/data/vggsound.csv
+        python jobs/full_vggsound.py --config clusters/ray/vggsound.yaml \\
+            videos_dir=/data/vggsound csv=/data/vggsound.csv
 On the embedded synthetic benchmark (what `make demo` runs):
     python jobs/full_vggsound.py --config clusters/local/demo.yaml
 Every stage is skipped when its artifact under ``workdir`` is complete, so re-running resumes.
