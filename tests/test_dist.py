@@ -9,7 +9,7 @@ import distributed
 from distributed.cluster import dist as D
 def test_import_distributed_is_ours():
     """A top-level ``distributed`` package would clash with Dask's; it must resolve to this repo's."""
-    assert Path(distributed.__file__).resolve().parent == Path(D.__file__).resolve().parent
+    assert Path(distributed.__file__).resolve().parent == Path(D.__file__).resolve().parents[1]
     assert (Path(distributed.__file__).resolve().parent.parent / "avdet").is_dir()
 
 

@@ -72,7 +72,8 @@ def fake_stages(monkeypatch):
 def _run(work: Path, *overrides: str) -> list[str]:
     CALLS.clear()
     cfg = load_config(pipeline.PipelineConfig, None, [f"workdir={work}", "dataset=synthetic", "ray_address=auto",
-                                                      "num_clusters=3", *overrides])
+                                                      "num_clusters=3", "ingest.use_ray=false",   # fakes: no Ray
+                                                      *overrides])
     pipeline.run_pipeline(cfg)
     return list(CALLS)
 

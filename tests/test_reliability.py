@@ -130,7 +130,7 @@ def test_stage1_soak_three_killed_workers_at_random_steps(stage1_reference, tmp_
 def test_fault_injector_fires_once_per_listed_step(tmp_path, monkeypatch):
     """``train.fail_at_step=[2, 4]``: the last rank exits at step 2, the restarted group replays from before it and
     exits at step 4 (not at 2 again), the next group runs through; rank 0 never injects anything."""
-    from distributed.stage1.job import worker as w
+    from distributed.stage1 import worker as w
     monkeypatch.setattr(w.dist, "get_world_size", lambda: 2)
     monkeypatch.setattr(w.dist, "get_rank", lambda: 0)
     assert w._fault_injector([2, 4], tmp_path) is None
