@@ -114,7 +114,7 @@ def _train_func(config: dict) -> None:
 
 def _sockets_during(fn, tag: str) -> list[list]:
     """Run ``fn()`` while a thread collects every listening socket of our tagged session: [[host, port, comm]]."""
-    from distributed.cluster.raycluster import listening_sockets
+    from tests.netkit import listening_sockets
     seen: set = set()
     stop = threading.Event()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from distributed.cluster import net, raycluster
+from tests import netkit
 pytestmark = pytest.mark.slow
 
 
@@ -65,9 +66,9 @@ def test_head_on_loopback_runs_tasks_and_stops(short_tmp, ray_client):
 
         assert ray.get([square.remote(i) for i in range(4)]) == [0, 1, 4, 9]
         pids = head.pids()
-        sockets = raycluster.listening_sockets(pids)
+        sockets = netkit.listening_sockets(pids)
         assert len(sockets) >= 4, f"expected GCS, raylet, dashboard, agents listening; got {sockets}"
-        outside = [s for s in sockets if not raycluster.is_loopback(s[1])]
+        outside = [s for s in sockets if not net.is_loopback(s[1])]
         assert not outside, f"Ray listens outside loopback: {outside}"
         assert any(port == int(head.address.split(":")[1]) for _, _, port in sockets)
         ray.shutdown()
@@ -93,8 +94,8 @@ def test_head_and_worker_form_two_node_cluster(short_tmp, ray_client):
         assert len(alive) == 2, alive
         assert {n["NodeManagerAddress"] for n in alive} == {"127.0.0.1"}
         assert ray.cluster_resources().get("CPU") == 2
-        outside = [s for n in nodes for s in raycluster.listening_sockets(n.pids())
-                   if not raycluster.is_loopback(s[1])]
+        outside = [s for n in nodes for s in netkit.listening_sockets(n.pids())
+                   if not net.is_loopback(s[1])]
         assert not outside, f"Ray listens outside loopback: {outside}"
         ray.shutdown()
     finally:
@@ -112,9 +113,9 @@ def test_listening_sockets_sees_a_plain_listener():
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        assert (os.getpid(), "127.0.0.1", port) in raycluster.listening_sockets([os.getpid()])
-    assert raycluster.is_loopback("::ffff:127.0.0.1") and raycluster.is_loopback("::1")
-    assert not raycluster.is_loopback("0.0.0.0")
+        assert (os.getpid(), "127.0.0.1", port) in netkit.listening_sockets([os.getpid()])
+    assert net.is_loopback("::ffff:127.0.0.1") and net.is_loopback("::1")
+    assert not net.is_loopback("0.0.0.0")
 
 
 def test_free_ports_are_distinct_and_avoid_the_given_ones():

@@ -265,7 +265,7 @@ def test_every_listener_of_a_local_session_is_loopback(tmp_path):
     of that session is collected while each step runs. The stock config's c10d TCPStore listens on ``*`` (all
     interfaces; this is what the fix is for); with :class:`LoopbackTorchConfig` (what stage 1 and the detector use)
     nothing listens outside 127.0.0.1."""
-    from distributed.cluster.raycluster import is_loopback
+    from distributed.cluster.net import is_loopback
     out = tmp_path / "sockets.json"
     subprocess.run([sys.executable, "-m", "tests.faultkit", "probe", str(out)], cwd=REPO, check=True, timeout=400)
     seen = json.loads(out.read_text())

@@ -1,6 +1,7 @@
 """The network facts every cluster module shares: the loopback address single-machine runs stay on, and free ports."""
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 LOOPBACK = "127.0.0.1"
@@ -28,3 +29,11 @@ def free_ports(n: int, host: str = LOOPBACK, avoid: tuple[int, ...] = ()) -> lis
     finally:
         for s in socks:
             s.close()
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback (::ffff:127.0.0.1)."""
+    ip = ipaddress.ip_address(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback

@@ -9,7 +9,7 @@ Two traps from shared/docs/ENVIRONMENT.md are handled here, once:
 
 * Loopback. ``--node-ip-address 127.0.0.1`` alone is rewritten to the external address; every process we start
   gets ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` and ``--dashboard-host 127.0.0.1`` as well, and every port is
-  chosen by binding 127.0.0.1:0. :func:`listening_sockets` lets tests prove it.
+  chosen by binding 127.0.0.1:0. ``tests/netkit.py`` lets tests prove it.
 * Token auth. Ray 2.60's defaults (ray/_private/authentication/authentication_token_setup.py) are *not* "on":
   a fresh local ``ray.init()`` turns it on and writes ``~/.ray/auth_token``, but ``ray start --head`` with
   ``RAY_AUTH_MODE`` unset turns it on only when a token already exists (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``
@@ -23,7 +23,6 @@ Two traps from shared/docs/ENVIRONMENT.md are handled here, once:
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import secrets
@@ -318,57 +317,6 @@ def _wait_tcp(host: str, port: int, timeout: float) -> None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f}s") from None
             time.sleep(0.2)
-
-
-def _decode_addr(hex_addr: str) -> str:
-    """/proc/net/tcp{,6} address (host byte order per 32-bit word) -> printable IP."""
-    raw = bytes.fromhex(hex_addr)
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, words)
-
-
-def _listening_inodes() -> dict[int, tuple[str, int]]:
-    inodes = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            cols = line.split()
-            if cols[3] == "0A":  # TCP_LISTEN
-                addr, port = cols[1].split(":")
-                inodes[int(cols[9])] = (_decode_addr(addr), int(port, 16))
-    return inodes
-
-
-def listening_sockets(pids: list[int]) -> list[tuple[int, str, int]]:
-    """``(pid, host, port)`` of every listening TCP socket held by ``pids`` (from /proc/net/tcp{,6} + fds)."""
-    inodes = _listening_inodes()
-    found = []
-    for pid in pids:
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inode = int(target[8:-1])
-                if inode in inodes:
-                    found.append((pid, *inodes[inode]))
-    return sorted(set(found))
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback (::ffff:127.0.0.1)."""
-    ip = ipaddress.ip_address(host)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
 
 
 if __name__ == "__main__":

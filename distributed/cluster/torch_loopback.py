@@ -28,7 +28,7 @@ _LISTENERS: list[socket.socket] = []
 
 
 def _is_loopback(host: str) -> bool:
-    from distributed.cluster.raycluster import is_loopback
+    from distributed.cluster.net import is_loopback
     try:
         return is_loopback(host)
     except ValueError:                       # a host name, not an IP: leave it to Ray Train

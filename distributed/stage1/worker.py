@@ -9,7 +9,8 @@ Epoch: train on this worker's stream part with L = λ·L_NC + (1−λ)·L_clust 
 when the schedule says so, score this worker's share of the WHOLE dataset and re-optimise the labels (distributed
 Sinkhorn-Knopp, dense or sparse, where only K-vectors cross the network; the relabel actor pool; or, for the first
 rounds, FAISS k-means on the features — ``relabel.relabel_round``), then report, and every ``checkpoint_every``
-epochs checkpoint (every rank saves its ZeRO shard; rank 0 adds the label table). Every rank reports the same number of times, or Ray Train hangs.
+epochs checkpoint (every rank saves its ZeRO shard; rank 0 adds the label table). Every rank reports the same number
+of times, or Ray Train hangs.
 """
 from __future__ import annotations
 
@@ -114,8 +115,8 @@ def score_dataset(model, stream, strategy: Strategy, cfg: RelabelConfig) -> Scor
     return Scores(got.pop("index"), got.pop("true"), k, got)
 
 
-def relabel(model, stream, cfg: Stage1Config, prev: LabelTable, version: int,
-            service: RelabelService | None = None) -> tuple[LabelTable, dict]:
+def score_and_relabel(model, stream, cfg: Stage1Config, prev: LabelTable, version: int,
+                      service: RelabelService | None = None) -> tuple[LabelTable, dict]:
     """Score the whole dataset (this worker's part), run the round (``relabel.relabel_round``), return the new
     table on every rank, with statistics (cluster sizes, fraction changed, NMI vs previous, the method, and
     accuracy against true labels when the data has them — for monitoring only; they never reach the loss)."""
@@ -241,8 +242,8 @@ def _epochs(cfg: Stage1Config, engine, table: LabelTable, start_epoch: int, step
         if epoch == start_epoch and start_epoch > 0:
             metrics["resumed_at_epoch"] = start_epoch
         if cfg.train.relabel_after(epoch):
-            table, stats = relabel(engine.module, iter_torch_batches(score_shard, score_cfg), cfg, table,
-                                   version=epoch + 1, service=service)
+            table, stats = score_and_relabel(engine.module, iter_torch_batches(score_shard, score_cfg), cfg, table,
+                                             version=epoch + 1, service=service)
             metrics.update({f"relabel_{k}": v for k, v in stats.items() if isinstance(v, (int, float, str))})
             if dist.is_main_process():
                 table.save(out / LABELS_DIR)
