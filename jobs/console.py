@@ -222,7 +222,7 @@ def _what(name: str, result: dict) -> str:
              "stage1": stage1,
              "pseudo": lambda r: f"{r['stats']['annotated']}/{r['stats']['frames']} frames annotated",
              "detector": lambda r: f"{r['epochs']} epochs on {r['num_train_images']} images",
-             "evaluate": lambda r: f"mAP@0.5 {r['map_50']:.1f}"}
+             "evaluate": lambda r: f"mAP@0.5 {100 * r['map_50']:.1f}"}   # done.json holds a fraction
     try:
         text = facts.get(name, lambda r: "")(result)
     except (KeyError, TypeError, ValueError):
