@@ -55,12 +55,16 @@ class Console(Observer):
         self._poller: threading.Thread | None = None
         self._step = 0
         self._replaced: list[logging.Handler] = []
+        self._saved_levels: dict[logging.Handler, int] = {}       # what _quiet_libraries changed, put back on exit
+        self._saved_propagate: dict[logging.Logger, bool] = {}
+        self._saved_root_level = logging.NOTSET
 
     # ------------------------------------------------------------------------------------------------ set-up
 
     def __enter__(self) -> "Console":
         self.logs.mkdir(parents=True, exist_ok=True)
         root = logging.getLogger()
+        self._saved_root_level = root.level
         root.setLevel(logging.INFO)
         terminals = (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
         self._replaced = [h for h in root.handlers if type(h) is logging.StreamHandler
@@ -93,6 +97,12 @@ class Console(Observer):
             h.close()
         for h in self._replaced:
             root.addHandler(h)
+        root.setLevel(self._saved_root_level)
+        for h, level in self._saved_levels.items():
+            h.setLevel(level)
+        for logger, propagate in self._saved_propagate.items():
+            logger.propagate = propagate
+        self._saved_levels, self._saved_propagate = {}, {}
         logging.captureWarnings(False)
 
     def _quiet_libraries(self) -> None:
@@ -106,7 +116,9 @@ class Console(Observer):
                 continue
             for h in logger.handlers:
                 if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                    self._saved_levels.setdefault(h, h.level)
                     h.setLevel(logging.CRITICAL + 1)
+            self._saved_propagate.setdefault(logger, logger.propagate)
             logger.propagate = True
 
     def say(self, line: str) -> None:

@@ -52,6 +52,27 @@ def test_library_chatter_goes_to_the_file_and_ours_to_the_console(tmp_path):
         assert line in log
 
 
+def test_a_quiet_console_gives_the_libraries_their_logging_back_on_exit(tmp_path):
+    """Inside, a library's own console handler is silenced and its records reach ours; after, a caller that goes on
+    (a notebook, the seeds job's next run) sees the library's handler, propagation and the root level as before."""
+    lib = logging.getLogger("ray.test_console_restore")
+    own, mine = io.StringIO(), logging.StreamHandler()
+    mine.stream = own
+    lib.addHandler(mine)
+    lib.propagate, root_level = False, logging.getLogger().level
+    try:
+        with Console(tmp_path / "run", stream=io.StringIO()):
+            lib.error("inside")
+            assert mine.level > logging.CRITICAL and lib.propagate is True
+        lib.error("after")
+        assert own.getvalue() == "after\n"
+        assert mine.level == logging.NOTSET and lib.propagate is False
+        assert logging.getLogger().level == root_level
+    finally:
+        lib.removeHandler(mine)
+        lib.propagate = True
+
+
 def test_verbose_shows_everything(tmp_path):
     out = io.StringIO()
     with Console(tmp_path / "run", verbose=True, stream=out) as console:
