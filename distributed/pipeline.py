@@ -90,15 +90,16 @@ NOT_RESULT_KEYS: dict[str, tuple[str, ...]] = {
     "pseudo": ("ray_address", "out_dir", "manifest", "stage1_dir"),
     "detector": ("ray_address", "out_dir", "manifest", "pseudo_dir", "report_every", "max_failures", "fail_at_step"),
     "evaluate": ("ray_address", "out_dir", "manifest", "gt", "pseudo_train", "pseudo_test", "heatmaps", "detector",
-                 "detector_history", "stage1_done"),
+                 "detector_history", "stage1_done", "k_sweep_json", "weak_sup_results"),
 }
 
 
 def stage_inputs(cfg: PipelineConfig, stage: str) -> dict[str, str]:
     """{name: file} whose sha256 a stage's lineage records: the shard manifest and the upstream stages'
-    ``done.json`` (each lists the sha256 of its stage's artifacts, so it stands for all of them); for ingest the CSV
-    (and the synthetic dataset's ``done.json``) — not every video, which would cost too much at VGGSound scale.
-    ``cfg`` resolved."""
+    ``done.json`` (each lists the sha256 of its stage's artifacts, so it stands for all of them), and for evaluation
+    the ground truth and the optional Table-4 and weak-sup. results it prints (``None`` while they do not exist); for
+    ingest the CSV (and the synthetic dataset's ``done.json``) — not every video, which would cost too much at
+    VGGSound scale. ``cfg`` resolved."""
     w = Path(cfg.workdir)
     if stage == "ingest":
         syn = {"synthetic/done.json": str(Path(cfg.data_dir or cfg.workdir) / "synthetic" / "done.json")}
@@ -109,7 +110,9 @@ def stage_inputs(cfg: PipelineConfig, stage: str) -> dict[str, str]:
     return {"stage1": manifest,
             "pseudo": {**manifest, "stage1/done.json": done["stage1"]},
             "detector": {**manifest, "pseudo/done.json": done["pseudo"]},
-            "evaluate": {**manifest, "gt": cfg.gt, **{f"{s}/done.json": p for s, p in done.items()}}}[stage]
+            "evaluate": {**manifest, "gt": cfg.gt, **{f"{s}/done.json": p for s, p in done.items()},
+                         "ksweep.json": cfg.evaluate.k_sweep_json, "weak_sup/results.json": cfg.evaluate.weak_sup_results}
+            }[stage]
 
 
 def stage_lineage(cfg: PipelineConfig, stage: str) -> dict:

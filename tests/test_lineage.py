@@ -5,6 +5,7 @@ that depends on its config and inputs, through the real ``write_done``/``read_do
 from __future__ import annotations
 
 import json
+import shutil
 import logging
 from pathlib import Path
 
@@ -85,7 +86,8 @@ def test_changed_stage1_config_reruns_stage1_and_everything_after_it(fake_stages
     assert record["lineage"]["config"]["train.epochs"] == 2
     assert set(record["lineage"]["inputs"]) == {"shards/manifest.json"} and record["lineage"]["config_sha256"]
     assert set(json.loads((work / "report" / DONE).read_text())["lineage"]["inputs"]) == {
-        "shards/manifest.json", "gt", "stage1/done.json", "pseudo/done.json", "detector/done.json"}
+        "shards/manifest.json", "gt", "stage1/done.json", "pseudo/done.json", "detector/done.json", "ksweep.json",
+        "weak_sup/results.json"}
     assert _run(work, "stage1.train.epochs=2") == []                          # same config, same inputs: all skipped
     assert _run(work, "stage1.train.epochs=2", "stage1.train.report_every=7") == []   # a key that changes nothing
     with caplog.at_level(logging.WARNING, logger="distributed.pipeline"):
@@ -117,6 +119,14 @@ def test_changed_ingest_config_reingests_and_reruns_every_later_stage(fake_stage
     with caplog.at_level(logging.WARNING, logger="distributed.pipeline"):
         assert _run(work, "ingest.fps=2.0") == ["ingest", "stage1", "pseudo", "detector", "evaluate"]
     assert "ingest: config changed (fps 1.0 -> 2.0)" in caplog.text and (work / "shards.stale-1").is_dir()
+
+
+def test_a_moved_workdir_reruns_nothing(fake_stages, tmp_path):
+    """Paths are not results: the lineage records what the inputs hold (sha256s), not where they are, for every stage
+    (evaluation's Table-4 and weak-sup. inputs included: they used to enter its config as paths)."""
+    assert _run(tmp_path / "run", "stage1.train.epochs=2") == ["ingest", "stage1", "pseudo", "detector", "evaluate"]
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    assert _run(tmp_path / "moved", "stage1.train.epochs=2") == []
 
 
 def test_half_finished_stage_of_another_config_is_moved_aside_not_resumed(fake_stages, tmp_path, caplog):
