@@ -315,6 +315,25 @@ class LossConfig:
 
 
 @dataclass
+class IterativeConfig:
+    """Seed 003's iterative contrastive learning (``stage1.method=iterative``, :mod:`avdet.iterative`). The paper does
+    not state τ, δ_v or δ_a ("in the supplementary"); these defaults are ours."""
+    tau: float = 0.07               # temperature of eq. 3 and eq. 7
+    delta_v: float = 0.5            # sounding patches: min-max normalised R̃ > δ_v (eq. 2, 4, 5)
+    delta_a: float = 0.9            # inter-frame positives: cosine of the previous epoch's audio embeddings >= δ_a
+    init_epochs: int = 1            # epochs of eq. 3 (initialisation) before the iterative epochs (eq. 7)
+    itr: bool = True                # ablation switches (the paper's Table 4): v+ from the sounding patches,
+    intra: bool = True              # the silent patches of the same frame as negatives,
+    inter: bool = True              # positives across frames by audio similarity
+
+    def check(self) -> None:
+        require(self.tau > 0, "tau", "must be > 0")
+        require(0.0 <= self.delta_v <= 1.0, "delta_v", "must be in [0, 1] (a min-max normalised response)")
+        require(-1.0 <= self.delta_a <= 1.0, "delta_a", "must be in [-1, 1] (a cosine similarity)")
+        require(self.init_epochs >= 1, "init_epochs", "must be >= 1 (eq. 7 needs a previous epoch's maps)")
+
+
+@dataclass
 class SinkhornConfig:
     """Sinkhorn-Knopp self-labelling over the whole dataset."""
     lambda_sk: float = 20.0         # inverse entropic regularisation (SeLa/SeLaVi ~20-25)

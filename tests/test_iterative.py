@@ -122,3 +122,14 @@ def test_two_processes_average_to_the_single_batch_loss():
     init = [float(info_nce(vis[r * 3:(r + 1) * 3], aud[r * 3:(r + 1) * 3], 0.1, gather_for(r),
                            clip[r * 3:(r + 1) * 3])) for r in range(2)]
     assert sum(init) / 2 == pytest.approx(float(info_nce(vis, aud, 0.1, clip=clip)), rel=1e-6)
+
+
+def test_the_pipeline_refuses_a_method_its_later_stages_cannot_read_yet():
+    from avdet.config import ConfigError, load_config
+    from distributed.pipeline import PipelineConfig
+    with pytest.raises(ConfigError, match="pseudo-annotation does not read its response maps yet"):
+        load_config(PipelineConfig, None, ["stage1.method=iterative"])
+    cfg = load_config(PipelineConfig, None, ["stage1.method=iterative", "stages=[ingest,stage1]"])
+    assert cfg.stage1.method == "iterative"
+    with pytest.raises(ConfigError, match="stage1.method must be one of afouras, iterative"):
+        load_config(PipelineConfig, None, ["stage1.method=dsol"])

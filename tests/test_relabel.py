@@ -221,7 +221,7 @@ def test_a_rank_without_rows_scores_empty_tensors(method, field, width):
     """A worker whose score shard is empty still joins the round's collectives with (0, ·) tensors."""
     from avdet.config import ModelConfig
     from avdet.model import AVModel
-    from distributed.stage1.worker import score_dataset
+    from distributed.stage1.relabel import score_dataset
     model = AVModel(ModelConfig(visual_width=4, audio_width=4, embed_dim=8, num_clusters=K))
     scores = score_dataset(model, [], STRATEGIES[method], RelabelConfig(topk=3))
     got = scores.rows[field]
@@ -236,7 +236,7 @@ def test_kmeans_features_are_what_the_config_names(which):
     from avdet.config import ModelConfig
     from avdet.model import AVModel
     from avdet.model import pooled_features
-    from distributed.stage1.worker import score_dataset
+    from distributed.stage1.relabel import score_dataset
     torch.manual_seed(0)
     model = AVModel(ModelConfig(image_size=64, visual_width=4, audio_width=8, embed_dim=8, num_clusters=K)).eval()
     batch = {"frames": torch.randn(5, 3, 64, 64), "audio": torch.randn(5, 1, 64, 101),

@@ -132,3 +132,25 @@ def test_sparse_relabel_round_in_stage1(manifest, tmp_path):
     assert len(table) == K * PER_CLASS and table.labels.max() < K
     # no balance assertion: after one epoch the heads rank the clusters alike for most samples, so a cluster can be
     # few samples' top-2 and the marginal is then infeasible (measured sizes 9 / 35 / 28 for a target of 24)
+
+
+def test_iterative_method_trains_caches_responses_and_resumes_on_them(manifest, tmp_path):
+    """stage1.method=iterative (seed 003) on 2 workers: epoch 0 is eq. 3, then each epoch's response cache feeds eq.
+    7; the label table is never re-solved; a run cut off after epoch 0 resumes on the cache its checkpoint carries
+    and ends on the uninterrupted run's weights."""
+    import torch
+
+    extra = ("method=iterative", "iterative.init_epochs=1", "iterative.delta_a=0.5")
+    full = run_stage1(_cfg(manifest, tmp_path / "full", "train.epochs=2", *extra))
+    history = full["metrics"]
+    assert [m["responses_num_samples"] for m in history] == [K * PER_CLASS] * 2
+    assert 0.0 < history[0]["responses_sounding_fraction"] < 1.0
+    assert all(np.isfinite(m["train_loss"]) for m in history) and "train_clust" not in history[0]
+    assert list_versions(tmp_path / "full" / "labels") == [0]          # no clusters: labels are never re-solved
+    cut = tmp_path / "cut"
+    run_stage1(_cfg(manifest, cut, "train.epochs=1", *extra))
+    (cut / "done.json").unlink()                                       # as if cut off after epoch 0
+    resumed = run_stage1(_cfg(manifest, cut, "train.epochs=2", *extra))
+    assert [m["epoch"] for m in resumed["metrics"]] == [0, 1]
+    wa, wb = (torch.load(d / "model.pt", weights_only=True) for d in (tmp_path / "full", cut))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from avdet.config import AudioConfig, ConfigError, LossConfig, ModelConfig, SinkhornConfig, require
+from avdet.config import AudioConfig, ConfigError, IterativeConfig, LossConfig, ModelConfig, SinkhornConfig, require
 from data.config import StreamConfig
 
 
@@ -144,6 +144,9 @@ def check_batch_vs_workers(train: Stage1TrainConfig, num_samples: int, relabel: 
                 f"({relabel.num_actors}) must be <= the number of samples ({num_samples})")
 
 
+METHOD_NAMES = ("afouras", "iterative")     # distributed.stage1.methods.METHODS has one entry each
+
+
 @dataclass
 class Stage1Config:
     """Shards (``manifest``) -> stage-1 model + label table per epoch under ``out_dir``.
@@ -152,11 +155,14 @@ class Stage1Config:
     ``train.seed`` the one seed (model initialisation, stream order, the initial equipartition, k-means): the
     stream's copies are replaced by them (see :meth:`stream_config`).
     ``ray_address``: "local" starts Ray on 127.0.0.1; "auto" (or an address) joins a running cluster.
+    ``method``: the localiser (:mod:`distributed.stage1.methods`): ``afouras`` (this paper: ``loss``, ``sinkhorn``,
+    ``relabel``) or ``iterative`` (seed 003: ``iterative``; it has no clusters, its self-labels are class-agnostic).
     """
     manifest: str = ""
     out_dir: str = "outputs/stage1"
     split: str = "train"
     ray_address: str = "local"
+    method: str = "afouras"
     audio: AudioConfig = field(default_factory=AudioConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -164,9 +170,11 @@ class Stage1Config:
     train: Stage1TrainConfig = field(default_factory=Stage1TrainConfig)
     relabel: RelabelConfig = field(default_factory=RelabelConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    iterative: IterativeConfig = field(default_factory=IterativeConfig)
 
     def check(self) -> None:
         require(self.split in ("train", "test"), "split", "must be 'train' or 'test'")
+        require(self.method in METHOD_NAMES, "method", f"must be one of {', '.join(METHOD_NAMES)}")
 
     def stream_config(self, shuffle: bool = True) -> StreamConfig:
         return dataclasses.replace(self.stream, audio=self.audio, batch_size=self.train.batch_size, shuffle=shuffle,

@@ -23,16 +23,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import time
+
 import numpy as np
 import torch
 
 from avdet.config import SinkhornConfig
 from avdet.kmeans import kmeans
 from avdet.matching import align_to
-from avdet.model import combined_log_p, pooled_features
+from avdet.metrics.clusters import cluster_metrics
+from avdet.model import combined_log_p, pooled_features, pooled_width
 from avdet.sinkhorn import SinkhornResult, solve, sparse_sinkhorn_knopp, target_marginal
 from distributed.cluster.dist import all_gather_rows, broadcast_from_main, gather_to_main, is_main_process, make_reduce
-from distributed.stage1.config import RelabelConfig
+from distributed.stage1.config import RelabelConfig, Stage1Config
 from distributed.stage1.labels import LabelTable, round_stats
 from distributed.stage1.relabel_pool import RelabelService
 
@@ -169,3 +172,50 @@ def relabel_round(scores: Scores, rnd: Round) -> tuple[LabelTable, dict]:
     if strategy.name == "actors" and rnd.service is not None:
         stats["actor_nodes"] = rnd.service.num_nodes()
     return table, stats
+
+
+@torch.no_grad()
+def score_dataset(model, stream, strategy: Strategy, cfg: RelabelConfig) -> Scores:
+    """This worker's rows of the whole-dataset scores, as the round's ``strategy`` scores them (the combined
+    log-probabilities, only their top-k, or the pooled features: ``relabel.STRATEGIES``), in sample-index order."""
+    model.eval()
+    k = model.cfg.num_clusters
+    widths = strategy.widths(cfg, k, pooled_width(model, cfg.kmeans_features))
+    cols: dict[str, list[torch.Tensor]] = {name: [] for name in ("index", "true", *widths)}
+    for batch in stream:
+        cols["index"].append(batch["index"])
+        cols["true"].append(batch["label"])
+        for name, t in strategy.score(model(batch["frames"], batch["audio"]), cfg).items():
+            cols[name].append(t)
+    # a rank without rows still joins the round's collectives, with (0, ·) tensors of the right width
+    empty = {"index": torch.zeros(0, dtype=torch.int64), "true": torch.zeros(0, dtype=torch.int64),
+             **{name: torch.zeros(0, w, dtype=dt) for name, (w, dt) in widths.items()}}
+    got = {name: torch.cat(parts) if parts else empty[name] for name, parts in cols.items()}
+    order = torch.argsort(got["index"])        # index order: the round must not depend on block arrival order
+    got = {name: t[order] for name, t in got.items()}
+    return Scores(got.pop("index"), got.pop("true"), k, got)
+
+
+def score_and_relabel(model, stream, cfg: Stage1Config, prev: LabelTable, version: int,
+                      service: RelabelService | None = None) -> tuple[LabelTable, dict]:
+    """Score the whole dataset (this worker's part), run the round (``relabel.relabel_round``), return the new
+    table on every rank, with statistics (cluster sizes, fraction changed, NMI vs previous, the method, and
+    accuracy against true labels when the data has them — for monitoring only; they never reach the loss)."""
+    t0 = time.perf_counter()
+    strategy = choose(cfg.relabel, version)
+    scores = score_dataset(model, stream, strategy, cfg.relabel)
+    table, stats = relabel_round(scores, Round(cfg.relabel, cfg.sinkhorn, prev, version, cfg.train.seed, service))
+    stats["relabel_s"] = time.perf_counter() - t0
+    true_all = _gather_true(scores.index, scores.true)
+    if true_all is not None:
+        known = true_all[1] >= 0
+        pseudo = table.lookup(true_all[0][known]).numpy()
+        stats.update({f"true_{k}": v for k, v in cluster_metrics(pseudo, true_all[1][known].numpy()).items()})
+    return table, stats
+
+
+def _gather_true(index: torch.Tensor, true: torch.Tensor):
+    gathered = all_gather_rows(torch.stack([index, true], 1))
+    if not bool((gathered[:, 1] >= 0).any()):
+        return None
+    return gathered[:, 0], gathered[:, 1]

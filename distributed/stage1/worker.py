@@ -26,21 +26,21 @@ import torch
 
 from avdet.config import from_dict
 from avdet.fileio import write_atomic, write_json
-from avdet.losses import joint_loss
-from avdet.metrics.clusters import cluster_metrics
-from avdet.model import AVModel, model_state, pooled_width
+from avdet.model import AVModel, model_state
 from data.stream import iter_torch_batches, ray_dataset
 from distributed.cluster import dist
 from distributed.cluster.progress import Progress
-from distributed.stage1.config import RelabelConfig, Stage1Config
+from distributed.stage1.config import Stage1Config
 from distributed.stage1.engine import build_engine, load_checkpoint, save_checkpoint
-from distributed.stage1.labels import LabelTable, describe_round
-from distributed.stage1.relabel import Round, Scores, Strategy, choose, relabel_round
+from distributed.stage1.labels import LabelTable
+from distributed.stage1.methods import METHODS, LossFn, State
 from distributed.stage1.relabel_pool import RelabelService
+from distributed.stage1.responses import ResponseCache
 
 log = logging.getLogger(__name__)
 
 LABELS_DIR = "labels"
+RESPONSES_DIR = "responses"
 HISTORY = "history.json"
 FAULT_MARKER = "fault_injected"
 
@@ -53,10 +53,11 @@ def _has_batch(batch) -> bool:
     return bool(flag.item())
 
 
-def train_epoch(engine, stream, labels: LabelTable, lam: float, epoch: int, step: int, report_every: int,
+def train_epoch(engine, stream, loss_fn: LossFn, epoch: int, step: int, report_every: int,
                 writer=None, fault: Callable[[int], None] | None = None,
                 progress: Progress | None = None) -> tuple[int, dict]:
-    """One epoch over ``stream`` (an iterator of decoded batches). Returns (global step, mean loss parts).
+    """One epoch over ``stream`` (an iterator of decoded batches), each step minimising the method's
+    ``loss_fn(model output, batch)`` (:mod:`.methods`). Returns (global step, mean loss parts).
     ``fault(step)`` is called before every step (fault injection, tests only); ``progress`` (rank 0) feeds the
     console's progress bar."""
     import ray.train
@@ -73,8 +74,7 @@ def train_epoch(engine, stream, labels: LabelTable, lam: float, epoch: int, step
         if fault is not None:
             fault(step)
         out = engine(batch["frames"], batch["audio"])
-        loss, parts = joint_loss(out, labels.lookup(batch["index"]), lam, gather=dist.all_gather_with_grad,
-                                 clip=batch["clip"])
+        loss, parts = loss_fn(out, batch)
         engine.backward(loss)
         engine.step()
         step, n = step + 1, n + 1
@@ -87,84 +87,44 @@ def train_epoch(engine, stream, labels: LabelTable, lam: float, epoch: int, step
             progress.step(epoch, step, len(batch["index"]) * dist.get_world_size())
         if step % report_every == 0:
             rate = n * len(batch["index"]) * dist.get_world_size() / (time.perf_counter() - t0)
-            log.info("epoch %d step %d loss %.4f nce %.4f clust %.4f (%.0f samples/s)", epoch, step,
-                     parts["loss"], parts["nce"], parts["clust"], rate)
+            log.info("epoch %d step %d %s (%.0f samples/s)", epoch, step,
+                     " ".join(f"{k} {v:.4f}" for k, v in parts.items() if k != "rho"), rate)
             ray.train.report({"epoch": epoch, "step": step, **parts})
     return step, {k: v / max(n, 1) for k, v in totals.items()}
 
 
-@torch.no_grad()
-def score_dataset(model, stream, strategy: Strategy, cfg: RelabelConfig) -> Scores:
-    """This worker's rows of the whole-dataset scores, as the round's ``strategy`` scores them (the combined
-    log-probabilities, only their top-k, or the pooled features: ``relabel.STRATEGIES``), in sample-index order."""
-    model.eval()
-    k = model.cfg.num_clusters
-    widths = strategy.widths(cfg, k, pooled_width(model, cfg.kmeans_features))
-    cols: dict[str, list[torch.Tensor]] = {name: [] for name in ("index", "true", *widths)}
-    for batch in stream:
-        cols["index"].append(batch["index"])
-        cols["true"].append(batch["label"])
-        for name, t in strategy.score(model(batch["frames"], batch["audio"]), cfg).items():
-            cols[name].append(t)
-    # a rank without rows still joins the round's collectives, with (0, ·) tensors of the right width
-    empty = {"index": torch.zeros(0, dtype=torch.int64), "true": torch.zeros(0, dtype=torch.int64),
-             **{name: torch.zeros(0, w, dtype=dt) for name, (w, dt) in widths.items()}}
-    got = {name: torch.cat(parts) if parts else empty[name] for name, parts in cols.items()}
-    order = torch.argsort(got["index"])        # index order: the round must not depend on block arrival order
-    got = {name: t[order] for name, t in got.items()}
-    return Scores(got.pop("index"), got.pop("true"), k, got)
-
-
-def score_and_relabel(model, stream, cfg: Stage1Config, prev: LabelTable, version: int,
-                      service: RelabelService | None = None) -> tuple[LabelTable, dict]:
-    """Score the whole dataset (this worker's part), run the round (``relabel.relabel_round``), return the new
-    table on every rank, with statistics (cluster sizes, fraction changed, NMI vs previous, the method, and
-    accuracy against true labels when the data has them — for monitoring only; they never reach the loss)."""
-    t0 = time.perf_counter()
-    strategy = choose(cfg.relabel, version)
-    scores = score_dataset(model, stream, strategy, cfg.relabel)
-    table, stats = relabel_round(scores, Round(cfg.relabel, cfg.sinkhorn, prev, version, cfg.train.seed, service))
-    stats["relabel_s"] = time.perf_counter() - t0
-    true_all = _gather_true(scores.index, scores.true)
-    if true_all is not None:
-        known = true_all[1] >= 0
-        pseudo = table.lookup(true_all[0][known]).numpy()
-        stats.update({f"true_{k}": v for k, v in cluster_metrics(pseudo, true_all[1][known].numpy()).items()})
-    return table, stats
-
-
-def _gather_true(index: torch.Tensor, true: torch.Tensor):
-    gathered = dist.all_gather_rows(torch.stack([index, true], 1))
-    if not bool((gathered[:, 1] >= 0).any()):
-        return None
-    return gathered[:, 0], gathered[:, 1]
-
-
-def _resume(engine, labels_dir: Path) -> tuple[int, int, LabelTable]:
-    """(next epoch, step, label table) from Ray Train's latest checkpoint, or a fresh start (epoch 0)."""
+def _resume(engine, labels_dir: Path) -> tuple[int, int, State]:
+    """(next epoch, step, the method's state: label table and response cache) from Ray Train's latest checkpoint,
+    or a fresh start (epoch 0)."""
     import ray.train
 
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
-        return 0, 0, LabelTable.load(labels_dir, 0)
+        return 0, 0, State(LabelTable.load(labels_dir, 0))
     with ckpt.as_directory() as d:
         state = load_checkpoint(engine, Path(d) / "deepspeed")
         table = LabelTable.load(Path(d) / LABELS_DIR, state["label_version"])
-    log.info("resumed from checkpoint: epoch %d done, step %d, labels v%d", state["epoch"], state["step"],
-             table.version)
-    return state["epoch"] + 1, state["step"], table
+        cache = None if state.get("responses_version") is None else \
+            ResponseCache.load(Path(d) / RESPONSES_DIR, state["responses_version"])
+    log.info("resumed from checkpoint: epoch %d done, step %d, labels v%d%s", state["epoch"], state["step"],
+             table.version, "" if cache is None else f", responses v{cache.version}")
+    return state["epoch"] + 1, state["step"], State(table, cache)
 
 
-def _checkpoint_and_report(engine, table: LabelTable, epoch: int, step: int, metrics: dict) -> None:
-    """Every rank saves its DeepSpeed shard into its own temp dir; Ray Train merges them into one checkpoint."""
+def _checkpoint_and_report(engine, state: State, epoch: int, step: int, metrics: dict) -> None:
+    """Every rank saves its DeepSpeed shard into its own temp dir; Ray Train merges them into one checkpoint. Rank 0
+    adds the label table and the response cache (when the method has one)."""
     import ray.train
     from ray.train import Checkpoint
 
     with tempfile.TemporaryDirectory() as d:
-        save_checkpoint(engine, Path(d) / "deepspeed", {"epoch": epoch, "step": step,
-                                                         "label_version": table.version})
+        save_checkpoint(engine, Path(d) / "deepspeed", {
+            "epoch": epoch, "step": step, "label_version": state.table.version,
+            "responses_version": None if state.cache is None else state.cache.version})
         if dist.is_main_process():
-            table.save(Path(d) / LABELS_DIR)
+            state.table.save(Path(d) / LABELS_DIR)
+            if state.cache is not None:
+                state.cache.save(Path(d) / RESPONSES_DIR)
             (Path(d) / "metrics.json").write_text(json.dumps(metrics, indent=1))
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
 
@@ -203,7 +163,7 @@ def train_loop_per_worker(config: dict) -> None:
     model = AVModel(cfg.model)
     steps = max(1, config["num_train"] // (cfg.train.batch_size * dist.get_world_size()))
     engine = build_engine(model, cfg.train, steps)
-    start_epoch, step, table = _resume(engine, out / LABELS_DIR)
+    start_epoch, step, state = _resume(engine, out / LABELS_DIR)
     writer = _writer(out / "tb") if dist.is_main_process() else None
     fault = _fault_injector(cfg.train.fail_at_step, out)
     progress = Progress(out, "stage1", cfg.train.epochs, steps) if dist.is_main_process() else None
@@ -211,7 +171,7 @@ def train_loop_per_worker(config: dict) -> None:
     service = RelabelService(cfg.relabel, cfg.sinkhorn) if (cfg.relabel.mode == "actors"
                                                             and dist.is_main_process()) else None
     try:
-        _epochs(cfg, engine, table, start_epoch, step, nodes, writer, fault, service, progress)
+        _epochs(cfg, engine, state, start_epoch, step, nodes, writer, fault, service, progress)
     finally:
         if service is not None:
             service.shutdown()
@@ -221,34 +181,36 @@ def train_loop_per_worker(config: dict) -> None:
     dist.barrier()
 
 
-def _epochs(cfg: Stage1Config, engine, table: LabelTable, start_epoch: int, step: int, nodes: int, writer,
+def _epochs(cfg: Stage1Config, engine, state: State, start_epoch: int, step: int, nodes: int, writer,
             fault, service: RelabelService | None, progress: Progress | None = None) -> None:
-    """Train, relabel when scheduled, log and report, epoch after epoch; checkpoint every
-    ``train.checkpoint_every`` epochs and after the last (a restart resumes from the latest checkpoint; the first
-    epoch it runs records ``resumed_at_epoch``)."""
+    """Train on the method's loss, run its between-epoch round when scheduled (relabel, or the response cache),
+    log and report, epoch after epoch; checkpoint every ``train.checkpoint_every`` epochs and after the last (a
+    restart resumes from the latest checkpoint; the first epoch it runs records ``resumed_at_epoch``)."""
     import ray.train
 
     out = Path(cfg.out_dir)
+    method = METHODS[cfg.method]
     part = (dist.get_rank(), dist.get_world_size())
     score_shard = ray.train.get_dataset_shard(f"score_{dist.get_rank()}")
     stream_cfg, score_cfg = cfg.stream_config(shuffle=True), cfg.stream_config(shuffle=False)
     for epoch in range(start_epoch, cfg.train.epochs):
         stream = ray_dataset(cfg.manifest, cfg.split, stream_cfg, epoch=epoch, part=part)
-        step, parts = train_epoch(engine, iter_torch_batches(stream, stream_cfg, epoch), table, cfg.loss.lam,
+        step, parts = train_epoch(engine, iter_torch_batches(stream, stream_cfg, epoch), method.loss(cfg, state),
                                   epoch, step, cfg.train.report_every, writer, fault, progress)
         dist.average_buffers(engine.module)     # one BatchNorm state for scoring, checkpoints and model.pt
         metrics = {"epoch": epoch, "step": step, "nodes": nodes, **{f"train_{k}": v for k, v in parts.items()},
                    "checkpointed": epoch == cfg.train.epochs - 1 or (epoch + 1) % cfg.train.checkpoint_every == 0}
         if epoch == start_epoch and start_epoch > 0:
             metrics["resumed_at_epoch"] = start_epoch
-        if cfg.train.relabel_after(epoch):
-            table, stats = score_and_relabel(engine.module, iter_torch_batches(score_shard, score_cfg), cfg, table,
-                                             version=epoch + 1, service=service)
-            metrics.update({f"relabel_{k}": v for k, v in stats.items() if isinstance(v, (int, float, str))})
-            if dist.is_main_process():
-                table.save(out / LABELS_DIR)
+        if method.round_after(cfg, epoch):
+            before = state.table
+            state, stats, line = method.round(engine.module, iter_torch_batches(score_shard, score_cfg), cfg, state,
+                                              epoch + 1, service)
+            metrics.update({f"{method.prefix}_{k}": v for k, v in stats.items() if isinstance(v, (int, float, str))})
+            if dist.is_main_process() and state.table is not before:
+                state.table.save(out / LABELS_DIR)
             if progress is not None:
-                progress.event(describe_round(stats))
+                progress.event(line)
         if writer is not None:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)):
@@ -259,7 +221,7 @@ def _epochs(cfg: Stage1Config, engine, table: LabelTable, start_epoch: int, step
         log.info("epoch %d done: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v
                                                for k, v in metrics.items()})
         if metrics["checkpointed"]:
-            _checkpoint_and_report(engine, table, epoch, step, metrics)
+            _checkpoint_and_report(engine, state, epoch, step, metrics)
         else:
             ray.train.report(metrics)
 

@@ -1,0 +1,104 @@
+"""Stage-1 methods: what the trainer's loop asks of a localiser, per batch and between epochs (docs/ARCHITECTURE.md,
+"The method interface"). ``stage1.method`` picks one entry of :data:`METHODS`; this module is the one place that
+branches on it.
+
+====================  ===============================================  ============================================
+method                per-batch loss (``loss``)                        between epochs (``round``)
+====================  ===============================================  ============================================
+``afouras`` (ours)    L = λ·L_NC + (1−λ)·L_clust (``avdet.losses``)     relabel (``relabel.py``): k-means or
+                                                                       Sinkhorn over the whole dataset
+``iterative`` (003)   eq. 3 until a cache exists, then eq. 7            the response cache (``responses.py``):
+                      (``avdet.iterative``)                            R̃ and ã of every sample
+====================  ===============================================  ============================================
+
+A method's state is a :class:`State`: the label table (the iterative method keeps its initial equipartition: it
+has no clusters, so its self-labels are class-agnostic) and, for the iterative method, the response cache. Both
+travel in the checkpoints.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from avdet.iterative import info_nce, iterative_loss
+from avdet.losses import joint_loss
+from distributed.cluster import dist
+from distributed.stage1.config import Stage1Config
+from distributed.stage1.labels import LabelTable, describe_round
+from distributed.stage1.relabel import score_and_relabel
+from distributed.stage1.relabel_pool import RelabelService
+from distributed.stage1.responses import ResponseCache, score_responses
+
+LossFn = Callable[[dict, dict], "tuple[torch.Tensor, dict[str, float]]"]
+
+
+@dataclass
+class State:
+    table: LabelTable
+    cache: ResponseCache | None = None
+
+
+@dataclass(frozen=True)
+class Method:
+    """``loss(cfg, state)`` -> the per-batch loss ``(model output, batch) -> (loss, parts for logging)``;
+    ``round_after(cfg, epoch)`` -> whether ``round`` runs after that (0-based) epoch; ``round(model, stream, cfg,
+    state, version, service)`` -> (the new state, statistics for the epoch's metrics under ``<prefix>_``, a line for
+    the console)."""
+    name: str
+    prefix: str
+    loss: Callable[[Stage1Config, State], LossFn]
+    round_after: Callable[[Stage1Config, int], bool]
+    round: Callable[..., "tuple[State, dict, str]"]
+
+
+def _afouras_loss(cfg: Stage1Config, state: State) -> LossFn:
+    def loss(out: dict, batch: dict):
+        return joint_loss(out, state.table.lookup(batch["index"]), cfg.loss.lam, gather=dist.all_gather_with_grad,
+                          clip=batch["clip"])
+    return loss
+
+
+def _afouras_round(model, stream, cfg: Stage1Config, state: State, version: int,
+                   service: RelabelService | None) -> tuple[State, dict, str]:
+    table, stats = score_and_relabel(model, stream, cfg, state.table, version=version, service=service)
+    return State(table, state.cache), stats, describe_round(stats)
+
+
+def _unused_heads(out: dict) -> torch.Tensor:
+    """0 × the outputs the iterative loss does not use (the classifier heads, ρ), so every parameter has a gradient
+    (zero) and the DeepSpeed engine reduces the same buckets on every step."""
+    return 0.0 * (out["vis_logits"].sum() + out["aud_logits"].sum() + out["rho"].sum())
+
+
+def _iterative_loss(cfg: Stage1Config, state: State) -> LossFn:
+    it = cfg.iterative
+
+    def loss(out: dict, batch: dict):
+        if state.cache is None:                                              # initialisation: eq. 3
+            value = info_nce(out["vis_emb"], out["aud_emb"], it.tau, dist.all_gather_with_grad, batch["clip"])
+        else:                                                                # eq. 7 on the previous epoch's R̃, ã
+            prev_map, prev_aud = state.cache.lookup(batch["index"])
+            value = iterative_loss(out["vis_emb"], out["aud_emb"], prev_map, prev_aud, it.tau, it.delta_v,
+                                   it.delta_a, dist.all_gather_with_grad, batch["clip"], it.itr, it.intra, it.inter)
+        total = value + _unused_heads(out)
+        return total, {"loss": float(value.detach()), "nce": float(value.detach()), "rho": float(out["rho"])}
+    return loss
+
+
+def _iterative_round(model, stream, cfg: Stage1Config, state: State, version: int,
+                     service: RelabelService | None) -> tuple[State, dict, str]:
+    cache, stats = score_responses(model, stream, version)
+    sounding = float((cache.maps > cfg.iterative.delta_v).mean()) if len(cache) else 0.0
+    stats["sounding_fraction"] = sounding
+    line = (f"responses v{version}: {len(cache)} samples scored in {stats['round_s']:.0f} s, "
+            f"{100 * sounding:.1f} % of patches above delta_v={cfg.iterative.delta_v}")
+    return State(state.table, cache), stats, line
+
+
+METHODS: dict[str, Method] = {
+    "afouras": Method("afouras", "relabel", _afouras_loss, lambda cfg, epoch: cfg.train.relabel_after(epoch), _afouras_round),
+    "iterative": Method("iterative", "responses", _iterative_loss,
+                        lambda cfg, epoch: epoch + 1 >= cfg.iterative.init_epochs, _iterative_round),
+}
