@@ -120,19 +120,27 @@ def recorded_lineage(out: str | Path) -> dict | None:
     return None
 
 
-def lineage_changes(old: dict | None, new: dict) -> list[str]:
+def lineage_changes(old: dict | None, new: dict, defaults: dict | None = None) -> list[str]:
     """Why an output with lineage ``old`` is not what ``new`` would compute: ``["config changed (train.epochs 10 ->
-    12)", "inputs changed: shards/manifest.json"]``; empty when they agree."""
+    12)", "inputs changed: shards/manifest.json"]``; empty when they agree.
+
+    Code changes between the two runs are allowed for: a setting the old lineage lacks (added to the code since)
+    counts as unchanged when its value now is its default (``defaults``: flat {key: default}), since a new setting's
+    default keeps the old behaviour; a setting only the old lineage has (removed since, or now a path or another
+    key that does not change results) is not compared; nor is an input only the old lineage records, or one the new
+    lineage records as absent (``None``) that the old did not record."""
     if old is None:
         return ["no lineage recorded (written before lineage existed, or not by the pipeline)"]
     why = []
-    a, b = old.get("config", {}), new["config"]
-    diff = [f"{k} {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in sorted(set(a) | set(b))
-            if a.get(k, "<unset>") != b.get(k, "<unset>")]
+    a, b, defaults = old.get("config", {}), new["config"], defaults or {}
+    unset = object()
+    diff = [f"{k} {a.get(k, '<unset>')!r} -> {b[k]!r}" for k in sorted(b)
+            if a.get(k, unset) != b[k] and not (k not in a and k in defaults and defaults[k] == b[k])]
     if diff:
         why.append(f"config changed ({', '.join(diff[:5])}{', ...' if len(diff) > 5 else ''})")
-    changed = sorted(k for k in set(old.get("inputs", {})) | set(new["inputs"])
-                     if old.get("inputs", {}).get(k) != new["inputs"].get(k))
+    old_in = old.get("inputs", {})
+    changed = sorted(k for k, v in new["inputs"].items() if old_in.get(k, None if k not in old_in else unset) != v
+                     and not (k not in old_in and v is None))
     if changed:
         why.append(f"inputs changed: {', '.join(changed)}")
     return why

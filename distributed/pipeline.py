@@ -19,7 +19,7 @@ from pathlib import Path
 
 from avdet.config import ConfigError, require, save_config, to_dict
 from avdet.fileio import write_json
-from data.artifacts import LINEAGE, lineage_changes, make_lineage, move_aside, recorded_lineage
+from data.artifacts import LINEAGE, flatten, lineage_changes, make_lineage, move_aside, recorded_lineage
 from data.config import IngestConfig
 from data.synthetic.config import SynthConfig
 from distributed.detector.config import DetectorTrainConfig
@@ -114,7 +114,8 @@ def stage_inputs(cfg: PipelineConfig, stage: str) -> dict[str, str]:
             "pseudo": {**manifest, "stage1/done.json": done["stage1"]},
             "detector": {**manifest, "pseudo/done.json": done["pseudo"]},
             "evaluate": {**manifest, "gt": cfg.gt, **{f"{s}/done.json": p for s, p in done.items()},
-                         "ksweep.json": cfg.evaluate.k_sweep_json, "weak_sup/results.json": cfg.evaluate.weak_sup_results}
+                         "ksweep.json": cfg.evaluate.k_sweep_json,
+                         "weak_sup/results.json": cfg.evaluate.weak_sup_results}
             }[stage]
 
 
@@ -124,7 +125,14 @@ def stage_lineage(cfg: PipelineConfig, stage: str) -> dict:
     return make_lineage(to_dict(getattr(cfg, stage)), stage_inputs(cfg, stage), NOT_RESULT_KEYS[stage])
 
 
-def prepare_stage(stage: str, out: str | Path, lineage: dict, rerun: list[str]) -> list[str]:
+def stage_defaults(cfg: PipelineConfig, stage: str) -> dict:
+    """Flat {key: default} of ``stage``'s config class: a setting added to the code after an output was written
+    counts as unchanged at its default (:func:`data.artifacts.lineage_changes`)."""
+    return flatten(to_dict(type(getattr(cfg, stage))()))
+
+
+def prepare_stage(stage: str, out: str | Path, lineage: dict, rerun: list[str],
+                  defaults: dict | None = None) -> list[str]:
     """Before ``stage`` runs into ``out``: when ``out`` holds output (finished or not) of another config or other
     inputs, move it aside to ``<out>.stale-<n>`` and log why (so nothing of it — ``done.json``, Ray Train
     checkpoints, label tables — is reused); then record ``lineage`` in ``out/lineage.json``, which the stage's
@@ -132,7 +140,7 @@ def prepare_stage(stage: str, out: str | Path, lineage: dict, rerun: list[str]) 
     out = Path(out)
     why: list[str] = []
     if out.is_dir() and any(out.iterdir()):
-        why = lineage_changes(recorded_lineage(out), lineage)
+        why = lineage_changes(recorded_lineage(out), lineage, defaults)
         if why:
             dest = move_aside(out)
             log.warning("%s: %s; re-running %s (the later ones as their inputs change; the old output was moved "
@@ -287,7 +295,8 @@ def run_pipeline(cfg: PipelineConfig, observer: Observer | None = None) -> dict:
         observer.stage_started(name, dirs.get(name))
         if name in NOT_RESULT_KEYS and (name != "evaluate" or cfg.gt):
             later = [s for s in cfg.stages if STAGES.index(s) >= STAGES.index(name)]
-            prepare_stage(name, getattr(cfg, name).out_dir, stage_lineage(cfg, name), later)
+            prepare_stage(name, getattr(cfg, name).out_dir, stage_lineage(cfg, name), later,
+                          stage_defaults(cfg, name))
         results[name] = step()
         results["timings_s"][name] = round(time.perf_counter() - t0, 1)
         observer.stage_finished(name, results["timings_s"][name], results[name])

@@ -178,3 +178,20 @@ def test_lineage_changes_names_keys_and_inputs(tmp_path):
     (out / "a").write_text("x")
     (out / LINEAGE).write_text(json.dumps(new))
     assert write_done(out, {}, [out / "a"])["lineage"] == new
+
+
+def test_a_setting_added_since_counts_as_unchanged_only_at_its_default(tmp_path):
+    """Outputs of an older checkout stay valid when the code gains a setting whose default keeps the old behaviour
+    (e.g. stage1.method, afouras): at its default it is no change, at another value it is; a setting the old record
+    has and the code no longer compares (removed, or now a path) and an optional input absent both times are no
+    change either."""
+    old = make_lineage({"epochs": 10, "k_sweep_json": "/old/place.json"}, {"manifest": tmp_path / "absent"})
+    new = make_lineage({"epochs": 10, "method": "afouras"}, {"manifest": tmp_path / "absent", "ksweep.json": ""})
+    defaults = {"epochs": 10, "method": "afouras"}
+    assert lineage_changes(old, new, defaults) == []
+    other = make_lineage({"epochs": 10, "method": "iterative"}, {"manifest": tmp_path / "absent"})
+    assert lineage_changes(old, other, defaults) == ["config changed (method '<unset>' -> 'iterative')"]
+    assert lineage_changes(old, new) == ["config changed (method '<unset>' -> 'afouras')"]     # no defaults given
+    (tmp_path / "k.json").write_text("{}")
+    appeared = make_lineage({"epochs": 10}, {"manifest": tmp_path / "absent", "ksweep.json": tmp_path / "k.json"})
+    assert lineage_changes(old, appeared, defaults) == ["inputs changed: ksweep.json"]
