@@ -65,6 +65,11 @@ def _time_epoch(make_iter, n_expected: int) -> float:
     return n / dt
 
 
+def train_count(manifest) -> int:
+    """Samples of the train split: what every arm streams (a shard folder may also hold a test split)."""
+    return sum(s.count for s in read_manifest(manifest).split_shards("train"))
+
+
 def decode_bound(manifest, cfg: StreamConfig) -> float:
     """Single process, one thread: tar read + JPEG + FLAC decode + stack + normalise + log-mel, tight loop."""
     from data.health import DataHealth
@@ -86,7 +91,7 @@ def decode_bound(manifest, cfg: StreamConfig) -> float:
             if buf:
                 yield collate(_stack(buf, ids))
     try:
-        return _time_epoch(it, sum(s.count for s in m.shards))
+        return _time_epoch(it, train_count(manifest))
     finally:
         torch.set_num_threads(threads)
 
@@ -111,19 +116,19 @@ def webdataset_plain(manifest, cfg: StreamConfig, workers: int) -> float:
               .map(decode).batched(cfg.batch_size, collation_fn=lambda b: collate(_stack(b, ids))))
         return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers,
                                            prefetch_factor=2 if workers else None)
-    return _time_epoch(make, sum(s.count for s in m.shards))
+    return _time_epoch(make, train_count(manifest))
 
 
 def ours_plain(manifest, cfg: StreamConfig, workers: int) -> float:
     c = StreamConfig(**{**cfg.__dict__, "num_workers": workers})
-    return _time_epoch(lambda: plain_loader(manifest, "train", c), sum(s.count for s in read_manifest(manifest).shards))
+    return _time_epoch(lambda: plain_loader(manifest, "train", c), train_count(manifest))
 
 
 def ray_path(manifest, cfg: StreamConfig, concurrency: int, consumers: int) -> float:
     """Ray Data read tasks (``concurrency``) feeding ``consumers`` iterators (threads on the driver, like train
     workers each iterating their ``streaming_split`` shard); figure is the total samples/s."""
     c = StreamConfig(**{**cfg.__dict__, "read_concurrency": concurrency})
-    n = sum(s.count for s in read_manifest(manifest).shards)
+    n = train_count(manifest)
     if consumers == 1:
         return _time_epoch(lambda: iter_torch_batches(ray_dataset(manifest, "train", c), c), n)
     rates = []
@@ -186,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = StreamConfig(batch_size=args.batch_size, shuffle=False, shuffle_buffer=0, read_concurrency=2)
     with tempfile.TemporaryDirectory(prefix="avdet-bench-") as tmp:
         manifest = Path(args.shards) if args.shards else make_shards(Path(tmp), args.samples, args.per_shard)
-        n = sum(s.count for s in read_manifest(manifest).shards)
+        n = train_count(manifest)
         load_start = os.getloadavg()
         fig = _run_all(manifest, cfg)
         fig["loadavg_1m_start_end"] = [load_start[0], os.getloadavg()[0]]   # other processes share these cores

@@ -119,3 +119,19 @@ def test_runner_runs_named_benchmarks_into_out(tmp_path):
     assert json.loads((tmp_path / "end_to_end.json").read_text())["figures"]["timings_s"] == {"detector": 1.5}
     with pytest.raises(SystemExit):
         bench_main.main(["nonsense"])
+
+
+def test_stream_arms_count_the_train_split_of_a_folder_that_also_holds_a_test_split(tmp_path):
+    """`python -m benchmarks.stream --shards <dir>` on a real shard folder (train + test): every arm streams the
+    train split and expects its count (it used to expect every split's and fail)."""
+    from benchmarks import stream
+    from data.config import StreamConfig
+    from data.shards import ShardWriter, iter_tar_groups, read_manifest, write_manifest
+    manifest = stream.make_shards(tmp_path, 48, 24, frame_size=32)
+    m = read_manifest(manifest)
+    groups = list(iter_tar_groups(m.shard_path(m.shards[0])))[:8]
+    test = ShardWriter(tmp_path).write("test", 0, ({"__key__": key, **dict(entries)} for key, entries in groups))
+    write_manifest(tmp_path, [*m.shards, test], m.classes, m.config)
+    cfg = StreamConfig(batch_size=16, shuffle=False, shuffle_buffer=0)
+    assert stream.decode_bound(manifest, cfg) > 0 and stream.ours_plain(manifest, cfg, 0) > 0
+    assert stream.train_count(manifest) == 48 and sum(s.count for s in read_manifest(manifest).shards) == 56
