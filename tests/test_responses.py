@@ -34,7 +34,9 @@ def _job(rank: int, world_size: int, out_dir: str) -> None:
 def test_two_processes_build_the_one_process_cache(tmp_path):
     ref, stats = score_responses(_model(), list(reversed(_batches())), version=4)   # order does not matter
     assert len(ref) == 15 and stats["num_samples"] == 15 and ref.maps.shape == (15, 2, 2)
-    assert np.all(np.diff(ref.indices) > 0) and ref.maps.min() >= 0 and ref.maps.max() <= 1
+    assert np.all(np.diff(ref.indices) > 0)
+    flat = ref.maps.reshape(15, -1).astype(np.float32)            # min-max normalised: each map spans 0 .. 1
+    assert np.allclose(flat.min(1), 0.0) and np.allclose(flat.max(1), 1.0, atol=1e-3)
     spawn_loopback(_job, 2, str(tmp_path))
     for r in (0, 1):
         got = ResponseCache.load(tmp_path / f"rank{r}", 4)
