@@ -1,7 +1,8 @@
 """Stage-1 outputs -> self-labels for the detector: one box and one pseudo-class per frame (paper §3.2).
 
 - Box: :func:`avdet.boxes.boxes_from_heatmaps` (eq. 5, largest connected component, tight box).
-- Class: y* = argmax_y [g^v_y(v) + g^a_y(a)] (eq. 6).
+- Class: y* = argmax_y [g^v_y(v) + g^a_y(a)] (eq. 6). A class-agnostic localiser (no classifiers: seed 003) passes
+  no logits; every frame is then class 0 with p(y*) = 1, so its confidence is the peakiness term alone.
 - Confidence (this project's choice; the paper only says the annotations may be filtered), in [0, 1):
 
       p(y*)     = softmax(g^v + g^a)[y*]          how sure the two classifiers are together
@@ -48,13 +49,13 @@ def confidence(prob: torch.Tensor, peak: torch.Tensor, peakiness_scale: float) -
 
 
 @torch.no_grad()
-def self_labels(heatmaps: torch.Tensor, vis_logits: torch.Tensor, aud_logits: torch.Tensor,
+def self_labels(heatmaps: torch.Tensor, vis_logits: torch.Tensor | None, aud_logits: torch.Tensor | None,
                 cfg: SelfLabelConfig, image_size: tuple[int, int]) -> list[dict]:
     """One box and one pseudo-class per frame, filtered by confidence.
 
     Args:
         heatmaps: (B, h, w) h_u(v, a) from the stage-1 model.
-        vis_logits: (B, K) g^v(v).  aud_logits: (B, K) g^a(a).
+        vis_logits: (B, K) g^v(v).  aud_logits: (B, K) g^a(a). Both ``None``: class-agnostic (class 0, p = 1).
         cfg: β, min_confidence, peakiness_scale, upsample.
         image_size: (H, W) of the frames the boxes refer to.
     Returns:
@@ -62,10 +63,16 @@ def self_labels(heatmaps: torch.Tensor, vis_logits: torch.Tensor, aud_logits: to
         "cls": int, "confidence": float, "score": float (max heatmap), "peakiness": float}``.
     """
     heatmaps = heatmaps.detach().cpu()
-    if heatmaps.ndim != 3 or heatmaps.shape[0] != vis_logits.shape[0]:
-        raise ValueError(f"heatmaps {tuple(heatmaps.shape)} must be (B, h, w) with B = {vis_logits.shape[0]}")
+    if (vis_logits is None) != (aud_logits is None):
+        raise ValueError("pass both the visual and the audio logits, or neither (class-agnostic)")
+    n = heatmaps.shape[0] if vis_logits is None else vis_logits.shape[0]
+    if heatmaps.ndim != 3 or heatmaps.shape[0] != n:
+        raise ValueError(f"heatmaps {tuple(heatmaps.shape)} must be (B, h, w) with B = {n}")
     boxes = boxes_from_heatmaps(heatmaps, cfg.beta, image_size, upsample=cfg.upsample)
-    cls, prob = class_and_probability(vis_logits.detach().cpu(), aud_logits.detach().cpu())
+    if vis_logits is None:
+        cls, prob = torch.zeros(n, dtype=torch.int64), torch.ones(n, dtype=torch.float64)
+    else:
+        cls, prob = class_and_probability(vis_logits.detach().cpu(), aud_logits.detach().cpu())
     peak = peakiness(heatmaps)
     conf = confidence(prob, peak, cfg.peakiness_scale)
     score = heatmaps.flatten(1).max(dim=1).values

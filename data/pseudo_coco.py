@@ -31,7 +31,8 @@ def coco_document(pred: dict[str, np.ndarray], num_clusters: int, min_confidence
                      "category_id": int(pred["cls"][i]) + 1, "score": float(pred["confidence"][i]),
                      "heatmap_score": float(pred["score"][i]), "peakiness": float(pred["peakiness"][i]),
                      "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
-    cats = [{"id": k + 1, "name": f"cluster{k}"} for k in range(num_clusters)]
+    cats = ([{"id": 1, "name": "object"}] if num_clusters == 1 else         # a class-agnostic localiser
+            [{"id": k + 1, "name": f"cluster{k}"} for k in range(num_clusters)])
     return {"images": images, "annotations": anns, "categories": cats}
 
 

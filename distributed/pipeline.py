@@ -65,9 +65,6 @@ class PipelineConfig:
         require(self.seed >= 0, "seed", "must be >= 0")
         bad = [s for s in self.stages if s not in STAGES]
         require(not bad, "stages", f"has unknown stages {bad}; known: {list(STAGES)}")
-        require(self.stage1.method == "afouras" or set(self.stages) <= {"ingest", "stage1"}, "stage1.method",
-                f"{self.stage1.method!r} trains in stage 1 only for now (`stages=[ingest,stage1]`, or "
-                "jobs/stage1.py): pseudo-annotation does not read its response maps yet (issue 17)")
 
 
 STAGES = ("ingest", "stage1", "pseudo", "detector", "weak_sup", "evaluate")   # weak_sup: opt-in (not a default)

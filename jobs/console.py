@@ -229,12 +229,17 @@ def _what(name: str, result: dict) -> str:
         return f"{len(r.get('metrics', []))} epochs, label table v{r.get('label_version')}" + (
             f", train pseudo-class accuracy {acc:.1%}" if isinstance(acc, float) else "")
 
+    def evaluate(r):                                # done.json holds fractions
+        if r.get("map_50") is None and r.get("map_50_agnostic") is not None:
+            return f"class-agnostic AP@0.5 {100 * r['map_50_agnostic']:.1f}"
+        return f"mAP@0.5 {100 * r['map_50']:.1f}"
+
     facts = {"synthetic": lambda r: f"{r['clips']} clips",
              "ingest": lambda r: f"{r['samples']} samples in {r['shards']} shards",
              "stage1": stage1,
              "pseudo": lambda r: f"{r['stats']['annotated']}/{r['stats']['frames']} frames annotated",
              "detector": lambda r: f"{r['epochs']} epochs on {r['num_train_images']} images",
-             "evaluate": lambda r: f"mAP@0.5 {100 * r['map_50']:.1f}"}   # done.json holds a fraction
+             "evaluate": evaluate}
     try:
         text = facts.get(name, lambda r: "")(result)
     except (KeyError, TypeError, ValueError):

@@ -240,3 +240,28 @@ def test_selective_search_row(artifacts, tmp_path):
     ss = res["baselines"]["selective_search"]
     assert ss["map_30"] > 0.0 and ss["map_50"] <= ss["map_30"] and "ap50_per_class" not in ss   # it finds objects
     assert "| Selective Search\\* | ✓ |" in Path(done["tables"]).read_text()
+
+
+def test_a_class_agnostic_run_is_scored_class_agnostic_only(artifacts, tmp_path):
+    """One pseudo-category (stage1.method=iterative): no class-aware detection rows (a Hungarian "mAP" of one
+    category against C classes would be a meaningless 1/C of an AP), the detector's class-agnostic AP in their place;
+    the perfect detections score 1 there."""
+    root = tmp_path / "agnostic"
+    root.mkdir()
+    for split in ("train", "test"):
+        doc = json.loads(Path(artifacts[f"pseudo_{split}"]).read_text())
+        doc["annotations"] = [dict(a, category_id=1) for a in doc["annotations"]]
+        doc["categories"] = [{"id": 1, "name": "object"}]
+        (root / f"pseudo_{split}.json").write_text(json.dumps(doc))
+    preds = {i: dict(p, labels=np.ones_like(p["labels"])) for i, p in perfect_predictions().items()}
+    cfg = _config({**artifacts, "pseudo_train": str(root / "pseudo_train.json"),
+                   "pseudo_test": str(root / "pseudo_test.json")}, root / "ev")
+    done = run_evaluation(cfg, predictions=preds)
+    res = json.loads(Path(done["results"]).read_text())
+    assert res["summary"]["class_agnostic"] is True and res["summary"]["num_clusters"] == 1
+    assert res["detection"] == {} and "self_boxes_hungarian" not in res["baselines"]
+    assert res["baselines"]["detector_agnostic"]["map_50"] == pytest.approx(1.0)
+    assert done["map_50"] is None and done["map_50_agnostic"] == pytest.approx(1.0)
+    tables = Path(done["tables"]).read_text()
+    assert "| Ours - full |" not in tables and "| Ours - detector\\* |" in tables
+    assert "one pseudo-category: class-agnostic rows only" in tables

@@ -124,12 +124,23 @@ def test_two_processes_average_to_the_single_batch_loss():
     assert sum(init) / 2 == pytest.approx(float(info_nce(vis, aud, 0.1, clip=clip)), rel=1e-6)
 
 
-def test_the_pipeline_refuses_a_method_its_later_stages_cannot_read_yet():
+def test_the_methods_give_pseudo_annotation_their_maps_and_say_whether_they_have_classes():
+    """afouras: h = <f^v_u, f^a>/ρ and K pseudo-classes; iterative: the response map R (eq. 1), class-agnostic."""
     from avdet.config import ConfigError, load_config
+    from avdet.model import heatmap
     from distributed.pipeline import PipelineConfig
-    with pytest.raises(ConfigError, match="pseudo-annotation does not read its response maps yet"):
-        load_config(PipelineConfig, None, ["stage1.method=iterative"])
-    cfg = load_config(PipelineConfig, None, ["stage1.method=iterative", "stages=[ingest,stage1]"])
-    assert cfg.stage1.method == "iterative"
+    from distributed.stage1.config import Stage1Config
+    from distributed.stage1.methods import METHODS, pseudo_classes
+
+    torch.manual_seed(0)
+    out = {"vis_emb": F.normalize(torch.randn(3, 4, 2, 2), dim=1), "aud_emb": F.normalize(torch.randn(3, 4), dim=1)}
+    model = type("M", (), {"heatmap": lambda self, v, a: heatmap(v, a, torch.tensor(0.5))})()
+    assert torch.allclose(METHODS["afouras"].maps(model, out),
+                          torch.einsum("bchw,bc->bhw", out["vis_emb"], out["aud_emb"]) / 0.5)
+    assert torch.equal(METHODS["iterative"].maps(model, out), response_map(out["vis_emb"], out["aud_emb"]))
+    cfg = load_config(Stage1Config, None, ["model.num_clusters=7"])
+    assert pseudo_classes(cfg) == 7
+    assert pseudo_classes(load_config(Stage1Config, None, ["model.num_clusters=7", "method=iterative"])) == 1
+    assert load_config(PipelineConfig, None, ["stage1.method=iterative"]).stage1.method == "iterative"
     with pytest.raises(ConfigError, match="stage1.method must be one of afouras, iterative"):
         load_config(PipelineConfig, None, ["stage1.method=dsol"])

@@ -52,11 +52,13 @@ def _jobs(d):
                    f"csv={d / 'vgg.csv'}", "--seeds", "2"], "stage1", ["seed=-1"], "csv"),
         "k_sweep": ([f"workdir={d.parent / 'o'}", "dataset=vggsound", f"videos_dir={d / 'videos'}",
                      f"csv={d / 'vgg.csv'}", "--k", "3,5"], "stage1", ["num_clusters=0"], "csv"),
+        "compare": ([f"workdir={d.parent / 'o'}", "dataset=vggsound", f"videos_dir={d / 'videos'}",
+                     f"csv={d / 'vgg.csv'}", "--methods", "afouras,iterative"], "stage1", ["seed=-1"], "csv"),
     }
 
 
 JOBS = ["ingest", "stage1", "pseudo_annotate", "train_detector", "evaluate", "full_vggsound", "make_synthetic",
-        "seeds", "k_sweep"]
+        "seeds", "k_sweep", "compare"]
 
 
 @pytest.mark.parametrize("job", JOBS)

@@ -47,3 +47,17 @@ def test_config_checks_new_fields():
     assert cfg.peakiness_scale == 1.5 and cfg.upsample is False
     with pytest.raises(ConfigError, match="peakiness_scale"):
         load_config(SelfLabelConfig, overrides=["peakiness_scale=0"])
+
+
+def test_class_agnostic_self_labels_are_class_zero_with_the_peakiness_confidence():
+    """No classifiers (a class-agnostic localiser): every frame is class 0 with p(y*) = 1, so the confidence is the
+    peakiness term alone; the boxes are those of the class-aware call."""
+    hm, vis, aud = _inputs()
+    cfg = SelfLabelConfig(beta=0.5, upsample=False)
+    out = self_labels(hm, None, None, cfg, (32, 32))
+    assert [r["cls"] for r in out] == [0, 0]
+    assert out[0]["confidence"] == pytest.approx(1 - math.exp(-math.sqrt(15) / 2.0))
+    assert out[1]["confidence"] == 0.0
+    assert [r["box"] for r in out] == [r["box"] for r in self_labels(hm, vis, aud, cfg, (32, 32))]
+    with pytest.raises(ValueError, match="both"):
+        self_labels(hm, vis, None, cfg, (32, 32))

@@ -36,7 +36,7 @@ def seed_row(seed: int, results: dict) -> dict:
 
     loc = get("localisation", "methods", "self_boxes", "iou50_success")
     return {"seed": seed,
-            "stage1_test_acc": get("clusters", "test", "hungarian_acc"),
+            "stage1_test_acc": None if get("summary", "class_agnostic") else get("clusters", "test", "hungarian_acc"),
             "selfbox_iou50": None if loc is None else float(loc),
             "detector_map50": pts(get("detection", "hungarian", "map_50")),
             "detector_map50_1shot": pts(get("detection", "1-shot", "map_50")),

@@ -88,6 +88,8 @@ def table1(results: dict) -> Table:
     if ds is not None:                      # the paper's figures beside ours, where the protocol matches
         header.append("Paper (mAP<sub>30</sub> / mAP<sub>50</sub> / mAP)")
         rows = [r + [paper.table1_cell(ds, k)] for r, k in zip(rows, keys)]
+    if results.get("summary", {}).get("class_agnostic"):
+        note = "The stage-1 method has one pseudo-category: class-agnostic rows only. " + note
     return Table("Table 1. Self-supervised object detection.",
                  f"Test set of {results.get('dataset', '?')}. Methods marked * are evaluated class-agnostic; "
                  "'Ours - full' maps detector pseudo-classes to classes by Hungarian matching on the training "

@@ -149,12 +149,15 @@ def score_predictions(cfg: EvalConfig, classes: list[str], coco: dict, train: Se
     predictions, self_boxes = _evaluated(predictions, image_ids), _self_box_arrays(test, image_ids)
     results = {"classes": classes, "matching": match, "detection": {},
                "ground_truth": coco.get("info", {}).get("ground_truth", {})}
-    if predictions is not None:
+    agnostic = K == 1               # one pseudo-class (a class-agnostic localiser): no class-aware detection rows
+    if predictions is not None and not agnostic:
         for name, m in match.items():
             dets = scores.mapped_detections(predictions, m["mapping"])
             results["detection"][name] = scores.named(evaluate_detections(target, dets), classes)
     base = scores.detection_baselines(target, classes, self_boxes, match["hungarian"]["mapping"],
                                       frame_labels, cfg.centre_box_frac)
+    if agnostic:
+        base.pop("self_boxes_hungarian")
     if predictions is not None:
         base["detector_agnostic"] = scores.agnostic_scores(target, scores.mapped_detections(predictions, None))
     results["baselines"] = base
@@ -170,7 +173,7 @@ def score_predictions(cfg: EvalConfig, classes: list[str], coco: dict, train: Se
     results["summary"] = {
         "num_test_frames": len(coco["images"]), "num_gt_boxes": len(target["annotations"]),
         "num_sounding_boxes": sum(bool(a.get("sounding")) for a in coco["annotations"]),
-        "num_classes": C, "num_clusters": K, "detection_gt": cfg.detection_gt,
+        "num_classes": C, "num_clusters": K, "class_agnostic": agnostic, "detection_gt": cfg.detection_gt,
         "num_train_self_labels": int(len(train.index)), "num_test_self_labels": int(len(test.index))}
     return results
 
@@ -329,9 +332,11 @@ def run_evaluation(cfg: EvalConfig, predictions: Predictions | None = None,
 def _finish(out: Path, results: dict, paths: dict) -> dict:
     """Write ``done.json`` (last): where everything is, and the headline numbers."""
     full = results["detection"].get("hungarian", {})
+    agnostic = results["baselines"].get("detector_agnostic", {})
     done = {"results": str(out / "results.json"), "tables": paths["tables"], "report": paths["html"],
             "num_images": len(paths["images"]), "map_30": full.get("map_30"), "map_50": full.get("map_50"),
-            "map_50_95": full.get("map_50_95"), "test_hungarian_acc": results["clusters"]["test"]["hungarian_acc"]}
+            "map_50_95": full.get("map_50_95"), "map_50_agnostic": agnostic.get("map_50"),
+            "test_hungarian_acc": results["clusters"]["test"]["hungarian_acc"]}
     done = write_done(out, done, [out / "results.json", out / "config.yaml", paths["tables"], paths["html"],
                                   *paths["images"]])
     log.info("evaluation written to %s (mAP@0.5 = %s)", out, done["map_50"])

@@ -11,7 +11,8 @@ Artifacts under ``out_dir`` (each written to a temp file, then renamed; ``done.j
 - ``pseudo_<split>.json`` — COCO. images ``{id: sample index, file_name: "<shard path rel. to the manifest>#<key>",
   width, height, video_id, timestamp, true_label (class id, -1 unknown; evaluation only)}``; annotations
   ``{id, image_id, bbox [x, y, w, h] (frame pixels), category_id = pseudo-class + 1, score = confidence,
-  heatmap_score = max_u h_u, peakiness, area, iscrowd: 0}``; categories ``[{id: k+1, name: "cluster<k>"}]``;
+  heatmap_score = max_u h_u, peakiness, area, iscrowd: 0}``; categories ``[{id: k+1, name: "cluster<k>"}]`` (one,
+  ``"object"``, for a class-agnostic stage-1 method: :func:`distributed.stage1.methods.pseudo_classes`);
   ``info`` holds the split's statistics. Frames below ``selflabel.min_confidence`` keep their image entry but get
   no annotation (counted as filtered).
 - ``heatmaps_<split>.npz`` — ``index (N,)``, ``heatmap (N, h, w)``, ``box (N, 4)`` xyxy, ``cls (N,)``,
@@ -47,6 +48,7 @@ from distributed.cluster.ray_local import connect_ray
 from distributed.cluster.resources import fit_to_cluster, pool_demand
 from distributed.pseudo.config import PseudoConfig
 from distributed.stage1.config import Stage1Config
+from distributed.stage1.methods import METHODS, pseudo_classes
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,7 @@ class PseudoLabeler:
     def __init__(self, stage1_dir: str, selflabel: dict, torch_threads: int = 1):
         torch.set_num_threads(torch_threads)
         cfg, self.model = load_stage1(stage1_dir)
+        self.method = METHODS[cfg.method]
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
         self.collate = BatchCollate(cfg.audio)
@@ -89,9 +92,10 @@ class PseudoLabeler:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         dec = self.collate(batch)
         out = self.model(dec["frames"].to(self.device), dec["audio"].to(self.device))
-        heat = self.model.heatmap(out["vis_emb"], out["aud_emb"]).float().cpu()
+        heat = self.method.maps(self.model, out).float().cpu()
         n, h, w = batch["frames"].shape[:3]
-        recs = self_labels(heat, out["vis_logits"], out["aud_logits"], self.selflabel, (h, w))
+        logits = (out["vis_logits"], out["aud_logits"]) if self.method.classes else (None, None)
+        recs = self_labels(heat, *logits, self.selflabel, (h, w))
         if [r["index"] for r in recs] != list(range(n)):
             raise RuntimeError(f"self_labels returned {len(recs)} records for a batch of {n} at min_confidence 0")
         col = lambda k, dt: np.array([r[k] for r in recs], dtype=dt)  # noqa: E731
@@ -172,7 +176,7 @@ def annotate_split(manifest: Manifest, split: str, cfg: PseudoConfig, stage1: St
     keep = heatmap_indices(listed, cfg.num_heatmaps)
     pred, heat = _infer(manifest, split, cfg, stage1.audio, keep)
     seconds = time.perf_counter() - t0
-    k = stage1.model.num_clusters
+    k = pseudo_classes(stage1)
     doc = coco_document(pred, k, cfg.selflabel.min_confidence)
     found = set(pred["index"].tolist())
     stats = split_stats(doc, k, unread=len(set(listed) - found))
@@ -237,9 +241,9 @@ def run_pseudo(cfg: PseudoConfig) -> dict:
                                         cfg.stream.read_concurrency,
                                         "pseudo.num_actors or pseudo.stream.read_concurrency"))
     cfg = dataclasses.replace(cfg, actor_cpus=fitted.cpus_per_worker)
-    k = stage1.model.num_clusters
-    log.info("pseudo: splits %s, K=%d, %d actors, beta=%.2f, min_confidence=%.3f", cfg.splits, k, cfg.num_actors,
-             cfg.selflabel.beta, cfg.selflabel.min_confidence)
+    k = pseudo_classes(stage1)
+    log.info("pseudo: splits %s, stage-1 method %s, K=%d, %d actors, beta=%.2f, min_confidence=%.3f", cfg.splits,
+             stage1.method, k, cfg.num_actors, cfg.selflabel.beta, cfg.selflabel.min_confidence)
     per_split = {s: annotate_split(manifest, s, cfg, stage1, out) for s in cfg.splits}
     stats = {"splits": per_split, "overall": _overall(per_split, k), "selflabel": to_dict(cfg.selflabel)}
     write_json(out / "stats.json", stats)

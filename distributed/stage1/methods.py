@@ -11,6 +11,10 @@ method                per-batch loss (``loss``)                        between e
                       (``avdet.iterative``)                            R̃ and ã of every sample
 ====================  ===============================================  ============================================
 
+After stage 1 a method gives pseudo-annotation its maps (``maps``: the heatmap the self-boxes come from) and says
+whether it has pseudo-classes (``classes``): ``afouras`` h_u(v, a) = <f^v_u, f^a>/ρ with y* from its classifiers;
+``iterative`` the min-max response map R (eq. 1), class-agnostic (one category, "object").
+
 A method's state is a :class:`State`: the label table (the iterative method keeps its initial equipartition: it
 has no clusters, so its self-labels are class-agnostic) and, for the iterative method, the response cache. Both
 travel in the checkpoints.
@@ -22,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from avdet.iterative import info_nce, iterative_loss
+from avdet.iterative import info_nce, iterative_loss, response_map
 from avdet.losses import joint_loss
 from distributed.cluster import dist
 from distributed.stage1.config import Stage1Config
@@ -45,12 +49,15 @@ class Method:
     """``loss(cfg, state)`` -> the per-batch loss ``(model output, batch) -> (loss, parts for logging)``;
     ``round_after(cfg, epoch)`` -> whether ``round`` runs after that (0-based) epoch; ``round(model, stream, cfg,
     state, version, service)`` -> (the new state, statistics for the epoch's metrics under ``<prefix>_``, a line for
-    the console)."""
+    the console); ``maps(model, out)`` -> (B, h, w) the heatmaps of the self-boxes from the model's output on matching
+    pairs; ``classes``: whether the self-labels take the classifiers' y* (else class-agnostic)."""
     name: str
     prefix: str
     loss: Callable[[Stage1Config, State], LossFn]
     round_after: Callable[[Stage1Config, int], bool]
     round: Callable[..., "tuple[State, dict, str]"]
+    maps: Callable[[torch.nn.Module, dict], torch.Tensor]
+    classes: bool
 
 
 def _afouras_loss(cfg: Stage1Config, state: State) -> LossFn:
@@ -98,7 +105,14 @@ def _iterative_round(model, stream, cfg: Stage1Config, state: State, version: in
 
 
 METHODS: dict[str, Method] = {
-    "afouras": Method("afouras", "relabel", _afouras_loss, lambda cfg, epoch: cfg.train.relabel_after(epoch), _afouras_round),
+    "afouras": Method("afouras", "relabel", _afouras_loss, lambda cfg, epoch: cfg.train.relabel_after(epoch),
+                      _afouras_round, lambda model, out: model.heatmap(out["vis_emb"], out["aud_emb"]), True),
     "iterative": Method("iterative", "responses", _iterative_loss,
-                        lambda cfg, epoch: epoch + 1 >= cfg.iterative.init_epochs, _iterative_round),
+                        lambda cfg, epoch: epoch + 1 >= cfg.iterative.init_epochs, _iterative_round,
+                        lambda model, out: response_map(out["vis_emb"], out["aud_emb"]), False),
 }
+
+
+def pseudo_classes(cfg: Stage1Config) -> int:
+    """How many pseudo-classes the self-labels of a stage-1 run have: K, or 1 for a class-agnostic method."""
+    return cfg.model.num_clusters if METHODS[cfg.method].classes else 1

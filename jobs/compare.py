@@ -1,0 +1,81 @@
+"""The stage-1 methods compared as one command: the whole pipeline per method and seed on one set of shards, and
+the table of every method's figures over its seeds beside the whole-image and centre-box predictions.
+
+    python jobs/compare.py --config clusters/local/demo.yaml --methods afouras,iterative --seeds 3 [key=value ...]
+
+Method ``m`` with seed ``s`` runs stage 1 → pseudo-annotations → detector → evaluation with
+``stage1.method=m seed=s``: ``afouras`` under ``<workdir>/seeds/seed-<s>/`` (the runs of ``jobs/seeds.py``, so
+neither job repeats the other's), every other method under ``<workdir>/methods/<m>/seed-<s>/``; the synthetic data
+and the shards live once in ``<workdir>`` (``data_dir``). Every method gets the config's stage-1 and detector budget
+and the same random initialisation scheme. Finished stages are skipped (``done.json``), so a re-run resumes.
+Writes ``<workdir>/methods/methods.json`` (``{"commit", "command", "runs": [row per run], "summary"}``),
+``methods.md`` and ``methods.html`` (the table, with links to each run's report); ``--publish PATH`` copies the JSON
+there too (the repo keeps ``docs/results/demo_methods.json``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for `python jobs/...`
+
+from avdet.report.compare import method_row, methods_table, summarise_methods  # noqa: E402
+from distributed.pipeline import PipelineConfig, git_commit, pipeline_inputs, resolve  # noqa: E402
+from distributed.stage1.methods import METHODS  # noqa: E402
+from jobs.cli import add_verbose, parse_args  # noqa: E402
+from jobs.variants import Variant, run_variants, variant_config, write_table  # noqa: E402
+
+
+def method_config(base: PipelineConfig, method: str, seed: int) -> PipelineConfig:
+    """The pipeline of one method and seed: its own stage outputs, the shared data of ``base.workdir``."""
+    stage1 = dataclasses.replace(base.stage1, method=method)
+    if method == "afouras":
+        return variant_config(base, "seeds", f"seed-{seed}", seed=seed, stage1=stage1)
+    return variant_config(base, str(Path("methods") / method), f"seed-{seed}", seed=seed, stage1=stage1)
+
+
+def _methods(text: str) -> list[str]:
+    names = list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    bad = [n for n in names if n not in METHODS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"--methods {text!r}: unknown {bad}; known: {', '.join(METHODS)}")
+    return names
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--methods", type=_methods, default=list(METHODS),
+                        help=f"comma-separated stage-1 methods (default: all, {','.join(METHODS)})")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
+    parser.add_argument("--first", type=int, default=0, help="the first seed (default 0)")
+    parser.add_argument("--publish", default="", help="also write the JSON here (e.g. docs/results/demo_methods.json)")
+    add_verbose(parser)
+
+
+def main(argv: list[str]) -> dict:
+    base, args = parse_args(PipelineConfig, argv, __doc__, pipeline_inputs,
+                            show=lambda c: resolve(method_config(c, "afouras", 0)), add_arguments=_arguments)
+    if args.seeds < 1 or args.first < 0:
+        sys.exit("compare: --seeds must be >= 1 and --first >= 0")
+    out = Path(base.workdir) / "methods"
+    command = "python jobs/compare.py " + " ".join(argv)
+
+    def write(rows: list[dict], reports: dict) -> dict:
+        doc = {"commit": git_commit(), "command": command, "runs": rows, "summary": summarise_methods(rows)}
+        return write_table(out, "methods", doc, methods_table(rows, command), "Stage-1 methods compared",
+                           {f"{m} seed {s}": r for (m, s), r in reports.items()}, args.publish)
+
+    seeds = range(args.first, args.first + args.seeds)
+    variants = [Variant((m, s), f"{m}, seed {s}", method_config(base, m, s)) for m in args.methods for s in seeds]
+    rows, timings, doc = run_variants("compare", variants, lambda key, results, wall: method_row(*key, results),
+                                      write, args.verbose)
+    print(methods_table(rows, command).markdown())
+    print(f"Wall time per run (s): { {f'{m} seed {s}': t for (m, s), t in timings.items()} }; table: "
+          f"{out / 'methods.html'}")
+    return doc
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

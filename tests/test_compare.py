@@ -1,0 +1,80 @@
+"""The stage-1 methods compared: the row and table maths (known answers) and jobs/compare.py end to end on the tiny
+pipeline — afouras and the class-agnostic iterative method through pseudo-annotation, the detector and evaluation."""
+import json
+from pathlib import Path
+
+import pytest
+
+from avdet.report.compare import method_row, methods_table, summarise_methods
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "clusters/local/pipeline_tiny.yaml")
+
+
+def _results(scale: float, agnostic: bool = False) -> dict:
+    loc = {"self_boxes": {"ciou_30": 0.7 * scale, "auc": 0.4 * scale}, "whole_image": {"ciou_30": 0.1, "auc": 0.2}}
+    single = {"self_boxes": {"iou_50": 0.5 * scale, "auc": 0.45 * scale}, "whole_image": {"iou_50": 0.0, "auc": 0.15}}
+    multi = {"self_boxes": {"ciou_30": 0.6 * scale, "nsa": 0.9}}
+    return {"summary": {"class_agnostic": agnostic}, "clusters": {"test": {"hungarian_acc": 0.8 * scale}},
+            "localisation": {"methods": loc, "protocols": {"dsol_single_source": single, "dsol_multi_source": multi}},
+            "detection": {} if agnostic else {"hungarian": {"map_50": 0.15 * scale}},
+            "baselines": {"self_boxes": {"map_50": 0.09 * scale}, "detector_agnostic": {"map_50": 0.2 * scale},
+                          "whole_image": {"map_50": 0.0}, "centre_box": {"map_50": 0.011}}}
+
+
+def test_method_row_reads_every_protocol_and_drops_class_aware_figures_of_a_class_agnostic_run():
+    row = method_row("afouras", 2, _results(1.0))
+    assert row["seed"] == 2 and row["method"] == "afouras" and row["class_agnostic"] is False
+    assert (row["stage1_test_acc"], row["single_iou50"], row["single_auc"], row["ciou30"], row["loc_auc"]) == \
+        (0.8, 0.5, 0.45, 0.7, 0.4)
+    assert (row["multi_ciou30"], row["multi_nsa"]) == (0.6, 0.9)
+    assert (row["selfbox_ap50"], row["detector_ap50"], row["detector_map50"], row["centre_ap50"]) == (9.0, 20.0, 15.0, 1.1)
+    assert (row["whole_single_iou50"], row["whole_ciou30"], row["whole_ap50"]) == (0.0, 0.1, 0.0)
+    it = method_row("iterative", 0, _results(1.0, agnostic=True))
+    assert it["class_agnostic"] is True
+    assert [it[k] for k in ("stage1_test_acc", "multi_ciou30", "multi_nsa", "detector_map50")] == [None] * 4
+    assert it["detector_ap50"] == 20.0 and it["single_iou50"] == 0.5
+
+
+def test_table_is_mean_sample_std_and_minimum_per_method_with_na_for_missing_classes():
+    rows = [method_row("afouras", s, _results(f)) for s, f in ((0, 0.5), (1, 1.0), (2, 1.5))]
+    rows += [method_row("iterative", s, _results(f, agnostic=True)) for s, f in ((0, 1.0), (1, 1.0))]
+    summary = summarise_methods(rows)
+    got = summary["afouras"]["detector_ap50"]
+    assert got == {"mean": 20.0, "std": pytest.approx(10.0), "min": 10.0, "max": 30.0, "n": 3}
+    assert summary["iterative"]["detector_ap50"]["std"] == 0.0 and "detector_map50" not in summary["iterative"]
+    assert summary["centre box"]["detector_ap50"]["mean"] == pytest.approx(1.1)
+    md = methods_table(rows, "python jobs/compare.py x").markdown()
+    line = next(x for x in md.splitlines() if x.startswith("| Detector\\* AP@0.5"))
+    assert line.replace(" ", "") == "|Detector\\*AP@0.5(trainedontheself-boxes)|20.0±10.0(10.0)|20.0±0.0(20.0)|0.0±0.0(0.0)|1.1±0.0(1.1)|"
+    line = next(x for x in md.splitlines() if x.startswith("| Detector mAP@0.5"))
+    assert line.replace(" ", "").endswith("|15.0±7.5(7.5)|n/a|n/a|n/a|")
+    order = next(x for x in md.splitlines() if x.startswith("| Paper's ordering"))
+    assert "3/3 seeds" in order and "2/2 seeds" in order
+    assert "afouras (3 seeds)" in md and "iterative (2 seeds)" in md and "python jobs/compare.py x" in md
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)          # two tiny pipelines: ~4 min on an idle 2-core machine
+def test_compare_job_runs_each_method_through_the_whole_pipeline(tmp_path):
+    """afouras and iterative, one seed each, on one set of shards: the iterative run's pseudo-annotations have one
+    category ("object"), its detector one class, its evaluation is class-agnostic; the afouras run sits where
+    jobs/seeds.py puts seed 0, and the table has a column per method."""
+    from jobs.compare import main
+
+    doc = main(["--config", TINY, f"workdir={tmp_path}", "--methods", "afouras,iterative", "--seeds", "1",
+                "--publish", str(tmp_path / "pub.json")])
+    assert [(r["method"], r["seed"], r["class_agnostic"]) for r in doc["runs"]] == [("afouras", 0, False),
+                                                                                  ("iterative", 0, True)]
+    assert json.loads((tmp_path / "pub.json").read_text())["runs"] == doc["runs"]
+    ours, it = tmp_path / "seeds" / "seed-0", tmp_path / "methods" / "iterative" / "seed-0"
+    assert (ours / "report" / "results.json").is_file() and not (it / "shards").exists()
+    pseudo = json.loads((it / "pseudo" / "pseudo_train.json").read_text())
+    assert pseudo["categories"] == [{"id": 1, "name": "object"}]
+    assert {a["category_id"] for a in pseudo["annotations"]} == {1}
+    assert json.loads((it / "detector" / "done.json").read_text())["num_classes"] == 1
+    assert doc["runs"][1]["detector_ap50"] is not None and doc["runs"][1]["detector_map50"] is None
+    assert doc["runs"][0]["detector_map50"] is not None
+    md = (tmp_path / "methods" / "methods.md").read_text()
+    assert "afouras (1 seed)" in md and "iterative (1 seed)" in md
+    assert (tmp_path / "methods" / "methods.html").is_file()
