@@ -334,6 +334,19 @@ class IterativeConfig:
 
 
 @dataclass
+class DSOLConfig:
+    """Seed 002's stage 1 (``stage1.method=dsol``, :mod:`avdet.dsol`): the mask threshold is the paper's; k-means over
+    the masked object features of the whole dataset after every epoch from ``init_epochs`` on (``K`` =
+    ``model.num_clusters``, FAISS, as the relabel round's k-means)."""
+    mask_threshold: float = 0.05    # m = [l > 0.05] (paper §3.1, ablation 0.03 / 0.07)
+    init_epochs: int = 1            # localisation-only epochs before the first dictionary (the authors' init_num)
+
+    def check(self) -> None:
+        require(0.0 < self.mask_threshold < 1.0, "mask_threshold", "must be in (0, 1) (l is a sigmoid map)")
+        require(self.init_epochs >= 1, "init_epochs", "must be >= 1 (the first dictionary needs a trained map)")
+
+
+@dataclass
 class SinkhornConfig:
     """Sinkhorn-Knopp self-labelling over the whole dataset."""
     lambda_sk: float = 20.0         # inverse entropic regularisation (SeLa/SeLaVi ~20-25)

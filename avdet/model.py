@@ -172,7 +172,9 @@ def combined_log_p(out: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def pooled_features(out: dict[str, torch.Tensor], which: str) -> torch.Tensor:
     """What k-means clusters: the L2-normalised pooled trunk features the classifiers see — "audio", "visual", or
-    "both" concatenated (scaled to unit norm)."""
+    "both" concatenated (scaled to unit norm) — or DSOL's masked object features ("objects")."""
+    if which == "objects":                                   # DSOL's masked object features (avdet.dsol)
+        return F.normalize(out["obj_feat"].float(), dim=1)
     vis, aud = F.normalize(out["vis_pool"].float(), dim=1), F.normalize(out["aud_pool"].float(), dim=1)
     if which == "both":
         return torch.cat([vis, aud], 1) / 2 ** 0.5
@@ -181,7 +183,8 @@ def pooled_features(out: dict[str, torch.Tensor], which: str) -> torch.Tensor:
 
 def pooled_width(model: "AVModel", which: str) -> int:
     """The width of :func:`pooled_features` ``which`` for ``model``."""
-    return {"audio": model.audio.out_channels, "visual": model.visual.out_channels}.get(
+    return {"audio": model.audio.out_channels, "visual": model.visual.out_channels,
+            "objects": model.visual.out_channels}.get(
         which, model.visual.out_channels + model.audio.out_channels)
 
 
@@ -190,8 +193,9 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
-def load_model(cfg: ModelConfig, path: str | Path) -> "AVModel":
-    """An :class:`AVModel` of ``cfg`` with the weights of ``path`` (a :func:`model_state` file), in eval mode."""
-    model = AVModel(cfg)
+def load_model(cfg: ModelConfig, path: str | Path, build=None) -> "AVModel":
+    """An :class:`AVModel` of ``cfg`` (or ``build(cfg)``: a method's own model) with the weights of ``path`` (a
+    :func:`model_state` file), in eval mode."""
+    model = AVModel(cfg) if build is None else build(cfg)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval()

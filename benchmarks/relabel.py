@@ -163,7 +163,6 @@ def dense_case(n: int, k: int, bw: float, exps: float, naive_max: int, naive_bud
         row["speedup_per_iter_vs_selavi"] = sv["per_iter_s"] / row["per_iter_s"]
         if sv["converged"] and row["converged"]:
             row["speedup_to_tolerance_vs_selavi"] = sv["total_s"] / row["total_s"]
-    del log_p
     return row
 
 

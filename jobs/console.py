@@ -225,7 +225,7 @@ def _what(name: str, result: dict) -> str:
         return f" (skipped: {result['skipped']})"
     def stage1(r):
         last = (r.get("metrics") or [{}])[-1]
-        acc = last.get("relabel_true_hungarian_acc")
+        acc = next((v for k, v in last.items() if k.endswith("_true_hungarian_acc")), None)   # relabel_, dictionary_
         return f"{len(r.get('metrics', []))} epochs, label table v{r.get('label_version')}" + (
             f", train pseudo-class accuracy {acc:.1%}" if isinstance(acc, float) else "")
 

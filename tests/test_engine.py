@@ -150,3 +150,30 @@ def test_tampered_checkpoint_is_refused_before_anything_is_unpickled(tmp_path, m
     monkeypatch.setattr(torch, "load", no_unpickling)
     with pytest.raises(CheckpointIntegrityError, match=why):
         load_checkpoint(engine, tmp_path)
+
+
+@pytest.mark.parametrize("zero,optimizer,precision", [(0, "adamw", "fp32"), (1, "adamw", "fp32"), (2, "sgd", "bf16")])
+def test_set_parameters_survives_the_next_step_and_clears_the_moments(zero, optimizer, precision):
+    """A re-initialised layer (DSOL's classifiers after a k-means round): the new values are in the module and in
+    ZeRO's fp32 master copy — with lr 0 the next step leaves them as set; writing the module alone would be undone
+    by the step under ZeRO or bf16 — and their optimizer moments restart (Adam's first moment is 0 before it)."""
+    from distributed.stage1.engine import set_parameters
+    cfg = Stage1TrainConfig(batch_size=32, zero_stage=zero, optimizer=optimizer, precision=precision, lr=0.01,
+                            weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 8, generator=g), torch.randn(32, 1, generator=g)
+    engine = build_engine(_model(0), cfg, steps_per_epoch=10)
+    _train(engine, x, y, 3)
+    new = {"2.weight": torch.full((1, 16), 0.25), "2.bias": torch.tensor([-0.5])}
+    set_parameters(engine, new)
+    for group in engine.optimizer.param_groups:
+        group["lr"] = 0.0
+    _train(engine, x, y, 1)
+    params = dict(engine.module.named_parameters())
+    for name, value in new.items():
+        assert torch.equal(params[name].detach().float(), value), name
+    if zero == 0:
+        assert all(params[n] not in engine.optimizer.state or engine.optimizer.state[params[n]]["step"] == 1
+                   for n in new)
+    with pytest.raises(KeyError, match="no parameters"):
+        set_parameters(engine, {"nope": torch.zeros(1)})

@@ -125,7 +125,8 @@ def test_two_processes_average_to_the_single_batch_loss():
 
 
 def test_the_methods_give_pseudo_annotation_their_maps_and_say_whether_they_have_classes():
-    """afouras: h = <f^v_u, f^a>/ρ and K pseudo-classes; iterative: the response map R (eq. 1), class-agnostic."""
+    """afouras: h = <f^v_u, f^a>/ρ and K pseudo-classes; iterative: the response map R (eq. 1), class-agnostic;
+    dsol: its localisation map l and K pseudo-classes."""
     from avdet.config import ConfigError, load_config
     from avdet.model import heatmap
     from distributed.pipeline import PipelineConfig
@@ -141,6 +142,9 @@ def test_the_methods_give_pseudo_annotation_their_maps_and_say_whether_they_have
     cfg = load_config(Stage1Config, None, ["model.num_clusters=7"])
     assert pseudo_classes(cfg) == 7
     assert pseudo_classes(load_config(Stage1Config, None, ["model.num_clusters=7", "method=iterative"])) == 1
+    assert pseudo_classes(load_config(Stage1Config, None, ["model.num_clusters=7", "method=dsol"])) == 7
+    loc = torch.rand(3, 2, 2)
+    assert torch.equal(METHODS["dsol"].maps(model, {**out, "loc_map": loc}), loc)
     assert load_config(PipelineConfig, None, ["stage1.method=iterative"]).stage1.method == "iterative"
-    with pytest.raises(ConfigError, match="stage1.method must be one of afouras, iterative"):
-        load_config(PipelineConfig, None, ["stage1.method=dsol"])
+    with pytest.raises(ConfigError, match="stage1.method must be one of afouras, iterative, dsol"):
+        load_config(PipelineConfig, None, ["stage1.method=nope"])

@@ -70,7 +70,7 @@ def load_stage1(stage1_dir: str | Path) -> tuple[Stage1Config, AVModel]:
     """The stage-1 config (``config.yaml``) and model (``model.pt``, plain state_dict) in eval mode."""
     d = Path(stage1_dir)
     cfg = stage1_config(d)
-    return cfg, load_model(cfg.model, d / "model.pt")
+    return cfg, load_model(cfg.model, d / "model.pt", build=lambda _: METHODS[cfg.method].model(cfg))
 
 
 class PseudoLabeler:

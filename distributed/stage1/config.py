@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from avdet.config import AudioConfig, ConfigError, IterativeConfig, LossConfig, ModelConfig, SinkhornConfig, require
+from avdet.config import (AudioConfig, ConfigError, DSOLConfig, IterativeConfig, LossConfig, ModelConfig,
+                          SinkhornConfig, require)
 from data.config import StreamConfig
 
 
@@ -144,7 +145,7 @@ def check_batch_vs_workers(train: Stage1TrainConfig, num_samples: int, relabel: 
                 f"({relabel.num_actors}) must be <= the number of samples ({num_samples})")
 
 
-METHOD_NAMES = ("afouras", "iterative")     # distributed.stage1.methods.METHODS has one entry each
+METHOD_NAMES = ("afouras", "iterative", "dsol")     # distributed.stage1.methods.METHODS has one entry each
 
 
 @dataclass
@@ -156,7 +157,8 @@ class Stage1Config:
     stream's copies are replaced by them (see :meth:`stream_config`).
     ``ray_address``: "local" starts Ray on 127.0.0.1; "auto" (or an address) joins a running cluster.
     ``method``: the localiser (:mod:`distributed.stage1.methods`): ``afouras`` (this paper: ``loss``, ``sinkhorn``,
-    ``relabel``) or ``iterative`` (seed 003: ``iterative``; it has no clusters, its self-labels are class-agnostic).
+    ``relabel``), ``iterative`` (seed 003: ``iterative``; it has no clusters, its self-labels are class-agnostic) or
+    ``dsol`` (seed 002's stage 1: ``dsol``; k-means pseudo-classes of its masked object features).
     """
     manifest: str = ""
     out_dir: str = "outputs/stage1"
@@ -171,6 +173,7 @@ class Stage1Config:
     relabel: RelabelConfig = field(default_factory=RelabelConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     iterative: IterativeConfig = field(default_factory=IterativeConfig)
+    dsol: DSOLConfig = field(default_factory=DSOLConfig)
 
     def check(self) -> None:
         require(self.split in ("train", "test"), "split", "must be 'train' or 'test'")

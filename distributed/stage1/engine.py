@@ -124,6 +124,33 @@ def build_engine(model: torch.nn.Module, params_cfg: Stage1TrainConfig, steps_pe
     return engine
 
 
+@torch.no_grad()
+def set_parameters(engine, values: dict[str, torch.Tensor]) -> None:
+    """Overwrite parameters of ``engine.module`` by name everywhere DeepSpeed keeps them — the module's tensor and,
+    under ZeRO 1/2/3 or a bf16/fp16 optimizer, this rank's fragment of the fp32 master copy (else the next step would
+    write the old values back) — and clear their optimizer state (moments), as for a freshly initialised layer.
+    Every rank must call it with the same ``values`` (each keeps only its own fragment)."""
+    from deepspeed.utils import safe_set_full_fp32_param
+
+    params = dict(engine.module.named_parameters())
+    missing = sorted(set(values) - set(params))
+    if missing:
+        raise KeyError(f"set_parameters: the model has no parameters {missing}")
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)     # ZeRO wraps the torch optimizer
+    for name, value in values.items():
+        p = params[name]
+        if tuple(value.shape) != tuple(p.shape):
+            raise ValueError(f"set_parameters: {name} is {tuple(p.shape)}, the new value {tuple(value.shape)}")
+        p.copy_(value.to(p.device, p.dtype))
+        mapping = getattr(p, "_hp_mapping", None)
+        if mapping is not None or hasattr(p, "ds_id"):
+            safe_set_full_fp32_param(p, value.to(p.device, torch.float32))
+            for frag in (mapping.optim_fragment or {}).values() if mapping is not None else ():
+                frag.zero_()                                     # this rank's slice of exp_avg, exp_avg_sq, ...
+        elif inner is not None and p in getattr(inner, "state", {}):
+            inner.state.pop(p)                                   # a plain torch optimizer: state rebuilt at step
+
+
 def release_process_group() -> None:
     """Tear down this process's group and DeepSpeed's cached handles on it (``deepspeed.utils.groups`` keeps the
     world/data-parallel groups, ``deepspeed.comm`` its backend). A later ``build_engine`` in the same process (a

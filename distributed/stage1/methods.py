@@ -9,11 +9,16 @@ method                per-batch loss (``loss``)                        between e
                                                                        Sinkhorn over the whole dataset
 ``iterative`` (003)   eq. 3 until a cache exists, then eq. 7            the response cache (``responses.py``):
                       (``avdet.iterative``)                            R̃ and ã of every sample
+``dsol`` (002)        BCE match loss (eq. 1); once a dictionary         k-means over the masked object features (the
+                      exists, alternated step by step with the         relabel round's ``kmeans`` strategy), then the
+                      classifiers' CE on its labels (``avdet.dsol``)   classifiers are re-initialised
 ====================  ===============================================  ============================================
 
 After stage 1 a method gives pseudo-annotation its maps (``maps``: the heatmap the self-boxes come from) and says
 whether it has pseudo-classes (``classes``): ``afouras`` h_u(v, a) = <f^v_u, f^a>/ρ with y* from its classifiers;
-``iterative`` the min-max response map R (eq. 1), class-agnostic (one category, "object").
+``iterative`` the min-max response map R (eq. 1), class-agnostic (one category, "object"); ``dsol`` its localisation
+map l with y* from its classifiers. ``model(stage-1 config)`` builds the method's network: ``AVModel``, or
+``avdet.dsol.DSOLModel`` for ``dsol``.
 
 A method's state is a :class:`State`: the label table (the iterative method keeps its initial equipartition: it
 has no clusters, so its self-labels are class-agnostic) and, for the iterative method, the response cache. Both
@@ -21,15 +26,19 @@ travel in the checkpoints.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from avdet.dsol import DSOLModel, classification_loss, fresh_classifiers, match_loss
 from avdet.iterative import info_nce, iterative_loss, response_map
 from avdet.losses import joint_loss
+from avdet.model import AVModel
 from distributed.cluster import dist
 from distributed.stage1.config import Stage1Config
+from distributed.stage1.engine import set_parameters
 from distributed.stage1.labels import LabelTable, describe_round
 from distributed.stage1.relabel import score_and_relabel
 from distributed.stage1.relabel_pool import RelabelService
@@ -47,10 +56,11 @@ class State:
 @dataclass(frozen=True)
 class Method:
     """``loss(cfg, state)`` -> the per-batch loss ``(model output, batch) -> (loss, parts for logging)``;
-    ``round_after(cfg, epoch)`` -> whether ``round`` runs after that (0-based) epoch; ``round(model, stream, cfg,
-    state, version, service)`` -> (the new state, statistics for the epoch's metrics under ``<prefix>_``, a line for
+    ``round_after(cfg, epoch)`` -> whether ``round`` runs after that (0-based) epoch; ``round(engine, stream, cfg,
+    state, version, service)`` (the DeepSpeed engine; its ``module`` is the model) -> (the new state, statistics for the epoch's metrics under ``<prefix>_``, a line for
     the console); ``maps(model, out)`` -> (B, h, w) the heatmaps of the self-boxes from the model's output on matching
-    pairs; ``classes``: whether the self-labels take the classifiers' y* (else class-agnostic)."""
+    pairs; ``classes``: whether the self-labels take the classifiers' y* (else class-agnostic); ``model(cfg)`` -> the
+    method's network for a stage-1 config."""
     name: str
     prefix: str
     loss: Callable[[Stage1Config, State], LossFn]
@@ -58,6 +68,7 @@ class Method:
     round: Callable[..., "tuple[State, dict, str]"]
     maps: Callable[[torch.nn.Module, dict], torch.Tensor]
     classes: bool
+    model: Callable[[Stage1Config], torch.nn.Module] = lambda cfg: AVModel(cfg.model)
 
 
 def _afouras_loss(cfg: Stage1Config, state: State) -> LossFn:
@@ -67,9 +78,9 @@ def _afouras_loss(cfg: Stage1Config, state: State) -> LossFn:
     return loss
 
 
-def _afouras_round(model, stream, cfg: Stage1Config, state: State, version: int,
+def _afouras_round(engine, stream, cfg: Stage1Config, state: State, version: int,
                    service: RelabelService | None) -> tuple[State, dict, str]:
-    table, stats = score_and_relabel(model, stream, cfg, state.table, version=version, service=service)
+    table, stats = score_and_relabel(engine.module, stream, cfg, state.table, version=version, service=service)
     return State(table, state.cache), stats, describe_round(stats)
 
 
@@ -94,14 +105,43 @@ def _iterative_loss(cfg: Stage1Config, state: State) -> LossFn:
     return loss
 
 
-def _iterative_round(model, stream, cfg: Stage1Config, state: State, version: int,
+def _iterative_round(engine, stream, cfg: Stage1Config, state: State, version: int,
                      service: RelabelService | None) -> tuple[State, dict, str]:
-    cache, stats = score_responses(model, stream, version)
+    cache, stats = score_responses(engine.module, stream, version)
     sounding = float((cache.maps > cfg.iterative.delta_v).mean()) if len(cache) else 0.0
     stats["sounding_fraction"] = sounding
     line = (f"responses v{version}: {len(cache)} samples scored in {stats['round_s']:.0f} s, "
             f"{100 * sounding:.1f} % of patches above delta_v={cfg.iterative.delta_v}")
     return State(state.table, cache), stats, line
+
+
+def _dsol_loss(cfg: Stage1Config, state: State) -> LossFn:
+    dictionary = state.table.version >= 1          # labels of a k-means round (version 0 is the initial table)
+    steps = [0]
+
+    def loss(out: dict, batch: dict):
+        match = match_loss(out["vis_emb"], out["aud_emb"], out["av_weight"], out["av_bias"], batch["clip"],
+                           dist.all_gather_with_grad)
+        cls = classification_loss(out["vis_logits"], out["aud_logits"], state.table.lookup(batch["index"]))
+        classify = dictionary and steps[0] % 2 == 1
+        steps[0] += 1
+        value = cls if classify else match
+        # 0 × what this step does not train, so every parameter has a gradient and the engine reduces the same buckets
+        total = value + 0.0 * ((match if classify else cls) + out["rho"].sum())
+        return total, {"loss": float(value.detach()), "match": float(match.detach()), "cls": float(cls.detach())}
+    return loss
+
+
+def _dsol_round(engine, stream, cfg: Stage1Config, state: State, version: int,
+                service: RelabelService | None) -> tuple[State, dict, str]:
+    model = engine.module
+    kmeans = dataclasses.replace(cfg.relabel, warm_start="kmeans", kmeans_epochs=version, kmeans_features="objects",
+                                 mode="workers")
+    table, stats = score_and_relabel(model, stream, dataclasses.replace(cfg, relabel=kmeans), state.table,
+                                     version=version)
+    # the cluster order changed: fresh classifiers (paper, App. 8.2), in the module and the optimizer's copy
+    set_parameters(engine, fresh_classifiers(model, cfg.train.seed * 1009 + version))
+    return State(table, state.cache), stats, "dictionary " + describe_round(stats)
 
 
 METHODS: dict[str, Method] = {
@@ -110,6 +150,9 @@ METHODS: dict[str, Method] = {
     "iterative": Method("iterative", "responses", _iterative_loss,
                         lambda cfg, epoch: epoch + 1 >= cfg.iterative.init_epochs, _iterative_round,
                         lambda model, out: response_map(out["vis_emb"], out["aud_emb"]), False),
+    "dsol": Method("dsol", "dictionary", _dsol_loss, lambda cfg, epoch: epoch + 1 >= cfg.dsol.init_epochs,
+                   _dsol_round, lambda model, out: out["loc_map"], True,
+                   lambda cfg: DSOLModel(cfg.model, cfg.dsol.mask_threshold)),
 }
 
 

@@ -26,7 +26,7 @@ import torch
 
 from avdet.config import from_dict
 from avdet.fileio import write_atomic, write_json
-from avdet.model import AVModel, model_state
+from avdet.model import model_state
 from data.stream import iter_torch_batches, ray_dataset
 from distributed.cluster import dist
 from distributed.cluster.progress import Progress
@@ -160,7 +160,7 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(cfg.train.seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(cfg.out_dir)
-    model = AVModel(cfg.model)
+    model = METHODS[cfg.method].model(cfg)
     steps = max(1, config["num_train"] // (cfg.train.batch_size * dist.get_world_size()))
     engine = build_engine(model, cfg.train, steps)
     start_epoch, step, state = _resume(engine, out / LABELS_DIR)
@@ -204,7 +204,7 @@ def _epochs(cfg: Stage1Config, engine, state: State, start_epoch: int, step: int
             metrics["resumed_at_epoch"] = start_epoch
         if method.round_after(cfg, epoch):
             before = state.table
-            state, stats, line = method.round(engine.module, iter_torch_batches(score_shard, score_cfg), cfg, state,
+            state, stats, line = method.round(engine, iter_torch_batches(score_shard, score_cfg), cfg, state,
                                               epoch + 1, service)
             metrics.update({f"{method.prefix}_{k}": v for k, v in stats.items() if isinstance(v, (int, float, str))})
             if dist.is_main_process() and state.table is not before:
