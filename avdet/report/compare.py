@@ -61,7 +61,7 @@ def method_row(method: str, seed: int, results: dict) -> dict:
     loc, prot, base = (_get(results, "localisation", "methods") or {}, _get(results, "localisation", "protocols") or {},
                        results.get("baselines", {}))
     single, multi = prot.get("dsol_single_source", {}), prot.get("dsol_multi_source", {})
-    row = {"method": method, "seed": seed, "class_agnostic": agnostic,
+    return {"method": method, "seed": seed, "class_agnostic": agnostic,
            "stage1_test_acc": None if agnostic else _get(results, "clusters", "test", "hungarian_acc"),
            "single_iou50": _get(single, "self_boxes", "iou_50"), "single_auc": _get(single, "self_boxes", "auc"),
            "ciou30": _get(loc, "self_boxes", "ciou_30"), "loc_auc": _get(loc, "self_boxes", "auc"),
@@ -73,8 +73,8 @@ def method_row(method: str, seed: int, results: dict) -> dict:
            "whole_single_iou50": _get(single, "whole_image", "iou_50"),
            "whole_single_auc": _get(single, "whole_image", "auc"),
            "whole_ciou30": _get(loc, "whole_image", "ciou_30"), "whole_loc_auc": _get(loc, "whole_image", "auc"),
-           "whole_ap50": _pts(_get(base, "whole_image", "map_50")), "centre_ap50": _pts(_get(base, "centre_box", "map_50"))}
-    return row
+           "whole_ap50": _pts(_get(base, "whole_image", "map_50")),
+           "centre_ap50": _pts(_get(base, "centre_box", "map_50"))}
 
 
 def _stats(vals: list[float]) -> dict:

@@ -57,10 +57,10 @@ class State:
 class Method:
     """``loss(cfg, state)`` -> the per-batch loss ``(model output, batch) -> (loss, parts for logging)``;
     ``round_after(cfg, epoch)`` -> whether ``round`` runs after that (0-based) epoch; ``round(engine, stream, cfg,
-    state, version, service)`` (the DeepSpeed engine; its ``module`` is the model) -> (the new state, statistics for the epoch's metrics under ``<prefix>_``, a line for
-    the console); ``maps(model, out)`` -> (B, h, w) the heatmaps of the self-boxes from the model's output on matching
-    pairs; ``classes``: whether the self-labels take the classifiers' y* (else class-agnostic); ``model(cfg)`` -> the
-    method's network for a stage-1 config."""
+    state, version, service)`` (the DeepSpeed engine; its ``module`` is the model) -> (the new state, statistics
+    for the epoch's metrics under ``<prefix>_``, a line for the console); ``maps(model, out)`` -> (B, h, w) the
+    heatmaps of the self-boxes from the model's output on matching pairs; ``classes``: whether the self-labels take
+    the classifiers' y* (else class-agnostic); ``model(cfg)`` -> the method's network for a stage-1 config."""
     name: str
     prefix: str
     loss: Callable[[Stage1Config, State], LossFn]
