@@ -9,7 +9,8 @@ neither job repeats the other's), every other method under ``<workdir>/methods/<
 and the shards live once in ``<workdir>`` (``data_dir``). Every method gets the config's stage-1 and detector budget
 and the same random initialisation scheme. Finished stages are skipped (``done.json``), so a re-run resumes.
 Writes ``<workdir>/methods/methods.json`` (``{"commit", "command", "runs": [row per run], "summary"}``),
-``methods.md`` and ``methods.html`` (the table, with links to each run's report); ``--publish PATH`` copies the JSON
+``methods.md`` and ``methods.html`` (the table, ``methods.png`` — every method's map and self-box on the same test
+frames — and links to each run's report); ``--publish PATH`` copies the JSON
 there too (the repo keeps ``docs/results/demo_methods.json``).
 """
 from __future__ import annotations
@@ -22,7 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for `python jobs/...`
 
+import numpy as np  # noqa: E402
+
+from avdet.fileio import write_atomic  # noqa: E402
 from avdet.report.compare import method_row, methods_table, summarise_methods  # noqa: E402
+from avdet.report.figures import methods_grid  # noqa: E402
 from distributed.pipeline import PipelineConfig, git_commit, pipeline_inputs, resolve  # noqa: E402
 from distributed.stage1.methods import METHODS  # noqa: E402
 from jobs.cli import add_verbose, parse_args  # noqa: E402
@@ -35,6 +40,24 @@ def method_config(base: PipelineConfig, method: str, seed: int) -> PipelineConfi
     if method == "afouras":
         return variant_config(base, "seeds", f"seed-{seed}", seed=seed, stage1=stage1)
     return variant_config(base, str(Path("methods") / method), f"seed-{seed}", seed=seed, stage1=stage1)
+
+
+def _picture(out: Path, done: list[Variant]) -> str:
+    """``<out>/methods.png`` (each method's first finished seed: its map and self-box on the same test frames,
+    :func:`avdet.report.figures.methods_grid`) and the HTML that shows it; "" when there is nothing to show."""
+    panels = {}
+    for v in done:
+        path = Path(v.cfg.workdir) / "pseudo" / "heatmaps_test.npz"
+        if v.key[0] not in panels and path.is_file():
+            with np.load(path, allow_pickle=False) as z:
+                if "frame" in z.files:
+                    panels[v.key[0]] = {k: z[k] for k in ("index", "heatmap", "box", "frame")}
+    grid = methods_grid(panels)
+    if grid is None:
+        return ""
+    write_atomic(out / "methods.png", lambda f: grid.save(f, format="PNG"))
+    return ("<h2>The same test frames</h2><p>Each method's map over the frame and its self-box (first seed).</p>"
+            "<img src='methods.png' alt='every method: map and self-box on the same test frames'>")
 
 
 def _methods(text: str) -> list[str]:
@@ -62,13 +85,14 @@ def main(argv: list[str]) -> dict:
     out = Path(base.workdir) / "methods"
     command = "python jobs/compare.py " + " ".join(argv)
 
+    seeds = range(args.first, args.first + args.seeds)
+    variants = [Variant((m, s), f"{m}, seed {s}", method_config(base, m, s)) for m in args.methods for s in seeds]
+
     def write(rows: list[dict], reports: dict) -> dict:
         doc = {"commit": git_commit(), "command": command, "runs": rows, "summary": summarise_methods(rows)}
         return write_table(out, "methods", doc, methods_table(rows, command), "Stage-1 methods compared",
-                           {f"{m} seed {s}": r for (m, s), r in reports.items()}, args.publish)
-
-    seeds = range(args.first, args.first + args.seeds)
-    variants = [Variant((m, s), f"{m}, seed {s}", method_config(base, m, s)) for m in args.methods for s in seeds]
+                           {f"{m} seed {s}": r for (m, s), r in reports.items()}, args.publish,
+                           _picture(out, [v for v in variants if v.key in reports]))
     rows, timings, doc = run_variants("compare", variants, lambda key, results, wall: method_row(*key, results),
                                       write, args.verbose)
     print(methods_table(rows, command).markdown())

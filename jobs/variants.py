@@ -63,9 +63,10 @@ def run_variants(job: str, variants: list[Variant], row: Callable[[Any, dict, fl
 
 
 def write_table(out: Path, stem: str, doc: dict, table, title: str, reports: dict[str, str | None],
-                publish: str = "") -> dict:
+                publish: str = "", extra_html: str = "") -> dict:
     """``doc`` as ``<stem>.json`` (and at ``publish``), ``table`` (an ``avdet.report`` table) as ``<stem>.md`` and
-    ``<stem>.html`` under the heading ``title``, with a link to each report ({link text: path}). Atomic."""
+    ``<stem>.html`` under the heading ``title``, then ``extra_html``, then a link to each report ({link text:
+    path}). Atomic."""
     write_json(out / f"{stem}.json", doc)
     if publish:
         write_json(Path(publish), doc)
@@ -75,5 +76,5 @@ def write_table(out: Path, stem: str, doc: dict, table, title: str, reports: dic
     write_atomic(out / f"{stem}.html", f"<!doctype html><meta charset=utf-8><title>avdet: {html.escape(title)}</title>"
                  "<style>body{font-family:sans-serif;max-width:70em;margin:2em auto}td,th{padding:2px 8px;"
                  "text-align:right}td:first-child{text-align:left}</style>"
-                 f"<h1>{html.escape(title)}</h1>{table.html()}<h2>Reports</h2><ul>{links}</ul>")
+                 f"<h1>{html.escape(title)}</h1>{table.html()}{extra_html}<h2>Reports</h2><ul>{links}</ul>")
     return doc

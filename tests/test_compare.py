@@ -56,6 +56,23 @@ def test_table_is_mean_sample_std_and_minimum_per_method_with_na_for_missing_cla
     assert "afouras (3 seeds)" in md and "iterative (2 seeds)" in md and "python jobs/compare.py x" in md
 
 
+def test_methods_grid_puts_each_method_in_a_column_on_the_frames_they_share():
+    import numpy as np
+
+    from avdet.report.figures import methods_grid
+
+    def panel(indices, value):
+        n = len(indices)
+        return {"index": np.array(indices), "heatmap": np.random.default_rng(0).random((n, 4, 4)),
+                "box": np.tile([4.0, 4.0, 20.0, 20.0], (n, 1)), "frame": np.full((n, 32, 32, 3), value, np.uint8)}
+
+    grid = methods_grid({"a": panel([1, 2, 3, 9], 0), "b": panel([2, 3, 4, 9], 255)}, rows=6, side=40)
+    assert grid.size == (2 * 40, 22 + 3 * 40)                # the shared frames 2, 3, 9; two columns
+    left, right = np.asarray(grid)[30:150, :40], np.asarray(grid)[30:150, 40:]
+    assert left.mean() < right.mean()                        # each column shows its own method's frames
+    assert methods_grid({"a": panel([1], 0), "b": panel([2], 0)}) is None
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(2400)          # two tiny pipelines: ~4 min on an idle 2-core machine
 def test_compare_job_runs_each_method_through_the_whole_pipeline(tmp_path):
@@ -79,4 +96,5 @@ def test_compare_job_runs_each_method_through_the_whole_pipeline(tmp_path):
     assert doc["runs"][0]["detector_map50"] is not None
     md = (tmp_path / "methods" / "methods.md").read_text()
     assert "afouras (1 seed)" in md and "iterative (1 seed)" in md
-    assert (tmp_path / "methods" / "methods.html").is_file()
+    html = (tmp_path / "methods" / "methods.html").read_text()
+    assert "<img src='methods.png'" in html and (tmp_path / "methods" / "methods.png").is_file()

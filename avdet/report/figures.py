@@ -10,10 +10,14 @@ from typing import Sequence
 
 import numpy as np
 
-from avdet.report.draw import GT_COLOUR, PALETTE, Box, confusion_image, draw_boxes, heatmap_overlay, line_plot
+from PIL import Image, ImageDraw
+
+from avdet.report.draw import (BG, GT_COLOUR, INK, PALETTE, Box, confusion_image, draw_boxes, font, heatmap_overlay,
+                               line_plot)
 from avdet.report.page import Figure
 
-__all__ = ["cluster_name", "detection_figures", "heatmap_figures", "confusion_figure", "curve_figures"]
+__all__ = ["cluster_name", "detection_figures", "heatmap_figures", "confusion_figure", "curve_figures",
+           "methods_grid"]
 
 
 def cluster_name(k: int, mapping: Sequence[int], classes: Sequence[str]) -> str:
@@ -110,3 +114,28 @@ def curve_figures(histories: dict) -> list[Figure]:
         if series:
             figs.append(Figure(f"curve_{name}", line_plot(series, title, xs=_epochs(rows)), title, "curves"))
     return figs
+
+
+def methods_grid(panels: dict[str, dict[str, np.ndarray]], rows: int = 6, side: int = 160) -> Image.Image | None:
+    """The stage-1 methods side by side on the same test frames: a row per frame, a column per method, each cell
+    the method's map over the frame with its self-box (the method's colour), the method named above its column.
+
+    ``panels``: {method: a pseudo-annotation ``heatmaps_<split>.npz`` as arrays — ``index``, ``heatmap``, ``box``
+    (xyxy, frame pixels), ``frame`` (uint8)}. The rows are up to ``rows`` frames every method has, evenly spread over
+    their sorted indices; None when the methods share no frame."""
+    common = sorted(set.intersection(*(set(p["index"].tolist()) for p in panels.values()))) if panels else []
+    if not common:
+        return None
+    pick = sorted({common[int(round(x))] for x in np.linspace(0, len(common) - 1, min(rows, len(common)))})
+    head = 22
+    grid = Image.new("RGB", (side * len(panels), head + side * len(pick)), BG)
+    d, fnt = ImageDraw.Draw(grid), font(14)
+    for col, (name, p) in enumerate(panels.items()):
+        d.text((col * side + 6, 3), name, fill=INK, font=fnt)
+        where = {int(i): n for n, i in enumerate(p["index"].tolist())}
+        for row, i in enumerate(pick):
+            n = where[i]
+            cell = heatmap_overlay(p["frame"][n], p["heatmap"][n], [Box(p["box"][n], "", PALETTE[col % len(PALETTE)])],
+                                   min_side=side).resize((side, side))
+            grid.paste(cell, (col * side, head + row * side))
+    return grid
