@@ -120,11 +120,13 @@ def methods_table(rows: list[dict], command: str = "") -> Table:
     agnostic = {m: all(r["class_agnostic"] for r in rows if r["method"] == m) for m in methods}
     seeds = {m: sorted({r["seed"] for r in rows if r["method"] == m}) for m in methods}
 
-    def cell(s: dict | None, unit: str) -> str:
+    def cell(s: dict | None, unit: str, trivial: bool = False) -> str:
+        """mean ± std (min); the mean alone for one seed, or for a trivial prediction that is the same every run."""
         if s is None:
             return "–"
         f = (lambda v: f"{100 * v:.1f}") if unit == "frac" else (lambda v: f"{v:.1f}")
-        return f"{f(s['mean'])} ± {f(s['std'])} ({f(s['min'])})" if s["n"] > 1 else f(s["mean"])
+        alone = s["n"] == 1 or (trivial and s["min"] == s["max"])
+        return f(s["mean"]) if alone else f"{f(s['mean'])} ± {f(s['std'])} ({f(s['min'])})"
 
     header = ["Figure"] + [f"{m} ({len(seeds[m])} seed{'s' * (len(seeds[m]) != 1)})" for m in methods]
     header += ["Whole image*", "Centre box*"]
@@ -132,8 +134,8 @@ def methods_table(rows: list[dict], command: str = "") -> Table:
     for f in FIGURES:
         line = [f.label] + ["n/a" if f.classes and agnostic[m] else cell(summary[m].get(f.key), f.unit)
                             for m in methods]
-        line += [cell(summary["whole image"].get(f.key), f.unit) if f.whole else "n/a",
-                 cell(summary["centre box"].get(f.key), f.unit) if f.centre else "n/a"]
+        line += [cell(summary[b].get(f.key), f.unit, trivial=True) if getattr(f, attr) else "n/a"
+                 for b, attr in (("whole image", "whole"), ("centre box", "centre"))]
         body.append(line)
     holds = []
     for m in methods:
