@@ -161,7 +161,7 @@ def test_the_round_gives_one_table_and_fresh_classifiers_in_one_or_two_processes
     finally:
         release_process_group()
     table = _as_dict(state.table)
-    assert state.table.version == 2 and stats["method"] == "kmeans" and line.startswith("dictionary ")
+    assert state.table.version == 2 and stats["method"] == "kmeans" and line.startswith("dictionary v2 (kmeans): ")
     assert sorted(set(table.values())) == [0, 1, 2]                          # K = 3 clusters, all used
     fresh = fresh_classifiers(DSOLModel(ROUND_CFG), 3 * 1009 + 2)
     assert all(torch.equal(cls[k], fresh[k]) for k in fresh)

@@ -165,11 +165,11 @@ def round_stats(table: LabelTable, prev: LabelTable | None, result=None) -> dict
     return stats
 
 
-def describe_round(stats: dict) -> str:
+def describe_round(stats: dict, name: str = "relabel") -> str:
     """One line for a person: ``relabel v3 (dense): NMI to v2 0.951, 4.2 % changed, clusters 38..52`` (and the
-    accuracy against true labels when the data has them; monitoring only)."""
+    accuracy against true labels when the data has them; monitoring only); ``name`` is the round's name."""
     v = stats.get("version", "?")
-    parts = [f"relabel v{v} ({stats.get('method', '?')}):"]
+    parts = [f"{name} v{v} ({stats.get('method', '?')}):"]
     if "nmi_vs_prev" in stats:
         parts.append(f"NMI to v{v - 1 if isinstance(v, int) else '?'} {stats['nmi_vs_prev']:.3f}, "
                      f"{100 * stats['fraction_changed']:.1f} % changed,")

@@ -141,7 +141,7 @@ def _dsol_round(engine, stream, cfg: Stage1Config, state: State, version: int,
                                      version=version)
     # the cluster order changed: fresh classifiers (paper, App. 8.2), in the module and the optimizer's copy
     set_parameters(engine, fresh_classifiers(model, cfg.train.seed * 1009 + version))
-    return State(table, state.cache), stats, "dictionary " + describe_round(stats)
+    return State(table, state.cache), stats, describe_round(stats, "dictionary")
 
 
 METHODS: dict[str, Method] = {
