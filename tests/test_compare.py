@@ -98,3 +98,13 @@ def test_compare_job_runs_each_method_through_the_whole_pipeline(tmp_path):
     assert "afouras (1 seed)" in md and "iterative (1 seed)" in md
     html = (tmp_path / "methods" / "methods.html").read_text()
     assert "<img src='methods.png'" in html and (tmp_path / "methods" / "methods.png").is_file()
+
+
+def test_an_unknown_method_is_refused_before_anything_runs(tmp_path, capsys):
+    from jobs.compare import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--config", TINY, f"workdir={tmp_path}", "--methods", "afouras,nope", "--seeds", "1"])
+    assert e.value.code == 2
+    assert "unknown ['nope']; known: afouras, iterative, dsol" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())                       # nothing written

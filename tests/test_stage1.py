@@ -134,12 +134,26 @@ def test_sparse_relabel_round_in_stage1(manifest, tmp_path):
     # few samples' top-2 and the marginal is then infeasible (measured sizes 9 / 35 / 28 for a target of 24)
 
 
+def _cut_after_epoch_0_and_resume(manifest, tmp_path, extra):
+    """Run 1 epoch, drop done.json (as if cut off after epoch 0), resume to 2 epochs: the weights must equal those of
+    the uninterrupted 2-epoch run in ``tmp_path/full``. Returns them."""
+    import torch
+
+    cut = tmp_path / "cut"
+    run_stage1(_cfg(manifest, cut, "train.epochs=1", *extra))
+    (cut / "done.json").unlink()
+    resumed = run_stage1(_cfg(manifest, cut, "train.epochs=2", *extra))
+    assert [m["epoch"] for m in resumed["metrics"]] == [0, 1]
+    wa, wb = (torch.load(d / "model.pt", weights_only=True) for d in (tmp_path / "full", cut))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    return wa
+
+
 def test_dsol_method_trains_builds_a_dictionary_each_epoch_and_resumes(manifest, tmp_path):
     """stage1.method=dsol (seed 002's stage 1) on 2 workers, ZeRO 1: epoch 0 trains the match loss alone, then the
     classifiers alternate with it; after every epoch k-means over the masked object features of the whole dataset
     writes a label table (the "dictionary") and the classifiers restart; a run cut after epoch 0 resumes on the
     table its checkpoint carries and ends on the uninterrupted run's weights."""
-    import torch
 
     extra = ("method=dsol", "train.zero_stage=1")
     full = run_stage1(_cfg(manifest, tmp_path / "full", "train.epochs=2", *extra))
@@ -150,13 +164,7 @@ def test_dsol_method_trains_builds_a_dictionary_each_epoch_and_resumes(manifest,
     assert (tables[0].labels != tables[1].labels).mean() > 0.2            # k-means labels, not the equipartition
     assert history[0]["train_loss"] == pytest.approx(history[0]["train_match"])     # epoch 0: the match loss only
     assert history[1]["train_loss"] != pytest.approx(history[1]["train_match"])     # then it alternates with CE
-    cut = tmp_path / "cut"
-    run_stage1(_cfg(manifest, cut, "train.epochs=1", *extra))
-    (cut / "done.json").unlink()                                       # as if cut off after epoch 0
-    resumed = run_stage1(_cfg(manifest, cut, "train.epochs=2", *extra))
-    assert [m["epoch"] for m in resumed["metrics"]] == [0, 1]
-    wa, wb = (torch.load(d / "model.pt", weights_only=True) for d in (tmp_path / "full", cut))
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    wa = _cut_after_epoch_0_and_resume(manifest, tmp_path, extra)
     assert "av_conv.weight" in wa                                      # DSOL's parameterised sigmoid was saved
 
 
@@ -164,7 +172,6 @@ def test_iterative_method_trains_caches_responses_and_resumes_on_them(manifest, 
     """stage1.method=iterative (seed 003) on 2 workers: epoch 0 is eq. 3, then each epoch's response cache feeds eq.
     7; the label table is never re-solved; a run cut off after epoch 0 resumes on the cache its checkpoint carries
     and ends on the uninterrupted run's weights."""
-    import torch
 
     extra = ("method=iterative", "iterative.init_epochs=1", "iterative.delta_a=0.5")
     full = run_stage1(_cfg(manifest, tmp_path / "full", "train.epochs=2", *extra))
@@ -173,10 +180,4 @@ def test_iterative_method_trains_caches_responses_and_resumes_on_them(manifest, 
     assert 0.0 < history[0]["responses_sounding_fraction"] < 1.0
     assert all(np.isfinite(m["train_loss"]) for m in history) and "train_clust" not in history[0]
     assert list_versions(tmp_path / "full" / "labels") == [0]          # no clusters: labels are never re-solved
-    cut = tmp_path / "cut"
-    run_stage1(_cfg(manifest, cut, "train.epochs=1", *extra))
-    (cut / "done.json").unlink()                                       # as if cut off after epoch 0
-    resumed = run_stage1(_cfg(manifest, cut, "train.epochs=2", *extra))
-    assert [m["epoch"] for m in resumed["metrics"]] == [0, 1]
-    wa, wb = (torch.load(d / "model.pt", weights_only=True) for d in (tmp_path / "full", cut))
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    _cut_after_epoch_0_and_resume(manifest, tmp_path, extra)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from avdet.report.seeds import lookup, pts
 from avdet.report.tables import Table
 
 __all__ = ["FIGURES", "method_row", "summarise_methods", "methods_table"]
@@ -42,39 +43,27 @@ FIGURES = [
 ]
 
 
-def _get(node, *path):
-    for p in path:
-        if not isinstance(node, dict) or p not in node:
-            return None
-        node = node[p]
-    return node
-
-
-def _pts(v):
-    return None if v is None else round(100.0 * float(v), 2)
-
-
 def method_row(method: str, seed: int, results: dict) -> dict:
     """One run's figures (fractions in [0, 1], AP in points; None where the run lacks one) and those of the
     trivial predictions on its test set, with ``method``, ``seed`` and ``class_agnostic``."""
-    agnostic = bool(_get(results, "summary", "class_agnostic"))
-    loc, prot, base = (_get(results, "localisation", "methods") or {}, _get(results, "localisation", "protocols") or {},
+    agnostic = bool(lookup(results, "summary", "class_agnostic"))
+    loc, prot, base = (lookup(results, "localisation", "methods") or {}, lookup(results, "localisation", "protocols") or {},
                        results.get("baselines", {}))
     single, multi = prot.get("dsol_single_source", {}), prot.get("dsol_multi_source", {})
     return {"method": method, "seed": seed, "class_agnostic": agnostic,
-           "stage1_test_acc": None if agnostic else _get(results, "clusters", "test", "hungarian_acc"),
-           "single_iou50": _get(single, "self_boxes", "iou_50"), "single_auc": _get(single, "self_boxes", "auc"),
-           "ciou30": _get(loc, "self_boxes", "ciou_30"), "loc_auc": _get(loc, "self_boxes", "auc"),
-           "multi_ciou30": None if agnostic else _get(multi, "self_boxes", "ciou_30"),
-           "multi_nsa": None if agnostic else _get(multi, "self_boxes", "nsa"),
-           "selfbox_ap50": _pts(_get(base, "self_boxes", "map_50")),
-           "detector_ap50": _pts(_get(base, "detector_agnostic", "map_50")),
-           "detector_map50": None if agnostic else _pts(_get(results, "detection", "hungarian", "map_50")),
-           "whole_single_iou50": _get(single, "whole_image", "iou_50"),
-           "whole_single_auc": _get(single, "whole_image", "auc"),
-           "whole_ciou30": _get(loc, "whole_image", "ciou_30"), "whole_loc_auc": _get(loc, "whole_image", "auc"),
-           "whole_ap50": _pts(_get(base, "whole_image", "map_50")),
-           "centre_ap50": _pts(_get(base, "centre_box", "map_50"))}
+           "stage1_test_acc": None if agnostic else lookup(results, "clusters", "test", "hungarian_acc"),
+           "single_iou50": lookup(single, "self_boxes", "iou_50"), "single_auc": lookup(single, "self_boxes", "auc"),
+           "ciou30": lookup(loc, "self_boxes", "ciou_30"), "loc_auc": lookup(loc, "self_boxes", "auc"),
+           "multi_ciou30": None if agnostic else lookup(multi, "self_boxes", "ciou_30"),
+           "multi_nsa": None if agnostic else lookup(multi, "self_boxes", "nsa"),
+           "selfbox_ap50": pts(lookup(base, "self_boxes", "map_50")),
+           "detector_ap50": pts(lookup(base, "detector_agnostic", "map_50")),
+           "detector_map50": None if agnostic else pts(lookup(results, "detection", "hungarian", "map_50")),
+           "whole_single_iou50": lookup(single, "whole_image", "iou_50"),
+           "whole_single_auc": lookup(single, "whole_image", "auc"),
+           "whole_ciou30": lookup(loc, "whole_image", "ciou_30"), "whole_loc_auc": lookup(loc, "whole_image", "auc"),
+           "whole_ap50": pts(lookup(base, "whole_image", "map_50")),
+           "centre_ap50": pts(lookup(base, "centre_box", "map_50"))}
 
 
 def _stats(vals: list[float]) -> dict:

@@ -20,19 +20,25 @@ SEED_FIGURES = [
 ]
 
 
+def lookup(node, *path):
+    """``node[path[0]][path[1]]...``, or None where a key is missing (a figure the run does not have)."""
+    for p in path:
+        if not isinstance(node, dict) or p not in node:
+            return None
+        node = node[p]
+    return node
+
+
+def pts(v):
+    """A fraction of the COCO evaluator as AP points (×100, 2 decimals); None stays None."""
+    return None if v is None else round(100.0 * float(v), 2)
+
+
 def seed_row(seed: int, results: dict) -> dict:
     """The headline figures of one run's ``results.json`` (``distributed.evaluation.evaluate``): fractions in [0, 1], mAP in
     points (×100 of the COCO evaluator's fractions). A figure the run does not have is ``None``."""
     def get(*path):
-        node = results
-        for p in path:
-            if not isinstance(node, dict) or p not in node:
-                return None
-            node = node[p]
-        return node
-
-    def pts(v):
-        return None if v is None else round(100.0 * float(v), 2)
+        return lookup(results, *path)
 
     loc = get("localisation", "methods", "self_boxes", "iou50_success")
     return {"seed": seed,
