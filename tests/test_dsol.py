@@ -135,12 +135,12 @@ def _round(batches, out_dir=None, rank=0):
     from distributed.stage1.config import Stage1Config, Stage1TrainConfig
     from distributed.stage1.engine import build_engine
     from distributed.stage1.labels import random_equipartition
-    from distributed.stage1.methods import METHODS, State
+    from distributed.stage1.methods import METHODS, State, build_model
 
     cfg = Stage1Config(method="dsol", model=ROUND_CFG,
                        train=Stage1TrainConfig(batch_size=6, zero_stage=1, optimizer="adamw", seed=3))
     torch.manual_seed(0)
-    engine = build_engine(METHODS["dsol"].model(cfg), cfg.train, steps_per_epoch=1)
+    engine = build_engine(build_model(cfg), cfg.train, steps_per_epoch=1)
     first = random_equipartition(torch.cat([b["index"] for b in _round_batches()]), 3, seed=3)
     state, stats, line = METHODS["dsol"].round(engine, batches, cfg, State(first), 2, None)
     cls = {k: v.detach().clone() for k, v in engine.module.named_parameters() if "_cls" in k}

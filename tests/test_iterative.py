@@ -126,25 +126,28 @@ def test_two_processes_average_to_the_single_batch_loss():
 
 def test_the_methods_give_pseudo_annotation_their_maps_and_say_whether_they_have_classes():
     """afouras: h = <f^v_u, f^a>/ρ and K pseudo-classes; iterative: the response map R (eq. 1), class-agnostic;
-    dsol: its localisation map l and K pseudo-classes."""
+    dsol: its localisation map l and K pseudo-classes; every trainable method has a localiser and builds its net."""
     from avdet.config import ConfigError, load_config
-    from avdet.model import heatmap
+    from avdet.dsol import DSOLModel
+    from avdet.localisers import LOCALISERS
+    from avdet.model import AVModel, heatmap
     from distributed.pipeline import PipelineConfig
-    from distributed.stage1.config import Stage1Config
-    from distributed.stage1.methods import METHODS, pseudo_classes
+    from distributed.stage1.config import METHOD_NAMES, Stage1Config
+    from distributed.stage1.methods import METHODS, build_model
 
+    assert list(METHODS) == list(LOCALISERS) == list(METHOD_NAMES)
     torch.manual_seed(0)
     out = {"vis_emb": F.normalize(torch.randn(3, 4, 2, 2), dim=1), "aud_emb": F.normalize(torch.randn(3, 4), dim=1)}
     model = type("M", (), {"heatmap": lambda self, v, a: heatmap(v, a, torch.tensor(0.5))})()
-    assert torch.allclose(METHODS["afouras"].maps(model, out),
+    assert torch.allclose(LOCALISERS["afouras"].maps(model, out),
                           torch.einsum("bchw,bc->bhw", out["vis_emb"], out["aud_emb"]) / 0.5)
-    assert torch.equal(METHODS["iterative"].maps(model, out), response_map(out["vis_emb"], out["aud_emb"]))
-    cfg = load_config(Stage1Config, None, ["model.num_clusters=7"])
-    assert pseudo_classes(cfg) == 7
-    assert pseudo_classes(load_config(Stage1Config, None, ["model.num_clusters=7", "method=iterative"])) == 1
-    assert pseudo_classes(load_config(Stage1Config, None, ["model.num_clusters=7", "method=dsol"])) == 7
+    assert torch.equal(LOCALISERS["iterative"].maps(model, out), response_map(out["vis_emb"], out["aud_emb"]))
+    assert [LOCALISERS[m].num_classes(7) for m in ("afouras", "iterative", "dsol")] == [7, 1, 7]
     loc = torch.rand(3, 2, 2)
-    assert torch.equal(METHODS["dsol"].maps(model, {**out, "loc_map": loc}), loc)
+    assert torch.equal(LOCALISERS["dsol"].maps(model, {**out, "loc_map": loc}), loc)
+    small = ["model.num_clusters=7", "model.visual_width=8", "model.audio_width=8", "model.embed_dim=8"]
+    assert type(build_model(load_config(Stage1Config, None, small))) is AVModel
+    assert type(build_model(load_config(Stage1Config, None, small + ["method=dsol"]))) is DSOLModel
     assert load_config(PipelineConfig, None, ["stage1.method=iterative"]).stage1.method == "iterative"
     with pytest.raises(ConfigError, match="stage1.method must be one of afouras, iterative, dsol"):
         load_config(PipelineConfig, None, ["stage1.method=nope"])

@@ -12,7 +12,7 @@ Artifacts under ``out_dir`` (each written to a temp file, then renamed; ``done.j
   width, height, video_id, timestamp, true_label (class id, -1 unknown; evaluation only)}``; annotations
   ``{id, image_id, bbox [x, y, w, h] (frame pixels), category_id = pseudo-class + 1, score = confidence,
   heatmap_score = max_u h_u, peakiness, area, iscrowd: 0}``; categories ``[{id: k+1, name: "cluster<k>"}]`` (one,
-  ``"object"``, for a class-agnostic stage-1 method: :func:`distributed.stage1.methods.pseudo_classes`);
+  ``"object"``, for a class-agnostic stage-1 method: :meth:`avdet.localisers.Localiser.num_classes`);
   ``info`` holds the split's statistics. Frames below ``selflabel.min_confidence`` keep their image entry but get
   no annotation (counted as filtered).
 - ``heatmaps_<split>.npz`` — ``index (N,)``, ``heatmap (N, h, w)``, ``box (N, 4)`` xyxy, ``cls (N,)``,
@@ -37,6 +37,7 @@ import torch
 
 from avdet.config import SelfLabelConfig, from_dict, load_config, replace, save_config, to_dict
 from avdet.fileio import write_atomic, write_json
+from avdet.localisers import LOCALISERS
 from avdet.model import AVModel, load_model
 from avdet.selflabels import self_labels
 from data.artifacts import read_done, write_done
@@ -48,7 +49,6 @@ from distributed.cluster.ray_local import connect_ray
 from distributed.cluster.resources import fit_to_cluster, pool_demand
 from distributed.pseudo.config import PseudoConfig
 from distributed.stage1.config import Stage1Config
-from distributed.stage1.methods import METHODS, pseudo_classes
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def load_stage1(stage1_dir: str | Path) -> tuple[Stage1Config, AVModel]:
     """The stage-1 config (``config.yaml``) and model (``model.pt``, plain state_dict) in eval mode."""
     d = Path(stage1_dir)
     cfg = stage1_config(d)
-    return cfg, load_model(cfg.model, d / "model.pt", build=lambda _: METHODS[cfg.method].model(cfg))
+    return cfg, load_model(cfg.model, d / "model.pt", build=lambda _: LOCALISERS[cfg.method].build(cfg.model, cfg.dsol))
 
 
 class PseudoLabeler:
@@ -82,7 +82,7 @@ class PseudoLabeler:
     def __init__(self, stage1_dir: str, selflabel: dict, torch_threads: int = 1):
         torch.set_num_threads(torch_threads)
         cfg, self.model = load_stage1(stage1_dir)
-        self.method = METHODS[cfg.method]
+        self.method = LOCALISERS[cfg.method]
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
         self.collate = BatchCollate(cfg.audio)
@@ -176,7 +176,7 @@ def annotate_split(manifest: Manifest, split: str, cfg: PseudoConfig, stage1: St
     keep = heatmap_indices(listed, cfg.num_heatmaps)
     pred, heat = _infer(manifest, split, cfg, stage1.audio, keep)
     seconds = time.perf_counter() - t0
-    k = pseudo_classes(stage1)
+    k = LOCALISERS[stage1.method].num_classes(stage1.model.num_clusters)
     doc = coco_document(pred, k, cfg.selflabel.min_confidence)
     found = set(pred["index"].tolist())
     stats = split_stats(doc, k, unread=len(set(listed) - found))
@@ -241,7 +241,7 @@ def run_pseudo(cfg: PseudoConfig) -> dict:
                                         cfg.stream.read_concurrency,
                                         "pseudo.num_actors or pseudo.stream.read_concurrency"))
     cfg = dataclasses.replace(cfg, actor_cpus=fitted.cpus_per_worker)
-    k = pseudo_classes(stage1)
+    k = LOCALISERS[stage1.method].num_classes(stage1.model.num_clusters)
     log.info("pseudo: splits %s, stage-1 method %s, K=%d, %d actors, beta=%.2f, min_confidence=%.3f", cfg.splits,
              stage1.method, k, cfg.num_actors, cfg.selflabel.beta, cfg.selflabel.min_confidence)
     per_split = {s: annotate_split(manifest, s, cfg, stage1, out) for s in cfg.splits}

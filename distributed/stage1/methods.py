@@ -14,11 +14,9 @@ method                per-batch loss (``loss``)                        between e
                       classifiers' CE on its labels (``avdet.dsol``)   classifiers are re-initialised
 ====================  ===============================================  ============================================
 
-After stage 1 a method gives pseudo-annotation its maps (``maps``: the heatmap the self-boxes come from) and says
-whether it has pseudo-classes (``classes``): ``afouras`` h_u(v, a) = <f^v_u, f^a>/ρ with y* from its classifiers;
-``iterative`` the min-max response map R (eq. 1), class-agnostic (one category, "object"); ``dsol`` its localisation
-map l with y* from its classifiers. ``model(stage-1 config)`` builds the method's network: ``AVModel``, or
-``avdet.dsol.DSOLModel`` for ``dsol``.
+What the stages after stage 1 need of a method (its network, the map the self-boxes come from, whether it has
+pseudo-classes) is :data:`avdet.localisers.LOCALISERS`, so they read the artifact without this module;
+:func:`build_model` builds the network for a stage-1 config.
 
 A method's state is a :class:`State`: the label table (the iterative method keeps its initial equipartition: it
 has no clusters, so its self-labels are class-agnostic) and, for the iterative method, the response cache. Both
@@ -32,10 +30,10 @@ from typing import Callable
 
 import torch
 
-from avdet.dsol import DSOLModel, classification_loss, fresh_classifiers, match_loss
-from avdet.iterative import info_nce, iterative_loss, response_map
+from avdet.dsol import classification_loss, fresh_classifiers, match_loss
+from avdet.iterative import info_nce, iterative_loss
+from avdet.localisers import LOCALISERS
 from avdet.losses import joint_loss
-from avdet.model import AVModel
 from distributed.cluster import dist
 from distributed.stage1.config import Stage1Config
 from distributed.stage1.engine import set_parameters
@@ -58,17 +56,12 @@ class Method:
     """``loss(cfg, state)`` -> the per-batch loss ``(model output, batch) -> (loss, parts for logging)``;
     ``round_after(cfg, epoch)`` -> whether ``round`` runs after that (0-based) epoch; ``round(engine, stream, cfg,
     state, version, service)`` (the DeepSpeed engine; its ``module`` is the model) -> (the new state, statistics
-    for the epoch's metrics under ``<prefix>_``, a line for the console); ``maps(model, out)`` -> (B, h, w) the
-    heatmaps of the self-boxes from the model's output on matching pairs; ``classes``: whether the self-labels take
-    the classifiers' y* (else class-agnostic); ``model(cfg)`` -> the method's network for a stage-1 config."""
+    for the epoch's metrics under ``<prefix>_``, a line for the console)."""
     name: str
     prefix: str
     loss: Callable[[Stage1Config, State], LossFn]
     round_after: Callable[[Stage1Config, int], bool]
     round: Callable[..., "tuple[State, dict, str]"]
-    maps: Callable[[torch.nn.Module, dict], torch.Tensor]
-    classes: bool
-    model: Callable[[Stage1Config], torch.nn.Module] = lambda cfg: AVModel(cfg.model)
 
 
 def _afouras_loss(cfg: Stage1Config, state: State) -> LossFn:
@@ -146,16 +139,14 @@ def _dsol_round(engine, stream, cfg: Stage1Config, state: State, version: int,
 
 METHODS: dict[str, Method] = {
     "afouras": Method("afouras", "relabel", _afouras_loss, lambda cfg, epoch: cfg.train.relabel_after(epoch),
-                      _afouras_round, lambda model, out: model.heatmap(out["vis_emb"], out["aud_emb"]), True),
+                      _afouras_round),
     "iterative": Method("iterative", "responses", _iterative_loss,
-                        lambda cfg, epoch: epoch + 1 >= cfg.iterative.init_epochs, _iterative_round,
-                        lambda model, out: response_map(out["vis_emb"], out["aud_emb"]), False),
+                        lambda cfg, epoch: epoch + 1 >= cfg.iterative.init_epochs, _iterative_round),
     "dsol": Method("dsol", "dictionary", _dsol_loss, lambda cfg, epoch: epoch + 1 >= cfg.dsol.init_epochs,
-                   _dsol_round, lambda model, out: out["loc_map"], True,
-                   lambda cfg: DSOLModel(cfg.model, cfg.dsol.mask_threshold)),
+                   _dsol_round),
 }
 
 
-def pseudo_classes(cfg: Stage1Config) -> int:
-    """How many pseudo-classes the self-labels of a stage-1 run have: K, or 1 for a class-agnostic method."""
-    return cfg.model.num_clusters if METHODS[cfg.method].classes else 1
+def build_model(cfg: Stage1Config) -> torch.nn.Module:
+    """The network of ``cfg.method`` for a stage-1 config (untrained)."""
+    return LOCALISERS[cfg.method].build(cfg.model, cfg.dsol)

@@ -33,7 +33,7 @@ from distributed.cluster.progress import Progress
 from distributed.stage1.config import Stage1Config
 from distributed.stage1.engine import build_engine, load_checkpoint, save_checkpoint
 from distributed.stage1.labels import LabelTable
-from distributed.stage1.methods import METHODS, LossFn, State
+from distributed.stage1.methods import METHODS, LossFn, State, build_model
 from distributed.stage1.relabel_pool import RelabelService
 from distributed.stage1.responses import ResponseCache
 
@@ -160,7 +160,7 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(cfg.train.seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(cfg.out_dir)
-    model = METHODS[cfg.method].model(cfg)
+    model = build_model(cfg)
     steps = max(1, config["num_train"] // (cfg.train.batch_size * dist.get_world_size()))
     engine = build_engine(model, cfg.train, steps)
     start_epoch, step, state = _resume(engine, out / LABELS_DIR)
