@@ -335,15 +335,23 @@ class IterativeConfig:
 
 @dataclass
 class DSOLConfig:
-    """Seed 002's stage 1 (``stage1.method=dsol``, :mod:`avdet.dsol`): the mask threshold is the paper's; k-means over
-    the masked object features of the whole dataset after every epoch from ``init_epochs`` on (``K`` =
-    ``model.num_clusters``, FAISS, as the relabel round's k-means)."""
+    """Seed 002 (``stage1.method=dsol``, :mod:`avdet.dsol`). Stage 1: the mask threshold is the paper's; k-means over
+    the masked object features of the whole dataset after every stage-1 epoch from ``init_epochs`` on (``K`` =
+    ``model.num_clusters``, FAISS, as the relabel round's k-means); its centroids are the object dictionary. Stage 2:
+    the last ``stage2_epochs`` of ``train.epochs`` (the same budget as every method) train on the multi-source clips
+    of ``stage2_split`` with L_2 = L_c + λ·L_1 (eq. 8)."""
     mask_threshold: float = 0.05    # m = [l > 0.05] (paper §3.1, ablation 0.03 / 0.07)
     init_epochs: int = 1            # localisation-only epochs before the first dictionary (the authors' init_num)
+    stage2_epochs: int = 0          # 0 = stage 1 only; needs multi-source clips in stage2_split
+    stage2_split: str = "train_multi"   # the shards' split of the multi-source training clips
+    lam: float = 0.5                # λ of eq. 8 (paper: 0.5; robust in [0.5, 1.0])
 
     def check(self) -> None:
         require(0.0 < self.mask_threshold < 1.0, "mask_threshold", "must be in (0, 1) (l is a sigmoid map)")
         require(self.init_epochs >= 1, "init_epochs", "must be >= 1 (the first dictionary needs a trained map)")
+        require(self.stage2_epochs >= 0, "stage2_epochs", "must be >= 0")
+        require(self.lam >= 0.0, "lam", "must be >= 0")
+        require(bool(self.stage2_split), "stage2_split", "must name a split")
 
 
 @dataclass

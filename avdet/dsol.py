@@ -13,13 +13,17 @@ imports.
   k-means over the whole dataset (eq. 3) between epochs, and the assignments are the pseudo-labels.
 - Classification: cross-entropy of g^v and g^a on the pseudo-labels, alternated step by step with the localisation
   loss once a dictionary exists; the classifiers are re-initialised after every k-means round (the cluster order
-  changes).
+  changes). The k-means centroids are the object dictionary D (a buffer of the model: it travels in model.pt).
+- Stage 2, on multi-source clips: class-aware maps m^k = d^k · f(v) (eq. 4), filtered by the localisation map of
+  the mixture, s^k = m^k ∘ l (eq. 5, "Prod"); p_v = softmax_k GAP(s^k) (eq. 6); L_c = KL(p_v ‖ p_a) with p_a the
+  stage-1 audio classifier's distribution (eq. 7: a target, no gradient); L_2 = L_c + λ·L_1 (eq. 8, L_1 = the
+  match loss on the mixtures).
 
 Where we differ from the paper (and its code), and why: the trunks are narrow and random-initialised like every
 method here (no weights can be downloaded); the object mask is not dilated by one pixel; alternation is per step
 within an epoch (the paper alternates phases and stops classification "when its accuracy saturates"); a frame whose
-map has no location above the threshold uses its maximum location. Stage 2 (multi-source, class-aware maps and the
-audio-visual KL) is not implemented yet.
+map has no location above the threshold uses its maximum location; stage 2 takes the last epochs of the same
+budget (``dsol.stage2_epochs``), not a separate schedule.
 """
 from __future__ import annotations
 
@@ -32,7 +36,8 @@ from .losses import Gather
 from .model import AVModel
 
 __all__ = ["DSOLModel", "localisation_map", "match_scores", "negative_partner", "match_loss", "object_mask",
-           "object_features", "classification_loss", "fresh_classifiers"]
+           "object_features", "classification_loss", "fresh_classifiers", "class_maps", "sounding_class_logits",
+           "consistency_loss", "stage2_loss"]
 
 AV_WEIGHT_INIT = 5.0      # the authors' code initialises the 1×1 conv of the parameterised sigmoid to 5
 
@@ -110,6 +115,32 @@ def classification_loss(vis_logits: torch.Tensor, aud_logits: torch.Tensor, labe
     return F.cross_entropy(vis_logits, labels) + F.cross_entropy(aud_logits, labels)
 
 
+def class_maps(feature_map: torch.Tensor, dictionary: torch.Tensor) -> torch.Tensor:
+    """Eq. 4: m^k_u = <d^k, f(v)_u>: feature_map (B, D, h, w), dictionary (K, D) -> (B, K, h, w)."""
+    return torch.einsum("kd,bdhw->bkhw", dictionary.to(feature_map.dtype), feature_map)
+
+
+def sounding_class_logits(maps: torch.Tensor, loc_map: torch.Tensor) -> torch.Tensor:
+    """Eq. 5–6 before the softmax: GAP(s^k) with s^k = m^k ∘ l: maps (B, K, h, w), loc_map (B, h, w) -> (B, K)."""
+    return (maps * loc_map.unsqueeze(1)).mean(dim=(2, 3))
+
+
+def consistency_loss(vis_class_logits: torch.Tensor, aud_logits: torch.Tensor) -> torch.Tensor:
+    """Eq. 7, batch mean: KL(p_v ‖ p_a) = Σ_k p_v,k (log p_v,k − log p_a,k), p_v = softmax(vis_class_logits), p_a =
+    softmax(aud_logits) taken as the target (no gradient into the audio network)."""
+    log_pv = F.log_softmax(vis_class_logits, dim=1)
+    log_pa = F.log_softmax(aud_logits.detach(), dim=1)
+    return (log_pv.exp() * (log_pv - log_pa)).sum(1).mean()
+
+
+def stage2_loss(out: dict, clip: torch.Tensor, lam: float, gather: Gather | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eq. 8 on a batch of multi-source pairs: (L_2 = L_c + λ·L_1, L_c, L_1) from a :class:`DSOLModel` output."""
+    l_c = consistency_loss(out["class_logits"], out["aud_logits"])
+    l_1 = match_loss(out["vis_emb"], out["aud_emb"], out["av_weight"], out["av_bias"], clip, gather)
+    return l_c + lam * l_1, l_c, l_1
+
+
 @torch.no_grad()
 def fresh_classifiers(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
     """New values of g^v and g^a (nn.Linear's default init, U(±1/√fan_in)) drawn from ``seed`` — the same on every
@@ -128,7 +159,9 @@ class DSOLModel(AVModel):
     """:class:`avdet.model.AVModel`'s trunks and classifiers with DSOL's localisation head. forward(frames, audio)
     -> AVModel's dict (``vis_emb``, ``aud_emb``, ``vis_logits``, ``aud_logits``, ``vis_pool``, ``aud_pool``,
     ``rho`` — unused) plus ``av_weight``, ``av_bias`` (the parameterised sigmoid), ``loc_map`` (B, h, w) = l(v, a)
-    of each frame with its own audio, and ``obj_feat`` (B, 8w) = GAP(f(v) ∘ [l > mask_threshold])."""
+    of each frame with its own audio, ``obj_feat`` (B, 8w) = GAP(f(v) ∘ [l > mask_threshold]) and ``class_logits``
+    (B, K) = GAP(m^k ∘ l) from the object dictionary (the buffer ``dictionary`` (K, 8w), zeros until the first
+    k-means round writes it)."""
 
     def __init__(self, cfg: ModelConfig, mask_threshold: float = 0.05):
         super().__init__(cfg)
@@ -139,6 +172,7 @@ class DSOLModel(AVModel):
         nn.init.constant_(self.av_conv.weight, AV_WEIGHT_INIT)
         nn.init.zeros_(self.av_conv.bias)
         self.mask_threshold = mask_threshold
+        self.register_buffer("dictionary", torch.zeros(cfg.num_clusters, cv))
 
     def forward(self, frames: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         qv = self.visual(frames)                                   # f(v) (B, 8w, h, w)
@@ -151,4 +185,5 @@ class DSOLModel(AVModel):
         return {"vis_emb": vis_emb, "aud_emb": aud_emb, "vis_logits": self.vis_cls(pooled),
                 "aud_logits": self.aud_cls(qa), "vis_pool": pooled, "aud_pool": qa, "rho": self.rho,
                 "av_weight": weight, "av_bias": bias, "loc_map": loc,
-                "obj_feat": object_features(qv, object_mask(loc.detach(), self.mask_threshold))}
+                "obj_feat": object_features(qv, object_mask(loc.detach(), self.mask_threshold)),
+                "class_logits": sounding_class_logits(class_maps(qv, self.dictionary), loc)}

@@ -129,7 +129,7 @@ def apply_mapping(mapping: np.ndarray, pseudo) -> np.ndarray:
 
 
 def align_to(labels: np.ndarray, prev: np.ndarray, num_clusters: int) -> np.ndarray:
-    """``labels`` with cluster ids renamed (a permutation) to agree most with ``prev`` (Hungarian on the K×K overlap),
-    so the classifiers' targets keep their meaning across k-means rounds (k-means names clusters arbitrarily)."""
-    rename = hungarian(labels, prev, num_clusters, num_clusters)
-    return rename[labels]
+    """The renaming (K,) int64 (a permutation: new id of cluster k = ``rename[k]``) of ``labels``' cluster ids that
+    agrees most with ``prev`` (Hungarian on the K×K overlap), so the classifiers' targets keep their meaning across
+    k-means rounds (k-means names clusters arbitrarily); the renamed labels are ``rename[labels]``."""
+    return hungarian(labels, prev, num_clusters, num_clusters)

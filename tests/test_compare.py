@@ -74,17 +74,20 @@ def test_methods_grid_puts_each_method_in_a_column_on_the_frames_they_share():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)          # two tiny pipelines: ~4 min on an idle 2-core machine
+@pytest.mark.timeout(3600)          # three tiny pipelines: ~6 min on an idle 2-core machine
 def test_compare_job_runs_each_method_through_the_whole_pipeline(tmp_path):
-    """afouras and iterative, one seed each, on one set of shards: the iterative run's pseudo-annotations have one
-    category ("object"), its detector one class, its evaluation is class-agnostic; the afouras run sits where
-    jobs/seeds.py puts seed 0, and the table has a column per method."""
+    """afouras, iterative and dsol (both stages), one seed each, on one set of shards: the iterative run's
+    pseudo-annotations have one category ("object"), its detector one class, its evaluation is class-agnostic; DSOL
+    trains its last epoch on the training duets (split train_multi) and keeps its K pseudo-classes; the afouras run
+    sits where jobs/seeds.py puts seed 0, and the table has a column per method."""
     from jobs.compare import main
 
-    doc = main(["--config", TINY, f"workdir={tmp_path}", "--methods", "afouras,iterative", "--seeds", "1",
-                "--publish", str(tmp_path / "pub.json")])
+    doc = main(["--config", TINY, f"workdir={tmp_path}", "--methods", "afouras,iterative,dsol", "--seeds", "1",
+                "--publish", str(tmp_path / "pub.json"), "synthetic.num_multi_train_per_class=4",
+                "stage1.dsol.stage2_epochs=1"])
     assert [(r["method"], r["seed"], r["class_agnostic"]) for r in doc["runs"]] == [("afouras", 0, False),
-                                                                                  ("iterative", 0, True)]
+                                                                                  ("iterative", 0, True),
+                                                                                  ("dsol", 0, False)]
     assert json.loads((tmp_path / "pub.json").read_text())["runs"] == doc["runs"]
     ours, it = tmp_path / "seeds" / "seed-0", tmp_path / "methods" / "iterative" / "seed-0"
     assert (ours / "report" / "results.json").is_file() and not (it / "shards").exists()
@@ -94,8 +97,14 @@ def test_compare_job_runs_each_method_through_the_whole_pipeline(tmp_path):
     assert json.loads((it / "detector" / "done.json").read_text())["num_classes"] == 1
     assert doc["runs"][1]["detector_ap50"] is not None and doc["runs"][1]["detector_map50"] is None
     assert doc["runs"][0]["detector_map50"] is not None
+    dsol = tmp_path / "methods" / "dsol" / "seed-0"
+    history = json.loads((dsol / "stage1" / "done.json").read_text())["metrics"]
+    assert "train_kl" in history[-1] and "train_kl" not in history[0] and "dictionary_method" in history[0]
+    assert len(json.loads((dsol / "pseudo" / "pseudo_train.json").read_text())["categories"]) == 3
+    manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())     # one set of shards for all
+    assert {s["split"] for s in manifest["shards"]} == {"train", "test", "train_multi"}
     md = (tmp_path / "methods" / "methods.md").read_text()
-    assert "afouras (1 seed)" in md and "iterative (1 seed)" in md
+    assert "afouras (1 seed)" in md and "iterative (1 seed)" in md and "dsol (1 seed)" in md
     html = (tmp_path / "methods" / "methods.html").read_text()
     assert "<img src='methods.png'" in html and (tmp_path / "methods" / "methods.png").is_file()
 

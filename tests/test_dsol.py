@@ -1,5 +1,6 @@
-"""DSOL's stage 1 (seed 002, avdet/dsol.py): known answers of the localisation map, the match loss (eq. 1), the
-object features (eq. 2); the two-process split of the loss; the model's outputs; fresh classifiers."""
+"""DSOL (seed 002, avdet/dsol.py): known answers of the localisation map, the match loss (eq. 1), the object
+features (eq. 2), stage 2's class-aware maps, sounding filter and KL (eq. 4–8); the two-process split of the loss;
+the model's outputs; fresh classifiers; the between-epoch round and its dictionary."""
 from __future__ import annotations
 
 import math
@@ -9,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from avdet.config import ModelConfig
-from avdet.dsol import (DSOLModel, classification_loss, fresh_classifiers, localisation_map, match_loss,
-                        match_scores, negative_partner, object_features, object_mask)
+from avdet.dsol import (DSOLModel, class_maps, classification_loss, consistency_loss, fresh_classifiers,
+                        localisation_map, match_loss, match_scores, negative_partner, object_features, object_mask,
+                        sounding_class_logits, stage2_loss)
 
 
 def _unit(*rows):
@@ -99,6 +101,41 @@ def test_classification_loss_and_fresh_classifiers():
     assert a["vis_cls.weight"].shape == model.vis_cls.weight.shape and float(a["vis_cls.weight"].abs().max()) <= bound
 
 
+def test_class_maps_and_the_sounding_filter_by_hand():
+    """Eq. 4: m^k_u = <d^k, f_u>; eq. 5–6: GAP(m^k ∘ l) — one frame, 2 locations, D = 2, K = 2."""
+    f = torch.tensor([[[[1.0, 0.0]], [[0.0, 2.0]]]])                   # (1, D=2, h=1, w=2): f_0 = (1, 0), f_1 = (0, 2)
+    d = torch.tensor([[3.0, 0.0], [0.0, 1.0]])                           # d^0 = (3, 0), d^1 = (0, 1)
+    m = class_maps(f, d)
+    assert m.tolist() == [[[[3.0, 0.0]], [[0.0, 2.0]]]]
+    loc = torch.tensor([[[0.5, 0.25]]])
+    assert sounding_class_logits(m, loc).tolist() == [[(3.0 * 0.5 + 0.0) / 2, (0.0 + 2.0 * 0.25) / 2]]
+
+
+def test_consistency_loss_is_kl_of_the_visual_from_the_audio_distribution_and_trains_only_the_visual_side():
+    pv_logits = torch.tensor([[math.log(3.0), 0.0]], requires_grad=True)   # p_v = (3/4, 1/4)
+    pa_logits = torch.tensor([[0.0, 0.0]], requires_grad=True)             # p_a = (1/2, 1/2)
+    want = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    value = consistency_loss(pv_logits, pa_logits)
+    assert float(value.detach()) == pytest.approx(want, abs=1e-6)
+    value.backward()
+    assert pa_logits.grad is None and float(pv_logits.grad.abs().sum()) > 0     # p_a is the target
+    same = torch.tensor([[0.3, -1.0, 2.0]])
+    assert float(consistency_loss(same, same + 5.0)) == pytest.approx(0.0, abs=1e-6)   # softmax ignores a shift
+
+
+def test_stage2_loss_is_consistency_plus_lambda_times_the_match_loss():
+    torch.manual_seed(0)
+    out = {"vis_emb": F.normalize(torch.randn(4, 3, 2, 2), dim=1), "aud_emb": F.normalize(torch.randn(4, 3), dim=1),
+           "av_weight": torch.tensor(5.0), "av_bias": torch.tensor(0.0), "class_logits": torch.randn(4, 5),
+           "aud_logits": torch.randn(4, 5)}
+    clip = torch.tensor([0, 1, 2, 3])
+    total, l_c, l_1 = stage2_loss(out, clip, 0.5)
+    assert float(l_c) == pytest.approx(float(consistency_loss(out["class_logits"], out["aud_logits"])))
+    assert float(l_1) == pytest.approx(float(match_loss(out["vis_emb"], out["aud_emb"], out["av_weight"],
+                                                        out["av_bias"], clip)))
+    assert float(total) == pytest.approx(float(l_c) + 0.5 * float(l_1))
+
+
 def test_model_outputs_the_map_its_match_head_and_the_object_features():
     torch.manual_seed(0)
     cfg = ModelConfig(image_size=64, visual_width=4, audio_width=4, embed_dim=8, num_clusters=3)
@@ -112,6 +149,11 @@ def test_model_outputs_the_map_its_match_head_and_the_object_features():
     assert torch.allclose(out["aud_pool"], model.audio(audio).amax(dim=(2, 3)))         # global max pooling
     qv = model.visual(frames)
     assert torch.allclose(out["obj_feat"], object_features(qv, object_mask(out["loc_map"], 0.05)))
+    assert model.dictionary.shape == (3, 32) and torch.equal(out["class_logits"], torch.zeros(2, 3))  # no dictionary
+    model.dictionary.copy_(torch.randn(3, 32))
+    out = model(frames, audio)
+    assert torch.allclose(out["class_logits"], sounding_class_logits(class_maps(qv, model.dictionary), out["loc_map"]))
+    assert "dictionary" in model.state_dict()                               # it travels in model.pt
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -144,6 +186,7 @@ def _round(batches, out_dir=None, rank=0):
     first = random_equipartition(torch.cat([b["index"] for b in _round_batches()]), 3, seed=3)
     state, stats, line = METHODS["dsol"].round(engine, batches, cfg, State(first), 2, None)
     cls = {k: v.detach().clone() for k, v in engine.module.named_parameters() if "_cls" in k}
+    cls["dictionary"] = engine.module.dictionary.clone()
     if out_dir is not None:
         torch.save({"table": _as_dict(state.table), "cls": cls}, f"{out_dir}/rank{rank}.pt")
     return state, stats, line, cls
@@ -165,9 +208,12 @@ def test_the_round_gives_one_table_and_fresh_classifiers_in_one_or_two_processes
     assert sorted(set(table.values())) == [0, 1, 2]                          # K = 3 clusters, all used
     fresh = fresh_classifiers(DSOLModel(ROUND_CFG), 3 * 1009 + 2)
     assert all(torch.equal(cls[k], fresh[k]) for k in fresh)
+    assert torch.equal(cls["dictionary"], torch.from_numpy(state.table.centroids))   # the round wrote D
+    assert float(cls["dictionary"].abs().sum()) > 0
     from distributed.cluster.dist import spawn_loopback
     spawn_loopback(_round_job, 2, str(tmp_path))
     for r in (0, 1):
         got = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
         assert got["table"] == table
         assert all(torch.equal(got["cls"][k], fresh[k]) for k in fresh)
+        assert torch.equal(got["cls"]["dictionary"], cls["dictionary"])

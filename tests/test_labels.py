@@ -53,6 +53,18 @@ def test_save_load_round_trip_and_versions(tmp_path):
         LabelTable.load(tmp_path, 5)
     with np.load(p0, allow_pickle=False) as z:                       # plain arrays, no pickles
         assert set(z.files) == {"indices", "labels", "num_clusters", "version"}
+    assert back.centroids is None
+
+
+def test_centroids_round_trip_and_must_match_the_clusters(tmp_path):
+    """A k-means table keeps its dictionary: (K, D) float32 through save/load."""
+    t0 = _table(version=0)
+    cent = np.arange(3 * 4, dtype=np.float64).reshape(3, 4) / 7
+    t = LabelTable.from_pairs(t0.indices, t0.labels, 3, 2, centroids=cent)
+    back = LabelTable.load(tmp_path, t.save(tmp_path) and 2)
+    assert back.centroids.dtype == np.float32 and np.array_equal(back.centroids, cent.astype(np.float32))
+    with pytest.raises(ValueError, match=r"centroids \(2, 4\) must be \(3, D\)"):
+        LabelTable.from_pairs(t0.indices, t0.labels, 3, 2, centroids=cent[:2])
 
 
 def test_random_equipartition_balanced_and_seeded():

@@ -100,7 +100,9 @@ def test_the_strategy_follows_the_config():
 def test_align_to_renames_clusters_to_agree_with_the_previous_table():
     prev = np.array([0, 0, 0, 1, 1, 2, 2, 2])
     labels = np.array([2, 2, 1, 0, 0, 1, 1, 1])                     # prev's clusters under other names, one moved
-    aligned = align_to(labels, prev, 3)
+    rename = align_to(labels, prev, 3)
+    assert sorted(rename.tolist()) == [0, 1, 2]
+    aligned = rename[labels]
     assert aligned.tolist() == [0, 0, 2, 1, 1, 2, 2, 2]
     assert sorted(np.bincount(aligned, minlength=3)) == sorted(np.bincount(labels, minlength=3))   # a renaming
 
@@ -130,21 +132,25 @@ def _round_job(rank, world, out_dir):
     km, km_stats = relabel_round(Scores(f_index[f_rows], true[:1], K, {"features": feats[f_rows]}),
                                  Round(RelabelConfig(warm_start="kmeans"), SK, random_equipartition(f_index, K), 1))
     torch.save({"dense": torch.from_numpy(dense.labels), "sparse": torch.from_numpy(sparse.labels),
-                "kmeans": torch.from_numpy(km.labels), "methods": [stats["method"], km_stats["method"]]},
+                "kmeans": torch.from_numpy(km.labels), "centroids": torch.from_numpy(km.centroids),
+                "methods": [stats["method"], km_stats["method"]]},
                f"{out_dir}/rank{rank}.pt")
 
 
 def test_relabel_round_two_process_gloo(tmp_path):
     """Dense and sparse (top-K) rounds give single-process Sinkhorn's labels on both ranks; the k-means warm start
-    gives both ranks the same table, and it recovers the blobs."""
+    gives both ranks the same table and dictionary (every sample's nearest centroid is its label), and it recovers the
+    blobs."""
     _, ref = _reference()
     spawn_loopback(_round_job, 2, str(tmp_path))
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     for r in (r0, r1):
         assert torch.equal(r["dense"], ref) and torch.equal(r["sparse"], ref)
         assert r["methods"] == ["sparse", "kmeans"]
-    assert torch.equal(r0["kmeans"], r1["kmeans"])
-    _, truth = _blobs()
+    assert torch.equal(r0["kmeans"], r1["kmeans"]) and torch.equal(r0["centroids"], r1["centroids"])
+    feats, truth = _blobs()
+    assert r0["centroids"].shape == (K, feats.shape[1])
+    assert torch.equal(torch.cdist(feats, r0["centroids"]).argmin(1), r0["kmeans"])     # renamed with the labels
     from avdet.metrics.clusters import cluster_metrics
     assert cluster_metrics(r0["kmeans"].numpy(), truth)["nmi"] > 0.9
 

@@ -21,8 +21,9 @@ PER_CLASS = 24
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory):
     # seed 1: the toy classes must not be the seed-0 equipartition that random_equipartition gives as labels v0
+    # 8 duets per class (split train_multi, 2 shards) for DSOL's stage 2; the other tests stream split train only
     return make_toy_shards(tmp_path_factory.mktemp("shards"), num_classes=K, per_class=PER_CLASS, size=64,
-                           per_shard=16, seed=1)
+                           per_shard=16, seed=1, multi_per_class=8)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -166,6 +167,35 @@ def test_dsol_method_trains_builds_a_dictionary_each_epoch_and_resumes(manifest,
     assert history[1]["train_loss"] != pytest.approx(history[1]["train_match"])     # then it alternates with CE
     wa = _cut_after_epoch_0_and_resume(manifest, tmp_path, extra)
     assert "av_conv.weight" in wa                                      # DSOL's parameterised sigmoid was saved
+
+
+def test_dsol_stage2_trains_on_the_multi_source_split_against_the_dictionary(manifest, tmp_path):
+    """stage1.dsol.stage2_epochs=1 of train.epochs=2: epoch 0 is stage 1 and its k-means round writes the labels and
+    the dictionary (the centroids, into the model's buffer: model.pt carries it); epoch 1 streams the duets of split
+    train_multi (fewer steps than a train epoch) with L_c + λ·L_1, and no round follows it."""
+    import torch
+
+    out = tmp_path / "s2"
+    history = run_stage1(_cfg(manifest, out, "method=dsol", "train.epochs=2", "dsol.stage2_epochs=1"))["metrics"]
+    assert history[0]["dictionary_method"] == "kmeans" and "dictionary_method" not in history[1]
+    assert "train_kl" in history[1] and "train_kl" not in history[0] and np.isfinite(history[1]["train_loss"])
+    assert history[1]["train_loss"] == pytest.approx(history[1]["train_kl"] + 0.5 * history[1]["train_match"])
+    steps = [history[0]["step"], history[1]["step"] - history[0]["step"]]
+    assert 0 < steps[1] < steps[0], steps                 # 24 duets, not the 72 single-source clips
+    assert list_versions(out / "labels") == [0, 1]
+    dictionary = LabelTable.load(out / "labels", 1).centroids
+    weights = torch.load(out / "model.pt", weights_only=True)
+    assert dictionary is not None and torch.equal(weights["dictionary"], torch.from_numpy(dictionary))
+    assert float(weights["dictionary"].abs().sum()) > 0
+
+
+def test_dsol_stage2_without_multi_source_shards_is_refused_naming_the_split(manifest, tmp_path):
+    from avdet.config import ConfigError
+    with pytest.raises(ConfigError, match="split 'duets' has no shards.*num_multi_train_per_class"):
+        run_stage1(_cfg(manifest, tmp_path / "s", "method=dsol", "train.epochs=2", "dsol.stage2_epochs=1",
+                        "dsol.stage2_split=duets"))
+    with pytest.raises(ConfigError, match=r"dsol.stage2_epochs \(2\) must leave train.epochs \(2\)"):
+        _cfg(manifest, tmp_path / "s", "method=dsol", "train.epochs=2", "dsol.stage2_epochs=2")
 
 
 def test_iterative_method_trains_caches_responses_and_resumes_on_them(manifest, tmp_path):

@@ -1,6 +1,8 @@
 """SynthConfig: everything that decides what the synthetic benchmark contains and how big it is.
 
 ``num_multi_per_class`` adds the multi-source test split (``gt_test_multi.json``): duets of two sounding instruments
+(plus the usual silent objects); ``num_multi_train_per_class`` adds multi-source TRAINING clips made the same way,
+listed in the CSV under split ``train_multi`` (DSOL's stage 2 trains on them; every other stage ignores that split).
 of different classes. The defaults are the "benchmark" size (9 instruments, 200 train + 25 test clips per class, 4 s, 160 px, 8 fps);
 clusters/local/synthetic_tiny.yaml (tests) and synthetic_demo.yaml (the end-to-end demo) shrink it.
 """
@@ -46,6 +48,7 @@ class SynthConfig:
     offscreen_db_max: float = -10.0
     # multi-source test split (MUSIC-Duet style; 0 = none, and the dataset is byte-identical to one without the keys)
     num_multi_per_class: int = 0    # test clips per class with a second sounding instrument of another class
+    num_multi_train_per_class: int = 0  # the same, for training (CSV split "train_multi")
     multi_level_db: float = 3.0     # the second instrument's level: uniform in [-this, this] dB relative to the first
     # output and execution
     test_sheet_clips: int = 16      # frames (one per clip, from test clips first) on the contact sheet
@@ -93,6 +96,9 @@ class SynthConfig:
         require(0 <= self.crf <= 51, "crf", "must be in [0, 51]")
         require(self.num_workers >= 0, "num_workers", "must be >= 0")
         require(self.num_multi_per_class >= 0, "num_multi_per_class", "must be >= 0")
+        require(self.num_multi_train_per_class >= 0, "num_multi_train_per_class", "must be >= 0")
+        if self.num_multi_train_per_class and len(self.classes) < 2:
+            raise ConfigError("num_multi_train_per_class needs at least 2 classes (the two sounding ones differ)")
         require(0 <= self.multi_level_db <= 20, "multi_level_db", "must be in [0, 20] (both instruments audible)")
         if self.num_multi_per_class and len(self.classes) < 2:
             raise ConfigError("num_multi_per_class needs at least 2 classes (the two sounding ones differ)")

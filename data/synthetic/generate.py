@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 DONE = "done.json"
 _NOT_CONTENT = ("num_workers",)     # config fields that do not change what is generated
-_MULTI = ("num_multi_per_class", "multi_level_db")  # left out of done.json while the multi-source split is off
+MULTI_SPLITS = {"test_multi": "num_multi_per_class", "train_multi": "num_multi_train_per_class"}   # split -> count
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,9 @@ class ClipJob:
     index: int
     video_id: str
     class_index: int
-    split: str                      # "train" | "test" | "test_multi"
+    split: str                      # "train" | "test" | "test_multi" | "train_multi"
     keep_frame: bool                # return its middle frame for the contact sheet
-    second: int = -1                # "test_multi": the second sounding class (-1: none)
+    second: int = -1                # a duet's second sounding class (-1: none)
 
 
 @dataclass
@@ -90,15 +90,16 @@ def plan_jobs(cfg: SynthConfig) -> list[ClipJob]:
 
 
 def multi_jobs(cfg: SynthConfig) -> list[ClipJob]:
-    """The multi-source test clips, numbered after every other clip (so the others do not change): per class c,
-    ``num_multi_per_class`` duets of c with another class, the partners taken in turn."""
-    C, M, first = len(cfg.classes), cfg.num_multi_per_class, len(cfg.classes) * (cfg.num_train_per_class +
-                                                                                   cfg.num_test_per_class)
+    """The multi-source clips, numbered after every other clip (so the others do not change), test duets first, then
+    training duets: per class c, ``num_multi_per_class`` (``num_multi_train_per_class``) duets of c with another
+    class, the partners taken in turn."""
+    C, first = len(cfg.classes), len(cfg.classes) * (cfg.num_train_per_class + cfg.num_test_per_class)
     jobs = []
-    for c in range(C):
-        for m in range(M):
-            i = first + c * M + m
-            jobs.append(ClipJob(i, f"syn{i:06d}", c, "test_multi", False, (c + 1 + m % (C - 1)) % C))
+    for split, key in MULTI_SPLITS.items():
+        for c in range(C):
+            for m in range(getattr(cfg, key)):
+                i = first + len(jobs)
+                jobs.append(ClipJob(i, f"syn{i:06d}", c, split, False, (c + 1 + m % (C - 1)) % C))
     return jobs
 
 
@@ -171,15 +172,15 @@ def run_jobs(cfg: SynthConfig, backends: dict[str, str], jobs: list[ClipJob], vi
 
 
 def write_annotations(cfg: SynthConfig, root: Path, results: list[ClipResult]) -> dict[str, int]:
-    """vggsound.csv, classes.json, gt_train.json, gt_test.json (and gt_test_multi.json with the multi-source
-    split, whose clips the CSV lists as "test" under their first class: VGGSound has one label and two splits);
-    returns annotation counts."""
+    """vggsound.csv, classes.json, gt_train.json, gt_test.json (and gt_<split>.json of each multi-source split: the
+    CSV lists the test duets as "test" under their first class, as VGGSound has one label and two splits, and the
+    training duets under split "train_multi"); returns annotation counts."""
     rows = [(r.job.video_id, cfg.classes[r.job.class_index], "test" if r.job.split == "test_multi" else r.job.split)
             for r in results]
     write_atomic(root / "vggsound.csv", outputs.vggsound_csv(rows))
     write_json(root / "classes.json", list(cfg.classes))
     counts = {}
-    for split in ("train", "test") + (("test_multi",) if cfg.num_multi_per_class else ()):
+    for split in ("train", "test") + _multi_splits(cfg):
         coco = outputs.CocoBuilder(list(cfg.classes))
         for r in (r for r in results if r.job.split == split):
             for t, objects in enumerate(r.objects):
@@ -202,9 +203,16 @@ def write_contact_sheet(cfg: SynthConfig, root: Path, results: list[ClipResult])
     tmp.replace(root / "contact_sheet.png")
 
 
+def _multi_splits(cfg: SynthConfig) -> tuple[str, ...]:
+    return tuple(split for split, key in MULTI_SPLITS.items() if getattr(cfg, key))
+
+
 def _content_config(cfg: SynthConfig) -> dict:
+    """The config that decides the content; a multi-source key is left out while it is 0 (so adding the keys did
+    not change the record of a dataset without them)."""
     d = to_dict(cfg)
-    for k in _NOT_CONTENT + (_MULTI if not cfg.num_multi_per_class else ()):
+    off = [key for key in MULTI_SPLITS.values() if not getattr(cfg, key)]
+    for k in _NOT_CONTENT + tuple(off) + (("multi_level_db",) if not _multi_splits(cfg) else ()):
         d.pop(k, None)
     return d
 
@@ -247,8 +255,8 @@ def generate(cfg: SynthConfig, root: str | Path) -> dict:
         sweep_stale_temps(d)            # temporaries of a killed run (logged)
     jobs = plan_jobs(cfg)
     _remove_stale_videos(videos_dir, jobs)
-    if not cfg.num_multi_per_class:
-        (root / "gt_test_multi.json").unlink(missing_ok=True)
+    for split in set(MULTI_SPLITS) - set(_multi_splits(cfg)):
+        (root / f"gt_{split}.json").unlink(missing_ok=True)
     log.info("generating %d synthetic clips (%d classes, %s) into %s with %d workers",
              len(jobs), len(cfg.classes), backends, root, cfg.num_workers)
     start = time.perf_counter()
@@ -259,8 +267,7 @@ def generate(cfg: SynthConfig, root: str | Path) -> dict:
     seconds = time.perf_counter() - start
     report = {"clips": len(results), "train_clips": sum(r.job.split == "train" for r in results),
               "test_clips": sum(r.job.split == "test" for r in results), "frames_per_clip": cfg.num_frames,
-              **({"test_multi_clips": sum(r.job.split == "test_multi" for r in results)}
-                 if cfg.num_multi_per_class else {}),
+              **{f"{split}_clips": sum(r.job.split == split for r in results) for split in _multi_splits(cfg)},
               "objects": sum(len({f[3] for frame in r.objects for f in frame}) for r in results),
               "offscreen_clips": sum(r.offscreen is not None for r in results), **counts,
               "backends": backends, "num_workers": cfg.num_workers, "seconds": round(seconds, 3),
@@ -269,7 +276,7 @@ def generate(cfg: SynthConfig, root: str | Path) -> dict:
     write_json(root / "generation_report.json", report)
     files = [root / n for n in ("generation_report.json", "vggsound.csv", "classes.json", "gt_train.json",
                                  "gt_test.json", "contact_sheet.png")]
-    files += [root / "gt_test_multi.json"] if cfg.num_multi_per_class else []
+    files += [root / f"gt_{split}.json" for split in _multi_splits(cfg)]
     files += [videos_dir / f"{j.video_id}_000000.mp4" for j in jobs]        # the planned clips: never a temporary
     write_done(root, {"config": _content_config(cfg), "backends": backends},
                [f for f in files if f.is_file()])

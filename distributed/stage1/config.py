@@ -158,7 +158,8 @@ class Stage1Config:
     ``ray_address``: "local" starts Ray on 127.0.0.1; "auto" (or an address) joins a running cluster.
     ``method``: the localiser (:mod:`distributed.stage1.methods`): ``afouras`` (this paper: ``loss``, ``sinkhorn``,
     ``relabel``), ``iterative`` (seed 003: ``iterative``; it has no clusters, its self-labels are class-agnostic) or
-    ``dsol`` (seed 002's stage 1: ``dsol``; k-means pseudo-classes of its masked object features).
+    ``dsol`` (seed 002: ``dsol``; k-means pseudo-classes of its masked object features, then optionally its stage 2
+    on the multi-source clips of ``dsol.stage2_split``).
     """
     manifest: str = ""
     out_dir: str = "outputs/stage1"
@@ -178,6 +179,16 @@ class Stage1Config:
     def check(self) -> None:
         require(self.split in ("train", "test"), "split", "must be 'train' or 'test'")
         require(self.method in METHOD_NAMES, "method", f"must be one of {', '.join(METHOD_NAMES)}")
+        if self.method == "dsol" and self.dsol.stage2_epochs:
+            require(self.train.epochs - self.dsol.stage2_epochs >= self.dsol.init_epochs, "dsol.stage2_epochs",
+                    f"({self.dsol.stage2_epochs}) must leave train.epochs ({self.train.epochs}) - stage2_epochs >= "
+                    f"dsol.init_epochs ({self.dsol.init_epochs}) stage-1 epochs: stage 2 needs a dictionary")
+            require(self.dsol.stage2_split != self.split, "dsol.stage2_split",
+                    f"must differ from split ({self.split!r}): stage 2 trains on the multi-source clips")
+
+    def dsol_stage2(self, epoch: int) -> bool:
+        """Whether (0-based) ``epoch`` is one of DSOL's stage-2 epochs (the last ``dsol.stage2_epochs``)."""
+        return self.method == "dsol" and epoch >= self.train.epochs - self.dsol.stage2_epochs
 
     def stream_config(self, shuffle: bool = True) -> StreamConfig:
         return dataclasses.replace(self.stream, audio=self.audio, batch_size=self.train.batch_size, shuffle=shuffle,

@@ -73,11 +73,7 @@ def run_stage1(cfg: Stage1Config) -> dict:
     manifest = read_manifest(cfg.manifest)
     indices = list_indices(manifest, cfg.split)
     check_batch_vs_workers(cfg.train, len(indices), cfg.relabel)
-    shards = len(manifest.split_shards(cfg.split))
-    if shards < cfg.train.num_workers:
-        raise ConfigError(f"train.num_workers {cfg.train.num_workers}: every worker streams whole shards of its own, "
-                          f"but split {cfg.split!r} has {shards}; lower train.num_workers or re-ingest with fewer "
-                          f"videos_per_shard")
+    _check_shards_per_worker(cfg, manifest)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     if 0 not in list_versions(out / LABELS_DIR):
@@ -97,6 +93,21 @@ def run_stage1(cfg: Stage1Config) -> dict:
     summary = {"model": str(out / "model.pt"), "labels": str(labels), "label_version": table.version,
                "num_samples": len(indices), "metrics": json.loads((out / HISTORY).read_text())}
     return write_done(out, summary, [out / "model.pt", labels, out / HISTORY, out / "config.yaml"])
+
+
+def _check_shards_per_worker(cfg: Stage1Config, manifest: Manifest) -> None:
+    """Every split an epoch streams (``split``; DSOL's stage 2 also ``dsol.stage2_split``) has a shard per worker."""
+    for split in [cfg.split] + ([cfg.dsol.stage2_split] if cfg.dsol_stage2(cfg.train.epochs - 1) else []):
+        shards = len(manifest.split_shards(split))
+        if shards == 0 and split != cfg.split:
+            raise ConfigError(f"dsol.stage2_epochs {cfg.dsol.stage2_epochs}: DSOL's stage 2 trains on multi-source "
+                              f"clips, but split {split!r} has no shards in {cfg.manifest} (the synthetic set makes "
+                              f"them with synthetic.num_multi_train_per_class; a CSV lists them under that split); "
+                              f"set stage1.dsol.stage2_epochs=0 for stage 1 only")
+        if shards < cfg.train.num_workers:
+            raise ConfigError(f"train.num_workers {cfg.train.num_workers}: every worker streams whole shards of its "
+                              f"own, but split {split!r} has {shards}; lower train.num_workers or re-ingest with "
+                              f"fewer videos_per_shard")
 
 
 def _local_cpus(cfg: Stage1Config) -> int:

@@ -1,7 +1,8 @@
 """The label table: one pseudo-label per sample, by the sample's stable global index, versioned per relabel round.
 
 Stored as ``<dir>/labels-<version:06d>.npz`` (``indices`` sorted unique int64, ``labels`` int64, ``num_clusters``,
-``version``), written atomically (temp file + rename) so a half-written table is never read; loaded with
+``version``, and ``centroids`` (K, D) float32 when a k-means round made the table: cluster k's centre, the DSOL object
+dictionary's key d^k), written atomically (temp file + rename) so a half-written table is never read; loaded with
 ``allow_pickle=False``.
 """
 from __future__ import annotations
@@ -28,11 +29,13 @@ def _nmi(a: np.ndarray, b: np.ndarray) -> float:
 
 @dataclass
 class LabelTable:
-    """indices (N,) int64 sorted unique global sample indices; labels (N,) int64 in [0, num_clusters)."""
+    """indices (N,) int64 sorted unique global sample indices; labels (N,) int64 in [0, num_clusters); centroids
+    (num_clusters, D) float32 or None: the centre of each cluster in the feature space k-means ran in."""
     indices: np.ndarray
     labels: np.ndarray
     num_clusters: int
     version: int = 0
+    centroids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.indices = np.ascontiguousarray(self.indices, dtype=np.int64)
@@ -45,9 +48,13 @@ class LabelTable:
         if self.labels.size and (self.labels.min() < 0 or self.labels.max() >= self.num_clusters):
             raise ValueError(f"LabelTable: labels must lie in [0, {self.num_clusters}), got "
                              f"[{self.labels.min()}, {self.labels.max()}]")
+        if self.centroids is not None:
+            self.centroids = np.ascontiguousarray(self.centroids, dtype=np.float32)
+            if self.centroids.ndim != 2 or self.centroids.shape[0] != self.num_clusters:
+                raise ValueError(f"LabelTable: centroids {self.centroids.shape} must be ({self.num_clusters}, D)")
 
     @classmethod
-    def from_pairs(cls, index, labels, num_clusters: int, version: int = 0) -> "LabelTable":
+    def from_pairs(cls, index, labels, num_clusters: int, version: int = 0, centroids=None) -> "LabelTable":
         """Build from unordered (index, label) pairs (numpy or torch); duplicate indices are an error."""
         index = np.asarray(torch.as_tensor(index).cpu().numpy(), dtype=np.int64).ravel()
         labels = np.asarray(torch.as_tensor(labels).cpu().numpy(), dtype=np.int64).ravel()
@@ -57,7 +64,7 @@ class LabelTable:
         if dup.size:
             raise ValueError(f"LabelTable: {dup.size} duplicate sample indices (first: {dup[:5].tolist()}); "
                              f"each sample must be labelled exactly once")
-        return cls(index, labels, num_clusters, version)
+        return cls(index, labels, num_clusters, version, None if centroids is None else np.asarray(centroids))
 
     def __len__(self) -> int:
         return int(self.indices.size)
@@ -115,8 +122,10 @@ class LabelTable:
         directory.mkdir(parents=True, exist_ok=True)
         version = self.version if version is None else int(version)
         path = directory / f"labels-{version:06d}.npz"
+        extra = {} if self.centroids is None else {"centroids": self.centroids}
         write_atomic(path, lambda f: np.savez(f, indices=self.indices, labels=self.labels,
-                                              num_clusters=np.int64(self.num_clusters), version=np.int64(version)))
+                                              num_clusters=np.int64(self.num_clusters), version=np.int64(version),
+                                              **extra))
         return path
 
     @classmethod
@@ -126,7 +135,8 @@ class LabelTable:
             raise FileNotFoundError(f"label table {path} does not exist (versions there: "
                                     f"{list_versions(directory)})")
         with np.load(path, allow_pickle=False) as z:
-            return cls(z["indices"], z["labels"], int(z["num_clusters"]), int(z["version"]))
+            return cls(z["indices"], z["labels"], int(z["num_clusters"]), int(z["version"]),
+                       z["centroids"] if "centroids" in z.files else None)
 
     @classmethod
     def latest(cls, directory: str | Path) -> "LabelTable | None":

@@ -10,9 +10,14 @@ method                per-batch loss (``loss``)                        between e
 ``iterative`` (003)   eq. 3 until a cache exists, then eq. 7            the response cache (``responses.py``):
                       (``avdet.iterative``)                            R̃ and ã of every sample
 ``dsol`` (002)        BCE match loss (eq. 1); once a dictionary         k-means over the masked object features (the
-                      exists, alternated step by step with the         relabel round's ``kmeans`` strategy), then the
-                      classifiers' CE on its labels (``avdet.dsol``)   classifiers are re-initialised
+                      exists, alternated step by step with the         relabel round's ``kmeans`` strategy): labels
+                      classifiers' CE on its labels; in the last       and the dictionary D (its centroids), then the
+                      ``dsol.stage2_epochs``, stage 2 on the multi-    classifiers are re-initialised; none during
+                      source clips: L_c + λ·L_1 (``avdet.dsol``)       stage 2
 ====================  ===============================================  ============================================
+
+``split(cfg, epoch)`` names the shards' split an epoch trains on: ``cfg.split``, except DSOL's stage-2 epochs
+(``dsol.stage2_split``).
 
 What the stages after stage 1 need of a method (its network, the map the self-boxes come from, whether it has
 pseudo-classes) is :data:`avdet.localisers.LOCALISERS`, so they read the artifact without this module;
@@ -30,7 +35,7 @@ from typing import Callable
 
 import torch
 
-from avdet.dsol import classification_loss, fresh_classifiers, match_loss
+from avdet.dsol import classification_loss, fresh_classifiers, match_loss, stage2_loss
 from avdet.iterative import info_nce, iterative_loss
 from avdet.localisers import LOCALISERS
 from avdet.losses import joint_loss
@@ -53,18 +58,20 @@ class State:
 
 @dataclass(frozen=True)
 class Method:
-    """``loss(cfg, state)`` -> the per-batch loss ``(model output, batch) -> (loss, parts for logging)``;
+    """``loss(cfg, state, epoch)`` -> the per-batch loss ``(model output, batch) -> (loss, parts for logging)``;
     ``round_after(cfg, epoch)`` -> whether ``round`` runs after that (0-based) epoch; ``round(engine, stream, cfg,
     state, version, service)`` (the DeepSpeed engine; its ``module`` is the model) -> (the new state, statistics
-    for the epoch's metrics under ``<prefix>_``, a line for the console)."""
+    for the epoch's metrics under ``<prefix>_``, a line for the console); ``split(cfg, epoch)`` -> the split the
+    epoch streams."""
     name: str
     prefix: str
-    loss: Callable[[Stage1Config, State], LossFn]
+    loss: Callable[[Stage1Config, State, int], LossFn]
     round_after: Callable[[Stage1Config, int], bool]
     round: Callable[..., "tuple[State, dict, str]"]
+    split: Callable[[Stage1Config, int], str] = lambda cfg, epoch: cfg.split
 
 
-def _afouras_loss(cfg: Stage1Config, state: State) -> LossFn:
+def _afouras_loss(cfg: Stage1Config, state: State, epoch: int) -> LossFn:
     def loss(out: dict, batch: dict):
         return joint_loss(out, state.table.lookup(batch["index"]), cfg.loss.lam, gather=dist.all_gather_with_grad,
                           clip=batch["clip"])
@@ -78,12 +85,12 @@ def _afouras_round(engine, stream, cfg: Stage1Config, state: State, version: int
 
 
 def _unused_heads(out: dict) -> torch.Tensor:
-    """0 × the outputs the iterative loss does not use (the classifier heads, ρ), so every parameter has a gradient
+    """0 × the outputs a loss does not use (the classifier heads, ρ), so every parameter has a gradient
     (zero) and the DeepSpeed engine reduces the same buckets on every step."""
     return 0.0 * (out["vis_logits"].sum() + out["aud_logits"].sum() + out["rho"].sum())
 
 
-def _iterative_loss(cfg: Stage1Config, state: State) -> LossFn:
+def _iterative_loss(cfg: Stage1Config, state: State, epoch: int) -> LossFn:
     it = cfg.iterative
 
     def loss(out: dict, batch: dict):
@@ -108,7 +115,9 @@ def _iterative_round(engine, stream, cfg: Stage1Config, state: State, version: i
     return State(state.table, cache), stats, line
 
 
-def _dsol_loss(cfg: Stage1Config, state: State) -> LossFn:
+def _dsol_loss(cfg: Stage1Config, state: State, epoch: int) -> LossFn:
+    if cfg.dsol_stage2(epoch):
+        return _dsol_stage2_loss(cfg)
     dictionary = state.table.version >= 1          # labels of a k-means round (version 0 is the initial table)
     steps = [0]
 
@@ -120,8 +129,17 @@ def _dsol_loss(cfg: Stage1Config, state: State) -> LossFn:
         steps[0] += 1
         value = cls if classify else match
         # 0 × what this step does not train, so every parameter has a gradient and the engine reduces the same buckets
-        total = value + 0.0 * ((match if classify else cls) + out["rho"].sum())
+        total = value + 0.0 * ((match if classify else cls) + out["rho"].sum() + out["class_logits"].sum())
         return total, {"loss": float(value.detach()), "match": float(match.detach()), "cls": float(cls.detach())}
+    return loss
+
+
+def _dsol_stage2_loss(cfg: Stage1Config) -> LossFn:
+    """Eq. 8 on the multi-source clips (they have no pseudo-labels: the classifiers only give p_a)."""
+    def loss(out: dict, batch: dict):
+        value, l_c, l_1 = stage2_loss(out, batch["clip"], cfg.dsol.lam, dist.all_gather_with_grad)
+        total = value + _unused_heads(out)
+        return total, {"loss": float(value.detach()), "kl": float(l_c.detach()), "match": float(l_1.detach())}
     return loss
 
 
@@ -132,6 +150,8 @@ def _dsol_round(engine, stream, cfg: Stage1Config, state: State, version: int,
                                  mode="workers")
     table, stats = score_and_relabel(model, stream, dataclasses.replace(cfg, relabel=kmeans), state.table,
                                      version=version)
+    with torch.no_grad():                           # the object dictionary D: the (renamed) centroids, every rank
+        model.dictionary.copy_(torch.from_numpy(table.centroids))
     # the cluster order changed: fresh classifiers (paper, App. 8.2), in the module and the optimizer's copy
     set_parameters(engine, fresh_classifiers(model, cfg.train.seed * 1009 + version))
     return State(table, state.cache), stats, describe_round(stats, "dictionary")
@@ -142,8 +162,9 @@ METHODS: dict[str, Method] = {
                       _afouras_round),
     "iterative": Method("iterative", "responses", _iterative_loss,
                         lambda cfg, epoch: epoch + 1 >= cfg.iterative.init_epochs, _iterative_round),
-    "dsol": Method("dsol", "dictionary", _dsol_loss, lambda cfg, epoch: epoch + 1 >= cfg.dsol.init_epochs,
-                   _dsol_round),
+    "dsol": Method("dsol", "dictionary", _dsol_loss,
+                   lambda cfg, epoch: epoch + 1 >= cfg.dsol.init_epochs and not cfg.dsol_stage2(epoch), _dsol_round,
+                   lambda cfg, epoch: cfg.dsol.stage2_split if cfg.dsol_stage2(epoch) else cfg.split),
 }
 
 

@@ -103,19 +103,23 @@ def _solve_kmeans(s: Scores, r: Round) -> Solved:
     """FAISS k-means (best of ``kmeans_restarts``) over every rank's features, on rank 0 (GPU index when asked and
     present), in sample-index order (k-means depends on the order of its points: so the round does not depend on
     how the samples are split over the ranks); the clusters are renamed to agree best with the previous table, and
-    the labels broadcast."""
+    the labels and the (renamed) centroids broadcast."""
     index = all_gather_rows(torch.as_tensor(s.index, dtype=torch.int64))
     feats = gather_to_main(s.rows["features"].float())
     labels = torch.zeros(index.shape[0], dtype=torch.int64)
+    centroids = torch.zeros(s.num_clusters, s.rows["features"].shape[1])
     if feats is not None:
         order = np.argsort(index.numpy(), kind="stable")
-        _, assign = kmeans(torch.cat(feats).numpy()[order], s.num_clusters, niter=r.cfg.kmeans_iters,
-                           seed=(r.seed * 1009 + r.version) % 2 ** 31, use_gpu=r.cfg.use_gpu_faiss,
-                           nredo=r.cfg.kmeans_restarts)
+        found, assign = kmeans(torch.cat(feats).numpy()[order], s.num_clusters, niter=r.cfg.kmeans_iters,
+                               seed=(r.seed * 1009 + r.version) % 2 ** 31, use_gpu=r.cfg.use_gpu_faiss,
+                               nredo=r.cfg.kmeans_restarts)
         unsorted = np.empty(len(order), dtype=np.int64)
         unsorted[order] = np.asarray(assign, dtype=np.int64)
-        labels = torch.from_numpy(align_to(unsorted, r.prev.lookup(index).numpy(), s.num_clusters))
-    return LabelTable.from_pairs(index, broadcast_from_main(labels), s.num_clusters, r.version), None
+        rename = align_to(unsorted, r.prev.lookup(index).numpy(), s.num_clusters)
+        labels = torch.from_numpy(rename[unsorted])
+        centroids[torch.from_numpy(rename)] = torch.from_numpy(found)
+    return LabelTable.from_pairs(index, broadcast_from_main(labels), s.num_clusters, r.version,
+                                 broadcast_from_main(centroids).numpy()), None
 
 
 def _solve_actors(s: Scores, r: Round) -> Solved:

@@ -194,8 +194,8 @@ def _epochs(cfg: Stage1Config, engine, state: State, start_epoch: int, step: int
     score_shard = ray.train.get_dataset_shard(f"score_{dist.get_rank()}")
     stream_cfg, score_cfg = cfg.stream_config(shuffle=True), cfg.stream_config(shuffle=False)
     for epoch in range(start_epoch, cfg.train.epochs):
-        stream = ray_dataset(cfg.manifest, cfg.split, stream_cfg, epoch=epoch, part=part)
-        step, parts = train_epoch(engine, iter_torch_batches(stream, stream_cfg, epoch), method.loss(cfg, state),
+        stream = ray_dataset(cfg.manifest, method.split(cfg, epoch), stream_cfg, epoch=epoch, part=part)
+        step, parts = train_epoch(engine, iter_torch_batches(stream, stream_cfg, epoch), method.loss(cfg, state, epoch),
                                   epoch, step, cfg.train.report_every, writer, fault, progress)
         dist.average_buffers(engine.module)     # one BatchNorm state for scoring, checkpoints and model.pt
         metrics = {"epoch": epoch, "step": step, "nodes": nodes, **{f"train_{k}": v for k, v in parts.items()},
