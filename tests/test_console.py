@@ -10,10 +10,13 @@ from distributed.cluster.progress import Progress, read_progress
 from jobs.console import Console
 
 
-def test_progress_file_is_throttled_and_events_are_written_at_once(tmp_path):
+def test_progress_file_is_throttled_and_events_are_written_at_once(tmp_path, monkeypatch):
+    # a machine booted less than every_s ago (monotonic time near 0, as on a fresh CI machine) still writes at once
+    monkeypatch.setattr(time, "monotonic", lambda: 5.0)
     p = Progress(tmp_path, "stage1", epochs=2, steps_per_epoch=10, every_s=3600)
     p.step(0, 1, 64)                                   # the first step writes (nothing was written before)
     assert read_progress(tmp_path)["step"] == 1
+    monkeypatch.setattr(time, "monotonic", lambda: 6.0)
     p.step(0, 2, 64)                                   # within every_s: not rewritten
     assert read_progress(tmp_path)["step"] == 1
     p.event("relabel v1 (dense): clusters 3..5")       # an event is written at once, with the latest step

@@ -26,7 +26,8 @@ class Progress:
         self.every_s = every_s
         self.doc = {"stage": stage, "unit": unit, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
                     "epoch": 0, "step": 0, "rate": None, "events": []}
-        self._written, self._epoch_start, self._items = 0.0, None, 0
+        self._written: float | None = None             # monotonic time of the last write (None: never written)
+        self._epoch_start, self._items = None, 0
 
     def step(self, epoch: int, step: int, items: int) -> None:
         """``items`` processed by the whole group in this step (e.g. the global batch)."""
@@ -37,7 +38,7 @@ class Progress:
         self.doc.update(epoch=epoch, step=step)
         if now - self._epoch_start > 0:
             self.doc["rate"] = self._items / (now - self._epoch_start)
-        if now - self._written >= self.every_s:
+        if self._written is None or now - self._written >= self.every_s:
             self._write(now)
 
     def event(self, text: str) -> None:
