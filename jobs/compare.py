@@ -93,7 +93,7 @@ def main(argv: list[str]) -> dict:
         return write_table(out, "methods", doc, methods_table(rows, command), "Stage-1 methods compared",
                            {f"{m} seed {s}": r for (m, s), r in reports.items()}, args.publish,
                            _picture(out, [v for v in variants if v.key in reports]))
-    rows, timings, doc = run_variants("compare", variants, lambda key, results, wall: method_row(*key, results),
+    rows, timings, doc = run_variants("compare", variants, lambda key, results, wall, multi: method_row(*key, results, multi),
                                       write, args.verbose)
     print(methods_table(rows, command).markdown())
     print(f"Wall time per run (s): { {f'{m} seed {s}': t for (m, s), t in timings.items()} }; table: "

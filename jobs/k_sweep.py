@@ -60,7 +60,7 @@ def main(argv: list[str]) -> dict:
                            "Number of clusters K", {f"K = {k}": r for k, r in reports.items()}, args.publish)
 
     rows, timings, doc = run_variants("k_sweep", [Variant(k, f"K={k}", k_config(base, k)) for k in args.k],
-                                 lambda k, results, wall: dict(k_row(k, results), wall_s=wall), write, args.verbose)
+                                 lambda k, results, wall, multi: dict(k_row(k, results), wall_s=wall), write, args.verbose)
     print(k_table(rows, base.dataset, f"Command: {command}").markdown())
     print(f"Wall time per K (s): {timings}; table: {out / 'ksweep.html'}")
     return doc

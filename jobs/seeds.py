@@ -50,7 +50,7 @@ def main(argv: list[str]) -> dict:
 
     seeds = range(args.first, args.first + args.seeds)
     rows, timings, doc = run_variants("seeds", [Variant(s, f"seed {s}", seed_config(base, s)) for s in seeds],
-                                 lambda s, results, wall: seed_row(s, results), write, args.verbose)
+                                 lambda s, results, wall, multi: seed_row(s, results), write, args.verbose)
     print(seeds_table(rows, command).markdown())
     print(f"Wall time per seed (s): {timings}; table: {out / 'seeds.html'}")
     return doc

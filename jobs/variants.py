@@ -37,11 +37,11 @@ def variant_config(base: PipelineConfig, kind: str, name: str, **changes) -> Pip
                                workdir=str(Path(base.workdir) / kind / name), **changes)
 
 
-def run_variants(job: str, variants: list[Variant], row: Callable[[Any, dict, float], dict],
+def run_variants(job: str, variants: list[Variant], row: Callable[[Any, dict, float, dict | None], dict],
                  write: Callable[[list[dict], dict], dict], verbose: bool = False) -> tuple[list[dict], dict, dict]:
-    """Run the pipeline of every variant in turn; ``row(key, results.json, wall seconds)`` is its table row and
-    ``write(rows, {key: report path})`` rewrites the table after each. Returns (rows, wall seconds per key, what
-    the last ``write`` returned)."""
+    """Run the pipeline of every variant in turn; ``row(key, results.json, wall seconds, the multi-source split's
+    results.json or None)`` is its table row and ``write(rows, {key: report path})`` rewrites the table after each.
+    Returns (rows, wall seconds per key, what the last ``write`` returned)."""
     rows, reports, timings, doc = [], {}, {}, {}
     for v in variants:
         with Console(v.cfg.workdir, verbose) as console:
@@ -56,7 +56,9 @@ def run_variants(job: str, variants: list[Variant], row: Callable[[Any, dict, fl
         if "results" not in ev:
             sys.exit(f"{job}: {v.label} produced no evaluation ({ev}); the table needs ground truth")
         timings[v.key] = round(time.perf_counter() - t0, 1)
-        rows.append(row(v.key, json.loads(Path(ev["results"]).read_text()), timings[v.key]))
+        multi = results.get("evaluate_multi", {}).get("results")
+        rows.append(row(v.key, json.loads(Path(ev["results"]).read_text()), timings[v.key],
+                        json.loads(Path(multi).read_text()) if multi else None))
         reports[v.key] = ev.get("report")
         doc = write(rows, reports)
     return rows, timings, doc

@@ -56,6 +56,23 @@ def test_table_is_mean_sample_std_and_minimum_per_method_with_na_for_missing_cla
     assert "afouras (3 seeds)" in md and "iterative (2 seeds)" in md and "python jobs/compare.py x" in md
 
 
+def test_the_multi_source_split_adds_its_rows_only_when_the_runs_have_it():
+    duets = {"localisation": {"protocols": {"dsol_multi_source": {"self_boxes": {"ciou_30": 0.3},
+                                                                  "detector": {"ciou_30": 0.55, "nsa": 0.8}}}},
+             "baselines": {"detector_agnostic": {"map_50": 0.25}, "whole_image": {"map_50": 0.0},
+                           "centre_box": {"map_50": 0.02}}}
+    row = method_row("dsol", 0, _results(1.0), duets)
+    assert [row[k] for k in ("duet_selfbox_ciou30", "duet_detector_ciou30", "duet_detector_nsa",
+                             "duet_detector_ap50", "duet_centre_ap50")] == [0.3, 0.55, 0.8, 25.0, 2.0]
+    agnostic = method_row("iterative", 0, _results(1.0, agnostic=True), duets)
+    assert agnostic["duet_detector_ciou30"] is None and agnostic["duet_detector_ap50"] == 25.0
+    with_duets = methods_table([row, agnostic]).markdown()
+    line = next(x for x in with_duets.splitlines() if x.startswith("| Duets, class-aware: detector CIoU@0.3"))
+    assert line.replace(" ", "").endswith("|55.0|n/a|n/a|n/a|")
+    without = methods_table([method_row("dsol", 0, _results(1.0))]).markdown()
+    assert "Duets" not in without and "Detector mAP@0.5" in without
+
+
 def test_methods_grid_puts_each_method_in_a_column_on_the_frames_they_share():
     import numpy as np
 

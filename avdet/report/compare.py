@@ -40,12 +40,18 @@ FIGURES = [
     Figure("detector_ap50", "Detector* AP@0.5 (trained on the self-boxes)", "pts", whole="whole_ap50",
            centre="centre_ap50"),
     Figure("detector_map50", "Detector mAP@0.5 (Hung. classes)", "pts", classes=True),
+    # the multi-source test split (synthetic.num_multi_per_class: duets, two sounding instruments), when the runs have it
+    Figure("duet_selfbox_ciou30", "Duets, class-aware: self-boxes CIoU@0.3", "frac", classes=True),
+    Figure("duet_detector_ciou30", "Duets, class-aware: detector CIoU@0.3", "frac", classes=True),
+    Figure("duet_detector_nsa", "Duets, class-aware: detector NSA", "frac", classes=True),
+    Figure("duet_detector_ap50", "Duets: detector* AP@0.5", "pts", whole="duet_whole_ap50", centre="duet_centre_ap50"),
 ]
 
 
-def method_row(method: str, seed: int, results: dict) -> dict:
+def method_row(method: str, seed: int, results: dict, duets: dict | None = None) -> dict:
     """One run's figures (fractions in [0, 1], AP in points; None where the run lacks one) and those of the
-    trivial predictions on its test set, with ``method``, ``seed`` and ``class_agnostic``."""
+    trivial predictions on its test set, with ``method``, ``seed`` and ``class_agnostic``; ``duets``: the run's
+    evaluation of the multi-source test split (the ``duet_`` figures; None: the run has none)."""
     agnostic = bool(lookup(results, "summary", "class_agnostic"))
     loc, prot, base = (lookup(results, "localisation", "methods") or {}, lookup(results, "localisation", "protocols") or {},
                        results.get("baselines", {}))
@@ -63,7 +69,18 @@ def method_row(method: str, seed: int, results: dict) -> dict:
            "whole_single_auc": lookup(single, "whole_image", "auc"),
            "whole_ciou30": lookup(loc, "whole_image", "ciou_30"), "whole_loc_auc": lookup(loc, "whole_image", "auc"),
            "whole_ap50": pts(lookup(base, "whole_image", "map_50")),
-           "centre_ap50": pts(lookup(base, "centre_box", "map_50"))}
+           "centre_ap50": pts(lookup(base, "centre_box", "map_50")), **_duet_figures(duets or {}, agnostic)}
+
+
+def _duet_figures(multi: dict, agnostic: bool) -> dict:
+    duets = lookup(multi, "localisation", "protocols", "dsol_multi_source") or {}
+    base = multi.get("baselines", {})
+    return {"duet_selfbox_ciou30": None if agnostic else lookup(duets, "self_boxes", "ciou_30"),
+            "duet_detector_ciou30": None if agnostic else lookup(duets, "detector", "ciou_30"),
+            "duet_detector_nsa": None if agnostic else lookup(duets, "detector", "nsa"),
+            "duet_detector_ap50": pts(lookup(base, "detector_agnostic", "map_50")),
+            "duet_whole_ap50": pts(lookup(base, "whole_image", "map_50")),
+            "duet_centre_ap50": pts(lookup(base, "centre_box", "map_50"))}
 
 
 def _stats(vals: list[float]) -> dict:
@@ -102,8 +119,8 @@ def ordering_holds(row: dict) -> bool | None:
 
 
 def methods_table(rows: list[dict], command: str = "") -> Table:
-    """Rows = figures; columns = the methods in order of appearance, then whole image* and centre box*; each cell
-    "mean ± std (min)" over the seeds, "n/a" where the method has no such figure."""
+    """Rows = figures (those some run has); columns = the methods in order of appearance, then whole image* and
+    centre box*; each cell "mean ± std (min)" over the seeds, "n/a" where the method has no such figure."""
     summary = summarise_methods(rows)
     methods = list(dict.fromkeys(r["method"] for r in rows))
     agnostic = {m: all(r["class_agnostic"] for r in rows if r["method"] == m) for m in methods}
@@ -121,6 +138,8 @@ def methods_table(rows: list[dict], command: str = "") -> Table:
     header += ["Whole image*", "Centre box*"]
     body = []
     for f in FIGURES:
+        if not any(r.get(k) is not None for r in rows for k in (f.key, f.whole, f.centre) if k):
+            continue
         line = [f.label] + ["n/a" if f.classes and agnostic[m] else cell(summary[m].get(f.key), f.unit)
                             for m in methods]
         line += [cell(summary[b].get(f.key), f.unit, trivial=True) if getattr(f, attr) else "n/a"
