@@ -6,6 +6,7 @@ The known-answer test injects perfect detections labelled with permuted pseudo-c
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -151,6 +152,19 @@ def test_ground_truth_is_joined_and_rescaled(artifacts):
     first = [a for a in coco["annotations"] if a["image_id"] == BASE + 1]
     assert [a["category_id"] for a in first] == [2, 1] and [a["sounding"] for a in first] == [True, False]
     np.testing.assert_allclose(first[0]["bbox"], [50 * FS / OW, 30 * FS / OH, 70 * FS / OW, 60 * FS / OH])
+
+
+def test_test_cluster_figures_cover_the_evaluated_frames_only(artifacts, tmp_path):
+    """A test self-label of a frame without ground truth (a clip of another evaluation's split) is not counted."""
+    doc = json.loads(Path(artifacts["pseudo_test"]).read_text())
+    extra = _pseudo([(BASE + 50, 0, PERM[1], 0.8, [1, 1, 4, 4])], FS, FS)      # true class 0 in class 1's cluster
+    doc["images"] += extra["images"]
+    doc["annotations"] += [dict(a, id=len(doc["annotations"]) + 1) for a in extra["annotations"]]
+    (tmp_path / "pseudo_test.json").write_text(json.dumps(doc))
+    cfg = dataclasses.replace(_config(artifacts, tmp_path / "ev"), pseudo_test=str(tmp_path / "pseudo_test.json"))
+    res = json.loads(Path(run_evaluation(cfg, predictions=perfect_predictions())["results"]).read_text())
+    assert res["clusters"]["test"]["hungarian_acc"] == pytest.approx(1.0)
+    assert res["clusters"]["test"]["n"] == len(OBJECTS)
 
 
 def test_known_answer_perfect_detections(artifacts, tmp_path):

@@ -16,7 +16,8 @@
    (weak-sup.: an upper bound on the classification part).
 4. Localisation (Table 2 style, and the field's protocols: DSOL single / multi source, Flickr consensus) against the
    sounding objects, with the box-score threshold chosen on TRAINING frames (:func:`choose_loc_threshold`); cluster
-   quality (NMI, ARI, Hungarian acc., purity).
+   quality (NMI, ARI, Hungarian acc., purity) of every train frame and of the evaluated test frames (a test frame
+   without ground truth here, e.g. a duet of the multi-source split, is not in the main test figures).
 
 Re-running a complete stage (``done.json`` present) returns its summary without recomputing.
 """
@@ -167,8 +168,10 @@ def score_predictions(cfg: EvalConfig, classes: list[str], coco: dict, train: Se
     results["localisation"]["protocols"] = scores.localisation_protocols(coco, predictions, self_boxes, threshold,
                                                                          match["hungarian"]["mapping"])
     results["clusters"], results["confusion"] = {}, {}
-    for split, sl in (("train", train), ("test", test)):
-        results["clusters"][split], counts = scores.cluster_scores(sl.pseudo, sl.true, K, C)
+    evaluated = np.asarray(sorted(int(im["id"]) for im in coco["images"]), np.int64)
+    for split, sl in (("train", train), ("test", test)):   # test: the evaluated (annotated) frames only
+        keep = np.isin(sl.index, evaluated) if split == "test" else np.ones(len(sl.index), bool)
+        results["clusters"][split], counts = scores.cluster_scores(sl.pseudo[keep], sl.true[keep], K, C)
         results["confusion"][split] = counts.tolist()
     results["summary"] = {
         "num_test_frames": len(coco["images"]), "num_gt_boxes": len(target["annotations"]),
