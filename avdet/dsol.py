@@ -15,7 +15,9 @@ imports.
   loss once a dictionary exists; the classifiers are re-initialised after every k-means round (the cluster order
   changes). The k-means centroids are the object dictionary D (a buffer of the model: it travels in model.pt).
 - Stage 2, on multi-source clips: class-aware maps m^k = d^k · f(v) (eq. 4), filtered by the localisation map of
-  the mixture, s^k = m^k ∘ l (eq. 5, "Prod"); p_v = softmax_k GAP(s^k) (eq. 6); L_c = KL(p_v ‖ p_a) with p_a the
+  the mixture, s^k = m^k ∘ l (eq. 5, "Prod"); p_v = softmax_k(a · GAP(s^k)) (eq. 6, with the learned scale a of the
+  authors' code, a 1×1 conv on the class maps: without it the only way to soften p_v is to shrink l, and on the demo
+  set two stage-2 epochs did exactly that — self-boxes of one map cell, IoU@0.5 0.0); L_c = KL(p_v ‖ p_a) with p_a the
   stage-1 audio classifier's distribution (eq. 7: a target, no gradient); L_2 = L_c + λ·L_1 (eq. 8, L_1 = the
   match loss on the mixtures).
 
@@ -160,8 +162,8 @@ class DSOLModel(AVModel):
     -> AVModel's dict (``vis_emb``, ``aud_emb``, ``vis_logits``, ``aud_logits``, ``vis_pool``, ``aud_pool``,
     ``rho`` — unused) plus ``av_weight``, ``av_bias`` (the parameterised sigmoid), ``loc_map`` (B, h, w) = l(v, a)
     of each frame with its own audio, ``obj_feat`` (B, 8w) = GAP(f(v) ∘ [l > mask_threshold]) and ``class_logits``
-    (B, K) = GAP(m^k ∘ l) from the object dictionary (the buffer ``dictionary`` (K, 8w), zeros until the first
-    k-means round writes it)."""
+    (B, K) = a · GAP(m^k ∘ l) from the object dictionary (the buffer ``dictionary`` (K, 8w), zeros until the first
+    k-means round writes it; ``class_scale`` a, learned, initially 1)."""
 
     def __init__(self, cfg: ModelConfig, mask_threshold: float = 0.05):
         super().__init__(cfg)
@@ -173,6 +175,7 @@ class DSOLModel(AVModel):
         nn.init.zeros_(self.av_conv.bias)
         self.mask_threshold = mask_threshold
         self.register_buffer("dictionary", torch.zeros(cfg.num_clusters, cv))
+        self.class_scale = nn.Parameter(torch.ones(1))          # 1-D: DeepSpeed flattens no 0-d parameter
 
     def forward(self, frames: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         qv = self.visual(frames)                                   # f(v) (B, 8w, h, w)
@@ -186,4 +189,4 @@ class DSOLModel(AVModel):
                 "aud_logits": self.aud_cls(qa), "vis_pool": pooled, "aud_pool": qa, "rho": self.rho,
                 "av_weight": weight, "av_bias": bias, "loc_map": loc,
                 "obj_feat": object_features(qv, object_mask(loc.detach(), self.mask_threshold)),
-                "class_logits": sounding_class_logits(class_maps(qv, self.dictionary), loc)}
+                "class_logits": self.class_scale * sounding_class_logits(class_maps(qv, self.dictionary), loc)}

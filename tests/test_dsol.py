@@ -153,6 +153,9 @@ def test_model_outputs_the_map_its_match_head_and_the_object_features():
     model.dictionary.copy_(torch.randn(3, 32))
     out = model(frames, audio)
     assert torch.allclose(out["class_logits"], sounding_class_logits(class_maps(qv, model.dictionary), out["loc_map"]))
+    with torch.no_grad():
+        model.class_scale.fill_(3.0)                                         # the learned scale a of p_v's logits
+    assert torch.allclose(model(frames, audio)["class_logits"], 3.0 * out["class_logits"])
     assert "dictionary" in model.state_dict()                               # it travels in model.pt
 
 
