@@ -126,9 +126,6 @@ def test_a_job_that_dies_without_a_result_fails_launch_naming_it_and_its_stderr(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("AVDET_RUN_REQUEUE_TEST") != "1",
-                    reason="has not passed yet: on 2026-12-01 the requeued job's Ray head did not start within the "
-                           "then 90 s bound at load ~28; set AVDET_RUN_REQUEUE_TEST=1 to run it")
 def test_a_preempted_job_is_requeued_and_resumes_from_its_finished_artifacts(slurm_cluster, tmp_path):
     """SIGUSR2 to the running job (what SLURM sends before preemption / the time limit): RayJob.checkpoint() stops
     Ray and requeues the job; the rerun (SLURM_RESTART_COUNT=1) skips stage a, whose marker the first run wrote."""
