@@ -132,4 +132,13 @@ def align_to(labels: np.ndarray, prev: np.ndarray, num_clusters: int) -> np.ndar
     """The renaming (K,) int64 (a permutation: new id of cluster k = ``rename[k]``) of ``labels``' cluster ids that
     agrees most with ``prev`` (Hungarian on the K×K overlap), so the classifiers' targets keep their meaning across
     k-means rounds (k-means names clusters arbitrarily); the renamed labels are ``rename[labels]``."""
-    return hungarian(labels, prev, num_clusters, num_clusters)
+    return align_overlap(confusion(labels, prev, num_clusters, num_clusters))
+
+
+def align_overlap(overlap: np.ndarray) -> np.ndarray:
+    """:func:`align_to` from the K×K overlap counts themselves ([k, j] = samples in new cluster k and previous
+    cluster j; e.g. summed over processes): the renaming (K,) int64 with the largest total overlap."""
+    rows, cols = linear_sum_assignment(np.asarray(overlap), maximize=True)
+    rename = np.empty(len(rows), dtype=np.int64)
+    rename[rows] = cols
+    return rename

@@ -132,16 +132,22 @@ def _round_job(rank, world, out_dir):
     f_index = torch.arange(feats.shape[0]) * 5
     km, km_stats = relabel_round(Scores(f_index[f_rows], true[:1], K, {"features": feats[f_rows]}),
                                  Round(RelabelConfig(warm_start="kmeans"), SK, random_equipartition(f_index, K), 1))
+    sharded, _ = relabel_round(Scores(f_index[f_rows], true[:1], K, {"features": feats[f_rows]}),
+                               Round(SHARDED, SK, random_equipartition(f_index, K), 1))
     torch.save({"dense": torch.from_numpy(dense.labels), "sparse": torch.from_numpy(sparse.labels),
                 "kmeans": torch.from_numpy(km.labels), "centroids": torch.from_numpy(km.centroids),
+                "sharded": torch.from_numpy(sharded.labels), "sharded_centroids": torch.from_numpy(sharded.centroids),
                 "methods": [stats["method"], km_stats["method"]]},
                f"{out_dir}/rank{rank}.pt")
+
+
+SHARDED = RelabelConfig(warm_start="kmeans", kmeans_solver="sharded", kmeans_max_points_per_centroid=20)
 
 
 def test_relabel_round_two_process_gloo(tmp_path):
     """Dense and sparse (top-K) rounds give single-process Sinkhorn's labels on both ranks; the k-means warm start
     gives both ranks the same table and dictionary (every sample's nearest centroid is its label), and it recovers the
-    blobs."""
+    blobs; the sharded k-means gives the one-process table, renamed the same way."""
     _, ref = _reference()
     spawn_loopback(_round_job, 2, str(tmp_path))
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
@@ -154,6 +160,14 @@ def test_relabel_round_two_process_gloo(tmp_path):
     assert torch.equal(torch.cdist(feats, r0["centroids"]).argmin(1), r0["kmeans"])     # renamed with the labels
     from avdet.metrics.clusters import cluster_metrics
     assert cluster_metrics(r0["kmeans"].numpy(), truth)["nmi"] > 0.9
+    f_index = torch.arange(feats.shape[0]) * 5
+    one, _ = relabel_round(Scores(f_index, torch.full((1,), -1), K, {"features": feats}),
+                           Round(SHARDED, SK, random_equipartition(f_index, K), 1))
+    assert torch.equal(r0["sharded"], r1["sharded"]) and torch.equal(r0["sharded_centroids"], r1["sharded_centroids"])
+    assert np.array_equal(r0["sharded"].numpy(), one.labels)
+    assert np.allclose(r0["sharded_centroids"].numpy(), one.centroids, atol=1e-5)
+    assert torch.equal(torch.cdist(feats, r0["sharded_centroids"]).argmin(1), r0["sharded"])
+    assert cluster_metrics(r0["sharded"].numpy(), truth)["nmi"] > 0.9
 
 
 def test_sinkhorn_actor_in_process_without_group():

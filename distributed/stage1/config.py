@@ -111,6 +111,9 @@ class RelabelConfig:
     kmeans_epochs: int = 1
     kmeans_restarts: int = 3            # FAISS nredo: best of this many k-means runs per round
     kmeans_features: str = "both"       # pooled trunk features k-means clusters: "both", "audio" or "visual"
+    kmeans_solver: str = "rank0"        # "rank0": FAISS on rank 0 over every rank's gathered features (N×D there);
+    #                                     "sharded": Lloyd steps across the ranks, only K×D sums reduced
+    kmeans_max_points_per_centroid: int = 256    # "sharded": training rows per centroid (FAISS's default)
     topk: int = 0
 
     def check(self) -> None:
@@ -124,6 +127,8 @@ class RelabelConfig:
         require(self.kmeans_restarts >= 1, "kmeans_restarts", "must be >= 1")
         require(self.kmeans_features in ("both", "audio", "visual"), "kmeans_features",
                 "must be 'both', 'audio' or 'visual'")
+        require(self.kmeans_solver in ("rank0", "sharded"), "kmeans_solver", "must be 'rank0' or 'sharded'")
+        require(self.kmeans_max_points_per_centroid >= 1, "kmeans_max_points_per_centroid", "must be >= 1")
         require(self.topk >= 0, "topk", "must be >= 0 (0 = dense Sinkhorn)")
         require(self.actor_cpus > 0, "actor_cpus", "must be > 0")
         require(self.topk == 0 or self.mode == "workers", "topk",

@@ -5,8 +5,10 @@ A round is a **strategy** from :data:`STRATEGIES`, chosen once per round by :fun
 ====================  ================================================  ==============================================
 strategy              what each worker scores per sample (``score``)    how the rows become a table (``solve``)
 ====================  ================================================  ==============================================
-``kmeans``            the pooled trunk features (``kmeans_features``)   FAISS k-means on rank 0, renamed to agree with
-                                                                        the previous table, broadcast
+``kmeans``            the pooled trunk features (``kmeans_features``)   FAISS k-means on rank 0 (``kmeans_solver``
+                                                                        "rank0") or Lloyd steps across the ranks
+                                                                        ("sharded": only K×D sums reduced), renamed to
+                                                                        agree with the previous table
 ``dense``             the combined log-probabilities (K,)               Sinkhorn in the workers' process group: every
                                                                         iteration all-reduces only K-vectors
 ``sparse``            their top-``topk`` clusters and values            sparse Sinkhorn over those candidates, same
@@ -29,8 +31,8 @@ import numpy as np
 import torch
 
 from avdet.config import SinkhornConfig
-from avdet.kmeans import kmeans
-from avdet.matching import align_to
+from avdet.kmeans import kmeans, sharded_kmeans
+from avdet.matching import align_overlap, align_to, confusion
 from avdet.metrics.clusters import cluster_metrics
 from avdet.model import combined_log_p, pooled_features, pooled_width
 from avdet.sinkhorn import SinkhornResult, solve, sparse_sinkhorn_knopp, target_marginal
@@ -79,12 +81,13 @@ class Strategy:
     solve: Callable[[Scores, Round], Solved]
 
 
-def _table(index: torch.Tensor, labels: torch.Tensor, k: int, version: int) -> LabelTable:
+def _table(index: torch.Tensor, labels: torch.Tensor, k: int, version: int,
+           centroids: np.ndarray | None = None) -> LabelTable:
     """Every rank's (index, label) pairs -> the full table, on every rank."""
     pairs = torch.stack([torch.as_tensor(index, dtype=torch.int64).cpu(),
                          torch.as_tensor(labels, dtype=torch.int64).cpu()], dim=1)
     gathered = all_gather_rows(pairs)
-    return LabelTable.from_pairs(gathered[:, 0], gathered[:, 1], k, version)
+    return LabelTable.from_pairs(gathered[:, 0], gathered[:, 1], k, version, centroids)
 
 
 def _solve_dense(s: Scores, r: Round) -> Solved:
@@ -100,6 +103,26 @@ def _solve_sparse(s: Scores, r: Round) -> Solved:
 
 
 def _solve_kmeans(s: Scores, r: Round) -> Solved:
+    return (_kmeans_sharded if r.cfg.kmeans_solver == "sharded" else _kmeans_rank0)(s, r)
+
+
+def _kmeans_sharded(s: Scores, r: Round) -> Solved:
+    """:func:`avdet.kmeans.sharded_kmeans` over the ranks' own rows (nothing N×D on one rank); the renaming that
+    agrees best with the previous table comes from the all-reduced K×K overlap, the same on every rank."""
+    k, reduce = s.num_clusters, make_reduce()
+    centroids, assign, _ = sharded_kmeans(s.rows["features"].float().cpu().numpy(), s.index.cpu().numpy(), k,
+                                          niter=r.cfg.kmeans_iters, seed=(r.seed * 1009 + r.version) % 2 ** 31,
+                                          nredo=r.cfg.kmeans_restarts, reduce=reduce, gather=all_gather_rows,
+                                          max_points_per_centroid=r.cfg.kmeans_max_points_per_centroid,
+                                          use_gpu=r.cfg.use_gpu_faiss)
+    overlap = reduce(torch.from_numpy(confusion(assign, r.prev.lookup(s.index).numpy(), k, k)), "sum").numpy()
+    rename = align_overlap(overlap)
+    renamed = np.empty_like(centroids)
+    renamed[rename] = centroids
+    return _table(s.index, torch.from_numpy(rename[assign]), k, r.version, renamed), None
+
+
+def _kmeans_rank0(s: Scores, r: Round) -> Solved:
     """FAISS k-means (best of ``kmeans_restarts``) over every rank's features, on rank 0 (GPU index when asked and
     present), in sample-index order (k-means depends on the order of its points: so the round does not depend on
     how the samples are split over the ranks); the clusters are renamed to agree best with the previous table, and
