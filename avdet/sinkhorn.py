@@ -9,7 +9,8 @@ solved by alternating row and column scaling in the log domain. Rows may be spre
 only its row shard of log p and its log u; the K-vector log v is global. ``reduce(t, op)`` (op "sum" or "max")
 all-reduces a small tensor across processes and returns it (``None`` = one process). Only K-vectors and the scalar
 N go through it. Every process takes the same decisions (convergence, stop) from the same reduced values, so the
-processes stay in lockstep.
+processes stay in lockstep. Everything N×K or N-long is allocated on the rows' device (a GPU worker's scores stay on
+its GPU; the K-vectors then travel over NCCL).
 
 Memory: rows are processed in chunks; besides the input, only O(chunk × K) temporaries and the (N,) vectors
 log u and labels are allocated. One pass over the rows per iteration computes the row scaling and the column
@@ -137,9 +138,9 @@ def _row_chunks(n: int, width: int) -> Iterator[slice]:
 class _ColumnLSE:
     """Online per-column log-sum-exp over row chunks: running max M (K,) and Σ exp(· − M) (K,), float64."""
 
-    def __init__(self, k: int):
-        self.m = torch.full((k,), -math.inf, dtype=torch.float64)
-        self.s = torch.zeros(k, dtype=torch.float64)
+    def __init__(self, k: int, device: torch.device | str = "cpu"):
+        self.m = torch.full((k,), -math.inf, dtype=torch.float64, device=device)
+        self.s = torch.zeros(k, dtype=torch.float64, device=device)
 
     def add_max(self, chunk_max: torch.Tensor) -> torch.Tensor:
         """Raise the running max to include chunk_max (K,); returns the new max (to shift this chunk by)."""
@@ -198,11 +199,12 @@ def sinkhorn_knopp(log_p: torch.Tensor, lambda_sk: float, col_marginal: torch.Te
     if domain not in DOMAINS:
         raise ValueError(f"sinkhorn: domain must be one of {DOMAINS}, got {domain!r}")
     n, k = log_p.shape
-    log_c = torch.log(_check_marginal(col_marginal, k))
+    dev = log_p.device
+    log_c = torch.log(_check_marginal(col_marginal, k)).to(dev)
     floor = A_FLOOR / lambda_sk
     log_n = math.log(_global_count(n, reduce))
-    log_u = torch.empty(n, dtype=dtype)
-    labels = torch.empty(n, dtype=torch.int64)
+    log_u = torch.empty(n, dtype=dtype, device=dev)
+    labels = torch.empty(n, dtype=torch.int64, device=dev)
     kernel = _ScaledKernel(log_p, floor, dtype) if domain == "auto" and tol >= SCALED_MIN_TOL[dtype] else None
 
     def one_pass(lam: float, log_v: torch.Tensor) -> _ColumnLSE:
@@ -227,10 +229,10 @@ class _ScaledKernel:
     def __init__(self, log_p: torch.Tensor, floor: float, dtype: torch.dtype):
         self.log_p, self.floor, self.dtype = log_p, floor, dtype
         n, k = log_p.shape
-        self.p = torch.empty((n, k), dtype=dtype)
-        self.row_max = torch.empty(n, dtype=torch.float64)
+        self.p = torch.empty((n, k), dtype=dtype, device=log_p.device)
+        self.row_max = torch.empty(n, dtype=torch.float64, device=log_p.device)
         self.lam: float | None = None
-        self.absorbed = torch.zeros(k, dtype=torch.float64)
+        self.absorbed = torch.zeros(k, dtype=torch.float64, device=log_p.device)
         self.rebuilds = 0
         self.row_sum: torch.Tensor | None = None
         self.top = 0.0
@@ -262,9 +264,9 @@ class _ScaledKernel:
         self.top = float(rest.max())
         v = torch.exp(rest - self.top).to(self.dtype)
         n, k = self.p.shape
-        self.row_sum = torch.empty(n, dtype=self.dtype)
-        col = _ColumnLSE(k)
-        col.m, col.s = -self.absorbed - self.top, torch.zeros(k, dtype=torch.float64)
+        self.row_sum = torch.empty(n, dtype=self.dtype, device=self.p.device)
+        col = _ColumnLSE(k, self.p.device)
+        col.m, col.s = -self.absorbed - self.top, torch.zeros(k, dtype=torch.float64, device=self.p.device)
         inv_n, rows = math.exp(-log_n), max(1, FUSED_CHUNK_ELEMS // k)
         for s in range(0, n, rows):                # P is read from memory once per pass: the second mv finds the
             p = self.p[s:s + rows]                 # chunk still in cache
@@ -322,7 +324,7 @@ def _dense_pass(log_p, lam, floor, log_v, log_n, log_u, labels, dtype) -> _Colum
     """One pass over row chunks: row scaling log u (in place), argmax labels (in place), and the online column
     log-sum-exp of A + log u (returned, local to this process)."""
     n, k = log_p.shape
-    col = _ColumnLSE(k)
+    col = _ColumnLSE(k, log_p.device)
     for sl in _row_chunks(n, k):
         a = log_p[sl].to(dtype, copy=True).clamp_(min=floor)               # log p, floored (A = λ·a)
         b = torch.add(log_v, a, alpha=lam)                                 # A + log v
@@ -345,7 +347,7 @@ def plan_column_sums(log_p: torch.Tensor, lambda_sk: float, result: SinkhornResu
     reduce = reduce or _local_reduce
     n, k = log_p.shape
     floor, lam = A_FLOOR / lambda_sk, result.lam
-    col = _ColumnLSE(k)
+    col = _ColumnLSE(k, log_p.device)
     lu = result.log_u.to(torch.float64)
     for sl in _row_chunks(n, k):
         b = log_p[sl].to(torch.float64, copy=True).clamp_(min=floor).mul_(lam).add_(lu[sl, None])
@@ -377,11 +379,12 @@ def sparse_sinkhorn_knopp(cand_idx: torch.Tensor, cand_log_p: torch.Tensor, num_
     if cand_idx.shape != cand_log_p.shape:
         raise ValueError(f"sparse_sinkhorn_knopp: cand_idx {tuple(cand_idx.shape)} and cand_log_p "
                          f"{tuple(cand_log_p.shape)} must have the same shape")
-    log_c = torch.log(_check_marginal(col_marginal, num_clusters))
+    dev = cand_log_p.device
+    log_c = torch.log(_check_marginal(col_marginal, num_clusters)).to(dev)
     floor = A_FLOOR / lambda_sk
     log_n = math.log(_global_count(n, reduce))
-    log_u = torch.empty(n, dtype=dtype)
-    labels = torch.empty(n, dtype=torch.int64)
+    log_u = torch.empty(n, dtype=dtype, device=dev)
+    labels = torch.empty(n, dtype=torch.int64, device=dev)
 
     def one_pass(lam: float, log_v: torch.Tensor) -> _ColumnLSE:
         return _sparse_pass(cand_idx, cand_log_p, lam, floor, log_v.to(dtype), log_n, log_u, labels, dtype)
@@ -393,7 +396,7 @@ def sparse_sinkhorn_knopp(cand_idx: torch.Tensor, cand_log_p: torch.Tensor, num_
 def _sparse_pass(cand_idx, cand_log_p, lam, floor, log_v, log_n, log_u, labels, dtype) -> _ColumnLSE:
     """The sparse analogue of ``_dense_pass``: column reductions by scatter (amax) and index_add (sum)."""
     n, kk = cand_log_p.shape
-    col = _ColumnLSE(log_v.numel())
+    col = _ColumnLSE(log_v.numel(), cand_log_p.device)
     for sl in _row_chunks(n, kk):
         idx = cand_idx[sl]
         a = cand_log_p[sl].to(dtype, copy=True).clamp_(min=floor)
@@ -404,7 +407,7 @@ def _sparse_pass(cand_idx, cand_log_p, lam, floor, log_v, log_n, log_u, labels, 
         log_u[sl] = lu
         torch.add(lu[:, None], a, alpha=lam, out=b)                        # A + log u
         flat_idx, flat_b = idx.reshape(-1), b.reshape(-1)
-        cmax = torch.full((log_v.numel(),), -math.inf, dtype=dtype)
+        cmax = torch.full((log_v.numel(),), -math.inf, dtype=dtype, device=b.device)
         cmax.scatter_reduce_(0, flat_idx, flat_b, reduce="amax")
         shift = col.add_max(cmax).to(dtype)
         e = _exp_shifted_(flat_b, shift[flat_idx])

@@ -90,3 +90,12 @@ def test_collectives_two_process_gloo(tmp_path):
         assert torch.equal(r["t"], torch.tensor([rank + 1.0, 10.0 * (rank + 1)]))   # input untouched
         assert r["bn_n"] == 2 and torch.equal(r["bn_mean"], torch.full((2,), 0.5))
         assert torch.equal(r["bn_var"], torch.full((2,), 3.0)) and int(r["bn_tracked"]) == 0   # int buffer kept
+
+
+def test_gpu_workers_get_gloo_beside_nccl():
+    """GPU workers' groups carry both backends: the layer's CPU tensors (step flags, index and label gathers) go
+    to gloo, CUDA tensors to NCCL; an NCCL-only group fails on the CPU ones. CPU workers: gloo."""
+    from distributed.cluster.dist import backend_for
+    from distributed.cluster.torch_loopback import torch_config
+    assert backend_for(False) == "gloo" and backend_for(True) == "cpu:gloo,cuda:nccl"
+    assert torch_config(True).backend == "cpu:gloo,cuda:nccl" and torch_config(False).backend == "gloo"

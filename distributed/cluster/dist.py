@@ -7,6 +7,8 @@
   process: FAISS k-means, the actor pool).
 * ``make_reduce``: the ``reduce(t, op)`` callable that ``avdet.sinkhorn`` takes (all-reduce of small tensors).
 * ``setup_logging``: rank 0 logs INFO, the other ranks only WARNING and above.
+* ``backend_for``: the process-group backend of CPU or GPU workers (``cpu:gloo,cuda:nccl`` on GPUs, so the CPU-side
+  collectives — step flags, index and label gathers — keep working beside NCCL).
 * ``init_group`` / ``local_rendezvous`` / ``spawn_loopback`` / ``ensure_dist_env`` / ``free_port``: gloo groups
   that stay on loopback on one machine (tests, the relabel actor pool).
 """
@@ -181,6 +183,15 @@ def make_reduce(group=None) -> Reduce:
 
 # ---------------------------------------------------------------------------------------------------------------
 # process groups on one machine
+
+
+GPU_BACKEND = "cpu:gloo,cuda:nccl"
+
+
+def backend_for(use_gpu: bool) -> str:
+    """The process group's backend: gloo on CPU workers; on GPU workers NCCL for CUDA tensors and gloo for the CPU
+    tensors the layer also exchanges (an NCCL-only group fails on those)."""
+    return GPU_BACKEND if use_gpu else "gloo"
 
 
 def _pin_gloo_to_loopback(master_addr: str) -> None:

@@ -21,6 +21,8 @@ from datetime import timedelta
 from ray.train.torch import TorchConfig
 from ray.train.torch.config import _TorchBackend
 
+from distributed.cluster.dist import backend_for
+
 log = logging.getLogger(__name__)
 
 # rank 0's listening socket must outlive the store that serves on it (the store does not own the fd)
@@ -71,7 +73,7 @@ class _LoopbackTorchBackend(_TorchBackend):
             log.info("torch rendezvous on %s (not loopback): Ray Train's default setup", addr)
             return super().on_start(worker_group, backend_config)
         gpus = worker_group.get_resources_per_worker().get("GPU", 0)
-        backend = backend_config.backend or ("nccl" if gpus > 0 else "gloo")
+        backend = backend_config.backend or backend_for(gpus > 0)
         if not isinstance(worker_group, V1WorkerGroup):              # as Ray Train's own on_start
             worker_group.execute(_set_torch_distributed_env_vars)
         n = len(worker_group)
@@ -87,3 +89,9 @@ class LoopbackTorchConfig(TorchConfig):
     @property
     def backend_cls(self):
         return _LoopbackTorchBackend
+
+
+def torch_config(use_gpu: bool) -> LoopbackTorchConfig:
+    """The jobs' ``torch_config``: the loopback store on one machine, and :func:`distributed.cluster.dist.backend_for`
+    (gloo, or gloo + NCCL on GPU workers) on one machine or many."""
+    return LoopbackTorchConfig(backend=backend_for(use_gpu))

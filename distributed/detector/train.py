@@ -47,12 +47,12 @@ def _trainer(cfg: DetectorTrainConfig, table: dict[str, np.ndarray]):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from distributed.cluster.torch_loopback import LoopbackTorchConfig
+    from distributed.cluster.torch_loopback import torch_config
 
     out = Path(cfg.out_dir).resolve()
     return TorchTrainer(
         train_loop_per_worker,
-        torch_config=LoopbackTorchConfig(),
+        torch_config=torch_config(cfg.use_gpu),
         train_loop_config={"cfg": to_dict(dataclasses.replace(cfg, out_dir=str(out),
                                                               manifest=str(Path(cfg.manifest).resolve()))),
                            "table": table},

@@ -43,13 +43,13 @@ def _trainer(cfg: Stage1Config, manifest: Manifest, num_train: int, cpus_per_wor
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from distributed.cluster.torch_loopback import LoopbackTorchConfig
+    from distributed.cluster.torch_loopback import torch_config
 
     out = Path(cfg.out_dir).resolve()
     datasets = _score_datasets(manifest, cfg)     # the training stream is built per epoch by each rank
     return TorchTrainer(
         train_loop_per_worker,
-        torch_config=LoopbackTorchConfig(),
+        torch_config=torch_config(cfg.train.use_gpu),
         train_loop_config={"stage1": to_dict(dataclasses.replace(cfg, out_dir=str(out),
                                                                  manifest=str(Path(cfg.manifest).resolve()))),
                            "num_train": num_train},

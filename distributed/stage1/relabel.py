@@ -91,7 +91,7 @@ def _table(index: torch.Tensor, labels: torch.Tensor, k: int, version: int,
 
 
 def _solve_dense(s: Scores, r: Round) -> Solved:
-    result = solve(s.rows["log_p"].cpu(), r.sk, r.marginal(s.num_clusters), reduce=make_reduce())
+    result = solve(s.rows["log_p"], r.sk, r.marginal(s.num_clusters), reduce=make_reduce())   # on its device
     return _table(s.index, result.labels, s.num_clusters, r.version), result
 
 
