@@ -65,7 +65,7 @@ def bare_step_fn(cfg: ModelConfig, batch, optimizer: str = "sgd", threads: int |
     return step
 
 
-def engine_step_fn(cfg: ModelConfig, batch, train: Stage1TrainConfig, gather=None):
+def engine_step_fn(cfg: ModelConfig, batch, train: Stage1TrainConfig, gather=None, column_lse=None):
     """The same step through ``build_engine`` (DeepSpeed: engine(...), engine.backward, engine.step)."""
     from distributed.stage1.engine import build_engine
     torch.manual_seed(0)
@@ -74,7 +74,7 @@ def engine_step_fn(cfg: ModelConfig, batch, train: Stage1TrainConfig, gather=Non
     frames, audio, labels = batch
 
     def step():
-        loss, _ = joint_loss(engine(frames, audio), labels, LAM, gather=gather)
+        loss, _ = joint_loss(engine(frames, audio), labels, LAM, gather=gather, column_lse=column_lse)
         engine.backward(loss)
         engine.step()
     return step
@@ -115,7 +115,7 @@ def ray_worker(config: dict) -> None:
     batch = config["batch"]
     step = engine_step_fn(cfg, synthetic_batch(cfg, batch, seed=dist.get_rank()),
                           _train_config(batch, config["optimizer"], config["zero"], dist.get_world_size()),
-                          gather=dist.all_gather_with_grad)
+                          gather=dist.all_gather_with_grad, column_lse=dist.column_logsumexp)
     step()
     rates = []
     for _ in range(config["rounds"]):

@@ -109,3 +109,34 @@ def test_same_clip_mask_spans_the_global_batch():
     per_rank = [nce_loss(v[r * 3:(r + 1) * 3], a[r * 3:(r + 1) * 3], rho, gather=gather_for(r),
                          clip=clip[r * 3:(r + 1) * 3]) for r in range(2)]
     assert abs(float(sum(per_rank)) / 2 - _naive_nce_masked(v, a, 0.3, clip.tolist())) < 1e-9
+
+
+def _local_frames_job(rank, world, out_dir):
+    """Each rank: L_NC and its gradients with the frames gathered, and with only the audio gathered (the v→a
+    denominators summed over ranks by ``column_logsumexp``); unequal batches, a same-clip pair across the ranks."""
+    from distributed.cluster.dist import all_gather_with_grad, column_logsumexp
+    v_all, a_all = _emb(7, seed=9)
+    clip = torch.tensor([1, 2, 3, 4, 1, 5, 2])
+    rows = slice(0, 4) if rank == 0 else slice(4, 7)
+    rho = torch.tensor(0.25, dtype=torch.float64)
+    out = {}
+    for name, column_lse in (("gathered", None), ("local", column_logsumexp)):
+        v, a = v_all[rows].clone().requires_grad_(), a_all[rows].clone().requires_grad_()
+        loss = nce_loss(v, a, rho, gather=all_gather_with_grad, clip=clip[rows], column_lse=column_lse)
+        loss.backward()
+        out[name] = {"loss": loss.detach(), "v": v.grad, "a": a.grad}
+    torch.save(out, f"{out_dir}/rank{rank}.pt")
+
+
+def test_nce_without_gathering_frames_equals_the_gathered_loss(tmp_path):
+    """Two gloo processes: the loss and every gradient of the audio-only path equal the gathered path's, per rank;
+    and their mean equals the hand-computed masked loss over all 7 pairs (weighted by batch)."""
+    from distributed.cluster.dist import spawn_loopback
+    spawn_loopback(_local_frames_job, 2, str(tmp_path))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for r in ranks:
+        for key in ("loss", "v", "a"):
+            assert torch.allclose(r["local"][key], r["gathered"][key], rtol=0, atol=1e-12), key
+    v, a = _emb(7, seed=9)
+    both = (4 * float(ranks[0]["local"]["loss"]) + 3 * float(ranks[1]["local"]["loss"])) / 7
+    assert abs(both - _naive_nce_masked(v, a, 0.25, [1, 2, 3, 4, 1, 5, 2])) < 1e-9

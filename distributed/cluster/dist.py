@@ -3,6 +3,8 @@
 * ``get_rank`` / ``get_world_size`` / ``is_main_process`` / ``barrier``: 0 / 1 / True / no-op without a group.
 * ``all_gather_with_grad``: gather a batch from every rank so the contrastive loss sees the global batch
   (METHOD.md §2); the gradient flows back to the local slice.
+* ``column_logsumexp``: log Σ exp over the rows of every rank's score matrix, per column, with gradient (L_NC's
+  v→a denominators without gathering the B·C·h·w visual maps).
 * ``gather_to_main`` / ``broadcast_from_main``: tensors to rank 0 and back (the relabel rounds that solve on one
   process: FAISS k-means, the actor pool).
 * ``make_reduce``: the ``reduce(t, op)`` callable that ``avdet.sinkhorn`` takes (all-reduce of small tensors).
@@ -102,6 +104,35 @@ def all_gather_with_grad(t: torch.Tensor) -> tuple[torch.Tensor, int]:
     if min(counts) != top:
         gathered = torch.cat([gathered[r * top:r * top + c] for r, c in enumerate(counts)], dim=0)
     return gathered, sum(counts[:rank])
+
+
+class _AllReduceSumGrad(torch.autograd.Function):
+    """all_reduce(SUM) whose backward all-reduces the gradient: every rank's loss that reads the sum sends its
+    gradient to every rank's input (the adjoint of a sum over ranks)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = x.contiguous().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def column_logsumexp(s: torch.Tensor) -> torch.Tensor:
+    """log Σ exp(s) over the rows of every rank's ``s`` (B_r, M), per column -> (M,), with gradient to every rank's
+    rows: ``torch.logsumexp(s, 0)`` of the rows stacked over ranks, without moving them. Two all-reduces of M values
+    (the max, then the shifted sums); −inf entries (masked pairs) add nothing. One process: ``logsumexp(s, 0)``."""
+    if get_world_size() == 1:
+        return torch.logsumexp(s, dim=0)
+    top = s.detach().amax(dim=0)
+    dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    return top + torch.log(_AllReduceSumGrad.apply(torch.exp(s - top).sum(dim=0)))
 
 
 def gather_to_main(t: torch.Tensor) -> list[torch.Tensor] | None:

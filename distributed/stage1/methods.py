@@ -74,7 +74,7 @@ class Method:
 def _afouras_loss(cfg: Stage1Config, state: State, epoch: int) -> LossFn:
     def loss(out: dict, batch: dict):
         return joint_loss(out, state.table.lookup(batch["index"]), cfg.loss.lam, gather=dist.all_gather_with_grad,
-                          clip=batch["clip"])
+                          clip=batch["clip"], column_lse=dist.column_logsumexp)
     return loss
 
 
