@@ -135,3 +135,13 @@ def test_stream_arms_count_the_train_split_of_a_folder_that_also_holds_a_test_sp
     cfg = StreamConfig(batch_size=16, shuffle=False, shuffle_buffer=0)
     assert stream.decode_bound(manifest, cfg) > 0 and stream.ours_plain(manifest, cfg, 0) > 0
     assert stream.train_count(manifest) == 48 and sum(s.count for s in read_manifest(manifest).shards) == 56
+
+
+def test_gpu_check_cpu_fallback(tmp_path):
+    """benchmarks/gpu_check.sh's checks run in their CPU fallback (the pipeline check has its own e2e tests): the
+    two-rank check's audio-only L_NC equals the gathered one, its CPU all-reduce and Sinkhorn over two ranks work."""
+    from benchmarks import gpu_check
+    fig = gpu_check.main(["--cpu", "--out", str(tmp_path), "--skip", "pipeline,sinkhorn,detector_step"])
+    assert fig["device"] == "cpu (fallback)" and fig["stage1_step"]["ok"] and fig["two_ranks"]["ok"]
+    assert all(r["sinkhorn_agreement"] == 1.0 and r["cpu_flag"] == 2 for r in fig["two_ranks"]["ranks"])
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["two_ranks"]["backend"] == "gloo"

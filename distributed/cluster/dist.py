@@ -267,21 +267,24 @@ def ensure_dist_env() -> bool:
     return changed
 
 
-def _spawned(rank: int, fn: Callable, world_size: int, init_method: str, args: tuple) -> None:
+def _spawned(rank: int, fn: Callable, world_size: int, init_method: str, args: tuple, backend: str) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))     # share the machine's cores
-    init_group(rank, world_size, init_method)
+    if backend != "gloo":
+        torch.cuda.set_device(rank)                                          # one GPU per process
+    init_group(rank, world_size, init_method, backend=backend)
     try:
         fn(rank, world_size, *args)
     finally:
         dist.destroy_process_group()
 
 
-def spawn_loopback(fn: Callable, nprocs: int, *args) -> None:
-    """Run ``fn(rank, world_size, *args)`` in ``nprocs`` fresh processes joined in a loopback gloo group
-    (tests and one-machine benchmarks). ``fn`` must be importable (module level). Each process gets
-    cpu_count // nprocs torch threads (oversubscribed OpenMP threads slow small ops by 100x). Raises if any fails."""
+def spawn_loopback(fn: Callable, nprocs: int, *args, backend: str = "gloo") -> None:
+    """Run ``fn(rank, world_size, *args)`` in ``nprocs`` fresh processes joined in a loopback group (tests and
+    one-machine benchmarks; ``backend`` other than gloo, e.g. :func:`backend_for` (True): process r on GPU r).
+    ``fn`` must be importable (module level). Each process gets cpu_count // nprocs torch threads (oversubscribed
+    OpenMP threads slow small ops by 100x). Raises if any fails."""
     import torch.multiprocessing as mp
-    mp.spawn(_spawned, args=(fn, nprocs, local_rendezvous(), args), nprocs=nprocs, join=True)
+    mp.spawn(_spawned, args=(fn, nprocs, local_rendezvous(), args, backend), nprocs=nprocs, join=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
