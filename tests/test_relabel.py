@@ -288,3 +288,28 @@ def test_relabel_config_errors_name_the_key(kwargs, key):
     from avdet.config import ConfigError
     with pytest.raises(ConfigError, match=key):
         RelabelConfig(**kwargs).check()
+
+
+def _table_order_job(rank, world, out_dir):
+    from distributed.stage1.relabel import in_table_order
+    order = np.arange(10) * 3                                       # the previous table's sorted indices
+    mine = {0: [27, 0, 9, 12], 1: [3, 6, 15, 18, 21, 24]}[rank]   # every sample once, in no particular order
+    full = in_table_order(order, torch.tensor(mine), torch.tensor([i // 3 % 4 - 1 for i in mine]))
+    new = in_table_order(order, torch.tensor(mine + [99] if rank == 1 else mine), torch.zeros(len(mine) + rank))
+    try:
+        in_table_order(order, torch.tensor(mine[1:] if rank == 0 else mine), torch.zeros(len(mine) - 1 + rank))
+        missing = "no error"
+    except ValueError as e:
+        missing = str(e)
+    torch.save({"full": torch.from_numpy(full), "new": new is None, "missing": missing}, f"{out_dir}/rank{rank}.pt")
+
+
+def test_labels_are_exchanged_in_the_previous_tables_order(tmp_path):
+    """Two processes: every rank gets every sample's value in the previous table's index order (values from -1 up);
+    a sample the previous table lacks makes both ranks fall back (None); a sample nobody holds is an error naming
+    the counts."""
+    spawn_loopback(_table_order_job, 2, str(tmp_path))
+    for r in (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)):
+        assert r["full"].tolist() == [i % 4 - 1 for i in range(10)]
+        assert r["new"] is True
+        assert "hold 9 samples for a table of 10 (1 held by no rank)" in r["missing"]

@@ -159,7 +159,7 @@ def broadcast_from_main(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
+_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
 
 
 @torch.no_grad()
@@ -198,12 +198,12 @@ def all_gather_objects(obj) -> list:
 
 
 def make_reduce(group=None) -> Reduce:
-    """``reduce(t, op)`` for ``avdet.sinkhorn``: all-reduce a small tensor (op "sum" or "max") over ``group``
+    """``reduce(t, op)`` for ``avdet.sinkhorn``: all-reduce a small tensor (op "sum", "max" or "min") over ``group``
     (default: the world) and return the result. Identity when no process group exists (or world size 1).
     The tensor is reduced on a copy, so the caller's tensor is untouched."""
     def reduce(t: torch.Tensor, op: str) -> torch.Tensor:
         if op not in _OPS:
-            raise ValueError(f"reduce: op must be 'sum' or 'max', got {op!r}")
+            raise ValueError(f"reduce: op must be 'sum', 'max' or 'min', got {op!r}")
         if not is_dist() or dist.get_world_size(group) == 1:
             return t
         out = t.detach().clone().contiguous()

@@ -81,9 +81,34 @@ class Strategy:
     solve: Callable[[Scores, Round], Solved]
 
 
-def _table(index: torch.Tensor, labels: torch.Tensor, k: int, version: int,
+def in_table_order(order: np.ndarray, index: torch.Tensor, values: torch.Tensor) -> np.ndarray | None:
+    """Every rank's ``values`` (n,) (integers ≥ −1) of its samples ``index`` (n,), as one (N,) array in the order of
+    ``order`` (N,) — the previous table's sorted indices, the same on every rank — on every rank: one int32
+    all-reduce of N entries, no (index, value) pairs gathered or sorted. ``None`` (on every rank) when some rank
+    holds a sample ``order`` lacks; raises when a sample is held by no rank or by two."""
+    reduce = make_reduce()
+    idx = torch.as_tensor(index, dtype=torch.int64).cpu().numpy()
+    pos = np.searchsorted(order, idx)
+    known = bool(np.all(pos < len(order))) and bool(np.all(order[np.minimum(pos, len(order) - 1)] == idx))
+    if int(reduce(torch.tensor([int(known)], dtype=torch.int32), "min")[0]) == 0:
+        return None
+    buf = torch.zeros(len(order), dtype=torch.int32)
+    buf[torch.from_numpy(pos)] = torch.as_tensor(values).cpu().to(torch.int32) + 2      # 0 = nobody's sample
+    total = int(reduce(torch.tensor([len(idx)], dtype=torch.int64), "sum")[0])
+    full = reduce(buf, "sum").numpy()
+    if total != len(order) or int(full.min(initial=1)) < 1:
+        raise ValueError(f"relabel: the ranks hold {total} samples for a table of {len(order)} "
+                         f"({int((full == 0).sum())} held by no rank): each sample must be scored exactly once")
+    return full.astype(np.int64) - 2
+
+
+def _table(index: torch.Tensor, labels: torch.Tensor, k: int, version: int, prev: LabelTable,
            centroids: np.ndarray | None = None) -> LabelTable:
-    """Every rank's (index, label) pairs -> the full table, on every rank."""
+    """Every rank's labels of its samples -> the full table, on every rank: in the previous table's order
+    (:func:`in_table_order`), or from gathered (index, label) pairs when the samples changed."""
+    full = in_table_order(prev.indices, index, labels)
+    if full is not None:
+        return LabelTable(prev.indices.copy(), full, k, version, centroids)
     pairs = torch.stack([torch.as_tensor(index, dtype=torch.int64).cpu(),
                          torch.as_tensor(labels, dtype=torch.int64).cpu()], dim=1)
     gathered = all_gather_rows(pairs)
@@ -92,14 +117,14 @@ def _table(index: torch.Tensor, labels: torch.Tensor, k: int, version: int,
 
 def _solve_dense(s: Scores, r: Round) -> Solved:
     result = solve(s.rows["log_p"], r.sk, r.marginal(s.num_clusters), reduce=make_reduce())   # on its device
-    return _table(s.index, result.labels, s.num_clusters, r.version), result
+    return _table(s.index, result.labels, s.num_clusters, r.version, r.prev), result
 
 
 def _solve_sparse(s: Scores, r: Round) -> Solved:
     result = sparse_sinkhorn_knopp(s.rows["cand_idx"], s.rows["cand_log_p"], s.num_clusters, r.sk.lambda_sk,
                                    r.marginal(s.num_clusters), r.sk.max_iters, r.sk.tol, reduce=make_reduce(),
                                    dtype=getattr(torch, r.sk.dtype))
-    return _table(s.index, result.labels, s.num_clusters, r.version), result
+    return _table(s.index, result.labels, s.num_clusters, r.version, r.prev), result
 
 
 def _solve_kmeans(s: Scores, r: Round) -> Solved:
@@ -119,7 +144,7 @@ def _kmeans_sharded(s: Scores, r: Round) -> Solved:
     rename = align_overlap(overlap)
     renamed = np.empty_like(centroids)
     renamed[rename] = centroids
-    return _table(s.index, torch.from_numpy(rename[assign]), k, r.version, renamed), None
+    return _table(s.index, torch.from_numpy(rename[assign]), k, r.version, r.prev, renamed), None
 
 
 def _kmeans_rank0(s: Scores, r: Round) -> Solved:
@@ -237,16 +262,8 @@ def score_and_relabel(model, stream, cfg: Stage1Config, prev: LabelTable, versio
     scores = score_dataset(model, stream, strategy, cfg.relabel)
     table, stats = relabel_round(scores, Round(cfg.relabel, cfg.sinkhorn, prev, version, cfg.train.seed, service))
     stats["relabel_s"] = time.perf_counter() - t0
-    true_all = _gather_true(scores.index, scores.true)
-    if true_all is not None:
-        known = true_all[1] >= 0
-        pseudo = table.lookup(true_all[0][known]).numpy()
-        stats.update({f"true_{k}": v for k, v in cluster_metrics(pseudo, true_all[1][known].numpy()).items()})
+    true_all = in_table_order(table.indices, scores.index, scores.true)
+    if true_all is not None and bool((true_all >= 0).any()):
+        known = true_all >= 0
+        stats.update({f"true_{k}": v for k, v in cluster_metrics(table.labels[known], true_all[known]).items()})
     return table, stats
-
-
-def _gather_true(index: torch.Tensor, true: torch.Tensor):
-    gathered = all_gather_rows(torch.stack([index, true], 1))
-    if not bool((gathered[:, 1] >= 0).any()):
-        return None
-    return gathered[:, 0], gathered[:, 1]
