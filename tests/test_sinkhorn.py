@@ -259,3 +259,27 @@ def test_warm_start_schedule_and_budget():
     cold = sinkhorn_knopp(log_p, 20.0, c, 2000, 1e-8, dtype=torch.float64, anneal=False)
     assert warm.lam == cold.lam == 20.0 and torch.equal(warm.labels, cold.labels)
     assert torch.allclose(warm.log_v - warm.log_v.mean(), cold.log_v - cold.log_v.mean(), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_each_eps_stage_squares_the_kernel_instead_of_rebuilding(dtype, monkeypatch):
+    """With the λ schedule (λ_sk/2^j, ..., λ_sk) the scaled kernel is built once and squared in place at every
+    later stage where log v's span allows: same labels as the log domain and as rebuilding at every stage, and the
+    plan meets the marginals."""
+    import avdet.sinkhorn as sk
+    n, k, lam = 3000, 20, 40.0
+    log_p = _random_log_p(n, k, seed=11, dtype=dtype)
+    c = column_marginal(k)
+    stages = len(sk._lambda_schedule(lam, True))
+    squared = sinkhorn_knopp(log_p, lam, c, 3000, 1e-4, dtype=dtype)
+    kernels = []
+    orig_init = sk._ScaledKernel.__init__
+    monkeypatch.setattr(sk._ScaledKernel, "__init__", lambda self, *a: (orig_init(self, *a), kernels.append(self))[0])
+    sinkhorn_knopp(log_p, lam, c, 3000, 1e-4, dtype=dtype)
+    assert stages >= 3 and kernels[0].squares >= 1 and kernels[0].rebuilds + kernels[0].squares >= stages
+    monkeypatch.setattr(sk._ScaledKernel, "_square", lambda self: None)       # the previous behaviour: rebuild
+    rebuilt = sinkhorn_knopp(log_p, lam, c, 3000, 1e-4, dtype=dtype)
+    logd = sinkhorn_knopp(log_p, lam, c, 3000, 1e-4, dtype=dtype, domain="log")
+    _assert_plan_meets(log_p, lam, c, squared, 1e-4)
+    assert (squared.labels == rebuilt.labels).float().mean() >= 0.999
+    assert (squared.labels == logd.labels).float().mean() >= 0.999
