@@ -95,13 +95,13 @@ def cluster_loss(vis_logits: torch.Tensor, aud_logits: torch.Tensor, labels: tor
 
 def joint_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, lam: float,
                gather: Gather | None = None, clip: torch.Tensor | None = None,
-               column_lse: ColumnLSE | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+               column_lse: ColumnLSE | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L = λ·L_NC + (1−λ)·L_clust (eq. 4) from an AVModel output dict (vis_emb, aud_emb, vis_logits, aud_logits,
     rho), labels (B,) int64 and the pairs' clip ids (B,) (same-clip pairs are not negatives; ``None``: no mask).
-    ``column_lse``: see :func:`nce_loss`. Returns (loss, {"loss", "nce", "clust", "rho"} as floats for logging)."""
+    ``column_lse``: see :func:`nce_loss`. Returns (loss, {"loss", "nce", "clust", "rho"} as detached 0-d tensors
+    for logging: read them with ``float`` when needed, so a GPU step does not wait for the host)."""
     nce = nce_loss(out["vis_emb"], out["aud_emb"], out["rho"], gather, clip, column_lse)
     clust = cluster_loss(out["vis_logits"], out["aud_logits"], labels)
     loss = lam * nce + (1.0 - lam) * clust                 # eq. 4
-    parts = {"loss": float(loss.detach()), "nce": float(nce.detach()), "clust": float(clust.detach()),
-             "rho": float(out["rho"].detach())}
+    parts = {"loss": loss.detach(), "nce": nce.detach(), "clust": clust.detach(), "rho": out["rho"].detach()}
     return loss, parts

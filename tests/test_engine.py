@@ -177,3 +177,13 @@ def test_set_parameters_survives_the_next_step_and_clears_the_moments(zero, opti
                    for n in new)
     with pytest.raises(KeyError, match="no parameters"):
         set_parameters(engine, {"nope": torch.zeros(1)})
+
+
+def test_checkpoints_by_epochs_by_wall_time_and_after_the_last():
+    by_epochs = Stage1TrainConfig(epochs=6, checkpoint_every=2)
+    assert [by_epochs.checkpoint_due(e, since_s=1e9) for e in range(6)] == [False, True, False, True, False, True]
+    by_time = Stage1TrainConfig(epochs=6, checkpoint_every=100, checkpoint_every_s=600)
+    assert [by_time.checkpoint_due(e, since_s=s) for e, s in [(0, 599.9), (1, 600.0), (2, 10), (5, 0)]] == \
+        [False, True, False, True]
+    with pytest.raises(ConfigError, match="checkpoint_every_s"):
+        Stage1TrainConfig(checkpoint_every_s=-1).check()

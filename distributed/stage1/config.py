@@ -19,7 +19,9 @@ class Stage1TrainConfig:
     """Stage-1 training under DeepSpeed (inside Ray Train workers or one plain process).
 
     ``batch_size`` is per worker and per micro-step; the global batch is batch_size × num_workers × grad_accum.
-    ``grad_clip`` 0 disables clipping. A checkpoint is taken every ``checkpoint_every`` epochs and after the last.
+    ``grad_clip`` 0 disables clipping. A checkpoint is taken every ``checkpoint_every`` epochs, at the end of an
+    epoch when ``checkpoint_every_s`` > 0 seconds have passed since the last one (or since the start), and after the
+    last epoch.
     Relabelling happens after the epochs in ``relabel_epochs`` when given, else after every ``relabel_every``-th
     epoch (0 = never).
     ``fail_at_step`` is a FAULT-INJECTION knob for tests: the global steps at which the last rank kills its own
@@ -39,8 +41,10 @@ class Stage1TrainConfig:
     grad_accum: int = 1
     grad_clip: float = 0.0
     warmup_steps: int = 0               # > 0: DeepSpeed WarmupCosineLR over the whole run; 0: constant lr
-    report_every: int = 50              # steps between ray.train.report calls (each blocks ~2 s in Train V2)
+    report_every: int = 50              # steps between log lines and TensorBoard scalars (Ray Train hears per epoch:
+    #                                     a ray.train.report blocks ~2 s in Train V2)
     checkpoint_every: int = 1
+    checkpoint_every_s: float = 0.0     # > 0: also checkpoint at an epoch's end once this much wall time has passed
     seed: int = 0
     max_failures: int = 0               # Ray Train FailureConfig: restarts of the worker group
     fail_at_step: list[int] = field(default_factory=list)   # tests only: the last rank dies once at each step
@@ -54,6 +58,11 @@ class Stage1TrainConfig:
         if self.relabel_epochs is not None:
             return epoch in self.relabel_epochs
         return self.relabel_every > 0 and (epoch + 1) % self.relabel_every == 0
+
+    def checkpoint_due(self, epoch: int, since_s: float) -> bool:
+        """Whether the end of ``epoch`` checkpoints, ``since_s`` seconds after the last checkpoint (or the start)."""
+        return (epoch == self.epochs - 1 or (epoch + 1) % self.checkpoint_every == 0
+                or 0 < self.checkpoint_every_s <= since_s)
 
     def check(self) -> None:
         require(self.epochs >= 1, "epochs", "must be >= 1")
@@ -77,6 +86,7 @@ class Stage1TrainConfig:
         require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         require(self.report_every >= 1, "report_every", "must be >= 1")
         require(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1 (epochs)")
+        require(self.checkpoint_every_s >= 0, "checkpoint_every_s", "must be >= 0 (seconds; 0 = by epochs only)")
         require(self.max_failures >= -1, "max_failures", "must be >= 0, or -1 for unlimited")
         require(all(s >= 0 for s in self.fail_at_step), "fail_at_step",
                 "must list global steps >= 0 ([] = no fault injection)")

@@ -47,7 +47,7 @@ from distributed.stage1.relabel import score_and_relabel
 from distributed.stage1.relabel_pool import RelabelService
 from distributed.stage1.responses import ResponseCache, score_responses
 
-LossFn = Callable[[dict, dict], "tuple[torch.Tensor, dict[str, float]]"]
+LossFn = Callable[[dict, dict], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]   # parts: detached 0-d tensors
 
 
 @dataclass
@@ -101,7 +101,7 @@ def _iterative_loss(cfg: Stage1Config, state: State, epoch: int) -> LossFn:
             value = iterative_loss(out["vis_emb"], out["aud_emb"], prev_map, prev_aud, it.tau, it.delta_v,
                                    it.delta_a, dist.all_gather_with_grad, batch["clip"], it.itr, it.intra, it.inter)
         total = value + _unused_heads(out)
-        return total, {"loss": float(value.detach()), "nce": float(value.detach()), "rho": float(out["rho"])}
+        return total, {"loss": value.detach(), "nce": value.detach(), "rho": out["rho"].detach()}
     return loss
 
 
@@ -130,7 +130,7 @@ def _dsol_loss(cfg: Stage1Config, state: State, epoch: int) -> LossFn:
         value = cls if classify else match
         # 0 × what this step does not train, so every parameter has a gradient and the engine reduces the same buckets
         total = value + 0.0 * ((match if classify else cls) + out["rho"].sum() + out["class_logits"].sum())
-        return total, {"loss": float(value.detach()), "match": float(match.detach()), "cls": float(cls.detach())}
+        return total, {"loss": value.detach(), "match": match.detach(), "cls": cls.detach()}
     return loss
 
 
@@ -139,7 +139,7 @@ def _dsol_stage2_loss(cfg: Stage1Config) -> LossFn:
     def loss(out: dict, batch: dict):
         value, l_c, l_1 = stage2_loss(out, batch["clip"], cfg.dsol.lam, dist.all_gather_with_grad)
         total = value + _unused_heads(out)
-        return total, {"loss": float(value.detach()), "kl": float(l_c.detach()), "match": float(l_1.detach())}
+        return total, {"loss": value.detach(), "kl": l_c.detach(), "match": l_1.detach()}
     return loss
 
 

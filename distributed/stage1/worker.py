@@ -58,12 +58,12 @@ def train_epoch(engine, stream, loss_fn: LossFn, epoch: int, step: int, report_e
                 progress: Progress | None = None) -> tuple[int, dict]:
     """One epoch over ``stream`` (an iterator of decoded batches), each step minimising the method's
     ``loss_fn(model output, batch)`` (:mod:`.methods`). Returns (global step, mean loss parts).
+    The loss parts stay where the loss is (no host sync per step) and are read every ``report_every`` steps (log
+    line, TensorBoard) and at the end; Ray Train hears from the epoch (``_epochs``), not from steps.
     ``fault(step)`` is called before every step (fault injection, tests only); ``progress`` (rank 0) feeds the
     console's progress bar."""
-    import ray.train
-
     engine.train()
-    totals: dict[str, float] = {}
+    totals: dict[str, torch.Tensor | float] = {}
     n = 0
     it = iter(stream)
     t0 = time.perf_counter()
@@ -80,17 +80,17 @@ def train_epoch(engine, stream, loss_fn: LossFn, epoch: int, step: int, report_e
         step, n = step + 1, n + 1
         for k, v in parts.items():
             totals[k] = totals.get(k, 0.0) + v
-        if writer is not None:
-            for k, v in parts.items():
-                writer.add_scalar(f"stage1/{k}", v, step)
         if progress is not None:
             progress.step(epoch, step, len(batch["index"]) * dist.get_world_size())
         if step % report_every == 0:
+            now = {k: float(v) for k, v in parts.items()}
+            if writer is not None:
+                for k, v in now.items():
+                    writer.add_scalar(f"stage1/{k}", v, step)
             rate = n * len(batch["index"]) * dist.get_world_size() / (time.perf_counter() - t0)
             log.info("epoch %d step %d %s (%.0f samples/s)", epoch, step,
-                     " ".join(f"{k} {v:.4f}" for k, v in parts.items() if k != "rho"), rate)
-            ray.train.report({"epoch": epoch, "step": step, **parts})
-    return step, {k: v / max(n, 1) for k, v in totals.items()}
+                     " ".join(f"{k} {v:.4f}" for k, v in now.items() if k != "rho"), rate)
+    return step, {k: float(v) / max(n, 1) for k, v in totals.items()}
 
 
 def _resume(engine, labels_dir: Path) -> tuple[int, int, State]:
@@ -184,8 +184,9 @@ def train_loop_per_worker(config: dict) -> None:
 def _epochs(cfg: Stage1Config, engine, state: State, start_epoch: int, step: int, nodes: int, writer,
             fault, service: RelabelService | None, progress: Progress | None = None) -> None:
     """Train on the method's loss, run its between-epoch round when scheduled (relabel, or the response cache),
-    log and report, epoch after epoch; checkpoint every ``train.checkpoint_every`` epochs and after the last (a
-    restart resumes from the latest checkpoint; the first epoch it runs records ``resumed_at_epoch``)."""
+    log and report, epoch after epoch; checkpoint as ``train.checkpoint_due`` says (every ``checkpoint_every``
+    epochs, by wall time, after the last; a restart resumes from the latest checkpoint; the first epoch it runs
+    records ``resumed_at_epoch``)."""
     import ray.train
 
     out = Path(cfg.out_dir)
@@ -193,13 +194,15 @@ def _epochs(cfg: Stage1Config, engine, state: State, start_epoch: int, step: int
     part = (dist.get_rank(), dist.get_world_size())
     score_shard = ray.train.get_dataset_shard(f"score_{dist.get_rank()}")
     stream_cfg, score_cfg = cfg.stream_config(shuffle=True), cfg.stream_config(shuffle=False)
+    last_checkpoint = time.monotonic()
     for epoch in range(start_epoch, cfg.train.epochs):
         stream = ray_dataset(cfg.manifest, method.split(cfg, epoch), stream_cfg, epoch=epoch, part=part)
         step, parts = train_epoch(engine, iter_torch_batches(stream, stream_cfg, epoch), method.loss(cfg, state, epoch),
                                   epoch, step, cfg.train.report_every, writer, fault, progress)
         dist.average_buffers(engine.module)     # one BatchNorm state for scoring, checkpoints and model.pt
+        due = cfg.train.checkpoint_due(epoch, time.monotonic() - last_checkpoint)
         metrics = {"epoch": epoch, "step": step, "nodes": nodes, **{f"train_{k}": v for k, v in parts.items()},
-                   "checkpointed": epoch == cfg.train.epochs - 1 or (epoch + 1) % cfg.train.checkpoint_every == 0}
+                   "checkpointed": bool(dist.make_reduce()(torch.tensor([int(due)]), "max")[0])}   # rank clocks differ
         if epoch == start_epoch and start_epoch > 0:
             metrics["resumed_at_epoch"] = start_epoch
         if method.round_after(cfg, epoch):
@@ -222,6 +225,7 @@ def _epochs(cfg: Stage1Config, engine, state: State, start_epoch: int, step: int
                                                for k, v in metrics.items()})
         if metrics["checkpointed"]:
             _checkpoint_and_report(engine, state, epoch, step, metrics)
+            last_checkpoint = time.monotonic()
         else:
             ray.train.report(metrics)
 
