@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -383,16 +384,19 @@ def label_histogram(labels: torch.Tensor, k: int, reduce: Reduce | None = None) 
 def sparse_sinkhorn_knopp(cand_idx: torch.Tensor, cand_log_p: torch.Tensor, num_clusters: int, lambda_sk: float,
                           col_marginal: torch.Tensor, max_iters: int = 200, tol: float = 1e-3,
                           reduce: Reduce | None = None, dtype: torch.dtype | str = torch.float32,
-                          anneal: bool = True) -> SinkhornResult:
+                          anneal: bool = True, domain: str = "auto") -> SinkhornResult:
     """Sinkhorn-Knopp with each sample's plan restricted to its candidate clusters (zero mass elsewhere).
 
     cand_idx (N, k) int64 cluster ids in [0, num_clusters) (e.g. FAISS top-k centroids), no repeats within a row;
     cand_log_p (N, k) their log-probabilities. Same algorithm, scalings and reduce contract as ``sinkhorn_knopp``;
     labels = cand_idx[i, argmax_j (A_ij + log v[cand_idx_ij])]. With k = K and cand_idx = arange it equals the
     dense solver. A cluster that is nobody's candidate cannot receive mass: the marginal is then infeasible and
-    the solver reports non-convergence (its log v stays 0).
+    the solver reports non-convergence (its log v stays 0). ``domain`` "auto": the scaled kernel in CSR form
+    (:class:`_SparseScaledKernel`: two sparse matvecs per pass), "log": the log-domain pass (scatter per pass).
     """
     reduce, dtype = reduce or _local_reduce, _as_dtype(dtype)
+    if domain not in DOMAINS:
+        raise ValueError(f"sparse_sinkhorn_knopp: domain must be one of {DOMAINS}, got {domain!r}")
     n, kk = cand_log_p.shape
     if cand_idx.shape != cand_log_p.shape:
         raise ValueError(f"sparse_sinkhorn_knopp: cand_idx {tuple(cand_idx.shape)} and cand_log_p "
@@ -403,12 +407,99 @@ def sparse_sinkhorn_knopp(cand_idx: torch.Tensor, cand_log_p: torch.Tensor, num_
     log_n = math.log(_global_count(n, reduce))
     log_u = torch.empty(n, dtype=dtype, device=dev)
     labels = torch.empty(n, dtype=torch.int64, device=dev)
+    kernel = (_SparseScaledKernel(cand_idx, cand_log_p, num_clusters, floor, dtype)
+              if domain == "auto" and tol >= SCALED_MIN_TOL[dtype] else None)
 
     def one_pass(lam: float, log_v: torch.Tensor) -> _ColumnLSE:
+        if kernel is not None:
+            return kernel.column_pass(lam, log_v, log_n)
         return _sparse_pass(cand_idx, cand_log_p, lam, floor, log_v.to(dtype), log_n, log_u, labels, dtype)
     log_v, it, err, lam = _solve(one_pass, lambda_sk, log_c, max_iters, tol, reduce, anneal,
                                  "sparse_sinkhorn_knopp")
+    if kernel is not None:
+        kernel.finish(log_v, log_n, log_u, labels)
     return SinkhornResult(labels, log_u, log_v, it, err, err < tol and lam == lambda_sk, lam)
+
+
+class _SparseScaledKernel(_ScaledKernel):
+    """:class:`_ScaledKernel` over each row's candidates only, held as CSR with int32 indices: P_ij =
+    exp(max(B_ij − M_i, SCALED_FLOOR)) for the k candidates of row i (B = A + log v_abs[cand]). A pass is two sparse
+    matvecs: the row sums P v' (CSR) and the column sums Pᵀ r (the transposed CSR, whose structure is built once —
+    the candidates never change — and whose values follow P at every rebuild or square)."""
+
+    def __init__(self, cand_idx: torch.Tensor, cand_log_p: torch.Tensor, num_clusters: int, floor: float,
+                 dtype: torch.dtype):
+        n, kk = cand_log_p.shape
+        dev, itype = cand_log_p.device, torch.int32 if n * kk < 2 ** 31 - 1 else torch.int64
+        self.log_p, self.idx, self.floor, self.dtype = cand_log_p, cand_idx, floor, dtype
+        self.num_clusters, self.width = num_clusters, kk
+        flat = cand_idx.reshape(-1)
+        self.perm = torch.argsort(flat, stable=True)                     # CSR order -> transposed-CSR order
+        self.crow = torch.arange(0, n * kk + 1, kk, dtype=itype, device=dev)
+        self.col = flat.to(itype)
+        self.crow_t = torch.zeros(num_clusters + 1, dtype=itype, device=dev)
+        self.crow_t[1:] = torch.cumsum(torch.bincount(flat, minlength=num_clusters), 0).to(itype)
+        self.row_t = torch.div(self.perm, kk, rounding_mode="floor").to(itype)
+        self.p = torch.empty(n * kk, dtype=dtype, device=dev)
+        self.p_t = torch.empty(n * kk, dtype=dtype, device=dev)
+        self.row_max = torch.empty(n, dtype=torch.float64, device=dev)
+        self.lam: float | None = None
+        self.absorbed = torch.zeros(num_clusters, dtype=torch.float64, device=dev)
+        self.rebuilds = self.squares = 0
+        self.row_sum: torch.Tensor | None = None
+        self.top = 0.0
+
+    def _matrices(self, permute: bool = True) -> None:
+        n = self.row_max.numel()
+        if permute:
+            self.p_t.copy_(self.p[self.perm])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")                              # "sparse CSR support is in beta"
+            self.csr = torch.sparse_csr_tensor(self.crow, self.col, self.p, (n, self.num_clusters))
+            self.csr_t = torch.sparse_csr_tensor(self.crow_t, self.row_t, self.p_t, (self.num_clusters, n))
+
+    def _build(self, lam: float, log_v: torch.Tensor) -> None:
+        n, kk = self.log_p.shape
+        shift = log_v.to(self.dtype)
+        p = self.p.view(n, kk)
+        for sl in _row_chunks(n, kk):
+            b = p[sl]
+            b.copy_(self.log_p[sl]).clamp_(min=self.floor).mul_(lam).add_(shift[self.idx[sl]])
+            m = b.amax(dim=1)
+            self.row_max[sl] = m
+            b.sub_(m[:, None]).clamp_(min=SCALED_FLOOR).exp_()
+        self.lam, self.absorbed = lam, shift.to(torch.float64)
+        self.rebuilds += 1
+        self._matrices()
+
+    def _square(self) -> None:
+        floor = math.exp(SCALED_FLOOR)
+        for values in (self.p, self.p_t):                                  # both orders of the same entries
+            for sl in _row_chunks(values.numel(), 1):
+                values[sl].square_().clamp_(min=floor)
+        self.row_max.mul_(2)
+        self.absorbed = self.absorbed * 2
+        self.lam = self.lam * 2
+        self.squares += 1
+        self._matrices(permute=False)
+
+    def column_pass(self, lam: float, log_v: torch.Tensor, log_n: float) -> _ColumnLSE:
+        rest = self._residual(lam, log_v)
+        self.top = float(rest.max())
+        v = torch.exp(rest - self.top).to(self.dtype)
+        self.row_sum = torch.mv(self.csr, v)
+        col = _ColumnLSE(self.num_clusters, self.p.device)
+        col.m = -self.absorbed - self.top
+        col.s = torch.mv(self.csr_t, self.row_sum.reciprocal().mul_(math.exp(-log_n))).to(torch.float64)
+        return col
+
+    def finish(self, log_v: torch.Tensor, log_n: float, log_u: torch.Tensor, labels: torch.Tensor) -> None:
+        n, kk = self.log_p.shape
+        v = torch.exp(log_v - self.absorbed - self.top).to(self.dtype)
+        log_u.copy_(self.row_sum.double().log_().add_(self.row_max).add_(log_n + self.top).neg_())
+        p = self.p.view(n, kk)
+        for sl in _row_chunks(n, kk):
+            labels[sl] = self.idx[sl].gather(1, (p[sl] * v[self.idx[sl]]).argmax(dim=1, keepdim=True))[:, 0]
 
 
 def _sparse_pass(cand_idx, cand_log_p, lam, floor, log_v, log_n, log_u, labels, dtype) -> _ColumnLSE:

@@ -283,3 +283,23 @@ def test_each_eps_stage_squares_the_kernel_instead_of_rebuilding(dtype, monkeypa
     _assert_plan_meets(log_p, lam, c, squared, 1e-4)
     assert (squared.labels == rebuilt.labels).float().mean() >= 0.999
     assert (squared.labels == logd.labels).float().mean() >= 0.999
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sparse_csr_kernel_equals_the_log_domain_pass(dtype):
+    """The sparse scaled kernel (CSR, int32 indices, two matvecs per pass, squared at each ε-stage) takes the same
+    passes to the same labels and scalings as the log-domain sparse pass, over unequal candidate counts per cluster."""
+    import avdet.sinkhorn as sk
+    n, k, kk, lam = 3000, 40, 5, 20.0
+    g = torch.Generator().manual_seed(8)
+    idx = torch.stack([torch.randperm(k, generator=g)[:kk] for _ in range(n)])
+    lp = torch.log_softmax(torch.randn(n, kk, generator=g, dtype=dtype) * 3, dim=1)
+    c = column_marginal(k, "gaussian")
+    res = {d: sparse_sinkhorn_knopp(idx, lp, k, lam, c, 1000, 1e-4, dtype=dtype, domain=d) for d in ("log", "auto")}
+    assert res["auto"].converged and res["auto"].iters == res["log"].iters
+    assert torch.equal(res["auto"].labels, res["log"].labels)
+    assert torch.allclose(res["auto"].log_v, res["log"].log_v, atol=1e-4)
+    kernel = sk._SparseScaledKernel(idx, lp, k, sk.A_FLOOR / lam, dtype)
+    assert kernel.col.dtype == torch.int32 and kernel.row_t.dtype == torch.int32
+    with pytest.raises(ValueError, match="domain"):
+        sparse_sinkhorn_knopp(idx, lp, k, lam, c, domain="exp")

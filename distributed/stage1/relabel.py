@@ -123,7 +123,7 @@ def _solve_dense(s: Scores, r: Round) -> Solved:
 def _solve_sparse(s: Scores, r: Round) -> Solved:
     result = sparse_sinkhorn_knopp(s.rows["cand_idx"], s.rows["cand_log_p"], s.num_clusters, r.sk.lambda_sk,
                                    r.marginal(s.num_clusters), r.sk.max_iters, r.sk.tol, reduce=make_reduce(),
-                                   dtype=getattr(torch, r.sk.dtype))
+                                   dtype=getattr(torch, r.sk.dtype), domain=r.sk.domain)
     return _table(s.index, result.labels, s.num_clusters, r.version, r.prev), result
 
 
