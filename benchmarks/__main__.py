@@ -21,6 +21,7 @@ log = logging.getLogger("benchmarks")
 
 ALL = ("train_step", "relabel", "faiss_bench", "detector", "end_to_end", "stream")
 TAKES_FULL = ("relabel", "faiss_bench")
+TAKES_GOALS = ("stream",)      # benchmarks that write their goals to benchmarks/GOALS.json (full runs, default out)
 
 
 def bench_argv(name: str, tiny: bool, full: bool, out: str | None) -> list[str]:
@@ -28,6 +29,8 @@ def bench_argv(name: str, tiny: bool, full: bool, out: str | None) -> list[str]:
     argv = ["--tiny"] if tiny else []
     if full and name in TAKES_FULL:
         argv.append("--full")
+    if not tiny and not out and name in TAKES_GOALS:
+        argv.append("--goals")
     if out:
         if name == "stream":
             argv += ["--out", str(Path(out) / "stream.json"), "--no-results-row"]

@@ -52,6 +52,32 @@ def append_results_row(name: str, summary: str, argv: list[str], results_md: str
         f.write(f"| {_dt.date.today().isoformat()} | {name} | `{cmd}` | {summary} |\n")
 
 
+GOALS_JSON = BENCH_DIR / "GOALS.json"
+
+
+def git_commit() -> str:
+    import subprocess
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH_DIR, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def record_goals(goals: list[dict], out_dir: str | Path | None = None) -> Path:
+    """Merge ``goals`` ({"goal", "measured", "target", "met"}) into ``<out_dir>/GOALS.json`` (default
+    benchmarks/GOALS.json, committed), each stamped with today's date and the commit; an entry replaces the one of
+    the same name, the others are kept (every benchmark owns its goals)."""
+    path = Path(out_dir) / "GOALS.json" if out_dir else GOALS_JSON
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    stamp = {"date": _dt.date.today().isoformat(), "commit": git_commit()}
+    new = {g["goal"]: {**g, **stamp} for g in goals}
+    rows = [r for r in rows if r["goal"] not in new] + list(new.values())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(sorted(rows, key=lambda r: r["goal"]), indent=1) + "\n")
+    return path
+
+
 def loadavg() -> float:
     """1-minute load average (the machine is shared: every row says how busy it was)."""
     return round(os.getloadavg()[0], 2)

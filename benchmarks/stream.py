@@ -1,10 +1,20 @@
-"""Streaming throughput: raw decode bound vs plain webdataset/DataLoader vs our plain loader vs the Ray Data path.
+"""Streaming throughput: the decode bounds vs plain webdataset/DataLoader vs our plain loader vs the Ray Data path.
 
     python -m benchmarks.stream                 # 8192 samples (128x128 JPEG + 1 s FLAC), writes out/stream.json
     python -m benchmarks.stream --tiny          # seconds-long smoke run
+    python -m benchmarks.stream --shards DIR    # an existing shard folder (its train split)
 
-Every figure is samples/s of decoded batches (frames normalised, log-mel computed) reaching one consumer, timed over
-a full epoch after a warm-up epoch. Ray runs on 127.0.0.1 only.
+Every figure is samples/s reaching one consumer (several for the split Ray arm), one full epoch per timing. The arms
+run interleaved: ``--rounds`` rounds, each timing every arm once in turn (after one warm-up epoch per arm), so load
+from other processes hits every arm alike; the figure is the median over rounds (all rounds are kept). Every
+multi-process arm uses as many workers as the machine has cores. Two bounds, one thread each, × cores:
+
+* ``physical_decode_1core``: what the shards store, decoded: tar read + JPEG + FLAC, nothing else;
+* ``decode_logmel_1core``: the same + stacking, frame normalisation and log-mel — the per-sample work every loader
+  arm does (until log-mel is stored at ingest).
+
+Ray runs on 127.0.0.1 only. With ``--goals`` (what ``make bench`` passes) the issue's goals are written to
+``benchmarks/GOALS.json``.
 """
 from __future__ import annotations
 
@@ -15,12 +25,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from avdet.config import AudioConfig, to_dict
-from benchmarks.common import append_results_row, write_result
+from benchmarks.common import append_results_row, record_goals, write_result
 from data.config import StreamConfig
 from data.schema import SampleMeta, encode_sample
 from data.shards import ShardWriter, read_manifest, write_manifest
@@ -52,52 +63,41 @@ def make_shards(out: Path, n: int, per_shard: int, frame_size: int = 128, seed: 
     return out
 
 
-def _time_epoch(make_iter, n_expected: int) -> float:
-    """samples/s of one epoch after one warm-up epoch; checks the sample count."""
-    for _ in make_iter():
-        pass
-    t0, n = time.perf_counter(), 0
-    for batch in make_iter():
-        n += len(batch["index"])
-    dt = time.perf_counter() - t0
-    if n != n_expected:
-        raise RuntimeError(f"epoch yielded {n} samples, expected {n_expected}")
-    return n / dt
-
-
 def train_count(manifest) -> int:
     """Samples of the train split: what every arm streams (a shard folder may also hold a test split)."""
     return sum(s.count for s in read_manifest(manifest).split_shards("train"))
 
 
-def decode_bound(manifest, cfg: StreamConfig) -> float:
-    """Single process, one thread: tar read + JPEG + FLAC decode + stack + normalise + log-mel, tight loop."""
+def decode_bound(manifest, cfg: StreamConfig, logmel: bool = True) -> Callable[[], Iterator]:
+    """One process, one thread, tight loop over the train split: tar read + JPEG + FLAC decode, and with ``logmel``
+    the loaders' per-sample work too (stack, normalise, log-mel). Returns the epoch's iterator factory."""
     from data.health import DataHealth
     from data.shards import iter_shard_samples
     m = read_manifest(manifest)
     ids = {c: i for i, c in enumerate(m.classes)}
     collate = BatchCollate(cfg.audio)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
 
     def it():
-        for s in m.split_shards("train"):
-            buf = []
-            for x in iter_shard_samples(m.shard_path(s), DataHealth(), m.spec()):
-                buf.append(x)
-                if len(buf) == cfg.batch_size:
-                    yield collate(_stack(buf, ids))
-                    buf = []
-            if buf:
-                yield collate(_stack(buf, ids))
-    try:
-        return _time_epoch(it, train_count(manifest))
-    finally:
-        torch.set_num_threads(threads)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for s in m.split_shards("train"):
+                buf = []
+                for x in iter_shard_samples(m.shard_path(s), DataHealth(), m.spec()):
+                    buf.append(x)
+                    if len(buf) == cfg.batch_size:
+                        yield collate(_stack(buf, ids)) if logmel else {"index": buf}
+                        buf = []
+                if buf:
+                    yield collate(_stack(buf, ids)) if logmel else {"index": buf}
+        finally:
+            torch.set_num_threads(threads)
+    return it
 
 
-def webdataset_plain(manifest, cfg: StreamConfig, workers: int) -> float:
-    """The usual baseline: ``webdataset.WebDataset`` + own whitelisted decode + ``DataLoader(num_workers)``."""
+def webdataset_plain(manifest, cfg: StreamConfig, workers: int) -> Callable[[], Iterator]:
+    """The usual baseline: ``webdataset.WebDataset`` + own whitelisted decode + ``DataLoader(num_workers)``, each
+    worker one torch thread."""
     import webdataset as wds
 
     from data.schema import decode_audio, decode_image, decode_json
@@ -115,24 +115,25 @@ def webdataset_plain(manifest, cfg: StreamConfig, workers: int) -> float:
                              empty_check=False)
               .map(decode).batched(cfg.batch_size, collation_fn=lambda b: collate(_stack(b, ids))))
         return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers,
-                                           prefetch_factor=2 if workers else None)
-    return _time_epoch(make, train_count(manifest))
+                                           prefetch_factor=2 if workers else None,
+                                           worker_init_fn=lambda _: torch.set_num_threads(1))
+    return make
 
 
-def ours_plain(manifest, cfg: StreamConfig, workers: int) -> float:
+def ours_plain(manifest, cfg: StreamConfig, workers: int) -> Callable[[], Iterator]:
     c = StreamConfig(**{**cfg.__dict__, "num_workers": workers})
-    return _time_epoch(lambda: plain_loader(manifest, "train", c), train_count(manifest))
+    return lambda: plain_loader(manifest, "train", c)
 
 
-def ray_path(manifest, cfg: StreamConfig, concurrency: int, consumers: int) -> float:
+def ray_path(manifest, cfg: StreamConfig, concurrency: int, consumers: int) -> Callable[[], int]:
     """Ray Data read tasks (``concurrency``) feeding ``consumers`` iterators (threads on the driver, like train
-    workers each iterating their ``streaming_split`` shard); figure is the total samples/s."""
+    workers each iterating their ``streaming_split`` shard). Returns a function that runs one epoch and returns
+    the samples it delivered."""
     c = StreamConfig(**{**cfg.__dict__, "read_concurrency": concurrency})
-    n = train_count(manifest)
-    if consumers == 1:
-        return _time_epoch(lambda: iter_torch_batches(ray_dataset(manifest, "train", c), c), n)
-    rates = []
-    for _epoch in range(2):           # first epoch warms up
+
+    def epoch() -> int:
+        if consumers == 1:
+            return sum(len(b["index"]) for b in iter_torch_batches(ray_dataset(manifest, "train", c), c))
         its = ray_dataset(manifest, "train", c).streaming_split(consumers, equal=False)
         counts = [0] * consumers
 
@@ -140,13 +141,32 @@ def ray_path(manifest, cfg: StreamConfig, concurrency: int, consumers: int) -> f
             for b in iter_torch_batches(its[k], c):
                 counts[k] += len(b["index"])
         threads = [threading.Thread(target=consume, args=(k,)) for k in range(consumers)]
-        t0 = time.perf_counter()
         [t.start() for t in threads]
         [t.join() for t in threads]
-        rates.append(sum(counts) / (time.perf_counter() - t0))
-        if sum(counts) != n:
-            raise RuntimeError(f"streaming_split epoch yielded {sum(counts)} samples, expected {n}")
-    return rates[-1]
+        return sum(counts)
+    return epoch
+
+
+def _counting(make_iter: Callable[[], Iterator]) -> Callable[[], int]:
+    return lambda: sum(len(b["index"]) for b in make_iter())
+
+
+def interleaved_epochs(arms: dict[str, Callable[[], int]], n_expected: int, rounds: int) -> dict[str, list[float]]:
+    """samples/s of every arm per round: one untimed epoch per arm, then ``rounds`` rounds that time each arm's
+    epoch in turn. Each epoch must deliver ``n_expected`` samples."""
+    for name, epoch in arms.items():
+        epoch()
+    rates: dict[str, list[float]] = {name: [] for name in arms}
+    for r in range(rounds):
+        for name, epoch in arms.items():
+            t0 = time.perf_counter()
+            n = epoch()
+            dt = time.perf_counter() - t0
+            if n != n_expected:
+                raise RuntimeError(f"{name}: an epoch yielded {n} samples, expected {n_expected}")
+            rates[name].append(n / dt)
+            log.info("round %d %s: %.0f samples/s", r, name, rates[name][-1])
+    return rates
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -155,61 +175,74 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--per-shard", type=int, default=512)
     p.add_argument("--shards", help="existing shard dir with manifest.json (default: make synthetic ones)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--tiny", action="store_true", help="512 samples, seconds-long smoke run")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--tiny", action="store_true", help="512 samples, 1 round: a seconds-long smoke run")
+    p.add_argument("--goals", action="store_true", help="write the goals to benchmarks/GOALS.json (make bench)")
     p.add_argument("--out", help="JSON output path (default benchmarks/out/stream.json)")
     p.add_argument("--no-results-row", action="store_true", help="do not append to benchmarks/RESULTS.md")
     return p.parse_args(argv)
 
 
-def _run_all(manifest: Path, cfg: StreamConfig) -> dict:
-    from distributed.cluster.ray_local import start_local_ray
-    import ray
-    fig = {"decode_bound_1core": decode_bound(manifest, cfg)}
-    log.info("decode bound: %.0f samples/s", fig["decode_bound_1core"])
-    for w in (1, 2):
-        fig[f"webdataset_dataloader_w{w}"] = webdataset_plain(manifest, cfg, w)
-        fig[f"ours_plain_dataloader_w{w}"] = ours_plain(manifest, cfg, w)
-        log.info("workers=%d: webdataset %.0f/s, ours plain %.0f/s", w, fig[f"webdataset_dataloader_w{w}"],
-                 fig[f"ours_plain_dataloader_w{w}"])
-    start_local_ray(num_cpus=2, object_store_memory=2 * 2**30)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    try:
-        for conc, cons in ((1, 1), (2, 1), (2, 2)):
-            fig[f"ray_c{conc}_consumers{cons}"] = ray_path(manifest, cfg, conc, cons)
-            log.info("ray concurrency=%d consumers=%d: %.0f/s", conc, cons, fig[f"ray_c{conc}_consumers{cons}"])
-    finally:
-        ray.shutdown()
-    return fig
+BASELINE_2026_12_01 = 1078.0    # the Ray path re-run idle on 2026-12-01 (issue 19): the "2x today" goal's base
+
+
+def _arms(manifest: Path, cfg: StreamConfig, cores: int) -> dict[str, Callable[[], int]]:
+    return {"physical_decode_1core": _counting(decode_bound(manifest, cfg, logmel=False)),
+            "decode_logmel_1core": _counting(decode_bound(manifest, cfg)),
+            f"webdataset_dataloader_w{cores}": _counting(webdataset_plain(manifest, cfg, cores)),
+            f"ours_plain_dataloader_w{cores}": _counting(ours_plain(manifest, cfg, cores)),
+            f"ray_c{cores}_consumers1": ray_path(manifest, cfg, cores, 1),
+            f"ray_c{cores}_consumers2": ray_path(manifest, cfg, cores, 2)}
+
+
+def goals(fig: dict, cores: int) -> list[dict]:
+    """The issue's streaming goals from the figures (medians)."""
+    ray, plain = fig[f"ray_c{cores}_consumers1"], fig[f"webdataset_dataloader_w{cores}"]
+    rows = [("stream_ray_vs_plain_reader", ray / plain, 1.0),
+            ("stream_vs_physical_decode_bound", ray / (fig["physical_decode_1core"] * cores), 0.8),
+            ("stream_vs_2026_12_01", ray / BASELINE_2026_12_01, 2.0)]
+    return [{"goal": g, "measured": round(m, 3), "target": f">= {t}", "met": bool(m >= t)} for g, m, t in rows]
 
 
 def main(argv: list[str] | None = None) -> dict:
+    import statistics
+
+    from distributed.cluster.ray_local import start_local_ray
+    import ray
     argv = list(argv or [])
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.tiny:
-        args.samples, args.per_shard = 512, 128
-    cfg = StreamConfig(batch_size=args.batch_size, shuffle=False, shuffle_buffer=0, read_concurrency=2)
+        args.samples, args.per_shard, args.rounds = 512, 128, 1
+    cores = os.cpu_count() or 1
+    cfg = StreamConfig(batch_size=args.batch_size, shuffle=False, shuffle_buffer=0, read_concurrency=cores)
     with tempfile.TemporaryDirectory(prefix="avdet-bench-") as tmp:
         manifest = Path(args.shards) if args.shards else make_shards(Path(tmp), args.samples, args.per_shard)
         n = train_count(manifest)
         load_start = os.getloadavg()
-        fig = _run_all(manifest, cfg)
-        fig["loadavg_1m_start_end"] = [load_start[0], os.getloadavg()[0]]   # other processes share these cores
-    base = fig["webdataset_dataloader_w2"]
-    best_ray = max(v for k, v in fig.items() if k.startswith("ray_"))
-    cores = os.cpu_count() or 1
-    fig.update({"samples": n, "batch_size": args.batch_size,
-                "ratio_ray_c2_over_webdataset_w2": fig["ray_c2_consumers1"] / base,
-                "ratio_best_ray_over_webdataset_w2": best_ray / base,
-                "ratio_ray_c2_over_decode_bound_x_cores": fig["ray_c2_consumers1"] / (fig["decode_bound_1core"] * cores)})
+        start_local_ray(num_cpus=cores, object_store_memory=2 * 2**30)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        try:
+            rounds = interleaved_epochs(_arms(manifest, cfg, cores), n, args.rounds)
+        finally:
+            ray.shutdown()
+    fig = {name: statistics.median(r) for name, r in rounds.items()}
+    fig.update({"rounds": rounds, "cores": cores, "samples": n, "batch_size": args.batch_size,
+                "loadavg_1m_start_end": [load_start[0], os.getloadavg()[0]], "goals": goals(fig, cores)})
     path = write_result("stream", fig, argv, args.out)
-    summary = (f"{n} samples: decode-bound {fig['decode_bound_1core']:.0f}/s/core; webdataset+DL w2 {base:.0f}/s; "
-               f"ours plain w2 {fig['ours_plain_dataloader_w2']:.0f}/s; ray c2 {fig['ray_c2_consumers1']:.0f}/s "
-               f"(x{fig['ratio_ray_c2_over_webdataset_w2']:.2f} of webdataset, "
-               f"x{fig['ratio_ray_c2_over_decode_bound_x_cores']:.2f} of decode-bound x {cores} cores); "
-               f"load avg {fig['loadavg_1m_start_end'][0]:.1f}->{fig['loadavg_1m_start_end'][1]:.1f}")
+    g = {r["goal"]: r for r in fig["goals"]}
+    summary = (f"{n} samples, {args.rounds} interleaved rounds, {cores} cores: physical decode "
+               f"{fig['physical_decode_1core']:.0f}/s/core, with log-mel {fig['decode_logmel_1core']:.0f}/s/core; "
+               f"webdataset+DL w{cores} {fig[f'webdataset_dataloader_w{cores}']:.0f}/s; ours plain "
+               f"{fig[f'ours_plain_dataloader_w{cores}']:.0f}/s; ray c{cores} {fig[f'ray_c{cores}_consumers1']:.0f}/s, "
+               f"2 consumers {fig[f'ray_c{cores}_consumers2']:.0f}/s; ray/plain "
+               f"x{g['stream_ray_vs_plain_reader']['measured']:.2f}, of physical decode x cores "
+               f"x{g['stream_vs_physical_decode_bound']['measured']:.2f}; load avg "
+               f"{fig['loadavg_1m_start_end'][0]:.1f}->{fig['loadavg_1m_start_end'][1]:.1f}")
     if not args.no_results_row:
         append_results_row("stream", summary, argv)
+    if args.goals:
+        record_goals(fig["goals"])
     log.info("%s -> %s", summary, path)
     return fig
 

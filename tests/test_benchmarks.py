@@ -109,6 +109,7 @@ def test_runner_runs_named_benchmarks_into_out(tmp_path):
     assert bench_main.bench_argv("stream", True, False, str(tmp_path)) == [
         "--tiny", "--out", str(tmp_path / "stream.json"), "--no-results-row"]
     assert bench_main.bench_argv("relabel", False, True, None) == ["--full"]
+    assert bench_main.bench_argv("stream", False, False, None) == ["--goals"]
     import benchmarks.end_to_end as e2e
     orig = e2e.newest_pipeline_json
     e2e.newest_pipeline_json = lambda: pj
@@ -133,7 +134,9 @@ def test_stream_arms_count_the_train_split_of_a_folder_that_also_holds_a_test_sp
     test = ShardWriter(tmp_path).write("test", 0, ({"__key__": key, **dict(entries)} for key, entries in groups))
     write_manifest(tmp_path, [*m.shards, test], m.classes, m.config)
     cfg = StreamConfig(batch_size=16, shuffle=False, shuffle_buffer=0)
-    assert stream.decode_bound(manifest, cfg) > 0 and stream.ours_plain(manifest, cfg, 0) > 0
+    for arm in (stream.decode_bound(manifest, cfg), stream.decode_bound(manifest, cfg, logmel=False),
+                stream.ours_plain(manifest, cfg, 0)):
+        assert stream._counting(arm)() == 48
     assert stream.train_count(manifest) == 48 and sum(s.count for s in read_manifest(manifest).shards) == 56
 
 
@@ -145,3 +148,23 @@ def test_gpu_check_cpu_fallback(tmp_path):
     assert fig["device"] == "cpu (fallback)" and fig["stage1_step"]["ok"] and fig["two_ranks"]["ok"]
     assert all(r["sinkhorn_agreement"] == 1.0 and r["cpu_flag"] == 2 for r in fig["two_ranks"]["ranks"])
     assert json.loads((tmp_path / "gpu_check.json").read_text())["two_ranks"]["backend"] == "gloo"
+
+
+def test_stream_arms_run_interleaved_and_goals_are_judged(tmp_path):
+    """Every round times each arm once, in turn (not one arm's rounds back to back); a short epoch is an error;
+    the goals are the ratios of the medians against their targets, recorded by name in GOALS.json."""
+    from benchmarks import stream
+    from benchmarks.common import record_goals
+    calls = []
+    arms = {name: (lambda name=name: calls.append(name) or 10) for name in ("a", "b")}
+    rates = stream.interleaved_epochs(arms, 10, rounds=3)
+    assert calls == ["a", "b"] * 4 and {k: len(v) for k, v in rates.items()} == {"a": 3, "b": 3}
+    with pytest.raises(RuntimeError, match="b: an epoch yielded 9 samples, expected 10"):
+        stream.interleaved_epochs({"a": lambda: 10, "b": lambda: 9}, 10, rounds=1)
+    fig = {"ray_c2_consumers1": 1500.0, "webdataset_dataloader_w2": 1200.0, "physical_decode_1core": 1000.0}
+    got = {g["goal"]: (g["measured"], g["met"]) for g in stream.goals(fig, 2)}
+    assert got == {"stream_ray_vs_plain_reader": (1.25, True), "stream_vs_physical_decode_bound": (0.75, False),
+                   "stream_vs_2026_12_01": (round(1500 / 1078, 3), False)}
+    record_goals([{"goal": "x", "measured": 1, "target": ">= 1", "met": True}], tmp_path)
+    path = record_goals(stream.goals(fig, 2), tmp_path)
+    assert [r["goal"] for r in json.loads(path.read_text())] == sorted(["x", *got])
