@@ -21,7 +21,7 @@ log = logging.getLogger("benchmarks")
 
 ALL = ("train_step", "relabel", "faiss_bench", "detector", "end_to_end", "stream")
 TAKES_FULL = ("relabel", "faiss_bench")
-TAKES_GOALS = ("stream", "train_step")      # benchmarks that write their goals to benchmarks/GOALS.json (full runs, default out)
+TAKES_GOALS = ("stream", "train_step", "relabel")      # benchmarks that write their goals to benchmarks/GOALS.json (full runs, default out)
 
 
 def bench_argv(name: str, tiny: bool, full: bool, out: str | None) -> list[str]:

@@ -59,6 +59,9 @@ def test_relabel(tmp_path):
               "log_domain_per_iter_s", "speedup_per_iter_vs_log_domain")
     _positive(fig["sparse"][0], "per_iter_s", "bw_bound_s")
     _positive(fig["vggsound_scale"], "epoch_s", "sinkhorn_s", "sinkhorn_pct_of_epoch", "train_samples_per_s")
+    v = fig["vggsound_scale"]          # the round's share counts the scoring pass too
+    assert abs(v["relabel_pct_of_epoch"] - v["sinkhorn_pct_of_epoch"] - v["scoring_pct_of_epoch"]) < 1e-9
+    assert {g["goal"] for g in fig["goals"]} >= {"sinkhorn_dense_pass_x_bandwidth_bound"}
 
 
 def test_selavi_loop_agrees_with_ours_at_the_same_tolerance():
