@@ -112,7 +112,7 @@ def test_runner_runs_named_benchmarks_into_out(tmp_path):
     pj.write_text(json.dumps({"timings_s": {"detector": 1.5}}))
     assert bench_main.bench_argv("stream", True, False, str(tmp_path)) == [
         "--tiny", "--out", str(tmp_path / "stream.json"), "--no-results-row"]
-    assert bench_main.bench_argv("relabel", False, True, None) == ["--full"]
+    assert bench_main.bench_argv("relabel", False, True, None) == ["--full", "--goals"]
     assert bench_main.bench_argv("stream", False, False, None) == ["--goals"]
     import benchmarks.end_to_end as e2e
     orig = e2e.newest_pipeline_json
