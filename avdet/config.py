@@ -363,7 +363,7 @@ class SinkhornConfig:
     max_iters: int = 200
     tol: float = 1e-3               # stop when column marginals are within tol (relative) of the target
     dtype: str = "float32"          # "float32" or "float64"
-    domain: str = "auto"            # dense passes: "auto" = stabilised scaled kernel (2 matvecs/pass), "log" = log domain
+    domain: str = "auto"            # "auto" = stabilised scaled kernel (2 matvecs/pass; sparse: CSR), "log" = log domain
 
     def check(self) -> None:
         require(self.lambda_sk > 0, "lambda_sk", "must be > 0")

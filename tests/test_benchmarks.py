@@ -172,3 +172,12 @@ def test_stream_arms_run_interleaved_and_goals_are_judged(tmp_path):
     record_goals([{"goal": "x", "measured": 1, "target": ">= 1", "met": True}], tmp_path)
     path = record_goals(stream.goals(fig, 2), tmp_path)
     assert [r["goal"] for r in json.loads(path.read_text())] == sorted(["x", *got])
+
+
+def test_scale_reports_every_ranks_peak_and_the_rank0_goal(tmp_path):
+    from benchmarks import scale
+    fig = scale.main(["--tiny", "--out", str(tmp_path), "--no-results-row"])
+    row = fig["rows"][0]
+    assert row["world"] == 2 and len(row["peak_mb_by_rank"]) == 2
+    assert all(r["table_samples"] == row["n"] and r["rows"] == row["n"] // 2 for r in row["ranks"])
+    assert fig["goals"][0]["goal"] == "scale_rank0_extra_bytes_per_sample"
