@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
+import json
 import os
 import sys
 from pathlib import Path
@@ -60,6 +62,19 @@ def _picture(out: Path, done: list[Variant]) -> str:
             "<img src='methods.png' alt='every method: map and self-box on the same test frames'>")
 
 
+def merged(rows: list[dict], provenance: dict[str, str], earlier: dict) -> tuple[list[dict], dict[str, str]]:
+    """``rows`` run now (their ``provenance`` entries) and the rows of an ``earlier`` published doc for the
+    (method, seed) pairs not run now, with theirs; ordered by method (as they first appear) then seed."""
+    now = {(r["method"], r["seed"]) for r in rows}
+    kept = [r for r in earlier.get("runs", []) if (r["method"], r["seed"]) not in now]
+    old = earlier.get("provenance", {})
+    prov = {**{f"{r['method']} seed {r['seed']}": old.get(f"{r['method']} seed {r['seed']}",
+                                                          f"published at {earlier.get('commit', '?')}") for r in kept},
+            **provenance}
+    order = list(dict.fromkeys(r["method"] for r in rows + kept))
+    return sorted(rows + kept, key=lambda r: (order.index(r["method"]), r["seed"])), prov
+
+
 def _methods(text: str) -> list[str]:
     names = list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
     bad = [n for n in names if n not in METHODS]
@@ -74,6 +89,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
     parser.add_argument("--first", type=int, default=0, help="the first seed (default 0)")
     parser.add_argument("--publish", default="", help="also write the JSON here (e.g. docs/results/demo_methods.json)")
+    parser.add_argument("--merge", default="", help="keep the rows of this published JSON for (method, seed) pairs "
+                                                    "not run now, with their provenance (seeds run on other days)")
     add_verbose(parser)
 
 
@@ -88,14 +105,20 @@ def main(argv: list[str]) -> dict:
     seeds = range(args.first, args.first + args.seeds)
     variants = [Variant((m, s), f"{m}, seed {s}", method_config(base, m, s)) for m in args.methods for s in seeds]
 
+    earlier = json.loads(Path(args.merge).read_text()) if args.merge else {}
+    commit, today = git_commit(), datetime.date.today().isoformat()
+
     def write(rows: list[dict], reports: dict) -> dict:
-        doc = {"commit": git_commit(), "command": command, "runs": rows, "summary": summarise_methods(rows)}
+        now = {f"{r['method']} seed {r['seed']}": f"jobs/compare.py at {commit} on {today}" for r in rows}
+        rows, prov = merged(rows, now, earlier)
+        doc = {"commit": commit, "command": command, "runs": rows, "summary": summarise_methods(rows),
+               "provenance": prov}
         return write_table(out, "methods", doc, methods_table(rows, command), "Stage-1 methods compared",
                            {f"{m} seed {s}": r for (m, s), r in reports.items()}, args.publish,
                            _picture(out, [v for v in variants if v.key in reports]))
     rows, timings, doc = run_variants("compare", variants, lambda key, results, wall, multi: method_row(*key, results, multi),
                                       write, args.verbose)
-    print(methods_table(rows, command).markdown())
+    print(methods_table(doc["runs"], command).markdown())
     print(f"Wall time per run (s): { {f'{m} seed {s}': t for (m, s), t in timings.items()} }; table: "
           f"{out / 'methods.html'}")
     return doc

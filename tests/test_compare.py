@@ -124,6 +124,27 @@ def test_compare_job_runs_each_method_through_the_whole_pipeline(tmp_path):
     assert "afouras (1 seed)" in md and "iterative (1 seed)" in md and "dsol (1 seed)" in md
     html = (tmp_path / "methods" / "methods.html").read_text()
     assert "<img src='methods.png'" in html and (tmp_path / "methods" / "methods.png").is_file()
+    # another day: afouras again (every stage skipped by its lineage), the other methods' rows kept from pub.json
+    again = main(["--config", TINY, f"workdir={tmp_path}", "--methods", "afouras", "--seeds", "1",
+                  "--merge", str(tmp_path / "pub.json"), "synthetic.num_multi_train_per_class=4",
+                  "stage1.dsol.stage2_epochs=1"])
+    assert again["runs"] == doc["runs"] and set(again["provenance"]) == {"afouras seed 0", "iterative seed 0",
+                                                                         "dsol seed 0"}
+    assert "dsol (1 seed)" in (tmp_path / "methods" / "methods.md").read_text()
+
+
+def test_merge_keeps_earlier_seeds_not_run_now_with_their_provenance():
+    from jobs.compare import merged
+    earlier = {"commit": "abc", "runs": [{"method": "dsol", "seed": 0, "x": 1}, {"method": "afouras", "seed": 0, "x": 2},
+                                         {"method": "afouras", "seed": 1, "x": 3}],
+               "provenance": {"dsol seed 0": "old dsol"}}
+    rows = [{"method": "afouras", "seed": 1, "x": 30}, {"method": "afouras", "seed": 2, "x": 40}]
+    out, prov = merged(rows, {"afouras seed 1": "now", "afouras seed 2": "now"}, earlier)
+    assert [(r["method"], r["seed"], r["x"]) for r in out] == [("afouras", 0, 2), ("afouras", 1, 30),
+                                                               ("afouras", 2, 40), ("dsol", 0, 1)]
+    assert prov == {"dsol seed 0": "old dsol", "afouras seed 0": "published at abc", "afouras seed 1": "now",
+                    "afouras seed 2": "now"}
+    assert merged(rows, {}, {})[0] == rows
 
 
 def test_an_unknown_method_is_refused_before_anything_runs(tmp_path, capsys):
