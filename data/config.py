@@ -61,6 +61,7 @@ class StreamConfig:
     num_workers: int = 2                # DataLoader workers of the plain (non-Ray) reader
     prefetch_batches: int = 2
     max_bad_fraction: float = 0.01      # raise when more than this fraction of samples was unreadable
+    logmel_in_reader: bool = True       # Ray path: the read tasks compute the log-mel (blocks carry it, not raw audio)
     audio: AudioConfig = field(default_factory=AudioConfig)
 
     def check(self) -> None:

@@ -6,7 +6,9 @@ int64, "video_id": (n,) str, "timestamp": (n,) float64, "file_name": (n,) str "<
 :func:`data.schema.clip_id` of the video id, shared by a clip's frames; the strings are what pseudo-annotation
 records, so it reads each shard once) — per-row overhead is paid once per block. The consumer turns a block
 into the decoded-batch format (docs/INTERFACES.md) with :class:`BatchCollate` (ImageNet normalisation + log-mel, in
-torch, per batch).
+torch, per batch). On the Ray path the read tasks compute the log-mel themselves (one torch thread each): their
+blocks carry ``"logmel": (n, 1, n_mels, T) float32`` and ``"logmel_key"`` (:func:`logmel_key` of the audio settings)
+in place of the raw audio, and the consumer only checks the key — the trainer's process does no audio work.
 
 Trainer usage::
 
@@ -101,6 +103,25 @@ def _stack(samples: list[dict[str, Any]], ids: dict[str, int]) -> dict[str, np.n
             "file_name": np.array([f'{s["shard"]}#{s["key"]}' for s in samples])}
 
 
+def logmel_key(audio: AudioConfig) -> int:
+    """A fingerprint (int64) of the log-mel settings: a block computed with other settings is refused, not used."""
+    import json
+    import zlib
+
+    from avdet.config import to_dict
+    return zlib.crc32(json.dumps(to_dict(audio), sort_keys=True).encode())
+
+
+def add_logmel(block: dict[str, np.ndarray], audio: AudioConfig, logmel: LogMel | None = None) -> dict[str, np.ndarray]:
+    """``block`` with its raw ``audio`` replaced by ``logmel`` (n, 1, n_mels, T) float32 and ``logmel_key``."""
+    logmel = logmel or LogMel(audio)
+    wave = torch.from_numpy(np.asarray(block.pop("audio"), np.float32)) / 32768.0
+    with torch.no_grad():
+        block["logmel"] = logmel(wave).numpy()
+    block["logmel_key"] = np.full(len(block["index"]), logmel_key(audio), np.int64)
+    return block
+
+
 class BatchCollate:
     """numpy block ``{"frames": (B,H,W,3) uint8, "audio": (B,S) int16, "index", "label"}`` -> decoded batch
     ``{"frames": (B,3,H,W) float32 ImageNet-normalised, "audio": (B,1,n_mels,T) float32 log-mel, "index": (B,)
@@ -118,9 +139,15 @@ class BatchCollate:
             self._logmel = LogMel(self.audio)
         frames = torch.from_numpy(np.require(block["frames"], requirements=["C", "W"])).permute(0, 3, 1, 2).float()
         frames = (frames - self.mean) / self.std
-        wave = torch.from_numpy(np.asarray(block["audio"], np.float32)) / 32768.0
-        with torch.no_grad():
-            audio = self._logmel(wave)
+        if "logmel" in block:                                  # computed by the read task (the Ray path)
+            if not bool(np.all(np.asarray(block["logmel_key"]) == logmel_key(self.audio))):
+                raise ValueError("BatchCollate: the block's log-mel was computed with other audio settings than "
+                                 f"this consumer's ({self.audio}); build the stream with the consumer's audio config")
+            audio = torch.from_numpy(np.require(block["logmel"], np.float32, ["C", "W"]))
+        else:
+            wave = torch.from_numpy(np.asarray(block["audio"], np.float32)) / 32768.0
+            with torch.no_grad():
+                audio = self._logmel(wave)
         return {"frames": frames.contiguous(), "audio": audio,
                 "index": torch.from_numpy(np.array(block["index"], np.int64)),
                 "label": torch.from_numpy(np.array(block["label"], np.int64)),
@@ -132,11 +159,18 @@ class BatchCollate:
 
 
 def _read_shards_udf(batch: dict[str, np.ndarray], classes: list[str], spec: SampleSpec | None,
-                     block_rows: int, max_bad_fraction: float) -> Iterator[dict[str, np.ndarray]]:
-    """map_batches UDF: a batch of shard rows ``{"path", "count", "seed"}`` -> numpy sample blocks."""
+                     block_rows: int, max_bad_fraction: float,
+                     audio: AudioConfig | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """map_batches UDF: a batch of shard rows ``{"path", "count", "seed"}`` -> numpy sample blocks; with ``audio``
+    the blocks carry the log-mel instead of the raw audio (:func:`add_logmel`, one torch thread)."""
+    logmel = None
+    if audio is not None:
+        torch.set_num_threads(1)
+        logmel = LogMel(audio)
     for path, count, seed in zip(batch["path"], batch["count"], batch["seed"]):
         seed = os.urandom(8).hex() if seed == FRESH else (str(seed) or None)
-        yield from read_shard_blocks(str(path), classes, spec, block_rows, seed, max_bad_fraction, int(count))
+        for block in read_shard_blocks(str(path), classes, spec, block_rows, seed, max_bad_fraction, int(count)):
+            yield block if logmel is None else add_logmel(block, audio, logmel)
 
 
 def partition_shards(shards: list[tuple[str, int]], parts: int) -> list[list[tuple[str, int]]]:
@@ -186,7 +220,7 @@ def ray_dataset(manifest: Manifest | str | Path, split: str, cfg: StreamConfig, 
     return ds.map_batches(
         _read_shards_udf, batch_size=1, fn_kwargs={
             "classes": m.classes, "spec": m.spec(), "block_rows": cfg.shard_block_rows,
-            "max_bad_fraction": cfg.max_bad_fraction},
+            "max_bad_fraction": cfg.max_bad_fraction, "audio": cfg.audio if cfg.logmel_in_reader else None},
         compute=ray.data.TaskPoolStrategy(size=cfg.read_concurrency), num_cpus=read_num_cpus)
 
 

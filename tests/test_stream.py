@@ -132,3 +132,24 @@ def test_seeded_parts_are_reproducible_and_cover_the_epoch(shards, ray_local):
     assert order((0, 2), epoch=1) != p0
     with pytest.raises(ValueError, match="part 4 of 5 .* has no shards"):
         ray_dataset(shards, "train", _cfg(), epoch=0, part=(4, 5))
+
+
+def test_ray_blocks_carry_the_readers_log_mel_equal_to_the_plain_path(shards, ray_local):
+    """The Ray path's read tasks compute the log-mel (blocks carry it and its key, no raw audio); the decoded
+    batches equal the plain path's, which computes it in the consumer; a consumer with other audio settings
+    refuses such a block; the detector's frames-only setting keeps raw audio."""
+    from data.stream import BatchCollate
+    cfg = _cfg(shuffle=False, shuffle_buffer=0)
+    block = next(iter(ray_dataset(shards, "train", cfg).iter_batches(batch_size=None, batch_format="numpy")))
+    assert "audio" not in block and block["logmel"].shape[1:] == (1, 64, 11) and len(set(block["logmel_key"])) == 1
+    raw = next(iter(ray_dataset(shards, "train", _cfg(shuffle=False, logmel_in_reader=False))
+                    .iter_batches(batch_size=None, batch_format="numpy")))
+    assert "audio" in raw and "logmel" not in raw
+    ray_b = {int(i): a for b in iter_torch_batches(ray_dataset(shards, "train", cfg), cfg)
+             for i, a in zip(b["index"], b["audio"])}
+    plain = {int(i): a for b in plain_loader(shards, "train", StreamConfig(**{**cfg.__dict__, "num_workers": 0}))
+             for i, a in zip(b["index"], b["audio"])}
+    assert ray_b.keys() == plain.keys() and len(ray_b) == N
+    assert max(float((ray_b[i] - plain[i]).abs().max()) for i in ray_b) < 1e-4
+    with pytest.raises(ValueError, match="other audio settings"):
+        BatchCollate(AudioConfig(window_s=0.1, n_mels=32))(block)

@@ -28,7 +28,8 @@ def training_dataset(cfg: DetectorTrainConfig, table: dict[str, np.ndarray], epo
     """Ray Dataset of annotated training rows (module docstring). ``epoch`` + ``part=(rank, world)``: that rank's
     part of the epoch's seeded order (reproducible; built per epoch by each worker); ``epoch=None``: shuffled
     afresh on every pass."""
-    stream = dataclasses.replace(cfg.stream, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed)
+    stream = dataclasses.replace(cfg.stream, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
+                                 logmel_in_reader=False)            # the detector reads frames only
     ds = ray_dataset(read_manifest(cfg.manifest), cfg.split, stream, epoch=epoch, part=part)
     return ds.map_batches(attach_pseudo, batch_size=None, batch_format="numpy", num_cpus=JOIN_CPUS,
                           fn_kwargs={k: table[k] for k in ("index", "box", "cls")})

@@ -116,7 +116,8 @@ def predict_ray(detector: str | Path, manifest: Manifest, split: str, batch_size
     from data.stream import ray_dataset
 
     connect_ray(ray_address, num_cpus=max(2, num_actors + 1))
-    ds = ray_dataset(manifest, split, StreamConfig(shuffle=False, batch_size=batch_size, read_concurrency=1))
+    ds = ray_dataset(manifest, split, StreamConfig(shuffle=False, batch_size=batch_size, read_concurrency=1,
+                                                       logmel_in_reader=False))
     ds = ds.map_batches(DetectorActor, batch_size=batch_size, batch_format="numpy",
                         fn_constructor_kwargs={"detector": str(Path(detector).resolve()),
                                                "score_threshold": float(score_threshold), "device": device},
