@@ -93,12 +93,15 @@ def add_common_args(p, name: str) -> None:
 
 
 def finish(name: str, figures: dict, summary: str, argv: list[str], args) -> Path:
-    """Write the JSON (``args.out``/<name>.json or out/<name>.json) and, unless ``--no-results-row``, the
-    RESULTS.md row (``args.out``/RESULTS.md or benchmarks/RESULTS.md). Returns the JSON path."""
+    """Write the JSON (``args.out``/<name>.json or out/<name>.json), unless ``--no-results-row`` the RESULTS.md row
+    (``args.out``/RESULTS.md or benchmarks/RESULTS.md), and with ``--goals`` the figures' ``goals`` into
+    benchmarks/GOALS.json. Returns the JSON path."""
     out = Path(args.out) if args.out else None
     path = write_result(name, figures, argv, out / f"{name}.json" if out else None)
     if not args.no_results_row:
         append_results_row(name, summary, argv, out / "RESULTS.md" if out else None)
+    if getattr(args, "goals", False):
+        record_goals(figures.get("goals", []))
     return path
 
 

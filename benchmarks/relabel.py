@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from avdet.sinkhorn import column_marginal, sinkhorn_knopp, sparse_sinkhorn_knopp
-from benchmarks.common import PeakRSS, add_common_args, finish, interleaved_rates, loadavg, record_goals
+from benchmarks.common import PeakRSS, add_common_args, finish, interleaved_rates, loadavg
 
 log = logging.getLogger("benchmarks.relabel")
 
@@ -257,8 +257,6 @@ def main(argv: list[str] | None = None) -> dict:
     fig["goals"] = goals(fig)
     summary = _summary(fig)
     path = finish("relabel", fig, summary, argv, args)
-    if args.goals:
-        record_goals(fig["goals"])
     log.info("%s -> %s", summary, path)
     return fig
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import PeakRSS, add_common_args, finish, loadavg, record_goals
+from benchmarks.common import PeakRSS, add_common_args, finish, loadavg
 
 log = logging.getLogger("benchmarks.scale")
 
@@ -120,8 +120,6 @@ def main(argv: list[str] | None = None) -> dict:
         f"k-means {r['ranks'][0]['kmeans_s']:.1f} s, sparse Sinkhorn {r['ranks'][0]['sparse_s']:.1f} s "
         f"({r['ranks'][0]['sparse_iters']} passes)" for r in rows)
     path = finish("scale", fig, summary, argv, args)
-    if args.goals:
-        record_goals(fig["goals"])
     log.info("%s -> %s", summary, path)
     return fig
 

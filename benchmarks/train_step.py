@@ -30,7 +30,7 @@ import torch
 from avdet.config import ModelConfig, from_dict, to_dict
 from avdet.losses import joint_loss
 from avdet.model import AVModel
-from benchmarks.common import add_common_args, finish, interleaved_rates, loadavg, record_goals
+from benchmarks.common import add_common_args, finish, interleaved_rates, loadavg
 from distributed.stage1.config import Stage1TrainConfig
 from distributed.stage1.engine import release_process_group
 
@@ -279,8 +279,6 @@ def main(argv: list[str] | None = None) -> dict:
                + f"; overhead % {ov}; load avg {fig['loadavg_1m_start_end'][0]:.1f}->"
                  f"{fig['loadavg_1m_start_end'][1]:.1f}")
     path = finish("train_step", fig, summary, argv, args)
-    if args.goals:
-        record_goals(fig["goals"])
     log.info("%s -> %s", summary, path)
     return fig
 
