@@ -8,8 +8,9 @@ the differences are the framework's. In one process the arms run in interleaved 
 load from other jobs hits every arm alike) and the figure is the median block rate. Ray Train arms run DeepSpeed
 in 1 worker (given all cores) and 2 workers (one core each, ``all_gather_with_grad`` negatives); their figure is
 the median of timed blocks measured inside the workers (start-up excluded). The 2-worker Ray Train run has a no-Ray
-twin: two torch.multiprocessing processes in a loopback gloo group running the same step, collectives and threads;
-the two alternate ``--pairs`` times (loopback, Ray, loopback, Ray, ...). Overheads are ``1 − rate / baseline`` in
+twin: two torch.multiprocessing processes in a loopback gloo group running the same step, collectives and threads,
+and the same twin under torch DDP instead of DeepSpeed (``stage1.train.engine=ddp``); the three alternate
+``--pairs`` times. Overheads are ``1 − rate / baseline`` in
 %: against the bare loop at equal TOTAL threads (2 threads), for 2 workers also against the bare loop at the same
 PER-PROCESS threads (1 thread, i.e. perfect scaling = 2 × that rate), and Ray Train against its loopback twin — the
 goal (≤ 10 %), written to benchmarks/GOALS.json with ``--goals``.
@@ -83,10 +84,10 @@ def engine_step_fn(cfg: ModelConfig, batch, train: Stage1TrainConfig, gather=Non
     return step
 
 
-def _train_config(batch: int, optimizer: str, zero: int, workers: int = 1) -> Stage1TrainConfig:
+def _train_config(batch: int, optimizer: str, zero: int, workers: int = 1, engine: str = "deepspeed") -> Stage1TrainConfig:
     lr = 0.01 if optimizer == "sgd" else 1e-3
     return Stage1TrainConfig(batch_size=batch, optimizer=optimizer, lr=lr, zero_stage=zero, num_workers=workers,
-                       weight_decay=0.0)
+                             weight_decay=0.0, engine=engine)
 
 
 def in_process(cfg: ModelConfig, batch: int, optimizer: str, rounds: int, calls: int) -> dict[str, float]:
@@ -116,7 +117,8 @@ def _timed_steps(config: dict) -> list[float]:
     cfg = from_dict(ModelConfig, config["model"])
     batch = config["batch"]
     step = engine_step_fn(cfg, synthetic_batch(cfg, batch, seed=dist.get_rank()),
-                          _train_config(batch, config["optimizer"], config["zero"], dist.get_world_size()),
+                          _train_config(batch, config["optimizer"], config["zero"], dist.get_world_size(),
+                                        config.get("engine", "deepspeed")),
                           gather=dist.all_gather_with_grad, column_lse=dist.column_logsumexp)
     step()
     rates = []
@@ -150,7 +152,7 @@ def _loopback_worker(rank: int, world: int, config: dict) -> None:
 
 
 def loopback_rate(cfg: ModelConfig, batch: int, optimizer: str, workers: int, rounds: int, calls: int,
-                  zero: int = 0) -> float:
+                  zero: int = 0, engine: str = "deepspeed") -> float:
     """The no-Ray baseline of :func:`ray_train_rate`: ``workers`` processes of torch.multiprocessing in a loopback
     gloo group (the same collectives, threads and step); median global samples/s."""
     from distributed.cluster.dist import spawn_loopback
@@ -159,7 +161,7 @@ def loopback_rate(cfg: ModelConfig, batch: int, optimizer: str, workers: int, ro
         out = Path(tmp) / "rates.json"
         spawn_loopback(_loopback_worker, workers, {"model": to_dict(cfg), "batch": batch, "optimizer": optimizer,
                                                    "zero": zero, "threads": per, "rounds": rounds, "calls": calls,
-                                                   "out": str(out)})
+                                                   "out": str(out), "engine": engine})
         return statistics.median(json.loads(out.read_text())["rates"])
 
 
@@ -197,10 +199,12 @@ def ray_rates(cfg: ModelConfig, batch: int, optimizer: str, rounds: int, calls: 
     start_local_ray(num_cpus=cores, object_store_memory=256 * 2**20)
     try:
         fig = {f"ray_deepspeed_w1_{cores}t": ray_train_rate(cfg, batch, optimizer, 1, rounds, calls)}
-        runs: dict[str, list[float]] = {"loopback_deepspeed_w2_1t": [], "ray_deepspeed_w2_1t": []}
+        runs: dict[str, list[float]] = {"loopback_deepspeed_w2_1t": [], "ray_deepspeed_w2_1t": [],
+                                        "loopback_ddp_w2_1t": []}
         for _ in range(pairs):
             runs["loopback_deepspeed_w2_1t"].append(loopback_rate(cfg, batch, optimizer, 2, rounds, calls))
             runs["ray_deepspeed_w2_1t"].append(ray_train_rate(cfg, batch, optimizer, 2, rounds, calls))
+            runs["loopback_ddp_w2_1t"].append(loopback_rate(cfg, batch, optimizer, 2, rounds, calls, engine="ddp"))
         fig.update({k: statistics.median(v) for k, v in runs.items()})
         fig["w2_runs"] = runs
         return fig

@@ -154,6 +154,15 @@ class BatchCollate:
                 "clip": torch.from_numpy(np.array(block["clip"], np.int64))}
 
 
+def to_device(batch: dict[str, torch.Tensor], device: torch.device,
+              keys: tuple[str, ...] = ("frames", "audio", "clip", "label")) -> dict[str, torch.Tensor]:
+    """The decoded batch with ``keys`` (the model's inputs and the loss's per-sample ids) on ``device``; ``index``
+    stays on the host, where label tables look it up. A CPU device returns the batch itself."""
+    if torch.device(device).type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) if k in keys and torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Ray Data path
 

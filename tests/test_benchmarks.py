@@ -45,7 +45,7 @@ def test_train_step_in_process(tmp_path):
 def test_train_step_ray(tmp_path):
     train_step.main(["--tiny", "--out", str(tmp_path)])
     fig = _doc(tmp_path, "train_step")
-    _positive(fig, "ray_deepspeed_w1_2t", "ray_deepspeed_w2_1t", "loopback_deepspeed_w2_1t")
+    _positive(fig, "ray_deepspeed_w1_2t", "ray_deepspeed_w2_1t", "loopback_deepspeed_w2_1t", "loopback_ddp_w2_1t")
     assert "overhead_pct_ray_deepspeed_w2_1t_vs_2x_bare_1t" in fig
     assert [g["goal"] for g in fig["goals"]] == ["stage1_step_ray_train_overhead_pct_w2"]
 

@@ -52,8 +52,9 @@ def test_deepspeed_config_dict():
     assert ds["optimizer"]["type"] == "AdamW" and ds["optimizer"]["params"]["torch_adam"] is True
     assert ds["gradient_clipping"] == 1.0
     assert ds["scheduler"]["params"] == {"total_num_steps": 20, "warmup_num_steps": 5}
-    sgd = deepspeed_config(Stage1TrainConfig(), steps_per_epoch=10)
-    assert sgd["optimizer"]["type"] == "SGD" and "scheduler" not in sgd and "gradient_clipping" not in sgd
+    sgd = deepspeed_config(Stage1TrainConfig(grad_clip=0.0), steps_per_epoch=10)
+    assert sgd["optimizer"]["type"] == "SGD" and "scheduler" not in sgd
+    assert sgd["gradient_clipping"] == 0.0            # said explicitly: DeepSpeed's default is 1.0, not off
 
 
 def test_rng_state_round_trip_is_weights_only_safe():

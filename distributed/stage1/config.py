@@ -36,10 +36,12 @@ class Stage1TrainConfig:
     optimizer: str = "sgd"              # "sgd" | "adamw" (AdamW runs torch's implementation: no fused-Adam build)
     num_workers: int = 1
     use_gpu: bool = False
-    zero_stage: int = 0                 # 0 | 1 | 2 on CPU; 3 needs GPUs
+    engine: str = "deepspeed"           # "deepspeed" | "ddp" (torch DistributedDataParallel, fp32; ddp_engine.py)
+    zero_stage: int = 0                 # 0 | 1 | 2 on CPU; 3 needs GPUs (DeepSpeed)
     precision: str = "fp32"             # "fp32" | "bf16" | "fp16" (fp16 needs GPUs)
     grad_accum: int = 1
-    grad_clip: float = 0.0
+    grad_clip: float = 1.0              # max global grad norm (0 = none); 1.0 is what every run before 2026-12-02
+    #                                     got: DeepSpeed clipped at its own default 1.0 when we passed nothing
     warmup_steps: int = 0               # > 0: DeepSpeed WarmupCosineLR over the whole run; 0: constant lr
     report_every: int = 50              # steps between log lines and TensorBoard scalars (Ray Train hears per epoch:
     #                                     a ray.train.report blocks ~2 s in Train V2)
@@ -73,6 +75,9 @@ class Stage1TrainConfig:
         require(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
         require(self.optimizer in ("sgd", "adamw"), "optimizer", "must be 'sgd' or 'adamw'")
         require(self.num_workers >= 1, "num_workers", "must be >= 1")
+        require(self.engine in ("deepspeed", "ddp"), "engine", "must be 'deepspeed' or 'ddp'")
+        require(self.engine == "deepspeed" or self.precision == "fp32", "precision",
+                "engine=ddp runs fp32 only: set precision=fp32 or engine=deepspeed")
         require(self.zero_stage in (0, 1, 2, 3), "zero_stage", "must be 0, 1, 2 or 3")
         require(self.zero_stage < 3 or self.use_gpu, "zero_stage",
                 "3 is not supported by DeepSpeed on CPU: use 0, 1 or 2, or set use_gpu=true")

@@ -72,8 +72,7 @@ def deepspeed_config(cfg: Stage1TrainConfig, steps_per_epoch: int) -> dict:
         "wall_clock_breakdown": False,
         "seed": cfg.seed,
     }
-    if cfg.grad_clip > 0:
-        ds["gradient_clipping"] = cfg.grad_clip
+    ds["gradient_clipping"] = cfg.grad_clip          # always: DeepSpeed's own default is 1.0, not "off"
     if cfg.precision == "bf16":
         ds["bf16"] = {"enabled": True}
     elif cfg.precision == "fp16":
@@ -102,11 +101,15 @@ def prepare_deepspeed(shm_comm: bool = False) -> None:
 
 
 def build_engine(model: torch.nn.Module, params_cfg: Stage1TrainConfig, steps_per_epoch: int):
-    """Wrap ``model`` in a DeepSpeed engine (optimizer, ZeRO stage, precision, clipping, accumulation from
+    """``train.engine="ddp"``: :class:`.ddp_engine.DDPEngine` (torch DDP, same interface). Otherwise wrap ``model``
+    in a DeepSpeed engine (optimizer, ZeRO stage, precision, clipping, accumulation from
     ``params_cfg``). Works inside an existing process group (Ray Train), under a launcher's env (torchrun), or
     as a plain process (a world of one on a file:// store). Returns the engine; ``engine.optimizer`` /
     ``engine.lr_scheduler`` hang off it."""
     params_cfg.check()
+    if params_cfg.engine == "ddp":
+        from distributed.stage1.ddp_engine import DDPEngine
+        return DDPEngine(model, params_cfg, steps_per_epoch)
     prepare_deepspeed(params_cfg.shm_comm)
     import deepspeed
     backend = None if params_cfg.use_gpu else "gloo"
@@ -258,7 +261,8 @@ def load_checkpoint(engine, ckpt_dir: str | Path, tag: str | None = None, restor
         verify_checksums(ckpt_dir)
     path, state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
     if path is None:
-        raise FileNotFoundError(f"no DeepSpeed checkpoint under {ckpt_dir} (tag {tag or 'latest'}); "
+        kind = "DDP" if type(engine).__name__ == "DDPEngine" else "DeepSpeed"
+        raise FileNotFoundError(f"no {kind} checkpoint under {ckpt_dir} (tag {tag or 'latest'}); "
                                 f"nothing to resume from")
     state = dict(state or {})
     per_rank = state.pop(_RNG_KEY, None)

@@ -73,7 +73,8 @@ class Method:
 
 def _afouras_loss(cfg: Stage1Config, state: State, epoch: int) -> LossFn:
     def loss(out: dict, batch: dict):
-        return joint_loss(out, state.table.lookup(batch["index"]), cfg.loss.lam, gather=dist.all_gather_with_grad,
+        labels = state.table.lookup(batch["index"]).to(out["vis_logits"].device)
+        return joint_loss(out, labels, cfg.loss.lam, gather=dist.all_gather_with_grad,
                           clip=batch["clip"], column_lse=dist.column_logsumexp)
     return loss
 
@@ -97,7 +98,7 @@ def _iterative_loss(cfg: Stage1Config, state: State, epoch: int) -> LossFn:
         if state.cache is None:                                              # initialisation: eq. 3
             value = info_nce(out["vis_emb"], out["aud_emb"], it.tau, dist.all_gather_with_grad, batch["clip"])
         else:                                                                # eq. 7 on the previous epoch's R̃, ã
-            prev_map, prev_aud = state.cache.lookup(batch["index"])
+            prev_map, prev_aud = (t.to(out["vis_emb"].device) for t in state.cache.lookup(batch["index"]))
             value = iterative_loss(out["vis_emb"], out["aud_emb"], prev_map, prev_aud, it.tau, it.delta_v,
                                    it.delta_a, dist.all_gather_with_grad, batch["clip"], it.itr, it.intra, it.inter)
         total = value + _unused_heads(out)
@@ -124,7 +125,8 @@ def _dsol_loss(cfg: Stage1Config, state: State, epoch: int) -> LossFn:
     def loss(out: dict, batch: dict):
         match = match_loss(out["vis_emb"], out["aud_emb"], out["av_weight"], out["av_bias"], batch["clip"],
                            dist.all_gather_with_grad)
-        cls = classification_loss(out["vis_logits"], out["aud_logits"], state.table.lookup(batch["index"]))
+        cls = classification_loss(out["vis_logits"], out["aud_logits"],
+                                  state.table.lookup(batch["index"]).to(out["vis_logits"].device))
         classify = dictionary and steps[0] % 2 == 1
         steps[0] += 1
         value = cls if classify else match

@@ -40,6 +40,7 @@ from distributed.cluster.dist import all_gather_rows, broadcast_from_main, gathe
 from distributed.stage1.config import RelabelConfig, Stage1Config
 from distributed.stage1.labels import LabelTable, round_stats
 from distributed.stage1.relabel_pool import RelabelService
+from data.stream import to_device
 
 
 @dataclass
@@ -235,12 +236,14 @@ def score_dataset(model, stream, strategy: Strategy, cfg: RelabelConfig) -> Scor
     """This worker's rows of the whole-dataset scores, as the round's ``strategy`` scores them (the combined
     log-probabilities, only their top-k, or the pooled features: ``relabel.STRATEGIES``), in sample-index order."""
     model.eval()
+    device = next(model.parameters()).device
     k = model.cfg.num_clusters
     widths = strategy.widths(cfg, k, pooled_width(model, cfg.kmeans_features))
     cols: dict[str, list[torch.Tensor]] = {name: [] for name in ("index", "true", *widths)}
     for batch in stream:
         cols["index"].append(batch["index"])
         cols["true"].append(batch["label"])
+        batch = to_device(batch, device, ("frames", "audio"))
         for name, t in strategy.score(model(batch["frames"], batch["audio"]), cfg).items():
             cols[name].append(t)
     # a rank without rows still joins the round's collectives, with (0, ·) tensors of the right width

@@ -21,6 +21,7 @@ import torch
 
 from avdet.fileio import write_atomic
 from avdet.iterative import response_map
+from data.stream import to_device
 from distributed.cluster.dist import all_gather_rows
 
 _NAME = re.compile(r"^responses-(\d{6,})\.npz$")
@@ -91,6 +92,7 @@ def score_responses(model, stream, version: int) -> tuple[ResponseCache, dict]:
     c = model.cfg.embed_dim
     idx, maps, aud = [torch.zeros(0, dtype=torch.int64)], [torch.zeros(0, h * h)], [torch.zeros(0, c)]
     for batch in stream:
+        batch = to_device(batch, next(model.parameters()).device, ("frames", "audio"))
         out = model(batch["frames"], batch["audio"])
         idx.append(batch["index"])
         maps.append(response_map(out["vis_emb"], out["aud_emb"]).flatten(1).float())

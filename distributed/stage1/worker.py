@@ -27,7 +27,7 @@ import torch
 from avdet.config import from_dict
 from avdet.fileio import write_atomic, write_json
 from avdet.model import model_state
-from data.stream import iter_torch_batches, ray_dataset
+from data.stream import iter_torch_batches, ray_dataset, to_device
 from distributed.cluster import dist
 from distributed.cluster.progress import Progress
 from distributed.stage1.config import Stage1Config
@@ -63,6 +63,7 @@ def train_epoch(engine, stream, loss_fn: LossFn, epoch: int, step: int, report_e
     ``fault(step)`` is called before every step (fault injection, tests only); ``progress`` (rank 0) feeds the
     console's progress bar."""
     engine.train()
+    device = next(engine.module.parameters()).device
     totals: dict[str, torch.Tensor | float] = {}
     n = 0
     it = iter(stream)
@@ -73,6 +74,7 @@ def train_epoch(engine, stream, loss_fn: LossFn, epoch: int, step: int, report_e
             break
         if fault is not None:
             fault(step)
+        batch = to_device(batch, device)
         out = engine(batch["frames"], batch["audio"])
         loss, parts = loss_fn(out, batch)
         engine.backward(loss)
