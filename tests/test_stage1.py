@@ -211,3 +211,21 @@ def test_iterative_method_trains_caches_responses_and_resumes_on_them(manifest, 
     assert all(np.isfinite(m["train_loss"]) for m in history) and "train_clust" not in history[0]
     assert list_versions(tmp_path / "full" / "labels") == [0]          # no clusters: labels are never re-solved
     _cut_after_epoch_0_and_resume(manifest, tmp_path, extra)
+
+
+def test_two_ddp_workers_learn_relabel_and_resume_with_the_sharded_kmeans(manifest, tmp_path):
+    """stage1.train.engine=ddp through Ray Train (two workers, gloo): it trains, checkpoints every epoch, relabels
+    with the sharded k-means warm start and then Sinkhorn; a second run with the same seed ends on the same label
+    table and losses."""
+    out = tmp_path / "stage1"
+    extra = ("train.engine=ddp", "relabel.warm_start=kmeans", "relabel.kmeans_epochs=1",
+             "relabel.kmeans_solver=sharded", "relabel.kmeans_max_points_per_centroid=8")
+    first = run_stage1(_cfg(manifest, out, "train.epochs=2", *extra))
+    history = first["metrics"]
+    assert [m["relabel_method"] for m in history] == ["kmeans", "dense"] and all(m["checkpointed"] for m in history)
+    assert history[-1]["train_loss"] < history[0]["train_loss"], history
+    assert len(LabelTable.load(out / "labels", 2)) == K * PER_CLASS
+    again = run_stage1(_cfg(manifest, tmp_path / "again", "train.epochs=2", *extra))
+    assert np.array_equal(LabelTable.load(tmp_path / "again" / "labels", 2).labels,
+                          LabelTable.load(out / "labels", 2).labels)                 # one seed, one result
+    assert [m["train_loss"] for m in again["metrics"]] == [m["train_loss"] for m in history]
