@@ -99,3 +99,37 @@ def test_gpu_workers_get_gloo_beside_nccl():
     from distributed.cluster.torch_loopback import torch_config
     assert backend_for(False) == "gloo" and backend_for(True) == "cpu:gloo,cuda:nccl"
     assert torch_config(True).backend == "cpu:gloo,cuda:nccl" and torch_config(False).backend == "gloo"
+
+
+def _sizes_job(rank, world, out_dir):
+    import torch.distributed as tdist
+    x = torch.arange(3 + rank, dtype=torch.float32)[:, None] * (rank + 1)        # unequal batches: 3 and 4 rows
+    sizes = D.step_sizes(len(x))
+    calls = []
+    orig = tdist.all_gather
+
+    def counting(*a, **k):
+        calls.append(1)
+        return orig(*a, **k)
+    tdist.all_gather = counting
+    try:
+        plain, _ = D.all_gather_with_grad(x)
+        n_plain = len(calls)
+        with D.known_batch_sizes(sizes):
+            known, offset = D.all_gather_with_grad(x)
+        n_known = len(calls) - n_plain
+    finally:
+        tdist.all_gather = orig
+    torch.save({"sizes": sizes, "equal": torch.equal(plain, known), "offset": offset, "n_plain": n_plain,
+                "n_known": n_known, "ended": D.step_sizes(0 if rank == 1 else 5)}, f"{out_dir}/rank{rank}.pt")
+
+
+def test_batch_sizes_exchanged_once_per_step(tmp_path):
+    """step_sizes gives every rank's batch size (0: a stream ended); inside known_batch_sizes a gather of unequal
+    batches uses them — one all_gather instead of two, the same result."""
+    D.spawn_loopback(_sizes_job, 2, str(tmp_path))
+    for rank in (0, 1):
+        r = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert r["sizes"] == (3, 4) and r["equal"] and r["offset"] == 3 * rank
+        assert (r["n_plain"], r["n_known"]) == (2, 1)
+        assert r["ended"] == (5, 0)

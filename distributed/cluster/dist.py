@@ -3,6 +3,8 @@
 * ``get_rank`` / ``get_world_size`` / ``is_main_process`` / ``barrier``: 0 / 1 / True / no-op without a group.
 * ``all_gather_with_grad``: gather a batch from every rank so the contrastive loss sees the global batch
   (METHOD.md §2); the gradient flows back to the local slice.
+* ``step_sizes`` / ``known_batch_sizes``: every rank's batch size, exchanged once per training step (it also says
+  whether every rank still has a batch), so the step's gathers need not exchange sizes again.
 * ``column_logsumexp``: log Σ exp over the rows of every rank's score matrix, per column, with gradient (L_NC's
   v→a denominators without gathering the B·C·h·w visual maps).
 * ``gather_to_main`` / ``broadcast_from_main``: tensors to rank 0 and back (the relabel rounds that solve on one
@@ -19,6 +21,8 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import Callable
 
@@ -79,22 +83,51 @@ class _AllGatherGrad(torch.autograd.Function):
         return grad[ctx.rank * ctx.batch:(ctx.rank + 1) * ctx.batch]
 
 
+_STEP_SIZES: ContextVar[tuple[int, ...] | None] = ContextVar("avdet_step_sizes", default=None)
+
+
+def step_sizes(n: int) -> tuple[int, ...]:
+    """Every rank's batch size this step (``n`` here; 0 = this rank's stream has ended): one all_gather of one int.
+    One process: ``(n,)``."""
+    if get_world_size() == 1:
+        return (n,)
+    parts = [torch.zeros(1, dtype=torch.int64) for _ in range(get_world_size())]
+    dist.all_gather(parts, torch.tensor([n], dtype=torch.int64))
+    return tuple(int(p) for p in parts)
+
+
+@contextmanager
+def known_batch_sizes(sizes: tuple[int, ...]):
+    """Within the block, :func:`all_gather_with_grad` of a tensor with this rank's row count takes the ranks' sizes
+    from ``sizes`` (:func:`step_sizes`, exchanged once per step) instead of gathering them for every tensor."""
+    token = _STEP_SIZES.set(tuple(sizes))
+    try:
+        yield
+    finally:
+        _STEP_SIZES.reset(token)
+
+
 def all_gather_with_grad(t: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Gather ``t`` (B, ...) from every rank along dim 0 -> (gathered (ΣB_r, ...), offset of this rank's rows).
 
     Autograd-aware: gradients reaching the gathered tensor from every rank's loss are summed onto the local slice
     (so with DeepSpeed/DDP gradient averaging, a loss that is a mean over the global batch gets the right scale).
-    Equal batch sizes are the fast path; unequal sizes are padded to the largest and the padding is dropped
-    (one extra all_gather of the sizes). One process: returns ``(t, 0)``.
+    Equal batch sizes are the fast path; unequal sizes are padded to the largest and the padding is dropped. The
+    sizes come from :func:`known_batch_sizes` when the step exchanged them, else from one extra all_gather. One
+    process: returns ``(t, 0)``.
     """
     world = get_world_size()
     if world == 1:
         return t, 0
     rank = dist.get_rank()
-    sizes = torch.tensor([t.shape[0]], dtype=torch.int64)
-    all_sizes = [torch.zeros_like(sizes) for _ in range(world)]
-    dist.all_gather(all_sizes, sizes)
-    counts = [int(s) for s in all_sizes]
+    known = _STEP_SIZES.get()
+    if known is not None and len(known) == world and known[rank] == t.shape[0]:
+        counts = list(known)
+    else:
+        sizes = torch.tensor([t.shape[0]], dtype=torch.int64)
+        all_sizes = [torch.zeros_like(sizes) for _ in range(world)]
+        dist.all_gather(all_sizes, sizes)
+        counts = [int(s) for s in all_sizes]
     top = max(counts)
     padded = t
     if t.shape[0] < top:

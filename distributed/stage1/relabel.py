@@ -221,10 +221,11 @@ def choose(cfg: RelabelConfig, version: int) -> Strategy:
 
 def relabel_round(scores: Scores, rnd: Round) -> tuple[LabelTable, dict]:
     """One relabel round over the whole dataset (every rank calls it with its rows). Returns the new table —
-    identical on every rank — and the round's statistics (:func:`.labels.round_stats`, plus ``method``)."""
+    identical on every rank — and the round's statistics (:func:`.labels.round_stats`, plus ``method``; the
+    comparisons with the previous table only on rank 0, which reports them)."""
     strategy = choose(rnd.cfg, rnd.version)
     table, result = strategy.solve(scores, rnd)
-    stats = round_stats(table, rnd.prev, result)
+    stats = round_stats(table, rnd.prev if is_main_process() else None, result)   # O(N) NMI: rank 0 reports it
     stats["method"] = strategy.name
     if strategy.name == "actors" and rnd.service is not None:
         stats["actor_nodes"] = rnd.service.num_nodes()
@@ -266,7 +267,7 @@ def score_and_relabel(model, stream, cfg: Stage1Config, prev: LabelTable, versio
     table, stats = relabel_round(scores, Round(cfg.relabel, cfg.sinkhorn, prev, version, cfg.train.seed, service))
     stats["relabel_s"] = time.perf_counter() - t0
     true_all = in_table_order(table.indices, scores.index, scores.true)
-    if true_all is not None and bool((true_all >= 0).any()):
+    if is_main_process() and true_all is not None and bool((true_all >= 0).any()):     # monitoring: once
         known = true_all >= 0
         stats.update({f"true_{k}": v for k, v in cluster_metrics(table.labels[known], true_all[known]).items()})
     return table, stats

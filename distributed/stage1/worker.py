@@ -45,14 +45,6 @@ HISTORY = "history.json"
 FAULT_MARKER = "fault_injected"
 
 
-def _has_batch(batch) -> bool:
-    """All ranks agree whether to take another step (streams may end at different steps): one int all-reduce."""
-    flag = torch.tensor([0 if batch is None else 1], dtype=torch.int64)
-    if dist.is_dist():
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-    return bool(flag.item())
-
-
 def train_epoch(engine, stream, loss_fn: LossFn, epoch: int, step: int, report_every: int,
                 writer=None, fault: Callable[[int], None] | None = None,
                 progress: Progress | None = None) -> tuple[int, dict]:
@@ -70,13 +62,15 @@ def train_epoch(engine, stream, loss_fn: LossFn, epoch: int, step: int, report_e
     t0 = time.perf_counter()
     while True:
         batch = next(it, None)
-        if not _has_batch(batch):
+        sizes = dist.step_sizes(0 if batch is None else len(batch["index"]))
+        if min(sizes) == 0:                       # streams may end at different steps: all ranks stop together
             break
         if fault is not None:
             fault(step)
         batch = to_device(batch, device)
-        out = engine(batch["frames"], batch["audio"])
-        loss, parts = loss_fn(out, batch)
+        with dist.known_batch_sizes(sizes):       # the loss's gathers reuse the sizes exchanged above
+            out = engine(batch["frames"], batch["audio"])
+            loss, parts = loss_fn(out, batch)
         engine.backward(loss)
         engine.step()
         step, n = step + 1, n + 1
