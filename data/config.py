@@ -57,7 +57,7 @@ class StreamConfig:
     seed: int = 0
     shuffle_buffer: int = 512           # rows of the consumer-side local shuffle buffer (0 = off)
     shard_block_rows: int = 256         # rows per numpy block produced by a shard read
-    read_concurrency: int = 2           # parallel Ray read tasks (each reads whole shards)
+    read_concurrency: int = 2           # parallel Ray read tasks (each reads whole shards); 0 = the CPUs free now
     num_workers: int = 2                # DataLoader workers of the plain (non-Ray) reader
     prefetch_batches: int = 2
     max_bad_fraction: float = 0.01      # raise when more than this fraction of samples was unreadable
@@ -68,7 +68,7 @@ class StreamConfig:
         require(self.batch_size >= 1, "batch_size", "must be >= 1")
         require(self.shuffle_buffer >= 0, "shuffle_buffer", "must be >= 0")
         require(self.shard_block_rows >= 1, "shard_block_rows", "must be >= 1")
-        require(self.read_concurrency >= 1, "read_concurrency", "must be >= 1")
+        require(self.read_concurrency >= 0, "read_concurrency", "must be >= 0 (0 = derived from the free CPUs)")
         require(self.num_workers >= 0, "num_workers", "must be >= 0")
         require(self.seed >= 0, "seed", "must be >= 0")
         require(self.prefetch_batches >= 0, "prefetch_batches", "must be >= 0 (0 = no prefetching)")

@@ -226,11 +226,21 @@ def ray_dataset(manifest: Manifest | str | Path, split: str, cfg: StreamConfig, 
         ds.context.execution_options.preserve_order = True
     if fresh:
         ds = ds.randomize_block_order()
+    concurrency = cfg.read_concurrency or auto_read_concurrency(read_num_cpus, len(items))
     return ds.map_batches(
         _read_shards_udf, batch_size=1, fn_kwargs={
             "classes": m.classes, "spec": m.spec(), "block_rows": cfg.shard_block_rows,
             "max_bad_fraction": cfg.max_bad_fraction, "audio": cfg.audio if cfg.logmel_in_reader else None},
-        compute=ray.data.TaskPoolStrategy(size=cfg.read_concurrency), num_cpus=read_num_cpus)
+        compute=ray.data.TaskPoolStrategy(size=concurrency), num_cpus=read_num_cpus)
+
+
+def auto_read_concurrency(read_num_cpus: float, shards: int) -> int:
+    """``stream.read_concurrency: 0``: as many read tasks as the cluster's CPUs not held by anyone now (the trainers'
+    reservations are taken when their streams are built) fit at ``read_num_cpus`` each, at least 1 and at most one
+    per shard."""
+    import ray
+    free = ray.available_resources().get("CPU", 0.0)
+    return max(1, min(shards, int(free // read_num_cpus)))
 
 
 def iter_torch_batches(source, cfg: StreamConfig, epoch: int = 0) -> Iterator[dict[str, torch.Tensor]]:

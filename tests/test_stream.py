@@ -153,3 +153,13 @@ def test_ray_blocks_carry_the_readers_log_mel_equal_to_the_plain_path(shards, ra
     assert max(float((ray_b[i] - plain[i]).abs().max()) for i in ray_b) < 1e-4
     with pytest.raises(ValueError, match="other audio settings"):
         BatchCollate(AudioConfig(window_s=0.1, n_mels=32))(block)
+
+
+def test_read_concurrency_zero_takes_the_free_cpus(shards, ray_local):
+    """stream.read_concurrency=0: as many 0.5-CPU read tasks as the free CPUs hold (the local Ray has 2), at most one
+    per shard, at least one; the stream is complete."""
+    from data.stream import auto_read_concurrency
+    assert auto_read_concurrency(0.5, shards=10) == 4 and auto_read_concurrency(0.5, shards=3) == 3
+    assert auto_read_concurrency(64.0, shards=10) == 1
+    cfg = _cfg(read_concurrency=0, shuffle=False)
+    assert sum(len(b["index"]) for b in iter_torch_batches(ray_dataset(shards, "train", cfg), cfg)) == N

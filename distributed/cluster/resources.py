@@ -71,7 +71,7 @@ def train_demand(stage: str, workers: int, cpus_per_worker: float, read_concurre
 
 def pool_demand(stage: str, actors: int, actor_cpus: float, read_concurrency: int, knobs: str) -> Demand:
     """An actor pool fed by one stream of ``read_concurrency`` read tasks."""
-    return Demand(stage, actors, actor_cpus, read_concurrency, knobs=knobs)
+    return Demand(stage, actors, actor_cpus, max(1, read_concurrency), knobs=knobs)   # 0 = auto: at least one
 
 
 def fit(demand: Demand, cluster_cpus: float) -> Demand:

@@ -67,7 +67,7 @@ def _trainer(cfg: DetectorTrainConfig, table: dict[str, np.ndarray]):
 
 def _local_cpus(cfg: DetectorTrainConfig) -> int:
     """Logical CPUs for a local Ray: the train workers plus room for the read and join tasks."""
-    need = cfg.num_workers * cfg.cpus_per_worker + cfg.stream.read_concurrency * 0.5 + 1
+    need = cfg.num_workers * cfg.cpus_per_worker + max(1, cfg.stream.read_concurrency) * 0.5 + 1
     return max(os.cpu_count() or 1, math.ceil(need))
 
 

@@ -211,7 +211,7 @@ def _write_heatmaps(path: Path, manifest: Manifest, split: str, pred: dict, heat
 
 def _local_cpus(cfg: PseudoConfig) -> int:
     """Logical CPUs for a local Ray: the actor pool plus the read tasks (0.5 CPU each) plus one spare."""
-    need = cfg.num_actors * cfg.actor_cpus + cfg.stream.read_concurrency * 0.5 + 1
+    need = cfg.num_actors * cfg.actor_cpus + max(1, cfg.stream.read_concurrency) * 0.5 + 1
     return max(os.cpu_count() or 1, math.ceil(need))
 
 
