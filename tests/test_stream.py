@@ -163,3 +163,20 @@ def test_read_concurrency_zero_takes_the_free_cpus(shards, ray_local):
     assert auto_read_concurrency(64.0, shards=10) == 1
     cfg = _cfg(read_concurrency=0, shuffle=False)
     assert sum(len(b["index"]) for b in iter_torch_batches(ray_dataset(shards, "train", cfg), cfg)) == N
+
+
+def test_uint8_frames_are_normalised_where_the_model_is(shards, ray_local):
+    """normalise=False streams (B, 3, H, W) uint8 frames — a quarter of the bytes — and to_device normalises them to
+    exactly the frames of a normalised stream."""
+    from data.stream import to_device
+    cfg = _cfg(shuffle=False, shuffle_buffer=0)
+    raw = list(iter_torch_batches(ray_dataset(shards, "train", cfg, epoch=0), cfg, 0, normalise=False))
+    ref = list(iter_torch_batches(ray_dataset(shards, "train", cfg, epoch=0), cfg, 0))
+    assert raw[0]["frames"].dtype == torch.uint8 and raw[0]["frames"].shape[1] == 3
+
+    def by_index(batches):                                    # blocks arrive in completion order
+        return {int(i): f for b in batches for i, f in zip(b["index"], b["frames"])}
+    got, want = by_index(to_device(b, torch.device("cpu")) for b in raw), by_index(ref)
+    assert got.keys() == want.keys() and len(got) == N
+    assert all(torch.equal(got[i], want[i]) for i in got)
+    _check_batch(to_device(raw[0], torch.device("cpu")))

@@ -193,7 +193,8 @@ def _epochs(cfg: Stage1Config, engine, state: State, start_epoch: int, step: int
     last_checkpoint = time.monotonic()
     for epoch in range(start_epoch, cfg.train.epochs):
         stream = ray_dataset(cfg.manifest, method.split(cfg, epoch), stream_cfg, epoch=epoch, part=part)
-        step, parts = train_epoch(engine, iter_torch_batches(stream, stream_cfg, epoch), method.loss(cfg, state, epoch),
+        batches = iter_torch_batches(stream, stream_cfg, epoch, normalise=False)     # uint8: to_device normalises
+        step, parts = train_epoch(engine, batches, method.loss(cfg, state, epoch),
                                   epoch, step, cfg.train.report_every, writer, fault, progress)
         dist.average_buffers(engine.module)     # one BatchNorm state for scoring, checkpoints and model.pt
         due = cfg.train.checkpoint_due(epoch, time.monotonic() - last_checkpoint)
@@ -203,8 +204,8 @@ def _epochs(cfg: Stage1Config, engine, state: State, start_epoch: int, step: int
             metrics["resumed_at_epoch"] = start_epoch
         if method.round_after(cfg, epoch):
             before = state.table
-            state, stats, line = method.round(engine, iter_torch_batches(score_shard, score_cfg), cfg, state,
-                                              epoch + 1, service)
+            scores = iter_torch_batches(score_shard, score_cfg, normalise=False)
+            state, stats, line = method.round(engine, scores, cfg, state, epoch + 1, service)
             metrics.update({f"{method.prefix}_{k}": v for k, v in stats.items() if isinstance(v, (int, float, str))})
             if dist.is_main_process() and state.table is not before:
                 state.table.save(out / LABELS_DIR)
