@@ -108,7 +108,8 @@ def webdataset_plain(manifest, cfg: StreamConfig, workers: int) -> Callable[[], 
 
     def decode(s):
         meta = decode_json(s["json"])
-        return {"frame": decode_image(s["jpg"]), "audio": decode_audio(s["flac"]), "meta": meta}
+        return {"frame": decode_image(s["jpg"]), "audio": decode_audio(s["flac"]), "meta": meta,
+                "key": s["__key__"], "shard": Path(s["__url__"]).name}
 
     def make():
         ds = (wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=wds.split_by_worker,

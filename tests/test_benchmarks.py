@@ -181,3 +181,12 @@ def test_scale_reports_every_ranks_peak_and_the_rank0_goal(tmp_path):
     assert row["world"] == 2 and len(row["peak_mb_by_rank"]) == 2
     assert all(r["table_samples"] == row["n"] and r["rows"] == row["n"] // 2 for r in row["ranks"])
     assert fig["goals"][0]["goal"] == "scale_rank0_extra_bytes_per_sample"
+
+
+def test_stream_webdataset_arm_delivers_the_train_split(tmp_path):
+    """The plain webdataset + DataLoader arm decodes every train sample into the loaders' batches (it lacked the key
+    and shard the batches name files by, and failed on every full run)."""
+    from benchmarks import stream
+    from data.config import StreamConfig
+    manifest = stream.make_shards(tmp_path, 40, 20, frame_size=32)
+    assert stream._counting(stream.webdataset_plain(manifest, StreamConfig(batch_size=16, shuffle=False), 2))() == 40
