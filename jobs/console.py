@@ -83,7 +83,11 @@ class Console(Observer):
         logging.captureWarnings(True)
         logging.getLogger("faiss.loader").setLevel(logging.WARNING)   # its AVX probing is not news
         if self.quiet:
-            import ray  # noqa: F401  (its logger exists from import on; silence it before ray.init speaks)
+            # Ray's and Ray Data's loggers (with their own console handlers) exist from import on: import both now so
+            # they are silenced before a stage speaks — a stage that imports Ray Data and runs a dataset at once
+            # (ingest) otherwise printed "Execution plan ..." before the poller's next pass (a race, seen in CI)
+            import ray  # noqa: F401
+            import ray.data  # noqa: F401
         self._quiet_libraries()
         self.say(f"avdet pipeline: outputs in {self.workdir}/, logs in {self.logs}/"
                  + ("" if self.verbose else " (--verbose shows them here)"))

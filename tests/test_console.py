@@ -90,3 +90,22 @@ def test_summary_lists_the_stage_times(tmp_path):
         console.summary({"timings_s": {"stage1": 61.0, "detector": 5.0}, "evaluate": {"skipped": "no gt"}})
     text = out.getvalue()
     assert "Done in 1 min 06 s: stage1 1 min 01 s, detector 5 s" in text and "no gt" in text
+
+
+def test_ray_data_is_silenced_before_any_stage_imports_it(tmp_path):
+    """In a fresh process (nothing imported Ray Data yet), a quiet console has silenced Ray Data's own console
+    handler on entry: a stage that imports Ray Data and runs a dataset at once (ingest) must not print its
+    "Execution plan" before the poller's next pass (a race seen in CI)."""
+    import subprocess
+    import sys
+    code = ("import logging, io\n"
+            "from jobs.console import Console\n"
+            f"with Console({str(tmp_path)!r}, stream=io.StringIO()):\n"
+            "    hs = [h for h in logging.getLogger('ray.data').handlers\n"
+            "          if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]\n"
+            "    print(len(hs), all(h.level > logging.CRITICAL for h in hs))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    assert out.returncode == 0, out.stderr[-2000:]
+    count, silenced = out.stdout.split()[-2:]
+    assert int(count) >= 1 and silenced == "True", out.stdout
