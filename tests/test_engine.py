@@ -188,3 +188,8 @@ def test_checkpoints_by_epochs_by_wall_time_and_after_the_last():
         [False, True, False, True]
     with pytest.raises(ConfigError, match="checkpoint_every_s"):
         Stage1TrainConfig(checkpoint_every_s=-1).check()
+    with pytest.raises(ConfigError, match="engine"):
+        Stage1TrainConfig(engine="horovod").check()
+    from data.config import StreamConfig
+    with pytest.raises(ConfigError, match="read_concurrency"):
+        StreamConfig(read_concurrency=-1).check()

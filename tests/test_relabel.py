@@ -283,7 +283,9 @@ def test_kmeans_features_are_what_the_config_names(which):
 @pytest.mark.parametrize("kwargs, key", [({"topk": 3, "mode": "actors"}, "topk"), ({"actor_cpus": 0}, "actor_cpus"),
                                          ({"kmeans_epochs": -1}, "kmeans_epochs"),
                                          ({"kmeans_restarts": 0}, "kmeans_restarts"),
-                                         ({"kmeans_features": "pixels"}, "kmeans_features")])
+                                         ({"kmeans_features": "pixels"}, "kmeans_features"),
+                                         ({"kmeans_solver": "gpu"}, "kmeans_solver"),
+                                         ({"kmeans_max_points_per_centroid": 0}, "kmeans_max_points_per_centroid")])
 def test_relabel_config_errors_name_the_key(kwargs, key):
     from avdet.config import ConfigError
     with pytest.raises(ConfigError, match=key):
