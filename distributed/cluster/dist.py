@@ -307,6 +307,7 @@ def _spawned(rank: int, fn: Callable, world_size: int, init_method: str, args: t
     init_group(rank, world_size, init_method, backend=backend)
     try:
         fn(rank, world_size, *args)
+        dist.barrier()                      # every rank done with its collectives before any tears the group down
     finally:
         dist.destroy_process_group()
 
