@@ -62,6 +62,7 @@ class StreamConfig:
     prefetch_batches: int = 2
     max_bad_fraction: float = 0.01      # raise when more than this fraction of samples was unreadable
     logmel_in_reader: bool = True       # Ray path: the read tasks compute the log-mel (blocks carry it, not raw audio)
+    proposals: str = ""                 # a proposal set beside the shards (data/proposals.py) to join; "" = none
     audio: AudioConfig = field(default_factory=AudioConfig)
 
     def check(self) -> None:

@@ -146,10 +146,14 @@ class BatchCollate:
             wave = torch.from_numpy(np.asarray(block["audio"], np.float32)) / 32768.0
             with torch.no_grad():
                 audio = self._logmel(wave)
-        return {"frames": frames, "audio": audio,
-                "index": torch.from_numpy(np.array(block["index"], np.int64)),
-                "label": torch.from_numpy(np.array(block["label"], np.int64)),
-                "clip": torch.from_numpy(np.array(block["clip"], np.int64))}
+        out = {"frames": frames, "audio": audio,
+               "index": torch.from_numpy(np.array(block["index"], np.int64)),
+               "label": torch.from_numpy(np.array(block["label"], np.int64)),
+               "clip": torch.from_numpy(np.array(block["clip"], np.int64))}
+        if "proposals" in block:                               # a proposal set joined by the read task
+            out["proposals"] = torch.from_numpy(np.require(block["proposals"], np.float32, ["C", "W"]))
+            out["proposal_count"] = torch.from_numpy(np.array(block["proposal_count"], np.int64))
+        return out
 
 
 def normalise_frames(frames: torch.Tensor) -> torch.Tensor:
@@ -160,7 +164,8 @@ def normalise_frames(frames: torch.Tensor) -> torch.Tensor:
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device,
-              keys: tuple[str, ...] = ("frames", "audio", "clip", "label")) -> dict[str, torch.Tensor]:
+              keys: tuple[str, ...] = ("frames", "audio", "clip", "label", "proposals", "proposal_count")
+              ) -> dict[str, torch.Tensor]:
     """The decoded batch with ``keys`` (the model's inputs and the loss's per-sample ids) on ``device``, its frames
     normalised there when they arrive as uint8 (a quarter of the bytes to move: streams built with
     ``normalise=False``); ``index`` stays on the host, where label tables look it up."""
@@ -179,16 +184,36 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device,
 def _read_shards_udf(batch: dict[str, np.ndarray], classes: list[str], spec: SampleSpec | None,
                      block_rows: int, max_bad_fraction: float,
                      audio: AudioConfig | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """map_batches UDF: a batch of shard rows ``{"path", "count", "seed"}`` -> numpy sample blocks; with ``audio``
-    the blocks carry the log-mel instead of the raw audio (:func:`add_logmel`, one torch thread)."""
+    """map_batches UDF: a batch of shard rows ``{"path", "count", "seed", "sidecar", "sidecar_sha"}`` -> numpy
+    sample blocks; with ``audio`` the blocks carry the log-mel instead of the raw audio (:func:`add_logmel`, one
+    torch thread); with a ``sidecar`` (a proposal set's file, ``""`` for none) they carry the shard's proposals."""
     logmel = None
     if audio is not None:
         torch.set_num_threads(1)
         logmel = LogMel(audio)
-    for path, count, seed in zip(batch["path"], batch["count"], batch["seed"]):
+    for path, count, seed, sidecar, sha in zip(batch["path"], batch["count"], batch["seed"], batch["sidecar"],
+                                               batch["sidecar_sha"]):
         seed = os.urandom(8).hex() if seed == FRESH else (str(seed) or None)
-        for block in read_shard_blocks(str(path), classes, spec, block_rows, seed, max_bad_fraction, int(count)):
+        for block in _blocks(str(path), classes, spec, block_rows, seed, max_bad_fraction, int(count),
+                             (str(sidecar), str(sha)) if str(sidecar) else None):
             yield block if logmel is None else add_logmel(block, audio, logmel)
+
+
+def _blocks(path: str, classes: list[str], spec: SampleSpec | None, block_rows: int, seed: str | None,
+            max_bad_fraction: float, count: int, sidecar: tuple[str, str] | None) -> Iterator[dict[str, np.ndarray]]:
+    """:func:`read_shard_blocks`, with the shard's proposals joined when ``sidecar`` = (path, sha256) is given."""
+    from data.proposals import join_block, read_sidecar
+    proposals = read_sidecar(*sidecar) if sidecar is not None else None
+    for block in read_shard_blocks(path, classes, spec, block_rows, seed, max_bad_fraction, count):
+        yield block if proposals is None else join_block(block, proposals, Path(path).name)
+
+
+def _sidecars(manifest: Manifest, split: str, cfg: StreamConfig) -> dict[str, tuple[str, str]]:
+    """{shard path: (sidecar, sha256)} of ``cfg.proposals`` (checked: every shard has a current one), or {}."""
+    if not cfg.proposals:
+        return {}
+    from data.proposals import stream_sidecars
+    return stream_sidecars(manifest, split, cfg.proposals)
 
 
 def partition_shards(shards: list[tuple[str, int]], parts: int) -> list[list[tuple[str, int]]]:
@@ -227,8 +252,10 @@ def ray_dataset(manifest: Manifest | str | Path, split: str, cfg: StreamConfig, 
         if not order:
             raise ValueError(f"ray_dataset: part {part[0]} of {part[1]} of split {split!r} has no shards "
                              f"({len(m.split_shards(split))} shards in all): use fewer workers or smaller shards")
+    sidecars = _sidecars(m, split, cfg)
     items = [{"path": p, "count": c,
-              "seed": FRESH if fresh else f"{cfg.seed}/{epoch}/{Path(p).name}" if cfg.shuffle else ""}
+              "seed": FRESH if fresh else f"{cfg.seed}/{epoch}/{Path(p).name}" if cfg.shuffle else "",
+              "sidecar": sidecars.get(p, ("", ""))[0], "sidecar_sha": sidecars.get(p, ("", ""))[1]}
              for p, c in order]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     if part is not None:
@@ -278,7 +305,7 @@ class ShardIterable(torch.utils.data.IterableDataset):
     def __init__(self, manifest: Manifest | str | Path, split: str, cfg: StreamConfig, epoch: int = 0):
         m = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
         self.shards, self.classes, self.spec = _shard_order(m, split, cfg, epoch), m.classes, m.spec()
-        self.cfg, self.epoch = cfg, epoch
+        self.cfg, self.epoch, self.sidecars = cfg, epoch, _sidecars(m, split, cfg)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
@@ -286,8 +313,8 @@ class ShardIterable(torch.utils.data.IterableDataset):
         collate = BatchCollate(self.cfg.audio)
         for path, count in self.shards[wid::nw]:
             seed = f"{self.cfg.seed}/{self.epoch}/{Path(path).name}" if self.cfg.shuffle else None
-            for block in read_shard_blocks(path, self.classes, self.spec, self.cfg.batch_size, seed,
-                                           self.cfg.max_bad_fraction, count):
+            for block in _blocks(path, self.classes, self.spec, self.cfg.batch_size, seed,
+                                 self.cfg.max_bad_fraction, count, self.sidecars.get(path)):
                 yield collate(block)
 
 
