@@ -65,6 +65,17 @@ class ProposalSettings:
             return f"edge_boxes-{self.max_boxes}"
         return f"{self.method}-{self.mode}-{self.max_boxes}"
 
+    @classmethod
+    def from_name(cls, name: str) -> "ProposalSettings":
+        """The settings a set name stands for (``selective_search-<mode>-<max_boxes>``); edge boxes need their
+        model file, so their sets are computed with jobs/proposals.py, not from a name."""
+        parts = name.split("-")
+        if len(parts) == 3 and parts[0] == "selective_search" and parts[1] in ("fast", "quality") \
+                and parts[2].isdigit() and int(parts[2]) >= 1:
+            return cls("selective_search", parts[1], int(parts[2]))
+        raise ProposalError(f"proposal set {name!r}: not a 'selective_search-<fast|quality>-<max_boxes>' name; "
+                            f"compute other sets with jobs/proposals.py first")
+
     def record(self) -> dict:
         """What the header records (the edge model by file name only: a local path is not part of the result)."""
         return {**asdict(self), "edge_model": Path(self.edge_model).name if self.edge_model else ""}

@@ -222,6 +222,9 @@ def resolve(cfg: PipelineConfig) -> PipelineConfig:
                    stage1_done=str(Path(s1) / "done.json"), out_dir=ev, dataset=cfg.dataset,
                    k_sweep_json=cfg.evaluate.k_sweep_json or str(w / "ksweep" / "ksweep.json"),
                    weak_sup_results=cfg.evaluate.weak_sup_results or str(w / "weak_sup" / "report" / "results.json"),
+                   onscreen=str(Path(pseudo) / "onscreen_test.npz"),
+                   gt_offscreen=str(Path(gt).with_name("gt_test_offscreen.json")) if cfg.dataset == "synthetic"
+                   else cfg.evaluate.gt_offscreen,
                    ray_address=cfg.ray_address),
     )
 
@@ -243,7 +246,8 @@ def stage_dirs(cfg: PipelineConfig, syn_dir: Path) -> dict[str, str]:
     w = Path(cfg.workdir)
     return {"synthetic": str(syn_dir), "ingest": cfg.ingest.out_dir, "stage1": cfg.stage1.out_dir,
             "pseudo": cfg.pseudo.out_dir, "detector": cfg.detector.out_dir, "weak_sup": str(w / "weak_sup"),
-            "evaluate": cfg.evaluate.out_dir, "evaluate_multi": str(w / "report_multi")}
+            "evaluate": cfg.evaluate.out_dir, "evaluate_multi": str(w / "report_multi"),
+            "proposals": str(Path(cfg.stage1.manifest).parent / "proposals" / cfg.stage1.proposals.set)}
 
 
 def run_pipeline(cfg: PipelineConfig, observer: Observer | None = None) -> dict:
@@ -267,7 +271,8 @@ def run_pipeline(cfg: PipelineConfig, observer: Observer | None = None) -> dict:
     save_config(cfg, w / "config.yaml")
     syn_dir = Path(cfg.data_dir or cfg.workdir) / "synthetic"
     steps = [("synthetic", lambda: generate(cfg.synthetic, syn_dir))] if cfg.dataset == "synthetic" else []
-    steps += [("ingest", lambda: _ingest(ingest, cfg.ingest)), ("stage1", lambda: run_stage1(cfg.stage1)),
+    steps += [("ingest", lambda: _ingest(ingest, cfg.ingest)), ("proposals", lambda: _proposals(cfg)),
+              ("stage1", lambda: run_stage1(cfg.stage1)),
               ("pseudo", lambda: run_pseudo(cfg.pseudo)), ("detector", lambda: run_detector_training(cfg.detector)),
               ("weak_sup", lambda: run_weak_sup(cfg)),
               ("evaluate", lambda: run_evaluation(cfg.evaluate) if cfg.gt else {"skipped": "no ground truth (gt)"})]
@@ -285,8 +290,9 @@ def run_pipeline(cfg: PipelineConfig, observer: Observer | None = None) -> dict:
     dirs = stage_dirs(cfg, syn_dir)
     results: dict = {"timings_s": {}}
     for name, step in steps:
-        if name not in ("synthetic", "evaluate_multi") and name not in cfg.stages or \
-                name == "evaluate_multi" and "evaluate" not in cfg.stages:
+        if name not in ("synthetic", "evaluate_multi", "proposals") and name not in cfg.stages or \
+                name == "evaluate_multi" and "evaluate" not in cfg.stages or \
+                name == "proposals" and (cfg.stage1.method != "proposals" or "stage1" not in cfg.stages):
             continue
         t0 = time.perf_counter()
         observer.stage_started(name, dirs.get(name))
@@ -356,6 +362,17 @@ def local_cpus(cfg: PipelineConfig) -> int:
                int(cfg.pseudo.num_actors * cfg.pseudo.actor_cpus + 0.999) + read,
                int(cfg.detector.num_workers * cfg.detector.cpus_per_worker + 0.999) + read)
     return max(os.cpu_count() or 1, need)
+
+
+def _proposals(cfg: PipelineConfig) -> dict:
+    """``stage1.method=proposals``: the proposal set ``stage1.proposals.set`` for every shard of the manifest
+    (computed once, beside the shards; a re-run computes only what is missing)."""
+    from data.proposals import ProposalSettings
+    from data.shards import read_manifest
+    from distributed.proposals import ProposalsConfig, run_proposals
+    splits = sorted({s.split for s in read_manifest(cfg.stage1.manifest).shards})
+    return run_proposals(ProposalsConfig(manifest=cfg.stage1.manifest, splits=splits, ray_address=cfg.ray_address,
+                                         settings=ProposalSettings.from_name(cfg.stage1.proposals.set)))
 
 
 def _ingest(ingest_fn, cfg: IngestConfig) -> dict:

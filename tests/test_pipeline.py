@@ -73,3 +73,34 @@ def test_without_vggsound_paths_the_job_says_what_it_needs(tmp_path, capsys):
         main([f"workdir={tmp_path / 'w'}", "ray_address=local"])
     assert "videos_dir" in str(e.value) and "make demo" in str(e.value)
     assert not (tmp_path / "w").exists()
+
+
+def test_proposals_method_runs_the_pipeline_and_its_self_boxes_are_proposals(tmp_path):
+    """stage1.method=proposals: the pipeline computes the proposal set beside the shards before stage 1; every
+    pseudo-annotation box is one of its frame's stored proposals (seed 001's best proposal, not a map's box); the
+    off-screen clips of the synthetic set (heard, not seen) give the evaluation its on/off-screen table."""
+    import numpy as np
+
+    from data.proposals import read_sidecar
+    from jobs.full_vggsound import main
+    workdir = tmp_path / "run"
+    out = main(["--config", str(ROOT / TINY), f"workdir={workdir}", "ray_address=local", "stage1.method=proposals",
+                "stage1.proposals.top_k=5", "stage1.proposals.set=selective_search-fast-20",
+                "synthetic.num_offscreen_per_class=1", "detector.epochs=1"])
+    assert out["proposals"]["computed"] >= 1 and out["proposals"]["frames"] > 0
+    results = json.loads((workdir / "report" / "results.json").read_text())
+    onscreen = results["onscreen"]
+    assert onscreen["on_frames"] > 0 and onscreen["off_frames"] > 0
+    assert onscreen["frames"] == onscreen["on_frames"] + onscreen["off_frames"]
+    assert "On/off-screen sound recognition" in (workdir / "report" / "tables.md").read_text()
+    sets = workdir / "shards" / "proposals" / "selective_search-fast-20"
+    doc = json.loads((workdir / "pseudo" / "pseudo_train.json").read_text())
+    files = {im["id"]: im["file_name"] for im in doc["images"]}
+    assert doc["annotations"]
+    for ann in doc["annotations"]:
+        shard, key = files[ann["image_id"]].split("#")
+        stored = read_sidecar(sets / f"{shard}.npz")
+        row = stored["keys"].tolist().index(key)
+        x, y, w, h = ann["bbox"]
+        boxes = stored["boxes"][row, :stored["count"][row]]
+        assert np.abs(boxes - np.array([x, y, x + w, y + h], np.float32)).max(1).min() < 1e-3, (ann, boxes)

@@ -229,3 +229,29 @@ def test_two_ddp_workers_learn_relabel_and_resume_with_the_sharded_kmeans(manife
     assert np.array_equal(LabelTable.load(tmp_path / "again" / "labels", 2).labels,
                           LabelTable.load(out / "labels", 2).labels)                 # one seed, one result
     assert [m["train_loss"] for m in again["metrics"]] == [m["train_loss"] for m in history]
+
+
+def test_proposals_method_trains_on_two_workers_from_a_proposal_set(manifest, tmp_path):
+    """stage1.method=proposals (seed 001) on 2 workers: refused, naming the job to run, until the proposal set
+    exists; then the streams carry each frame's proposals, the loss (distance ratio + λ·consistency) falls, no
+    between-epoch round runs, and the saved model rebuilds and selects a bag of top_k proposals per frame."""
+    from data.proposals import ProposalError, ProposalSettings
+    from distributed.proposals import ProposalsConfig, run_proposals
+    extra = ("method=proposals", "proposals.top_k=5", "proposals.set=selective_search-fast-10", "train.epochs=2",
+             "train.lr=0.005")
+    with pytest.raises(ProposalError, match="jobs/proposals.py"):
+        run_stage1(_cfg(manifest, tmp_path / "refused", *extra))
+    run_proposals(ProposalsConfig(manifest=str(manifest), splits=["train"],
+                                  settings=ProposalSettings(max_boxes=10)))
+    summary = run_stage1(_cfg(manifest, tmp_path / "s", *extra))
+    history = summary["metrics"]
+    assert len(history) == 2 and history[1]["train_loss"] < history[0]["train_loss"]
+    assert history[0]["train_loss"] == pytest.approx(history[0]["train_triplet"] + 0.5 * history[0]["train_consistency"],
+                                                     rel=1e-5)
+    assert list_versions(tmp_path / "s" / "labels") == [0]                 # no round: the initial table only
+    from distributed.pseudo.annotate import load_stage1
+    cfg, model = load_stage1(tmp_path / "s")
+    import torch
+    out = model(torch.randn(2, 3, 64, 64), torch.randn(2, 1, 32, 101), torch.tensor([[[0, 0, 30, 30.0]] * 8] * 2),
+                torch.tensor([8, 3]))
+    assert out["boxes"].shape == (2, 5, 4) and out["exists"].sum(1).tolist() == [5, 3]

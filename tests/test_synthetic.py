@@ -333,3 +333,27 @@ def test_multi_source_split_leaves_the_rest_identical(tmp_path):
     config = json.loads((tmp_path / "both" / "done.json").read_text())["config"]
     assert config["num_multi_train_per_class"] == 1 and "num_multi_train_per_class" not in json.loads(
         (tmp_path / "on" / "done.json").read_text())["config"]
+
+
+def test_offscreen_split_hears_the_instrument_but_shows_none_of_it(tmp_path):
+    """num_offscreen_per_class adds test clips whose sounding class is not in view (only silent objects of other
+    classes, or none) while their audio is that class's; the CSV lists them as "test"; the rest of the dataset is
+    unchanged."""
+    base = generate.generate(tiny("backend=numpy"), tmp_path / "off")
+    on = generate.generate(tiny("backend=numpy", "num_offscreen_per_class=2"), tmp_path / "on")
+    assert on["test_offscreen_clips"] == 6 and "test_offscreen_clips" not in base
+    for name in ("gt_train.json", "gt_test.json"):
+        assert (tmp_path / "on" / name).read_text() == (tmp_path / "off" / name).read_text()
+    csv_off, csv_on = (tmp_path / "off" / "vggsound.csv").read_text(), (tmp_path / "on" / "vggsound.csv").read_text()
+    assert csv_on.startswith(csv_off) and csv_on[len(csv_off):].count(",test\n") == 6
+    gt = json.loads((tmp_path / "on" / "gt_test_offscreen.json").read_text())
+    assert len(gt["images"]) == 6 * 8 and not any(a["sounding"] for a in gt["annotations"])
+    rows = [line.split(",") for line in csv_on[len(csv_off):].splitlines()]
+    classes = tiny().classes
+    drawn = 0
+    for video_id, _, label, _ in rows:           # the clip's label is heard: no object of that class is drawn
+        frames = {im["id"] for im in gt["images"] if im["video_id"] == video_id}
+        shown = {a["category_id"] for a in gt["annotations"] if a["image_id"] in frames}
+        assert len(frames) == 8 and classes.index(label) not in shown
+        drawn += len(shown)
+    assert drawn > 0                             # silent objects of other classes are there

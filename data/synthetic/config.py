@@ -49,6 +49,9 @@ class SynthConfig:
     # multi-source test split (MUSIC-Duet style; 0 = none, and the dataset is byte-identical to one without the keys)
     num_multi_per_class: int = 0    # test clips per class with a second sounding instrument of another class
     num_multi_train_per_class: int = 0  # the same, for training (CSV split "train_multi")
+    # off-screen test split (seed 001's on/off-screen recognition; 0 = none, the dataset unchanged)
+    num_offscreen_per_class: int = 0    # test clips per class whose instrument is heard but not in view (only silent
+                                        # objects of other classes are), gt_test_offscreen.json
     multi_level_db: float = 3.0     # the second instrument's level: uniform in [-this, this] dB relative to the first
     # output and execution
     test_sheet_clips: int = 16      # frames (one per clip, from test clips first) on the contact sheet
@@ -97,6 +100,7 @@ class SynthConfig:
         require(self.num_workers >= 0, "num_workers", "must be >= 0")
         require(self.num_multi_per_class >= 0, "num_multi_per_class", "must be >= 0")
         require(self.num_multi_train_per_class >= 0, "num_multi_train_per_class", "must be >= 0")
+        require(self.num_offscreen_per_class >= 0, "num_offscreen_per_class", "must be >= 0")
         if self.num_multi_train_per_class and len(self.classes) < 2:
             raise ConfigError("num_multi_train_per_class needs at least 2 classes (the two sounding ones differ)")
         require(0 <= self.multi_level_db <= 20, "multi_level_db", "must be in [0, 20] (both instruments audible)")

@@ -29,7 +29,10 @@ log = logging.getLogger(__name__)
 
 DONE = "done.json"
 _NOT_CONTENT = ("num_workers",)     # config fields that do not change what is generated
-MULTI_SPLITS = {"test_multi": "num_multi_per_class", "train_multi": "num_multi_train_per_class"}   # split -> count
+# the extra splits (split -> its count key); numbered in this order after the train/test clips
+MULTI_SPLITS = {"test_multi": "num_multi_per_class", "train_multi": "num_multi_train_per_class",
+                "test_offscreen": "num_offscreen_per_class"}
+TEST_SPLITS = ("test_multi", "test_offscreen")     # the CSV lists these clips as "test" (ingested with the test set)
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class ClipJob:
     index: int
     video_id: str
     class_index: int
-    split: str                      # "train" | "test" | "test_multi" | "train_multi"
+    split: str                      # "train" | "test" | "test_multi" | "train_multi" | "test_offscreen"
     keep_frame: bool                # return its middle frame for the contact sheet
     second: int = -1                # a duet's second sounding class (-1: none)
 
@@ -92,14 +95,16 @@ def plan_jobs(cfg: SynthConfig) -> list[ClipJob]:
 def multi_jobs(cfg: SynthConfig) -> list[ClipJob]:
     """The multi-source clips, numbered after every other clip (so the others do not change), test duets first, then
     training duets: per class c, ``num_multi_per_class`` (``num_multi_train_per_class``) duets of c with another
-    class, the partners taken in turn."""
+    class, the partners taken in turn; then the off-screen test clips (``num_offscreen_per_class`` per class c: c is
+    heard, not seen)."""
     C, first = len(cfg.classes), len(cfg.classes) * (cfg.num_train_per_class + cfg.num_test_per_class)
     jobs = []
     for split, key in MULTI_SPLITS.items():
         for c in range(C):
             for m in range(getattr(cfg, key)):
                 i = first + len(jobs)
-                jobs.append(ClipJob(i, f"syn{i:06d}", c, split, False, (c + 1 + m % (C - 1)) % C))
+                second = -1 if split == "test_offscreen" else (c + 1 + m % (C - 1)) % C
+                jobs.append(ClipJob(i, f"syn{i:06d}", c, split, False, second))
     return jobs
 
 
@@ -143,6 +148,8 @@ def make_clip(cfg: SynthConfig, backends: dict[str, str], job: ClipJob, videos_d
     start = time.perf_counter()
     scene_rng, audio_rng = clip_rngs(cfg.seed, job.index)
     scene = build_scene(cfg, backends["pictures"], job.class_index, scene_rng, job.second)
+    if job.split == "test_offscreen":           # the sounding instrument is heard, not seen: only the silent ones stay
+        scene.objects = [o for o in scene.objects if not o.sounding]
     frames, per_frame = [], []
     for t in range(cfg.num_frames):
         frame, _masks, boxes = render.render_frame(scene, t)
@@ -175,7 +182,7 @@ def write_annotations(cfg: SynthConfig, root: Path, results: list[ClipResult]) -
     """vggsound.csv, classes.json, gt_train.json, gt_test.json (and gt_<split>.json of each multi-source split: the
     CSV lists the test duets as "test" under their first class, as VGGSound has one label and two splits, and the
     training duets under split "train_multi"); returns annotation counts."""
-    rows = [(r.job.video_id, cfg.classes[r.job.class_index], "test" if r.job.split == "test_multi" else r.job.split)
+    rows = [(r.job.video_id, cfg.classes[r.job.class_index], "test" if r.job.split in TEST_SPLITS else r.job.split)
             for r in results]
     write_atomic(root / "vggsound.csv", outputs.vggsound_csv(rows))
     write_json(root / "classes.json", list(cfg.classes))

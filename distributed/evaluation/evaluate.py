@@ -89,6 +89,9 @@ class EvalConfig:
     ray_address: str = "local"
     num_actors: int = 1
     device: str = "cpu"
+    onscreen: str = ""                  # the pseudo stage's onscreen_test.npz (seed 001's method), if it exists
+    gt_offscreen: str = ""              # gt_test_offscreen.json: its clips are the off-screen ones (if it exists)
+    onscreen_d: float = 0.2             # d_on threshold of the on/off-screen decision (seed 001: 0.2)
 
     def check(self) -> None:
         require(self.detection_gt in ("all", "sounding"), "detection_gt", "must be 'all' or 'sounding'")
@@ -323,6 +326,8 @@ def run_evaluation(cfg: EvalConfig, predictions: Predictions | None = None,
         results["baselines"]["weak_sup_detector"] = json.loads(weak.read_text())["detection"]["hungarian"]
     if cfg.k_sweep_json and Path(cfg.k_sweep_json).is_file():
         results["k_sweep"] = json.loads(Path(cfg.k_sweep_json).read_text())
+    if cfg.onscreen and cfg.gt_offscreen and Path(cfg.onscreen).is_file() and Path(cfg.gt_offscreen).is_file():
+        results["onscreen"] = onscreen_results(cfg)
     results["summary"]["detector"] = Path(cfg.detector).name if cfg.detector else "given predictions"
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -330,6 +335,23 @@ def run_evaluation(cfg: EvalConfig, predictions: Predictions | None = None,
     figs = _figures(cfg, manifest, coco, results, test, predictions, frame_labels, results["curves"])
     paths = page.write_report(out, results, figs)
     return _finish(out, results, paths)
+
+
+def onscreen_results(cfg: EvalConfig) -> dict:
+    """Seed 001's Table 1 on the synthetic set: the frames of the test clips (``gt``: on screen) and of the
+    off-screen clips (``gt_offscreen``), decided from the pseudo stage's on/off-screen evidence."""
+    from avdet.metrics.onscreen import onscreen_accuracy
+    with np.load(cfg.onscreen, allow_pickle=False) as z:
+        ev = {k: z[k] for k in z.files}
+    videos = lambda path: {im["video_id"] for im in json.loads(Path(path).read_text())["images"]}  # noqa: E731
+    on_v, off_v = videos(cfg.gt), videos(cfg.gt_offscreen)
+    vid = ev["video_id"].astype(str)
+    keep = np.isin(vid, list(on_v | off_v))
+    if not keep.any():
+        raise ValueError(f"on/off-screen: no frame of {cfg.onscreen} belongs to a clip of {cfg.gt} or "
+                         f"{cfg.gt_offscreen}")
+    return onscreen_accuracy(ev["d_on"][keep], ev["av_dist"][keep], ev["av_dist_neg"][keep],
+                             np.isin(vid[keep], list(on_v)), cfg.onscreen_d)
 
 
 def _finish(out: Path, results: dict, paths: dict) -> dict:

@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 
 AREA_QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 _COLUMNS = ("index", "label", "box", "cls", "confidence", "score", "peakiness", "height", "width", "video_id",
-            "timestamp", "file_name")
+            "timestamp", "file_name", "d_on", "av_dist", "av_dist_neg")
+ONSCREEN_COLUMNS = ("index", "video_id", "d_on", "av_dist", "av_dist_neg")     # onscreen_<split>.npz (seed 001)
 
 
 def stage1_config(stage1_dir: str | Path) -> Stage1Config:
@@ -70,7 +71,8 @@ def load_stage1(stage1_dir: str | Path) -> tuple[Stage1Config, AVModel]:
     """The stage-1 config (``config.yaml``) and model (``model.pt``, plain state_dict) in eval mode."""
     d = Path(stage1_dir)
     cfg = stage1_config(d)
-    return cfg, load_model(cfg.model, d / "model.pt", build=lambda _: LOCALISERS[cfg.method].build(cfg.model, cfg.dsol))
+    build = LOCALISERS[cfg.method].build
+    return cfg, load_model(cfg.model, d / "model.pt", build=lambda _: build(cfg.model, cfg.dsol, cfg.proposals))
 
 
 class PseudoLabeler:
@@ -91,11 +93,16 @@ class PseudoLabeler:
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         dec = self.collate(batch)
-        out = self.model(dec["frames"].to(self.device), dec["audio"].to(self.device))
+        extra = {k: dec[k].to(self.device) for k in ("proposals", "proposal_count") if k in dec}
+        out = self.model(dec["frames"].to(self.device), dec["audio"].to(self.device), **extra)
         heat = self.method.maps(self.model, out).float().cpu()
         n, h, w = batch["frames"].shape[:3]
         logits = (out["vis_logits"], out["aud_logits"]) if self.method.classes else (None, None)
         recs = self_labels(heat, *logits, self.selflabel, (h, w))
+        if self.method.boxes is not None:                  # the method's own box (seed 001: its best proposal)
+            for r, box in zip(recs, self.method.boxes(out).float().cpu().tolist()):
+                r["box"] = box
+        onscreen = self._onscreen(dec, out, extra) if "assoc" in out else np.full((3, n), np.nan, np.float32)
         if [r["index"] for r in recs] != list(range(n)):
             raise RuntimeError(f"self_labels returned {len(recs)} records for a batch of {n} at min_confidence 0")
         col = lambda k, dt: np.array([r[k] for r in recs], dtype=dt)  # noqa: E731
@@ -104,7 +111,26 @@ class PseudoLabeler:
                 "confidence": col("confidence", np.float32), "score": col("score", np.float32),
                 "peakiness": col("peakiness", np.float32), "height": np.full(n, h, np.int64),
                 "width": np.full(n, w, np.int64), "heatmap": heat.numpy(),
+                "d_on": onscreen[0], "av_dist": onscreen[1], "av_dist_neg": onscreen[2],
                 **{k: np.asarray(batch[k]) for k in ("video_id", "timestamp", "file_name")}}
+
+
+    def _onscreen(self, dec: dict, out: dict, extra: dict) -> np.ndarray:
+        """(3, B): d_on = max_k d_k, ‖f^att − f^s‖ of the frame with its audio, and of the frame with the audio of the
+        next frame of the batch from another clip (NaN: none) — seed 001's on/off-screen evidence."""
+        from avdet.dsol import negative_partner
+        n = len(dec["index"])
+        partner = negative_partner(dec["clip"], torch.arange(n))
+        has = partner >= 0
+        neg = torch.full((n,), float("nan"))
+        if bool(has.any()):
+            frames = dec["frames"][has].to(self.device)
+            other = dec["audio"][partner[has]].to(self.device)
+            swapped = self.model(frames, other)                  # map-only mode: no proposals needed
+            neg[has] = (swapped["att_feat"] - swapped["aud_feat"]).norm(dim=1).float().cpu()
+        d_on = out["assoc"].amax(1).float().cpu()
+        dist = (out["att_feat"] - out["aud_feat"]).norm(dim=1).float().cpu()
+        return torch.stack([d_on, dist, neg]).numpy()
 
 
 def heatmap_indices(indices: list[int], n: int) -> set[int]:
@@ -120,11 +146,12 @@ def heatmap_indices(indices: list[int], n: int) -> set[int]:
 # one split
 
 
-def _infer(manifest: Manifest, split: str, cfg: PseudoConfig, audio, keep: set[int]):
-    """Run the actor pool over ``split``; returns (columns of every frame, {index: heatmap} for ``keep``)."""
+def _infer(manifest: Manifest, split: str, cfg: PseudoConfig, audio, keep: set[int], proposals: str = ""):
+    """Run the actor pool over ``split`` (with the proposal set ``proposals`` joined, for a method that reads one);
+    returns (columns of every frame, {index: heatmap} for ``keep``)."""
     import ray
 
-    ds = ray_dataset(manifest, split, cfg.stream_config(audio))
+    ds = ray_dataset(manifest, split, dataclasses.replace(cfg.stream_config(audio), proposals=proposals))
     ds = ds.map_batches(
         PseudoLabeler, batch_size=cfg.batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
@@ -174,7 +201,8 @@ def annotate_split(manifest: Manifest, split: str, cfg: PseudoConfig, stage1: St
     t0 = time.perf_counter()
     listed = list_indices(manifest, split)
     keep = heatmap_indices(listed, cfg.num_heatmaps)
-    pred, heat = _infer(manifest, split, cfg, stage1.audio, keep)
+    proposals = stage1.proposals.set if LOCALISERS[stage1.method].proposals else ""
+    pred, heat = _infer(manifest, split, cfg, stage1.audio, keep, proposals)
     seconds = time.perf_counter() - t0
     k = LOCALISERS[stage1.method].num_classes(stage1.model.num_clusters)
     doc = coco_document(pred, k, cfg.selflabel.min_confidence)
@@ -186,6 +214,10 @@ def annotate_split(manifest: Manifest, split: str, cfg: PseudoConfig, stage1: St
                     "they have no image entry", split, stats["unread_samples"])
     doc["info"] = {"split": split, **stats}
     _write_heatmaps(npz_path, manifest, split, pred, heat)
+    if np.isfinite(pred["d_on"]).any():                         # a method with on/off-screen evidence (seed 001)
+        write_atomic(out / f"onscreen_{split}.npz",
+                     lambda f: np.savez(f, **{k: pred[k].astype(str) if k == "video_id" else pred[k]
+                                              for k in ONSCREEN_COLUMNS}))     # str, not object: no pickle
     write_json(json_path, doc)
     log.info("pseudo: split %s: %d frames, %d annotated, %.1f s (%.1f frames/s)", split, stats["frames"],
              stats["annotated"], seconds, stats["frames_per_s"])
@@ -253,4 +285,8 @@ def run_pseudo(cfg: PseudoConfig) -> dict:
                "stats": stats["overall"]}
     files = [out / "stats.json", out / "config.yaml"] + [out / f"{kind}_{s}.{ext}" for s in cfg.splits
                                                           for kind, ext in (("pseudo", "json"), ("heatmaps", "npz"))]
+    onscreen = {s: out / f"onscreen_{s}.npz" for s in cfg.splits if (out / f"onscreen_{s}.npz").is_file()}
+    files += list(onscreen.values())
+    if onscreen:
+        summary["onscreen"] = {s: str(p) for s, p in onscreen.items()}
     return write_done(out, summary, files)

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from avdet.config import (AudioConfig, ConfigError, DSOLConfig, IterativeConfig, LossConfig, ModelConfig,
-                          SinkhornConfig, require)
+                          ProposalConfig, SinkhornConfig, require)
 from data.config import StreamConfig
 
 
@@ -165,7 +165,7 @@ def check_batch_vs_workers(train: Stage1TrainConfig, num_samples: int, relabel: 
                 f"({relabel.num_actors}) must be <= the number of samples ({num_samples})")
 
 
-METHOD_NAMES = ("afouras", "iterative", "dsol")     # distributed.stage1.methods.METHODS has one entry each
+METHOD_NAMES = ("afouras", "iterative", "dsol", "proposals")     # distributed.stage1.methods.METHODS has one entry each
 
 
 @dataclass
@@ -179,7 +179,8 @@ class Stage1Config:
     ``method``: the localiser (:mod:`distributed.stage1.methods`): ``afouras`` (this paper: ``loss``, ``sinkhorn``,
     ``relabel``), ``iterative`` (seed 003: ``iterative``; it has no clusters, its self-labels are class-agnostic) or
     ``dsol`` (seed 002: ``dsol``; k-means pseudo-classes of its masked object features, then optionally its stage 2
-    on the multi-source clips of ``dsol.stage2_split``).
+    on the multi-source clips of ``dsol.stage2_split``) or ``proposals`` (seed 001: ``proposals``; the proposal set
+    ``proposals.set`` is joined to the stream; class-agnostic self-labels; no between-epoch round).
     """
     manifest: str = ""
     out_dir: str = "outputs/stage1"
@@ -195,6 +196,7 @@ class Stage1Config:
     stream: StreamConfig = field(default_factory=StreamConfig)
     iterative: IterativeConfig = field(default_factory=IterativeConfig)
     dsol: DSOLConfig = field(default_factory=DSOLConfig)
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
 
     def check(self) -> None:
         require(self.split in ("train", "test"), "split", "must be 'train' or 'test'")
@@ -212,4 +214,5 @@ class Stage1Config:
 
     def stream_config(self, shuffle: bool = True) -> StreamConfig:
         return dataclasses.replace(self.stream, audio=self.audio, batch_size=self.train.batch_size, shuffle=shuffle,
-                                   seed=self.train.seed)
+                                   seed=self.train.seed,
+                                   proposals=self.proposals.set if self.method == "proposals" else "")

@@ -39,6 +39,7 @@ from avdet.dsol import classification_loss, fresh_classifiers, match_loss, stage
 from avdet.iterative import info_nce, iterative_loss
 from avdet.localisers import LOCALISERS
 from avdet.losses import joint_loss
+from avdet.proposal_ssl import proposal_loss
 from distributed.cluster import dist
 from distributed.stage1.config import Stage1Config
 from distributed.stage1.engine import set_parameters
@@ -159,6 +160,17 @@ def _dsol_round(engine, stream, cfg: Stage1Config, state: State, version: int,
     return State(table, state.cache), stats, describe_round(stats, "dictionary")
 
 
+def _proposals_loss(cfg: Stage1Config, state: State, epoch: int) -> LossFn:
+    def loss(out: dict, batch: dict):
+        value, parts = proposal_loss(out, batch["clip"], cfg.proposals.lam, dist.all_gather_with_grad)
+        return value, {"loss": value.detach(), **parts}
+    return loss
+
+
+def _no_round(engine, stream, cfg, state, version, service):
+    raise AssertionError("stage1.method=proposals has no between-epoch round")
+
+
 METHODS: dict[str, Method] = {
     "afouras": Method("afouras", "relabel", _afouras_loss, lambda cfg, epoch: cfg.train.relabel_after(epoch),
                       _afouras_round),
@@ -167,9 +179,10 @@ METHODS: dict[str, Method] = {
     "dsol": Method("dsol", "dictionary", _dsol_loss,
                    lambda cfg, epoch: epoch + 1 >= cfg.dsol.init_epochs and not cfg.dsol_stage2(epoch), _dsol_round,
                    lambda cfg, epoch: cfg.dsol.stage2_split if cfg.dsol_stage2(epoch) else cfg.split),
+    "proposals": Method("proposals", "proposals", _proposals_loss, lambda cfg, epoch: False, _no_round),
 }
 
 
 def build_model(cfg: Stage1Config) -> torch.nn.Module:
     """The network of ``cfg.method`` for a stage-1 config (untrained)."""
-    return LOCALISERS[cfg.method].build(cfg.model, cfg.dsol)
+    return LOCALISERS[cfg.method].build(cfg.model, cfg.dsol, cfg.proposals)

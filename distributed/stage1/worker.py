@@ -43,6 +43,7 @@ LABELS_DIR = "labels"
 RESPONSES_DIR = "responses"
 HISTORY = "history.json"
 FAULT_MARKER = "fault_injected"
+PROPOSAL_INPUTS = ("proposals", "proposal_count")     # in the batch only when the method reads a proposal set
 
 
 def train_epoch(engine, stream, loss_fn: LossFn, epoch: int, step: int, report_every: int,
@@ -69,7 +70,7 @@ def train_epoch(engine, stream, loss_fn: LossFn, epoch: int, step: int, report_e
             fault(step)
         batch = to_device(batch, device)
         with dist.known_batch_sizes(sizes):       # the loss's gathers reuse the sizes exchanged above
-            out = engine(batch["frames"], batch["audio"])
+            out = engine(batch["frames"], batch["audio"], **{k: batch[k] for k in PROPOSAL_INPUTS if k in batch})
             loss, parts = loss_fn(out, batch)
         engine.backward(loss)
         engine.step()
