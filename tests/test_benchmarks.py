@@ -190,3 +190,12 @@ def test_stream_webdataset_arm_delivers_the_train_split(tmp_path):
     from data.config import StreamConfig
     manifest = stream.make_shards(tmp_path, 40, 20, frame_size=32)
     assert stream._counting(stream.webdataset_plain(manifest, StreamConfig(batch_size=16, shuffle=False), 2))() == 40
+
+
+def test_proposals_benchmark_times_its_three_arms_on_the_same_frames(tmp_path):
+    from benchmarks import proposals
+    fig = proposals.main(["--tiny", "--out", str(tmp_path), "--no-results-row"])
+    assert set(fig["frames_per_s"]) == {"plain_loop", "process_pool", "ray_job"} and fig["frames"] == 48
+    assert fig["ray_vs_pool"] == fig["frames_per_s"]["ray_job"] / fig["frames_per_s"]["process_pool"]
+    assert fig["goals"][0]["goal"] == "proposals_ray_vs_pool"
+    assert (tmp_path / "proposals.json").is_file()
