@@ -36,12 +36,19 @@ from jobs.cli import add_verbose, parse_args  # noqa: E402
 from jobs.variants import Variant, run_variants, variant_config, write_table  # noqa: E402
 
 
-def method_config(base: PipelineConfig, method: str, seed: int) -> PipelineConfig:
-    """The pipeline of one method and seed: its own stage outputs, the shared data of ``base.workdir``."""
+def method_config(base: PipelineConfig, method: str, seed: int, variant: str = "") -> PipelineConfig:
+    """The pipeline of one method and seed: its own stage outputs, the shared data of ``base.workdir``; a named
+    ``variant`` (an ablation: the overrides of this command) under ``methods/<method>-<variant>``."""
     stage1 = dataclasses.replace(base.stage1, method=method)
-    if method == "afouras":
+    if method == "afouras" and not variant:
         return variant_config(base, "seeds", f"seed-{seed}", seed=seed, stage1=stage1)
-    return variant_config(base, str(Path("methods") / method), f"seed-{seed}", seed=seed, stage1=stage1)
+    name = f"{method}-{variant}" if variant else method
+    return variant_config(base, str(Path("methods") / name), f"seed-{seed}", seed=seed, stage1=stage1)
+
+
+def label(method: str, variant: str) -> str:
+    """The table's name of a method run as ``variant``: ``proposals (k10)``."""
+    return f"{method} ({variant})" if variant else method
 
 
 def _picture(out: Path, done: list[Variant]) -> str:
@@ -83,6 +90,13 @@ def _methods(text: str) -> list[str]:
     return names
 
 
+def _variant(text: str) -> str:
+    import re
+    if not re.fullmatch(r"[A-Za-z0-9_.]{0,32}", text):
+        raise argparse.ArgumentTypeError(f"--variant {text!r}: letters, digits, '_' and '.' only (a directory name)")
+    return text
+
+
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", type=_methods, default=list(METHODS),
                         help=f"comma-separated stage-1 methods (default: all, {','.join(METHODS)})")
@@ -91,6 +105,10 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--publish", default="", help="also write the JSON here (e.g. docs/results/demo_methods.json)")
     parser.add_argument("--merge", default="", help="keep the rows of this published JSON for (method, seed) pairs "
                                                     "not run now, with their provenance (seeds run on other days)")
+    parser.add_argument("--variant", default="", type=_variant,
+                        help="name these runs an ablation: they go under methods/<method>-<variant>, their column "
+                             "is '<method> (<variant>)'; the overrides say what differs (e.g. --variant k10 "
+                             "stage1.proposals.top_k=10)")
     add_verbose(parser)
 
 
@@ -103,7 +121,8 @@ def main(argv: list[str]) -> dict:
     command = "python jobs/compare.py " + " ".join(argv)
 
     seeds = range(args.first, args.first + args.seeds)
-    variants = [Variant((m, s), f"{m}, seed {s}", method_config(base, m, s)) for m in args.methods for s in seeds]
+    variants = [Variant((label(m, args.variant), s), f"{label(m, args.variant)}, seed {s}",
+                        method_config(base, m, s, args.variant)) for m in args.methods for s in seeds]
 
     earlier = json.loads(Path(args.merge).read_text()) if args.merge else {}
     commit, today = git_commit(), datetime.date.today().isoformat()

@@ -153,5 +153,23 @@ def test_an_unknown_method_is_refused_before_anything_runs(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--config", TINY, f"workdir={tmp_path}", "--methods", "afouras,nope", "--seeds", "1"])
     assert e.value.code == 2
-    assert "unknown ['nope']; known: afouras, iterative, dsol" in capsys.readouterr().err
+    assert "unknown ['nope']; known: afouras, iterative, dsol, proposals" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())                       # nothing written
+
+
+def test_a_named_variant_runs_apart_and_gets_its_own_column(tmp_path, capsys):
+    """--variant k10 (an ablation, e.g. stage1.proposals.top_k=10): its runs sit under methods/<method>-k10, its
+    rows are labelled '<method> (k10)', so the table and --merge keep it beside the method's own runs."""
+    from avdet.config import load_config
+    from distributed.pipeline import PipelineConfig
+    from jobs.compare import label, main, method_config
+    base = load_config(PipelineConfig, TINY, [f"workdir={tmp_path}", "stage1.proposals.top_k=10"])
+    cfg = method_config(base, "proposals", 1, "k10")
+    assert Path(cfg.workdir) == tmp_path / "methods" / "proposals-k10" / "seed-1"
+    assert cfg.stage1.method == "proposals" and cfg.stage1.proposals.top_k == 10 and cfg.seed == 1
+    assert Path(method_config(base, "afouras", 0, "k10").workdir) == tmp_path / "methods" / "afouras-k10" / "seed-0"
+    assert Path(method_config(base, "afouras", 0).workdir) == tmp_path / "seeds" / "seed-0"
+    assert label("proposals", "k10") == "proposals (k10)" and label("dsol", "") == "dsol"
+    with pytest.raises(SystemExit) as e:
+        main(["--config", TINY, f"workdir={tmp_path}", "--methods", "proposals", "--variant", "../up"])
+    assert e.value.code == 2 and "a directory name" in capsys.readouterr().err

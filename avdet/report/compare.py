@@ -45,6 +45,8 @@ FIGURES = [
     Figure("duet_detector_ciou30", "Duets, class-aware: detector CIoU@0.3", "frac", classes=True),
     Figure("duet_detector_nsa", "Duets, class-aware: detector NSA", "frac", classes=True),
     Figure("duet_detector_ap50", "Duets: detector* AP@0.5", "pts", whole="duet_whole_ap50", centre="duet_centre_ap50"),
+    # seed 001's on/off-screen decision (synthetic.num_offscreen_per_class), for a method that makes one
+    Figure("onscreen_acc", "On/off-screen accuracy (m_on ‖ d_on)", "frac"),
 ]
 
 
@@ -69,7 +71,8 @@ def method_row(method: str, seed: int, results: dict, duets: dict | None = None)
            "whole_single_auc": lookup(single, "whole_image", "auc"),
            "whole_ciou30": lookup(loc, "whole_image", "ciou_30"), "whole_loc_auc": lookup(loc, "whole_image", "auc"),
            "whole_ap50": pts(lookup(base, "whole_image", "map_50")),
-           "centre_ap50": pts(lookup(base, "centre_box", "map_50")), **_duet_figures(duets or {}, agnostic)}
+           "centre_ap50": pts(lookup(base, "centre_box", "map_50")),
+           "onscreen_acc": lookup(results, "onscreen", "either", "accuracy"), **_duet_figures(duets or {}, agnostic)}
 
 
 def _duet_figures(multi: dict, agnostic: bool) -> dict:
