@@ -359,19 +359,17 @@ class ProposalConfig:
     """Seed 001 (``stage1.method=proposals``, :mod:`avdet.proposal_ssl`): ``top_k`` proposals in the bag (paper: 20;
     10 and 30 ablated), ``select=False`` the "without ProSelectNet" ablation (the source's first ``top_k``, not the
     GRM's), λ of the consistency loss (paper: 0.5), ``set`` the proposal set beside the shards the stream joins
-    (``jobs/proposals.py``; its ``max_boxes`` must be >= ``top_k`` for a full bag), and ``on_screen_d`` the d_on
-    threshold of the on/off-screen decision (paper: 0.2)."""
+    (``jobs/proposals.py``; its ``max_boxes`` must be >= ``top_k`` for a full bag). The self-box is the best proposal
+    (``pseudo.self_box=map``: the location-map-only mode); the on/off-screen threshold is ``evaluate.onscreen_d``."""
     top_k: int = 20
     select: bool = True
     lam: float = 0.5
     set: str = "selective_search-fast-100"
-    on_screen_d: float = 0.2
 
     def check(self) -> None:
         require(self.top_k >= 1, "top_k", "must be >= 1")
         require(self.lam >= 0.0, "lam", "must be >= 0")
         require(bool(self.set), "set", "must name a proposal set (jobs/proposals.py writes it)")
-        require(0.0 <= self.on_screen_d < 1.0, "on_screen_d", "must be in [0, 1) (d is a ReLU'd cosine)")
 
 
 @dataclass

@@ -104,3 +104,10 @@ def test_proposals_method_runs_the_pipeline_and_its_self_boxes_are_proposals(tmp
         x, y, w, h = ann["bbox"]
         boxes = stored["boxes"][row, :stored["count"][row]]
         assert np.abs(boxes - np.array([x, y, x + w, y + h], np.float32)).max(1).min() < 1e-3, (ann, boxes)
+
+    # the location-map-only mode: the same stage-1 model, self-boxes from the map (not all of them proposals)
+    main(["--config", str(ROOT / TINY), f"workdir={workdir}", "ray_address=local", "stage1.method=proposals",
+          "stage1.proposals.top_k=5", "stage1.proposals.set=selective_search-fast-20",
+          "synthetic.num_offscreen_per_class=1", "detector.epochs=1", "pseudo.self_box=map", "stages=[pseudo]"])
+    mapped = json.loads((workdir / "pseudo" / "pseudo_train.json").read_text())["annotations"]
+    assert [a["bbox"] for a in mapped] != [a["bbox"] for a in doc["annotations"]]

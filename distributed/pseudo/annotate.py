@@ -81,10 +81,11 @@ class PseudoLabeler:
     "peakiness" (B,) float32, "height", "width" (B,) int64, "heatmap" (B,h,w) float32}``: every frame, unfiltered
     (the driver applies ``min_confidence`` so that it can count what it drops)."""
 
-    def __init__(self, stage1_dir: str, selflabel: dict, torch_threads: int = 1):
+    def __init__(self, stage1_dir: str, selflabel: dict, torch_threads: int = 1, self_box: str = "method"):
         torch.set_num_threads(torch_threads)
         cfg, self.model = load_stage1(stage1_dir)
         self.method = LOCALISERS[cfg.method]
+        self.own_box = self.method.boxes is not None and self_box == "method"
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
         self.collate = BatchCollate(cfg.audio)
@@ -99,7 +100,7 @@ class PseudoLabeler:
         n, h, w = batch["frames"].shape[:3]
         logits = (out["vis_logits"], out["aud_logits"]) if self.method.classes else (None, None)
         recs = self_labels(heat, *logits, self.selflabel, (h, w))
-        if self.method.boxes is not None:                  # the method's own box (seed 001: its best proposal)
+        if self.own_box:                                   # the method's own box (seed 001: its best proposal)
             for r, box in zip(recs, self.method.boxes(out).float().cpu().tolist()):
                 r["box"] = box
         onscreen = self._onscreen(dec, out, extra) if "assoc" in out else np.full((3, n), np.nan, np.float32)
@@ -156,7 +157,8 @@ def _infer(manifest: Manifest, split: str, cfg: PseudoConfig, audio, keep: set[i
         PseudoLabeler, batch_size=cfg.batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
         fn_constructor_kwargs={"stage1_dir": str(Path(cfg.stage1_dir).resolve()),
-                               "selflabel": to_dict(cfg.selflabel), "torch_threads": cfg.torch_threads},
+                               "selflabel": to_dict(cfg.selflabel), "torch_threads": cfg.torch_threads,
+                               "self_box": cfg.self_box},
         num_cpus=cfg.actor_cpus, num_gpus=cfg.actor_gpus or None)
     cols: dict[str, list[np.ndarray]] = {k: [] for k in _COLUMNS}
     heat: dict[int, np.ndarray] = {}

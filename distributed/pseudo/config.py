@@ -32,6 +32,8 @@ class PseudoConfig:
     actor_gpus: float = 0.0
     torch_threads: int = 1
     batch_size: int = 64                # frames per inference call
+    self_box: str = "method"            # "method": the method's own box where it has one (seed 001: its best
+                                        # proposal), else the map's; "map": always the box from the map
     num_heatmaps: int = 64
     selflabel: SelfLabelConfig = field(default_factory=SelfLabelConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
@@ -47,6 +49,7 @@ class PseudoConfig:
         require(self.torch_threads >= 1, "torch_threads", "must be >= 1")
         require(self.batch_size >= 1, "batch_size", "must be >= 1")
         require(self.num_heatmaps >= 0, "num_heatmaps", "must be >= 0")
+        require(self.self_box in ("method", "map"), "self_box", "must be 'method' or 'map'")
 
     def stream_config(self, audio: AudioConfig) -> StreamConfig:
         """Unshuffled reader settings with this stage's batch size and the stage-1 ``audio``."""
