@@ -101,8 +101,10 @@ class PseudoLabeler:
         logits = (out["vis_logits"], out["aud_logits"]) if self.method.classes else (None, None)
         recs = self_labels(heat, *logits, self.selflabel, (h, w))
         if self.own_box:                                   # the method's own box (seed 001: its best proposal)
-            for r, box in zip(recs, self.method.boxes(out).float().cpu().tolist()):
-                r["box"] = box
+            has = out["exists"].any(1).tolist() if "exists" in out else [True] * n
+            for r, box, ok in zip(recs, self.method.boxes(out).float().cpu().tolist(), has):
+                if ok:                                     # a frame without any proposal keeps the map's box
+                    r["box"] = box
         onscreen = self._onscreen(dec, out, extra) if "assoc" in out else np.full((3, n), np.nan, np.float32)
         if [r["index"] for r in recs] != list(range(n)):
             raise RuntimeError(f"self_labels returned {len(recs)} records for a batch of {n} at min_confidence 0")
