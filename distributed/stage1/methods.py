@@ -14,6 +14,9 @@ method                per-batch loss (``loss``)                        between e
                       classifiers' CE on its labels; in the last       and the dictionary D (its centroids), then the
                       ``dsol.stage2_epochs``, stage 2 on the multi-    classifiers are re-initialised; none during
                       source clips: L_c + λ·L_1 (``avdet.dsol``)       stage 2
+``proposals`` (001)   distance ratio on (f^v, own audio, another       none
+                      clip's audio) + λ·‖f^v − f^att‖² over the GRM's
+                      top-K proposals (``avdet.proposal_ssl``)
 ====================  ===============================================  ============================================
 
 ``split(cfg, epoch)`` names the shards' split an epoch trains on: ``cfg.split``, except DSOL's stage-2 epochs
