@@ -105,7 +105,7 @@ class PseudoLabeler:
             for r, box, ok in zip(recs, self.method.boxes(out).float().cpu().tolist(), has):
                 if ok:                                     # a frame without any proposal keeps the map's box
                     r["box"] = box
-        onscreen = self._onscreen(dec, out, extra) if "assoc" in out else np.full((3, n), np.nan, np.float32)
+        onscreen = self._onscreen(dec, out) if "assoc" in out else np.full((3, n), np.nan, np.float32)
         if [r["index"] for r in recs] != list(range(n)):
             raise RuntimeError(f"self_labels returned {len(recs)} records for a batch of {n} at min_confidence 0")
         col = lambda k, dt: np.array([r[k] for r in recs], dtype=dt)  # noqa: E731
@@ -117,8 +117,7 @@ class PseudoLabeler:
                 "d_on": onscreen[0], "av_dist": onscreen[1], "av_dist_neg": onscreen[2],
                 **{k: np.asarray(batch[k]) for k in ("video_id", "timestamp", "file_name")}}
 
-
-    def _onscreen(self, dec: dict, out: dict, extra: dict) -> np.ndarray:
+    def _onscreen(self, dec: dict, out: dict) -> np.ndarray:
         """(3, B): d_on = max_k d_k, ‖f^att − f^s‖ of the frame with its audio, and of the frame with the audio of the
         next frame of the batch from another clip (NaN: none) — seed 001's on/off-screen evidence."""
         from avdet.dsol import negative_partner
