@@ -357,3 +357,27 @@ def test_offscreen_split_hears_the_instrument_but_shows_none_of_it(tmp_path):
         assert len(frames) == 8 and classes.index(label) not in shown
         drawn += len(shown)
     assert drawn > 0                             # silent objects of other classes are there
+
+
+def _sigterm_is_default(_):
+    import signal
+    return signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_pool_workers_end_quietly_under_a_parent_sigterm_handler():
+    """In a Ray driver the generator's forked workers inherited Ray's SIGTERM handler, which printed a stack when
+    the pool closed (seen in `make demo`'s console: ``Pool.__exit__`` terminates its workers); the generator's pool
+    resets it in each worker. A plain forked pool under the same parent handler keeps it (the check can fail)."""
+    import multiprocessing
+    import signal
+
+    from data.synthetic.generate import worker_pool
+    previous = signal.signal(signal.SIGTERM, lambda *a: None)
+    try:
+        with worker_pool(2) as pool:
+            ours = pool.map(_sigterm_is_default, range(4))
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            plain = pool.map(_sigterm_is_default, range(4))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert ours == [True] * 4 and plain == [False] * 4

@@ -167,14 +167,26 @@ def _make_clip_packed(args: tuple) -> ClipResult:
     return make_clip(*args)
 
 
+def _default_sigterm() -> None:
+    """A forked worker inherits the parent's SIGTERM handler — in a Ray driver, Ray's, which prints a stack when the
+    pool is closed (``Pool.__exit__`` terminates its workers); the default handler just ends the worker."""
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def worker_pool(processes: int):
+    """A process pool (forked where the platform can) whose workers end on SIGTERM without the parent's handler."""
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    return ctx.Pool(processes, initializer=_default_sigterm)
+
+
 def run_jobs(cfg: SynthConfig, backends: dict[str, str], jobs: list[ClipJob], videos_dir: Path) -> list[ClipResult]:
     """Make every clip, in a Pool of ``cfg.num_workers`` processes (0 = here); results in job order."""
     packed = [(cfg, backends, j, videos_dir) for j in jobs]
     bar = dict(total=len(jobs), desc="synthetic clips", unit="clip", mininterval=1.0)
     if cfg.num_workers == 0:
         return [make_clip(*p) for p in tqdm(packed, **bar)]
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    with ctx.Pool(cfg.num_workers) as pool:
+    with worker_pool(cfg.num_workers) as pool:
         return list(tqdm(pool.imap(_make_clip_packed, packed, chunksize=4), **bar))
 
 
