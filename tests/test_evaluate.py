@@ -254,6 +254,32 @@ def test_selective_search_row(artifacts, tmp_path):
     ss = res["baselines"]["selective_search"]
     assert ss["map_30"] > 0.0 and ss["map_50"] <= ss["map_30"] and "ap50_per_class" not in ss   # it finds objects
     assert "| Selective Search\\* | ✓ |" in Path(done["tables"]).read_text()
+    assert ss["proposals"] == "computed"
+
+
+def test_selective_search_row_reads_a_stored_proposal_set(artifacts, tmp_path):
+    """With the set ``selective_search-fast-20`` stored beside the shards (jobs/proposals.py), the row scores its
+    boxes instead of recomputing them: here a stored 1-pixel box per frame, which finds nothing."""
+    import shutil
+
+    from data.proposals import ProposalSettings, set_dir, sidecar_path, write_header, write_sidecar
+    from data.shards import iter_tar_groups
+    m = read_manifest(artifacts["manifest"])
+    directory = set_dir(m, "selective_search-fast-20")
+    try:
+        shards = {}
+        for info in m.split_shards("test"):
+            keys = [k for k, _ in iter_tar_groups(m.shard_path(info))]
+            sha = write_sidecar(sidecar_path(directory, info.path), keys, [np.array([[0, 0, 1, 1.0]])] * len(keys),
+                                [np.ones(1)] * len(keys), 20)
+            shards[info.path] = {"shard_sha256": info.sha256, "sha256": sha, "frames": len(keys)}
+        write_header(directory, ProposalSettings(max_boxes=20), shards)
+        done = run_evaluation(_config(artifacts, tmp_path / "stored", selective_search_boxes=20, num_pictures=0),
+                              predictions=perfect_predictions())
+        ss = json.loads(Path(done["results"]).read_text())["baselines"]["selective_search"]
+        assert ss["proposals"] == "stored" and ss["map_30"] == 0.0
+    finally:
+        shutil.rmtree(directory.parent)
 
 
 def test_a_class_agnostic_run_is_scored_class_agnostic_only(artifacts, tmp_path):

@@ -38,6 +38,7 @@ from avdet.report import page, scores
 from avdet.report.figures import confusion_figure, curve_figures, detection_figures, heatmap_figures
 from data.artifacts import read_done, write_done
 from data.pseudo_coco import SelfLabels, read_self_labels
+from data.schema import sample_key
 from data.shards import read_frames, read_manifest
 from distributed.evaluation import frames as eval_data
 from distributed.evaluation.infer import Predictions, predict_indices, predict_plain, predict_ray
@@ -264,14 +265,42 @@ def selective_search_baseline(cfg: EvalConfig, manifest, coco: dict) -> dict:
     from avdet.proposals import selective_search
 
     ids = sorted(int(im["id"]) for im in coco["images"])
-    frames = read_frames(manifest, cfg.split, ids)
-    dets = []
+    stored = _stored_proposals(manifest, cfg)
+    frames = {} if stored is not None else read_frames(manifest, cfg.split, ids)
+    dets, seen = [], 0
     for i in ids:
-        if i in frames:
+        if stored is not None and sample_key(i) in stored:
+            boxes, box_scores = stored[sample_key(i)]
+        elif i in frames:
             boxes, box_scores = selective_search(frames[i], cfg.selective_search_boxes, cfg.selective_search_mode)
-            dets += scores.box_detections(np.full(len(boxes), i), boxes, box_scores, np.zeros(len(boxes), np.int64))
-    log.info("selective search: %d proposals on %d test frames", len(dets), len(frames))
-    return scores.agnostic_scores(_detection_target(coco, cfg.detection_gt), dets)
+        else:
+            continue
+        seen += 1
+        dets += scores.box_detections(np.full(len(boxes), i), boxes, box_scores, np.zeros(len(boxes), np.int64))
+    log.info("selective search: %d proposals on %d test frames (%s)", len(dets), seen,
+             "the stored proposal set" if stored is not None else "computed here")
+    return {**scores.agnostic_scores(_detection_target(coco, cfg.detection_gt), dets),
+            "proposals": "stored" if stored is not None else "computed"}
+
+
+def _stored_proposals(manifest, cfg: EvalConfig) -> dict | None:
+    """{sample key: (boxes, scores)} of the split from the stored proposal set of the baseline's settings
+    (``selective_search-<mode>-<n>``, jobs/proposals.py), when one is there and current; else None."""
+    from data.proposals import ProposalError, ProposalSettings, read_sidecar, stream_sidecars
+    name = ProposalSettings("selective_search", cfg.selective_search_mode, cfg.selective_search_boxes).name()
+    if not (Path(manifest.root) / "proposals" / name).is_dir():
+        return None
+    try:
+        sidecars = stream_sidecars(manifest, cfg.split, name)
+    except ProposalError as e:
+        log.warning("selective search: the stored set is not usable (%s); computing the proposals here", e)
+        return None
+    out = {}
+    for path, sha in sidecars.values():
+        z = read_sidecar(path, sha)
+        for key, boxes, sc, n in zip(z["keys"].tolist(), z["boxes"], z["scores"], z["count"]):
+            out[key] = (boxes[:n].astype(np.float64), sc[:n].astype(np.float64))
+    return out
 
 
 def _check_inputs(cfg: EvalConfig) -> None:
