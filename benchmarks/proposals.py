@@ -10,7 +10,7 @@ Arms, interleaved round by round on the same shards and the same cores (frames/s
   the floor any job must beat;
 * ``process_pool``: the same work in a ``multiprocessing`` pool of one process per core, one shard per task, the
   sidecars written — the baseline as good as we can write it without Ray;
-* ``ray_job``: :func:`distributed.proposals.run_proposals` from scratch (one Ray task per shard, its header and
+* ``ray_job``: :func:`distributed.proposals.job.run_proposals` from scratch (one Ray task per shard, its header and
   sidecars written).
 
 Ray runs its workers at niceness 15 (they yield the CPU to every other process of the machine): the baseline arms
@@ -43,7 +43,7 @@ def _pool_shard(args: tuple) -> int:
     import cv2
 
     from data.proposals import ProposalSettings, write_sidecar
-    from distributed.proposals import shard_proposals
+    from distributed.proposals.job import shard_proposals
     cv2.setNumThreads(1)
     path, sidecar, max_boxes = args
     keys, boxes, scores, _ = shard_proposals(path, ProposalSettings(max_boxes=max_boxes))
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     from data.proposals import ProposalSettings
     from data.shards import read_manifest
     from distributed.cluster.ray_local import start_local_ray
-    from distributed.proposals import ProposalsConfig, run_proposals, shard_proposals
+    from distributed.proposals.job import ProposalsConfig, run_proposals, shard_proposals
 
     cv2.setNumThreads(1)
     cores = os.cpu_count() or 1

@@ -90,7 +90,7 @@ NOT_RESULT_KEYS: dict[str, tuple[str, ...]] = {
     "pseudo": ("ray_address", "out_dir", "manifest", "stage1_dir"),
     "detector": ("ray_address", "out_dir", "manifest", "pseudo_dir", "report_every", "max_failures", "fail_at_step"),
     "evaluate": ("ray_address", "out_dir", "manifest", "gt", "pseudo_train", "pseudo_test", "heatmaps", "detector",
-                 "detector_history", "stage1_done", "k_sweep_json", "weak_sup_results"),
+                 "detector_history", "stage1_done", "k_sweep_json", "weak_sup_results", "onscreen", "gt_offscreen"),
 }
 
 
@@ -112,7 +112,8 @@ def stage_inputs(cfg: PipelineConfig, stage: str) -> dict[str, str]:
             "detector": {**manifest, "pseudo/done.json": done["pseudo"]},
             "evaluate": {**manifest, "gt": cfg.gt, **{f"{s}/done.json": p for s, p in done.items()},
                          "ksweep.json": cfg.evaluate.k_sweep_json,
-                         "weak_sup/results.json": cfg.evaluate.weak_sup_results}
+                         "weak_sup/results.json": cfg.evaluate.weak_sup_results,
+                         "gt_test_offscreen.json": cfg.evaluate.gt_offscreen}
             }[stage]
 
 
@@ -369,7 +370,7 @@ def _proposals(cfg: PipelineConfig) -> dict:
     (computed once, beside the shards; a re-run computes only what is missing)."""
     from data.proposals import ProposalSettings
     from data.shards import read_manifest
-    from distributed.proposals import ProposalsConfig, run_proposals
+    from distributed.proposals.job import ProposalsConfig, run_proposals
     splits = sorted({s.split for s in read_manifest(cfg.stage1.manifest).shards})
     return run_proposals(ProposalsConfig(manifest=cfg.stage1.manifest, splits=splits, ray_address=cfg.ray_address,
                                          settings=ProposalSettings.from_name(cfg.stage1.proposals.set)))

@@ -1,4 +1,4 @@
-"""Region proposals for every frame of a shard set, stored beside the shards (distributed/proposals.py).
+"""Region proposals for every frame of a shard set, stored beside the shards (distributed/proposals/job.py).
 
     python jobs/proposals.py manifest=outputs/demo/shards/manifest.json [settings.mode=quality settings.max_boxes=100]
     ray job submit --working-dir . -- python jobs/proposals.py manifest=... ray_address=auto
@@ -14,7 +14,7 @@ from pathlib import Path
 if __package__ in (None, ""):                      # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distributed.proposals import ProposalsConfig, run_proposals  # noqa: E402
+from distributed.proposals.job import ProposalsConfig, run_proposals  # noqa: E402
 from jobs.cli import parse, setup_logging  # noqa: E402
 
 

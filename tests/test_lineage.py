@@ -87,7 +87,7 @@ def test_changed_stage1_config_reruns_stage1_and_everything_after_it(fake_stages
     assert set(record["lineage"]["inputs"]) == {"shards/manifest.json"} and record["lineage"]["config_sha256"]
     assert set(json.loads((work / "report" / DONE).read_text())["lineage"]["inputs"]) == {
         "shards/manifest.json", "gt", "stage1/done.json", "pseudo/done.json", "detector/done.json", "ksweep.json",
-        "weak_sup/results.json"}
+        "weak_sup/results.json", "gt_test_offscreen.json"}
     assert _run(work, "stage1.train.epochs=2") == []                          # same config, same inputs: all skipped
     assert _run(work, "stage1.train.epochs=2", "stage1.train.report_every=7") == []   # a key that changes nothing
     with caplog.at_level(logging.WARNING, logger="distributed.pipeline"):

@@ -9,7 +9,7 @@ from data.config import StreamConfig
 from data.proposals import (ProposalError, ProposalSettings, read_header, read_sidecar, set_dir, sidecar_path,
                             stream_sidecars)
 from data.shards import read_manifest
-from distributed.proposals import ProposalsConfig, run_proposals, shard_proposals
+from distributed.proposals.job import ProposalsConfig, run_proposals, shard_proposals
 from tests.avshards import make_toy_shards
 
 SETTINGS = ProposalSettings(max_boxes=12)

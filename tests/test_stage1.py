@@ -236,7 +236,7 @@ def test_proposals_method_trains_on_two_workers_from_a_proposal_set(manifest, tm
     exists; then the streams carry each frame's proposals, the loss (distance ratio + λ·consistency) falls, no
     between-epoch round runs, and the saved model rebuilds and selects a bag of top_k proposals per frame."""
     from data.proposals import ProposalError, ProposalSettings
-    from distributed.proposals import ProposalsConfig, run_proposals
+    from distributed.proposals.job import ProposalsConfig, run_proposals
     extra = ("method=proposals", "proposals.top_k=5", "proposals.set=selective_search-fast-10", "train.epochs=2",
              "train.lr=0.005")
     with pytest.raises(ProposalError, match="jobs/proposals.py"):
