@@ -3,7 +3,11 @@
 
 OpenCV ranks Selective Search's regions by C's ``rand()`` times their hierarchy level, so its order depends on every
 earlier call in the process; :func:`selective_search` seeds libc's generator (``srand(seed)``) before each image, so
-one image and one seed give one ranking — what a stored proposal set and a reproducible run need.
+in a single-threaded process one image and one seed give one ranking (tested). Between a Ray task and a Ray driver
+the order — and with it which proposals make the top ``max_boxes`` — was seen to differ (1 run in 4 of the
+proposal-store test, under load); the likely cause, not proven: libc's generator is process-wide and another thread of
+those processes draws from it between the seeding and the ranking. That is why a proposal set is computed once and stored (:mod:`data.proposals`): every consumer of one set
+reads the same proposals; recomputing a set may rank them differently.
 
 OpenCV contrib's ``cv2.ximgproc.segmentation`` implementation (the one the field uses); its proposals come ranked
 (hierarchical grouping order, most "object-like" first), and the rank is the only score it gives, so the score of

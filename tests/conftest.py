@@ -1,6 +1,8 @@
 """Test-wide settings: every Ray stays on loopback, DeepSpeed's JIT builds are cached in the venv, Ray Train polls fast."""
 import os
 import sys
+
+import pytest
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -12,3 +14,14 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".venv" / "torch_extens
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A 2-CPU local Ray on 127.0.0.1 for one test module (Ray Data progress bars off), shut down after it."""
+    from distributed.cluster.ray_local import start_local_ray
+    import ray
+    start_local_ray(num_cpus=2, object_store_memory=300 * 2**20)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()

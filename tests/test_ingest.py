@@ -19,16 +19,6 @@ BROKEN = {"ccc": "no_audio_track", "ddd": "empty_file", "eee": "unreadable", "ff
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    from distributed.cluster.ray_local import start_local_ray
-    import ray
-    start_local_ray(num_cpus=2, object_store_memory=300 * 2**20)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     root = tmp_path_factory.mktemp("clips")
     v = root / "videos"

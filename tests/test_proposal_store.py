@@ -12,17 +12,7 @@ from data.shards import read_manifest
 from distributed.proposals.job import ProposalsConfig, run_proposals, shard_proposals
 from tests.avshards import make_toy_shards
 
-SETTINGS = ProposalSettings(max_boxes=12)
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    from distributed.cluster.ray_local import start_local_ray
-    import ray
-    start_local_ray(num_cpus=2, object_store_memory=300 * 2**20)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield ray
-    ray.shutdown()
+SETTINGS = ProposalSettings(max_boxes=400)      # more than Selective Search makes on a 48-px frame: every proposal
 
 
 @pytest.fixture(scope="module")
@@ -34,21 +24,25 @@ def proposal_set(tmp_path_factory, ray_local):
 
 
 def test_stored_proposals_equal_a_plain_loop(proposal_set):
+    """Every frame's sidecar row holds the proposals a plain loop computes (the job adds no loss or padding)."""
     manifest_path, result = proposal_set
     m = read_manifest(manifest_path)
     assert result["computed"] == 3 and result["frames"] == 12 and result["shards"] == 3
     directory = set_dir(m, SETTINGS.name())
     header = read_header(directory)
-    assert header["settings"]["max_boxes"] == 12 and header["version"] == 1
+    assert header["settings"]["max_boxes"] == 400 and header["version"] == 1
     for info in m.split_shards("train"):
         stored = read_sidecar(sidecar_path(directory, info.path), header["shards"][info.path]["sha256"])
         keys, boxes, scores, _ = shard_proposals(m.shard_path(info), SETTINGS)
         assert stored["keys"].tolist() == keys
         for i, (b, s) in enumerate(zip(boxes, scores)):
             n = int(stored["count"][i])
-            assert n == len(b) and 1 <= n <= 12
-            assert np.array_equal(stored["boxes"][i, :n], b) and np.array_equal(stored["scores"][i, :n], s)
-            assert not stored["boxes"][i, n:].any()
+            assert n == len(b) and 1 <= n < 400 and not stored["boxes"][i, n:].any()
+            # the same proposals; their order may differ: OpenCV ranks them with libc's rand(), which another thread
+            # of a Ray worker or of this process can draw from between our srand() and the ranking
+            # (avdet/proposals.py) — which is why a set is computed once and stored
+            assert sorted(map(tuple, stored["boxes"][i, :n].tolist())) == sorted(map(tuple, b.tolist()))
+            assert np.array_equal(stored["scores"][i, :n], s)                    # 1 / (rank + 1)
 
 
 def test_rerun_computes_nothing_and_a_reingested_shard_is_stale(proposal_set):
@@ -99,7 +93,7 @@ def test_streams_carry_the_proposals_of_each_sample(proposal_set, ray_local):
                     plain_loader(m, "train", StreamConfig(**{**cfg.__dict__, "num_workers": 0}))):
         seen = 0
         for batch in batches:
-            assert batch["proposals"].shape[1:] == (12, 4)
+            assert batch["proposals"].shape[1:] == (400, 4)
             for i, index in enumerate(batch["index"].tolist()):
                 boxes, n = by_index[index]
                 assert int(batch["proposal_count"][i]) == n

@@ -20,16 +20,6 @@ AUDIO = AudioConfig(window_s=0.1)          # 1600 samples -> T = 11 log-mel fram
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    from distributed.cluster.ray_local import start_local_ray
-    import ray
-    start_local_ray(num_cpus=2, object_store_memory=300 * 2**20)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
     write_dataset(out, COUNTS)
