@@ -148,7 +148,12 @@ def test_ray_blocks_carry_the_readers_log_mel_equal_to_the_plain_path(shards, ra
 def test_read_concurrency_zero_takes_the_free_cpus(shards, ray_local):
     """stream.read_concurrency=0: as many 0.5-CPU read tasks as the free CPUs hold (the local Ray has 2), at most one
     per shard, at least one; the stream is complete."""
+    import time
+
     from data.stream import auto_read_concurrency
+    deadline = time.monotonic() + 60                  # an earlier test's read tasks may still hold CPUs for a moment
+    while ray_local.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert auto_read_concurrency(0.5, shards=10) == 4 and auto_read_concurrency(0.5, shards=3) == 3
     assert auto_read_concurrency(64.0, shards=10) == 1
     cfg = _cfg(read_concurrency=0, shuffle=False)
