@@ -360,14 +360,18 @@ class ProposalConfig:
     10 and 30 ablated), ``select=False`` the "without ProSelectNet" ablation (the source's first ``top_k``, not the
     GRM's), λ of the consistency loss (paper: 0.5), ``set`` the proposal set beside the shards the stream joins
     (``jobs/proposals.py``; its ``max_boxes`` must be >= ``top_k`` for a full bag). The self-box is the best proposal
-    (``pseudo.self_box=map``: the location-map-only mode); the on/off-screen threshold is ``evaluate.onscreen_d``."""
+    (``pseudo.self_box=map``: the location-map-only mode); the on/off-screen threshold is ``evaluate.onscreen_d``.
+    ``warmup_epochs`` (not in seed 001; 0 = the paper's loss from the first step): the first epochs train the frame
+    stream alone (:func:`avdet.proposal_ssl.frame_loss`), so that the bag is chosen by a trained attention."""
     top_k: int = 20
     select: bool = True
     lam: float = 0.5
     set: str = "selective_search-fast-100"
+    warmup_epochs: int = 0
 
     def check(self) -> None:
         require(self.top_k >= 1, "top_k", "must be >= 1")
+        require(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
         require(self.lam >= 0.0, "lam", "must be >= 0")
         require(bool(self.set), "set", "must name a proposal set (jobs/proposals.py writes it)")
 

@@ -28,7 +28,10 @@ and AudioSet VGGish; ours are this project's narrow ResNet-18s from random initi
 over the locations of the audio-visual dot product (Senocak's attention, which the seed builds on); the paper's
 φ(U_v v)^T φ(U_s s) leaves where each softmax runs unsaid. The paper does not say how α is normalised (ours: L1,
 uniform over the existing proposals when every d_k is 0), nor whether the common space is normalised (ours: unit
-norm, as in Senocak's loss). The LSTMs over frame sequences are not built: the stream gives single frames.
+norm, as in Senocak's loss). The LSTMs over frame sequences are not built: the stream gives single frames. Not in
+the paper: an optional warm-up (``stage1.proposals.warmup_epochs``, default 0) that trains the frame stream alone
+with the distance ratio on f^att (:func:`frame_loss`) — from random trunks the attention that picks the bag is
+untrained at first, and on the demo set it ended up on the background (docs/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ from .model import ResNet18
 
 __all__ = ["ProposalModel", "attention", "location_map", "global_response_map", "proposal_confidence",
            "select_top_k", "spp_features", "association", "proposal_weights", "distance_ratio_loss",
-           "consistency_loss", "proposal_loss", "best_proposal", "two_sources", "distance_threshold", "on_screen",
+           "consistency_loss", "proposal_loss", "frame_loss", "best_proposal", "two_sources", "distance_threshold", "on_screen",
            "box_iou_matrix"]
 
 ON_SCREEN_D = 0.2           # seed 001: the sound is on screen when d_on = max_k d_k > 0.2
@@ -169,15 +172,32 @@ def _negatives(aud_feat: torch.Tensor, clip: torch.Tensor, gather: Gather | None
     return aud_all[partner.clamp_min(0)], has
 
 
+def _triplet(query: torch.Tensor, aud: torch.Tensor, clip: torch.Tensor, gather: Gather | None) -> torch.Tensor:
+    """L_tri(query, own audio, another clip's audio) over the rows that have a negative (0 when none has)."""
+    negative, has = _negatives(aud, clip, gather)
+    return distance_ratio_loss(query[has], aud[has], negative[has]) if bool(has.any()) else query.sum() * 0
+
+
 def proposal_loss(out: dict[str, torch.Tensor], clip: torch.Tensor, lam: float = 0.5,
                   gather: Gather | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L = L_tri(f^v, f^s+, f^s−) + λ·L_edu over this process's rows (the negative audio is another clip's, from the
     whole global batch when ``gather`` all-gathers with gradient). Returns (loss, detached parts)."""
     vis, aud, att = out["vis_feat"], out["aud_feat"], out["att_feat"]
-    negative, has = _negatives(aud, clip, gather)
-    tri = distance_ratio_loss(vis[has], aud[has], negative[has]) if bool(has.any()) else vis.sum() * 0
+    tri = _triplet(vis, aud, clip, gather)
     edu = consistency_loss(vis, att)
     return tri + lam * edu, {"triplet": tri.detach(), "consistency": edu.detach()}
+
+
+def frame_loss(out: dict[str, torch.Tensor], clip: torch.Tensor,
+               gather: Gather | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The frame stream alone: L_tri(f^att, f^s+, f^s−), Senocak et al.'s attention model (seed 001's ref. [41], on
+    which its frame stream is built). Not in seed 001's loss: this project's optional warm-up
+    (``stage1.proposals.warmup_epochs``), so that the GRM choosing the bag comes from an attention trained to find
+    the sound before the proposal stream trains on it (seed 001 starts from ImageNet/AudioSet weights instead).
+    The proposal stream's outputs get a zero gradient (the engine reduces the same buckets every step)."""
+    tri = _triplet(out["att_feat"], out["aud_feat"], clip, gather)
+    unused = 0.0 * out["vis_feat"].sum() if "vis_feat" in out else 0.0
+    return tri + unused, {"triplet": tri.detach(), "consistency": torch.zeros((), device=tri.device)}
 
 
 # ---------------------------------------------------------------------------------------------------------------

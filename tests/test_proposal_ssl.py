@@ -9,7 +9,7 @@ import torch
 from avdet.config import ModelConfig
 from avdet.proposal_ssl import (ProposalModel, association, attention, best_proposal, consistency_loss,
                                 distance_ratio_loss, distance_threshold, global_response_map, on_screen,
-                                proposal_confidence, proposal_loss, proposal_weights, select_top_k, two_sources)
+                                frame_loss, proposal_confidence, proposal_loss, proposal_weights, select_top_k, two_sources)
 
 
 def test_grm_divides_by_max_as_the_paper_writes_it():
@@ -75,6 +75,29 @@ def test_negatives_come_from_another_clip():
     assert parts["triplet"].item() == pytest.approx(2 * s * s) and parts["consistency"].item() == 0.0
     loss, parts = proposal_loss(out, torch.tensor([7, 7, 7]))                # one clip: no negative at all
     assert parts["triplet"].item() == 0.0
+
+
+def test_frame_warmup_trains_the_attention_feature_not_the_proposal_stream():
+    """The optional warm-up's loss is the distance ratio with f^att as the query (f^v is ignored, with a zero
+    gradient); from ``warmup_epochs`` on, the method's loss is seed 001's again."""
+    from avdet.config import ProposalConfig
+    from distributed.stage1.config import Stage1Config
+    from distributed.stage1.methods import METHODS
+    aud = torch.eye(3)
+    vis = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], requires_grad=True)
+    out = {"vis_feat": vis, "aud_feat": aud, "att_feat": aud.clone().requires_grad_()}
+    loss, parts = frame_loss(out, torch.tensor([7, 7, 9]))
+    s = 1 / (1 + math.exp(math.sqrt(2)))                                     # att = own audio: d+ = 0, d− = √2
+    assert loss.item() == pytest.approx(2 * s * s) and parts["consistency"].item() == 0.0
+    loss.backward()
+    assert torch.count_nonzero(vis.grad) == 0 and out["att_feat"].grad.abs().sum() > 0
+    cfg = Stage1Config(method="proposals", proposals=ProposalConfig(warmup_epochs=2))
+    batch = {"clip": torch.tensor([7, 7, 9])}
+    warm = METHODS["proposals"].loss(cfg, None, 1)(out, batch)[0]
+    paper = METHODS["proposals"].loss(cfg, None, 2)(out, batch)[0]
+    assert warm.item() == pytest.approx(2 * s * s)
+    assert paper.item() == pytest.approx(proposal_loss(out, batch["clip"], cfg.proposals.lam)[0].item())
+    assert paper.item() != pytest.approx(warm.item())
 
 
 def test_best_and_two_non_overlapping_sources():

@@ -16,7 +16,9 @@ method                per-batch loss (``loss``)                        between e
                       source clips: L_c + λ·L_1 (``avdet.dsol``)       stage 2
 ``proposals`` (001)   distance ratio on (f^v, own audio, another       none
                       clip's audio) + λ·‖f^v − f^att‖² over the GRM's
-                      top-K proposals (``avdet.proposal_ssl``)
+                      top-K proposals (``avdet.proposal_ssl``); in the
+                      first ``proposals.warmup_epochs`` (default 0),
+                      the distance ratio on f^att alone
 ====================  ===============================================  ============================================
 
 ``split(cfg, epoch)`` names the shards' split an epoch trains on: ``cfg.split``, except DSOL's stage-2 epochs
@@ -42,7 +44,7 @@ from avdet.dsol import classification_loss, fresh_classifiers, match_loss, stage
 from avdet.iterative import info_nce, iterative_loss
 from avdet.localisers import LOCALISERS
 from avdet.losses import joint_loss
-from avdet.proposal_ssl import proposal_loss
+from avdet.proposal_ssl import frame_loss, proposal_loss
 from distributed.cluster import dist
 from distributed.stage1.config import Stage1Config
 from distributed.stage1.engine import set_parameters
@@ -164,8 +166,13 @@ def _dsol_round(engine, stream, cfg: Stage1Config, state: State, version: int,
 
 
 def _proposals_loss(cfg: Stage1Config, state: State, epoch: int) -> LossFn:
+    warmup = epoch < cfg.proposals.warmup_epochs
+
     def loss(out: dict, batch: dict):
-        value, parts = proposal_loss(out, batch["clip"], cfg.proposals.lam, dist.all_gather_with_grad)
+        if warmup:                                  # the frame stream alone (not in seed 001: an optional warm-up)
+            value, parts = frame_loss(out, batch["clip"], dist.all_gather_with_grad)
+        else:
+            value, parts = proposal_loss(out, batch["clip"], cfg.proposals.lam, dist.all_gather_with_grad)
         return value, {"loss": value.detach(), **parts}
     return loss
 
