@@ -16,6 +16,11 @@ timestamp) and prints one JSON object:
 - ``ranking``: IoU ≥ 0.5 rate among the top 25 / 50 / 75 / 100 % of frames ranked by each candidate confidence
   (the self-labels' confidence, peakiness, heatmap max, p(y*)); a useful confidence rises towards the top.
 
+Any stage-1 method (its map: ``avdet.localisers``); the ranking's class-based scores only where the method has
+classifiers. A method that reads proposals (seed 001) also gets ``proposals``: the fraction of frames whose bag
+holds a proposal with IoU ≥ 0.5 with a sounding box (``bag_recall``: what its selection leaves it to find) and its
+own self-box's IoU ≥ 0.5 rate and mean IoU (the best proposal by d).
+
 ``--average mirror | neighbours | clip`` first averages each heatmap with that of the mirrored frame, of the frames
 just before and after it in its clip, or of its whole clip (does smoothing fix the boxes?).
 """
@@ -37,32 +42,48 @@ import torch.nn.functional as F  # noqa: E402
 from avdet.boxes import box_iou, boxes_from_heatmaps  # noqa: E402
 from avdet.config import SelfLabelConfig  # noqa: E402
 from avdet.fileio import write_json  # noqa: E402
+from avdet.localisers import LOCALISERS  # noqa: E402
 from avdet.selflabels import class_and_probability, confidence, peakiness  # noqa: E402
 from data.shards import read_manifest  # noqa: E402
 from data.stream import plain_loader  # noqa: E402
 from distributed.evaluation.frames import eval_ground_truth, read_test_frames  # noqa: E402
 from distributed.pseudo.annotate import load_stage1  # noqa: E402
+from distributed.stage1.worker import PROPOSAL_INPUTS  # noqa: E402
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 
 
 @torch.no_grad()
 def heatmaps(stage1_dir: Path, split: str, batch_size: int = 128, mirror: bool = False) -> dict[str, np.ndarray]:
-    """{"index", "heatmap" (N, h, w), "vis_logits", "aud_logits"} for every frame of ``split``, sorted by index.
-    ``mirror``: each heatmap is averaged with that of the mirrored frame (flipped back)."""
+    """{"index", "heatmap" (N, h, w)} for every frame of ``split``, sorted by index, plus "vis_logits",
+    "aud_logits" where the method has classifiers and "bag" (N, K, 4), "bag_exists" (N, K), "self_box" (N, 4)
+    where it reads proposals. ``mirror``: each heatmap is averaged with that of the mirrored frame (flipped back)."""
     cfg, model = load_stage1(stage1_dir)
+    method = LOCALISERS[cfg.method]
+    if mirror and method.proposals:
+        raise ValueError(f"selfbox_probe: --average mirror is not defined for stage1.method={cfg.method} (its "
+                         "proposals are not mirrored)")
     stream = dataclasses.replace(cfg.stream_config(shuffle=False), num_workers=0, batch_size=batch_size)
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("index", "heatmap", "vis_logits", "aud_logits")}
+    cols: dict[str, list[np.ndarray]] = {}
+
+    def add(name: str, value: torch.Tensor) -> None:
+        cols.setdefault(name, []).append(value.float().numpy() if value.is_floating_point() else value.numpy())
+
     for batch in plain_loader(cfg.manifest, split, stream):
-        out = model(batch["frames"], batch["audio"])
-        cols["index"].append(batch["index"].numpy())
-        heat = model.heatmap(out["vis_emb"], out["aud_emb"]).float()
+        extra = {k: batch[k] for k in PROPOSAL_INPUTS if k in batch}
+        out = model(batch["frames"], batch["audio"], **extra)
+        add("index", batch["index"])
+        heat = method.maps(model, out).float()
         if mirror:
-            flip = model(batch["frames"].flip(-1), batch["audio"])
-            heat = (heat + model.heatmap(flip["vis_emb"], flip["aud_emb"]).float().flip(-1)) / 2
-        cols["heatmap"].append(heat.numpy())
-        cols["vis_logits"].append(out["vis_logits"].float().numpy())
-        cols["aud_logits"].append(out["aud_logits"].float().numpy())
+            heat = (heat + method.maps(model, model(batch["frames"].flip(-1), batch["audio"])).float().flip(-1)) / 2
+        add("heatmap", heat)
+        if method.classes:
+            add("vis_logits", out["vis_logits"])
+            add("aud_logits", out["aud_logits"])
+        if method.boxes is not None and "boxes" in out:
+            add("bag", out["boxes"])
+            add("bag_exists", out["exists"])
+            add("self_box", method.boxes(out))
     merged = {k: np.concatenate(v) for k, v in cols.items()}
     order = np.argsort(merged["index"], kind="stable")
     return {k: v[order] for k, v in merged.items()}
@@ -163,9 +184,22 @@ def probe(heat: np.ndarray, sounding: list[np.ndarray], silent: list[np.ndarray]
     return result
 
 
+def proposal_probe(bag: np.ndarray, exists: np.ndarray, self_box: np.ndarray, sounding: list[np.ndarray]) -> dict:
+    """Seed 001's selection against the ground truth: ``bag`` (N, K, 4) xyxy, ``exists`` (N, K), ``self_box``
+    (N, 4), ``sounding`` per frame (n_i, 4) -> {"bag_recall", "self_box_iou50", "self_box_mean_iou", "bag_size"}."""
+    recall, iou = np.zeros(len(bag), bool), np.zeros(len(bag))
+    for i, gt in enumerate(sounding):
+        gt = torch.as_tensor(gt, dtype=torch.float64)
+        real = torch.as_tensor(bag[i][exists[i].astype(bool)], dtype=torch.float64)
+        recall[i] = bool(len(real)) and bool((box_iou(real, gt) >= 0.5).any())
+        iou[i] = float(box_iou(torch.as_tensor(self_box[i:i + 1], dtype=torch.float64), gt).max())
+    return {"bag_recall": round(float(recall.mean()), 4), "self_box_iou50": round(float((iou >= 0.5).mean()), 4),
+            "self_box_mean_iou": round(float(iou.mean()), 4), "bag_size": round(float(exists.sum(1).mean()), 2)}
+
+
 def main(argv: list[str]) -> dict:
     p = argparse.ArgumentParser(prog="scripts/selfbox_probe.py", description=__doc__.split("\n")[0])
-    p.add_argument("stage1_dir", type=Path, help="a finished stage 1 (config.yaml, model.pt)")
+    p.add_argument("stage1_dir", type=Path, help="a finished stage 1 (config.yaml, model.pt), any method")
     p.add_argument("gt", type=Path, help="COCO ground truth of the split with 'sounding' flags (gt_test.json)")
     p.add_argument("--split", default="test")
     p.add_argument("--betas", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7])
@@ -196,17 +230,22 @@ def main(argv: list[str]) -> dict:
     keep = np.array([int(i) in snd for i in cols["index"]])
     idx = cols["index"][keep]
     heat = cols["heatmap"][keep]
-    cls_prob = class_and_probability(torch.from_numpy(cols["vis_logits"][keep]),
-                                     torch.from_numpy(cols["aud_logits"][keep]))[1]
     peak = peakiness(torch.from_numpy(heat))
-    scores = {"confidence": confidence(cls_prob, peak, args.peakiness_scale).numpy(), "peakiness": peak.numpy(),
-              "heatmap_max": heat.reshape(len(heat), -1).max(1), "p_class": cls_prob.numpy()}
+    scores = {"peakiness": peak.numpy(), "heatmap_max": heat.reshape(len(heat), -1).max(1)}
+    if "vis_logits" in cols:                          # a method with classifiers: the self-labels' confidence
+        cls_prob = class_and_probability(torch.from_numpy(cols["vis_logits"][keep]),
+                                         torch.from_numpy(cols["aud_logits"][keep]))[1]
+        scores.update({"confidence": confidence(cls_prob, peak, args.peakiness_scale).numpy(),
+                       "p_class": cls_prob.numpy()})
     sounding = [np.array(snd[int(i)]) for i in idx]
     silent = [np.array(sil.get(int(i), []), float).reshape(-1, 4) for i in idx]
     result = {"stage1_dir": str(args.stage1_dir), "split": args.split, "average": args.average,
               "grid": list(heat.shape[1:]),
               "frames_without_sounding_box": int((~keep).sum()),
               **probe(heat, sounding, silent, (frames.height, frames.width), args.betas, args.beta, scores)}
+    if "bag" in cols:
+        result["proposals"] = proposal_probe(cols["bag"][keep], cols["bag_exists"][keep], cols["self_box"][keep],
+                                             sounding)
     print(json.dumps(result))
     if args.out:
         write_json(args.out, result)

@@ -72,6 +72,20 @@ def test_selfbox_probe_known_answers():
     assert res["ranking"]["bad"] == [0.0, 0.0, 0.0, sixth(1)]
 
 
+def test_selfbox_probe_scores_a_proposal_bag_and_its_self_box():
+    """Frame 0's bag holds its object (second proposal) but the self-box is the other one; frame 1's only match
+    is a padded (non-existing) slot, its self-box half-overlaps (IoU 1/3)."""
+    import numpy as np
+    proposal_probe = _script("selfbox_probe").proposal_probe
+    bag = np.array([[[0, 0, 8, 8], [10, 10, 20, 20]], [[0, 0, 10, 20], [30, 30, 40, 40]]], np.float32)
+    exists = np.array([[True, True], [True, False]])
+    self_box = np.array([[0, 0, 8, 8], [0, 0, 10, 20]], np.float32)
+    sounding = [np.array([[10.0, 10, 20, 20]]), np.array([[30.0, 30, 40, 40], [0, 10, 10, 30]])]
+    res = proposal_probe(bag, exists, self_box, sounding)
+    assert res == {"bag_recall": 0.5, "self_box_iou50": 0.0, "self_box_mean_iou": round((0 + 1 / 3) / 2, 4),
+                   "bag_size": 1.5}
+
+
 def test_selfbox_probe_averages_within_each_clip_in_time_order():
     import numpy as np
     avg = _script("selfbox_probe").average_over_clips

@@ -255,3 +255,7 @@ def test_proposals_method_trains_on_two_workers_from_a_proposal_set(manifest, tm
     out = model(torch.randn(2, 3, 64, 64), torch.randn(2, 1, 32, 101), torch.tensor([[[0, 0, 30, 30.0]] * 8] * 2),
                 torch.tensor([8, 3]))
     assert out["boxes"].shape == (2, 5, 4) and out["exists"].sum(1).tolist() == [5, 3]
+    cols = _script("selfbox_probe").heatmaps(tmp_path / "s", "train")                # the diagnosis reads it
+    n = len(cols["index"])
+    assert n > 0 and cols["bag"].shape == (n, 5, 4) and cols["self_box"].shape == (n, 4)
+    assert "vis_logits" not in cols and cols["heatmap"].shape[0] == n
