@@ -362,16 +362,19 @@ class ProposalConfig:
     (``jobs/proposals.py``; its ``max_boxes`` must be >= ``top_k`` for a full bag). The self-box is the best proposal
     (``pseudo.self_box=map``: the location-map-only mode); the on/off-screen threshold is ``evaluate.onscreen_d``.
     ``warmup_epochs`` (not in seed 001; 0 = the paper's loss from the first step): the first epochs train the frame
-    stream alone (:func:`avdet.proposal_ssl.frame_loss`), so that the bag is chosen by a trained attention."""
+    stream alone (:func:`avdet.proposal_ssl.frame_loss`, ``warmup_loss`` "mil" or "triplet"), so that the bag is
+    chosen by a trained attention."""
     top_k: int = 20
     select: bool = True
     lam: float = 0.5
     set: str = "selective_search-fast-100"
     warmup_epochs: int = 0
+    warmup_loss: str = "mil"
 
     def check(self) -> None:
         require(self.top_k >= 1, "top_k", "must be >= 1")
         require(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
+        require(self.warmup_loss in ("mil", "triplet"), "warmup_loss", "must be 'mil' or 'triplet'")
         require(self.lam >= 0.0, "lam", "must be >= 0")
         require(bool(self.set), "set", "must name a proposal set (jobs/proposals.py writes it)")
 

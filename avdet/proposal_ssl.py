@@ -31,7 +31,9 @@ uniform over the existing proposals when every d_k is 0), nor whether the common
 norm, as in Senocak's loss). The LSTMs over frame sequences are not built: the stream gives single frames. Not in
 the paper: an optional warm-up (``stage1.proposals.warmup_epochs``, default 0) that trains the frame stream alone
 with the distance ratio on f^att (:func:`frame_loss`) — from random trunks the attention that picks the bag is
-untrained at first, and on the demo set it ended up on the background (docs/RESULTS.md).
+untrained at first, and on the demo set it ended up on the background (docs/RESULTS.md). The warm-up's
+loss (``warmup_loss``): multiple-instance contrast on the attention's own logits ("mil", default), or Senocak's
+distance ratio on f^att ("triplet").
 """
 from __future__ import annotations
 
@@ -188,16 +190,28 @@ def proposal_loss(out: dict[str, torch.Tensor], clip: torch.Tensor, lam: float =
     return tri + lam * edu, {"triplet": tri.detach(), "consistency": edu.detach()}
 
 
-def frame_loss(out: dict[str, torch.Tensor], clip: torch.Tensor,
-               gather: Gather | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The frame stream alone: L_tri(f^att, f^s+, f^s−), Senocak et al.'s attention model (seed 001's ref. [41], on
-    which its frame stream is built). Not in seed 001's loss: this project's optional warm-up
+def frame_loss(out: dict[str, torch.Tensor], clip: torch.Tensor, gather: Gather | None = None,
+               kind: str = "mil") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The frame stream alone — not in seed 001's loss: this project's optional warm-up
     (``stage1.proposals.warmup_epochs``), so that the GRM choosing the bag comes from an attention trained to find
     the sound before the proposal stream trains on it (seed 001 starts from ImageNet/AudioSet weights instead).
+
+    ``kind`` "mil": the attention's own logits <U_v v_u, U_s s>, max-pooled over the locations u, as the scores of
+    a symmetric InfoNCE over the (global) batch, same-clip pairs left out of the denominators
+    (:func:`avdet.losses.nce_loss` with ρ = 1: multiple-instance contrast, which makes the logits peak where the
+    sound is); "triplet": L_tri(f^att, f^s+, f^s−), Senocak et al.'s attention model (seed 001's ref. [41]).
     The proposal stream's outputs get a zero gradient (the engine reduces the same buckets every step)."""
-    tri = _triplet(out["att_feat"], out["aud_feat"], clip, gather)
-    unused = 0.0 * out["vis_feat"].sum() if "vis_feat" in out else 0.0
-    return tri + unused, {"triplet": tri.detach(), "consistency": torch.zeros((), device=tri.device)}
+    from .losses import nce_loss
+    if kind == "mil":
+        value = nce_loss(out["att_vis"], out["att_aud"], torch.ones((), device=out["att_aud"].device), gather, clip)
+    elif kind == "triplet":
+        value = _triplet(out["att_feat"], out["aud_feat"], clip, gather)
+    else:
+        raise ValueError(f"frame_loss kind={kind!r} must be 'mil' or 'triplet'")
+    unused = 0.0 * (out["att_feat"].sum() + out["aud_feat"].sum())
+    if "vis_feat" in out:
+        unused = unused + 0.0 * out["vis_feat"].sum()
+    return value + unused, {"triplet": value.detach(), "consistency": torch.zeros((), device=value.device)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -263,7 +277,7 @@ class ProposalModel(nn.Module):
 
     - always: ``weights`` (B, h, w) the attention w, ``loc_map`` (B, h, w) = w (the map the map-only mode and the
       map metrics read; upsample with :func:`location_map`), ``att_feat`` f^att and ``aud_feat`` f^s (B, D), unit
-      norm;
+      norm; ``att_vis`` U_v v (B, D, h, w) and ``att_aud`` U_s s (B, D), the attention's projections;
     - with proposals: ``grm`` (B, H, W), ``bag`` (B, K) indices of the selected proposals, ``boxes`` (B, K, 4) their
       boxes, ``exists`` (B, K), ``assoc`` d (B, K), ``alpha`` (B, K), ``vis_feat`` f^v (B, D) unit norm.
       ``select=False`` (the "without ProSelectNet" ablation): the bag is the first ``top_k`` proposals in the
@@ -289,10 +303,11 @@ class ProposalModel(nn.Module):
                 proposal_count: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         qv = self.visual(frames)                                   # v (B, C, h, w)
         qa = self.audio(audio).mean(dim=(2, 3))                    # s (B, C_a)
-        w = attention(self.att_vis(qv), self.att_aud(qa))
+        att_vis, att_aud = self.att_vis(qv), self.att_aud(qa)
+        w = attention(att_vis, att_aud)
         v_att = torch.einsum("bchw,bhw->bc", qv, w)
         out = {"weights": w, "loc_map": w, "att_feat": F.normalize(self.frame_fc(v_att), dim=1),
-               "aud_feat": F.normalize(self.audio_fc(qa), dim=1)}
+               "aud_feat": F.normalize(self.audio_fc(qa), dim=1), "att_vis": att_vis, "att_aud": att_aud}
         if proposals is None:
             return out
         b, p = proposals.shape[:2]

@@ -77,21 +77,33 @@ def test_negatives_come_from_another_clip():
     assert parts["triplet"].item() == 0.0
 
 
-def test_frame_warmup_trains_the_attention_feature_not_the_proposal_stream():
-    """The optional warm-up's loss is the distance ratio with f^att as the query (f^v is ignored, with a zero
-    gradient); from ``warmup_epochs`` on, the method's loss is seed 001's again."""
+def test_frame_warmup_losses_train_the_frame_stream_not_the_proposal_stream():
+    """The optional warm-up: "mil" is a symmetric InfoNCE on the attention's logits max-pooled over locations;
+    "triplet" the distance ratio with f^att as the query. f^v gets a zero gradient in both; from ``warmup_epochs``
+    on, the method's loss is seed 001's again."""
     from avdet.config import ProposalConfig
     from distributed.stage1.config import Stage1Config
     from distributed.stage1.methods import METHODS
     aud = torch.eye(3)
     vis = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], requires_grad=True)
-    out = {"vis_feat": vis, "aud_feat": aud, "att_feat": aud.clone().requires_grad_()}
-    loss, parts = frame_loss(out, torch.tensor([7, 7, 9]))
-    s = 1 / (1 + math.exp(math.sqrt(2)))                                     # att = own audio: d+ = 0, d− = √2
-    assert loss.item() == pytest.approx(2 * s * s) and parts["consistency"].item() == 0.0
+    att_vis = torch.tensor([[[[2.0, 0.0]]], [[[0.0, 1.0]]]], requires_grad=True)        # (B=2, D=1, 1, 2)
+    att_aud = torch.tensor([[1.0], [-1.0]])
+    out = {"vis_feat": vis[:2], "aud_feat": aud[:2], "att_feat": aud[:2].clone().requires_grad_(),
+           "att_vis": att_vis, "att_aud": att_aud}
+    # S(v_i, a_j) = max_u <v_i,u, a_j>: S00 = 2, S01 = 0, S10 = 1, S11 = 0
+    a2v = (-math.log(math.exp(2) / (math.exp(2) + 1)) - math.log(1 / (math.e + 1))) / 2
+    v2a = (-math.log(math.exp(2) / (math.exp(2) + math.e)) + math.log(2)) / 2
+    loss, parts = frame_loss(out, torch.tensor([7, 9]), kind="mil")
+    assert loss.item() == pytest.approx((a2v + v2a) / 2) and parts["consistency"].item() == 0.0
     loss.backward()
-    assert torch.count_nonzero(vis.grad) == 0 and out["att_feat"].grad.abs().sum() > 0
-    cfg = Stage1Config(method="proposals", proposals=ProposalConfig(warmup_epochs=2))
+    assert att_vis.grad.abs().sum() > 0 and torch.count_nonzero(vis.grad) == 0
+    out = {"vis_feat": vis, "aud_feat": aud, "att_feat": aud.clone().requires_grad_()}
+    loss, parts = frame_loss(out, torch.tensor([7, 7, 9]), kind="triplet")
+    s = 1 / (1 + math.exp(math.sqrt(2)))                                     # att = own audio: d+ = 0, d− = √2
+    assert loss.item() == pytest.approx(2 * s * s)
+    with pytest.raises(ValueError, match="'mil' or 'triplet'"):
+        frame_loss(out, torch.tensor([7, 7, 9]), kind="nope")
+    cfg = Stage1Config(method="proposals", proposals=ProposalConfig(warmup_epochs=2, warmup_loss="triplet"))
     batch = {"clip": torch.tensor([7, 7, 9])}
     warm = METHODS["proposals"].loss(cfg, None, 1)(out, batch)[0]
     paper = METHODS["proposals"].loss(cfg, None, 2)(out, batch)[0]

@@ -18,7 +18,7 @@ method                per-batch loss (``loss``)                        between e
                       clip's audio) + λ·‖f^v − f^att‖² over the GRM's
                       top-K proposals (``avdet.proposal_ssl``); in the
                       first ``proposals.warmup_epochs`` (default 0),
-                      the distance ratio on f^att alone
+                      the frame stream alone (``warmup_loss``)
 ====================  ===============================================  ============================================
 
 ``split(cfg, epoch)`` names the shards' split an epoch trains on: ``cfg.split``, except DSOL's stage-2 epochs
@@ -170,7 +170,7 @@ def _proposals_loss(cfg: Stage1Config, state: State, epoch: int) -> LossFn:
 
     def loss(out: dict, batch: dict):
         if warmup:                                  # the frame stream alone (not in seed 001: an optional warm-up)
-            value, parts = frame_loss(out, batch["clip"], dist.all_gather_with_grad)
+            value, parts = frame_loss(out, batch["clip"], dist.all_gather_with_grad, cfg.proposals.warmup_loss)
         else:
             value, parts = proposal_loss(out, batch["clip"], cfg.proposals.lam, dist.all_gather_with_grad)
         return value, {"loss": value.detach(), **parts}
