@@ -13,7 +13,8 @@ TINY = str(ROOT / "clusters/local/pipeline_tiny.yaml")
 
 RESULTS = {"clusters": {"test": {"hungarian_acc": 0.9}},
            "localisation": {"methods": {"self_boxes": {"iou50_success": 0.4}}},
-           "detection": {"hungarian": {"map_50": 0.25}, "1-shot": {"map_50": 0.2}},
+           "detection": {"hungarian": {"map_50": 0.25}, "argmax": {"map_50": 0.24}, "1-shot": {"map_50": 0.2},
+                         "10-shot": {"map_50": 0.23}},
            "baselines": {"detector_agnostic": {"map_50": 0.3}, "self_boxes": {"map_50": 0.1},
                          "centre_box": {"map_50": 0.011}}}
 
@@ -21,8 +22,8 @@ RESULTS = {"clusters": {"test": {"hungarian_acc": 0.9}},
 def test_seed_row_reads_results_json_in_the_published_units():
     row = seed_row(3, RESULTS)
     assert row == {"seed": 3, "stage1_test_acc": 0.9, "selfbox_iou50": 0.4, "detector_map50": 25.0,
-                   "detector_map50_1shot": 20.0, "detector_map50_agnostic": 30.0, "selfbox_ap50_agnostic": 10.0,
-                   "centre_ap50": 1.1}
+                   "detector_map50_argmax": 24.0, "detector_map50_1shot": 20.0, "detector_map50_10shot": 23.0,
+                   "detector_map50_agnostic": 30.0, "selfbox_ap50_agnostic": 10.0, "centre_ap50": 1.1}
     assert paper_ordering(row) is True
     assert paper_ordering({**row, "selfbox_ap50_agnostic": 0.5}) is False      # self-boxes below the centre box
     assert seed_row(0, {})["detector_map50"] is None and paper_ordering(seed_row(0, {})) is None
