@@ -28,12 +28,12 @@ and AudioSet VGGish; ours are this project's narrow ResNet-18s from random initi
 over the locations of the audio-visual dot product (Senocak's attention, which the seed builds on); the paper's
 φ(U_v v)^T φ(U_s s) leaves where each softmax runs unsaid. The paper does not say how α is normalised (ours: L1,
 uniform over the existing proposals when every d_k is 0), nor whether the common space is normalised (ours: unit
-norm, as in Senocak's loss). The LSTMs over frame sequences are not built: the stream gives single frames. Not in
-the paper: an optional warm-up (``stage1.proposals.warmup_epochs``, default 0) that trains the frame stream alone
-with the distance ratio on f^att (:func:`frame_loss`) — from random trunks the attention that picks the bag is
-untrained at first, and on the demo set it ended up on the background (docs/RESULTS.md). The warm-up's
-loss (``warmup_loss``): multiple-instance contrast on the attention's own logits ("mil", default), or Senocak's
-distance ratio on f^att ("triplet").
+norm, as in Senocak's loss). The LSTMs over frame sequences are not built: the stream gives single frames.
+
+Not in the paper: an optional warm-up (``stage1.proposals.warmup_epochs``, default 0) that trains the frame stream
+alone first (:func:`frame_loss`; ``warmup_loss``: "mil", multiple-instance contrast on the attention's own logits,
+or "triplet", Senocak's distance ratio on f^att). From random trunks the attention that picks the bag is untrained
+at first, and on the demo set it ended up on the background (docs/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -47,8 +47,8 @@ from .model import ResNet18
 
 __all__ = ["ProposalModel", "attention", "location_map", "global_response_map", "proposal_confidence",
            "select_top_k", "spp_features", "association", "proposal_weights", "distance_ratio_loss",
-           "consistency_loss", "proposal_loss", "frame_loss", "best_proposal", "two_sources", "distance_threshold", "on_screen",
-           "box_iou_matrix"]
+           "consistency_loss", "proposal_loss", "frame_loss", "best_proposal", "two_sources", "distance_threshold",
+           "on_screen", "box_iou_matrix"]
 
 ON_SCREEN_D = 0.2           # seed 001: the sound is on screen when d_on = max_k d_k > 0.2
 SPP_LEVELS = (1, 2)         # RoI pooling grids whose features are concatenated (spatial pyramid pooling)
@@ -200,7 +200,8 @@ def frame_loss(out: dict[str, torch.Tensor], clip: torch.Tensor, gather: Gather 
     a symmetric InfoNCE over the (global) batch, same-clip pairs left out of the denominators
     (:func:`avdet.losses.nce_loss` with ρ = 1: multiple-instance contrast, which makes the logits peak where the
     sound is); "triplet": L_tri(f^att, f^s+, f^s−), Senocak et al.'s attention model (seed 001's ref. [41]).
-    The proposal stream's outputs get a zero gradient (the engine reduces the same buckets every step)."""
+    The proposal stream's outputs get a zero gradient (the engine reduces the same buckets every step). Parts:
+    ``frame`` (this loss), and the paper's ``triplet`` and ``consistency`` at 0 (not trained yet)."""
     from .losses import nce_loss
     if kind == "mil":
         value = nce_loss(out["att_vis"], out["att_aud"], torch.ones((), device=out["att_aud"].device), gather, clip)
@@ -211,7 +212,8 @@ def frame_loss(out: dict[str, torch.Tensor], clip: torch.Tensor, gather: Gather 
     unused = 0.0 * (out["att_feat"].sum() + out["aud_feat"].sum())
     if "vis_feat" in out:
         unused = unused + 0.0 * out["vis_feat"].sum()
-    return value + unused, {"triplet": value.detach(), "consistency": torch.zeros((), device=value.device)}
+    zero = torch.zeros((), device=value.device)
+    return value + unused, {"frame": value.detach(), "triplet": zero, "consistency": zero}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ import torch
 
 from avdet.config import ModelConfig
 from avdet.proposal_ssl import (ProposalModel, association, attention, best_proposal, consistency_loss,
-                                distance_ratio_loss, distance_threshold, global_response_map, on_screen,
-                                frame_loss, proposal_confidence, proposal_loss, proposal_weights, select_top_k, two_sources)
+                                distance_ratio_loss, distance_threshold, frame_loss, global_response_map, on_screen,
+                                proposal_confidence, proposal_loss, proposal_weights, select_top_k, two_sources)
 
 
 def test_grm_divides_by_max_as_the_paper_writes_it():
@@ -94,7 +94,8 @@ def test_frame_warmup_losses_train_the_frame_stream_not_the_proposal_stream():
     a2v = (-math.log(math.exp(2) / (math.exp(2) + 1)) - math.log(1 / (math.e + 1))) / 2
     v2a = (-math.log(math.exp(2) / (math.exp(2) + math.e)) + math.log(2)) / 2
     loss, parts = frame_loss(out, torch.tensor([7, 9]), kind="mil")
-    assert loss.item() == pytest.approx((a2v + v2a) / 2) and parts["consistency"].item() == 0.0
+    assert loss.item() == pytest.approx((a2v + v2a) / 2) and parts["frame"].item() == pytest.approx(loss.item())
+    assert parts["triplet"].item() == parts["consistency"].item() == 0.0
     loss.backward()
     assert att_vis.grad.abs().sum() > 0 and torch.count_nonzero(vis.grad) == 0
     out = {"vis_feat": vis, "aud_feat": aud, "att_feat": aud.clone().requires_grad_()}
