@@ -165,3 +165,11 @@ def test_without_selection_the_bag_is_the_sources_own_order():
     proposals = torch.tensor([[[0, 0, 32, 32], [32, 32, 64, 64], [10, 10, 50, 50]]], dtype=torch.float32)
     out = model(torch.randn(1, 3, 64, 64), torch.randn(1, 1, 40, 32), proposals, torch.tensor([3]))
     assert out["bag"].tolist() == [[0, 1]]
+
+
+def test_warmup_settings_are_checked_with_the_key_named():
+    from avdet.config import ConfigError, ProposalConfig
+    with pytest.raises(ConfigError, match="warmup_loss must be 'mil' or 'triplet'"):
+        ProposalConfig(warmup_loss="senocak").check()
+    with pytest.raises(ConfigError, match="warmup_epochs must be >= 0"):
+        ProposalConfig(warmup_epochs=-1).check()
