@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .losses import Gather
+from .losses import Gather, nce_loss
 from .model import ResNet18
 
 __all__ = ["ProposalModel", "attention", "location_map", "global_response_map", "proposal_confidence",
@@ -202,7 +202,6 @@ def frame_loss(out: dict[str, torch.Tensor], clip: torch.Tensor, gather: Gather 
     sound is); "triplet": L_tri(f^att, f^s+, f^s−), Senocak et al.'s attention model (seed 001's ref. [41]).
     The proposal stream's outputs get a zero gradient (the engine reduces the same buckets every step). Parts:
     ``frame`` (this loss), and the paper's ``triplet`` and ``consistency`` at 0 (not trained yet)."""
-    from .losses import nce_loss
     if kind == "mil":
         value = nce_loss(out["att_vis"], out["att_aud"], torch.ones((), device=out["att_aud"].device), gather, clip)
     elif kind == "triplet":
