@@ -23,8 +23,11 @@ def short_tmp():
 
 @pytest.fixture
 def ray_client(monkeypatch):
-    """Connect with raycluster.connect; always shut the driver down and restore the environment."""
+    """Connect with raycluster.connect; always shut the driver down and restore the environment. A driver an earlier
+    test left connected (an in-process pipeline run keeps its local Ray) is shut down first."""
     import ray
+
+    ray.shutdown()
 
     def connect(node):
         for k, v in node.env().items():
