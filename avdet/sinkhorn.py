@@ -26,7 +26,7 @@ N×K in ``dtype``): a pass is two matrix-vector products (P v and Pᵀ r), memor
 The kernel is stabilised by absorption (Schmitzer 2016, see ``_ScaledKernel``): the large part of log v is folded
 into P, rebuilt with one exp pass only when λ changes or the rest of log v drifts by more than
 SCALED_MAX_LOG_RANGE, so no float under- or overflows whatever the range of log p and log v, and the answer is the
-log domain's to a relative K·e^-50. The rebuild decision uses the global log v only, so every process takes it
+log domain's to a relative K·e^-30. The rebuild decision uses the global log v only, so every process takes it
 alike. A float32 solve asked for tol < 1e-5 stays in the log domain (SCALED_MIN_TOL).
 
 Labels are the argmax of the transported plan, argmax_k (A_ik + log v_k) (the row scaling does not change it). The
@@ -58,8 +58,13 @@ LAMBDA_START = 1.0     # ε-scaling: the first λ of the warm-start schedule is 
 STAGE_TOL = 0.1        # column error at which a warm-start stage hands over to the next λ
 OVER_RELAX = 1.5       # ω of the over-relaxed column update (1 = plain Sinkhorn); ~1.5-2x fewer passes measured
 SCALED_MAX_LOG_RANGE = 30.0  # domain="auto": rebuild the scaled kernel when log v − log v_abs spans more
-FUSED_CHUNK_ELEMS = 1 << 18  # scaled pass: rows per chunk × K (1 MiB of float32: stays in L2 between the two mv)
-SCALED_FLOOR = -80.0   # log of the per-row floor of the scaled kernel P (a normal float32)
+PASS_CHUNK_ELEMS = 1 << 22   # scaled pass: rows per chunk × K. Few, large chunks: a chunk costs four ops (each a
+                             # thread fork/join), and its float32 column sums (≤ 4M terms) stay within ~2e-6
+                             # relative before they are added up in float64 (a whole-matrix Pᵀ r: 5e-5 at N = 1e6)
+SCALED_FLOOR = -60.0   # log of the per-row floor of the scaled kernel P. With v' in [e^-15, e^15] (the residual
+                       # potential centred, its span ≤ SCALED_MAX_LOG_RANGE) and r = 1/(P v') ≥ e^-15/K, every product
+                       # a pass forms (P·v', P·r) is a normal float32 for K < e^12: a subnormal operand or result makes
+                       # the BLAS threads several times slower, and set_flush_denormal reaches only the calling thread
 # float32 matvecs round the column sums at ~1e-6 relative: asked for a tighter tol, a float32 solve stays in the
 # log domain (whose f32 sums are within tol in the tests down to 1e-6)
 SCALED_MIN_TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
@@ -223,10 +228,11 @@ def sinkhorn_knopp(log_p: torch.Tensor, lambda_sk: float, col_marginal: torch.Te
 class _ScaledKernel:
     """The stabilised scaled kernel (absorption, Schmitzer 2016): P = exp(max(B − M, SCALED_FLOOR)) with
     B = A + log v_abs, M = rowmax B (N,) and log v_abs an absorbed column potential (K,). A pass uses the remaining
-    v' = exp(log v − log v_abs − top) ≤ 1 (top = its max log) and is two ``torch.mv`` over P. P is rebuilt (one exp
+    v' = exp(log v − log v_abs − top) (top = the middle of its log range, so v' ∈ [e^-15, e^15]) and is two
+    ``torch.mv`` over P. P is rebuilt (one exp
     pass, absorbing the current log v) when λ changes or log v − log v_abs spans more than SCALED_MAX_LOG_RANGE;
-    as v converges that stops happening. Every row's largest term P_ik v'_k is then ≥ e^-30, so the floored
-    entries (≤ e^-80) change a row sum by at most K·e^-50 relative."""
+    as v converges that stops happening. Every row's largest term P_ik v'_k is then ≥ e^-15 and every v'_k ≤ e^15, so
+    the floored entries (≤ e^-60) change a row sum by at most K·e^-30 relative (3e-10 at K = 3000)."""
 
     def __init__(self, log_p: torch.Tensor, floor: float, dtype: torch.dtype):
         self.log_p, self.floor, self.dtype = log_p, floor, dtype
@@ -277,21 +283,23 @@ class _ScaledKernel:
         return rest
 
     def column_pass(self, lam: float, log_v: torch.Tensor, log_n: float) -> _ColumnLSE:
-        """Row scaling r = 1 / (N · P v') and the column sums Pᵀ r, as the _ColumnLSE the log-domain pass gives:
+        """Row scaling r = 1 / (N · P v') and the column sums Pᵀ r, as the _ColumnLSE the log-domain pass gives
+        (one chunk = two mv straight into the row sums and a reciprocal; the column sums added up in float64):
         lse_k = −log v_abs_k − top + log (Pᵀ r)_k."""
         rest = self._residual(lam, log_v)
-        self.top = float(rest.max())
-        v = torch.exp(rest - self.top).to(self.dtype)
+        self.top, v = _centred(rest, self.dtype)
         n, k = self.p.shape
         self.row_sum = torch.empty(n, dtype=self.dtype, device=self.p.device)
         col = _ColumnLSE(k, self.p.device)
         col.m, col.s = -self.absorbed - self.top, torch.zeros(k, dtype=torch.float64, device=self.p.device)
-        inv_n, rows = math.exp(-log_n), max(1, FUSED_CHUNK_ELEMS // k)
-        for s in range(0, n, rows):                # P is read from memory once per pass: the second mv finds the
-            p = self.p[s:s + rows]                 # chunk still in cache
-            rs = torch.mv(p, v)
-            self.row_sum[s:s + rows] = rs
-            col.s += torch.mv(p.t(), rs.reciprocal_().mul_(inv_n)).to(torch.float64)
+        rows = max(1, PASS_CHUNK_ELEMS // k)
+        r = torch.empty(min(n, rows), dtype=self.dtype, device=self.p.device)
+        for s in range(0, n, rows):                # the second mv finds (most of) the chunk still in cache
+            p, rs = self.p[s:s + rows], self.row_sum[s:s + rows]
+            torch.mv(p, v, out=rs)
+            torch.reciprocal(rs, out=r[:len(rs)])
+            col.s += torch.mv(p.t(), r[:len(rs)])
+        col.s *= math.exp(-log_n)
         return col
 
     def finish(self, log_v: torch.Tensor, log_n: float, log_u: torch.Tensor, labels: torch.Tensor) -> None:
@@ -301,6 +309,12 @@ class _ScaledKernel:
         log_u.copy_(self.row_sum.double().log_().add_(self.row_max).add_(log_n + self.top).neg_())
         for sl in _row_chunks(n, k):
             labels[sl] = (self.p[sl] * v).argmax(dim=1)
+
+
+def _centred(rest: torch.Tensor, dtype: torch.dtype) -> tuple[float, torch.Tensor]:
+    """(top, v' = exp(rest − top)) with top the middle of rest's range: v' ∈ [e^-15, e^15] when the range is ≤ 30."""
+    top = float(rest.max() + rest.min()) / 2
+    return top, torch.exp(rest - top).to(dtype)
 
 
 def _lambda_schedule(lambda_sk: float, anneal: bool) -> list[float]:
@@ -485,8 +499,7 @@ class _SparseScaledKernel(_ScaledKernel):
 
     def column_pass(self, lam: float, log_v: torch.Tensor, log_n: float) -> _ColumnLSE:
         rest = self._residual(lam, log_v)
-        self.top = float(rest.max())
-        v = torch.exp(rest - self.top).to(self.dtype)
+        self.top, v = _centred(rest, self.dtype)
         self.row_sum = torch.mv(self.csr, v)
         col = _ColumnLSE(self.num_clusters, self.p.device)
         col.m = -self.absorbed - self.top
