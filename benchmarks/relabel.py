@@ -27,8 +27,8 @@ Relabel share of an epoch at VGGSound scale (N = 200k, K = 309): Sinkhorn (to co
 bare-loop samples/s measured here with benchmarks.train_step's defaults); scoring the dataset (a forward pass over
 every sample) is reported beside it, and the round's share (``relabel_pct_of_epoch``) counts both.
 
-Goals (``--goals``, what ``make bench`` passes: written to benchmarks/GOALS.json): the largest dense pass ≤ 2× its
-bandwidth bound; ≥ 3× SeLaVi's loop to the same tolerance at the largest size SeLaVi ran; with ``--full``, sparse
+Goals (``--goals``, what ``make bench`` passes: written to benchmarks/GOALS.json): the pass of the largest dense
+solve run to convergence ≤ 2× its bandwidth bound (per pass = total ÷ passes, the kernel's builds included); ≥ 3× SeLaVi's loop to the same tolerance at the largest size SeLaVi ran; with ``--full``, sparse
 10M × 3000 top-10 converged in ≤ 10 s.
 """
 from __future__ import annotations
@@ -283,7 +283,8 @@ def main(argv: list[str] | None = None) -> dict:
 def goals(fig: dict) -> list[dict]:
     """The issue's Sinkhorn goals from the rows that ran (a goal whose case did not run is left out)."""
     out = []
-    big = max(fig["dense"], key=lambda r: r["n"] * r["k"])
+    solved = [r for r in fig["dense"] if r["converged"]] or fig["dense"]    # a capped run's few passes carry a
+    big = max(solved, key=lambda r: r["n"] * r["k"])                        # whole kernel build each: not a pass
     out.append(("sinkhorn_dense_pass_x_bandwidth_bound", big["x_of_bw_bound"], "<= 2", big["x_of_bw_bound"] <= 2))
     withsv = [r for r in fig["dense"] if "speedup_to_tolerance_vs_selavi" in r]
     if withsv:
