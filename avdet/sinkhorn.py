@@ -16,9 +16,10 @@ Memory: rows are processed in chunks; besides the input, only O(chunk × K) temp
 log u and labels are allocated. One pass over the rows per iteration computes the row scaling and the column
 log-sums of the row-normalised plan at once (an online log-sum-exp with a per-column max shift).
 
-Speed: plain Sinkhorn converges slowly when λ_sk·log p spans a wide range (confident networks). Two standard,
-answer-preserving accelerations are on by default: an ε-scaling warm start (λ_sk/2^J, ..., λ_sk) and an
-over-relaxed column update (ω = 1.5). Convergence is always judged on the exact column sums of the final λ_sk.
+Speed: plain Sinkhorn converges slowly when λ_sk·log p spans a wide range (confident networks). Three standard,
+answer-preserving accelerations are on by default: an ε-scaling warm start (λ_sk/2^J, ..., λ_sk), an
+over-relaxed column update (ω = 1.5) in its stages, and Anderson mixing of the column updates at the final λ_sk.
+Convergence is always judged on the exact column sums of the final λ_sk.
 
 Two domains. ``domain="log"`` does every pass in the log domain (two exp per element per pass; exact for any
 range of log p). ``domain="auto"`` (default) does the passes SeLa-style on a *scaled* kernel held in memory (one extra
@@ -40,6 +41,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator
 
+import scipy.sparse
 import torch
 
 if TYPE_CHECKING:
@@ -56,7 +58,9 @@ CHUNK_ELEMS = 1 << 22  # elements per chunk temporary (16 MiB in float32)
 EXP_FLOOR = {torch.float32: -80.0, torch.float64: -700.0}
 LAMBDA_START = 1.0     # ε-scaling: the first λ of the warm-start schedule is in [1, 2)
 STAGE_TOL = 0.1        # column error at which a warm-start stage hands over to the next λ
-OVER_RELAX = 1.5       # ω of the over-relaxed column update (1 = plain Sinkhorn); ~1.5-2x fewer passes measured
+OVER_RELAX = 1.5       # ω of the warm-start stages' over-relaxed column update (1 = plain Sinkhorn)
+ANDERSON_MEMORY = 5    # final stage: Anderson mixing of the last 5 + 1 column updates (0 = over-relaxation only)
+ANDERSON_GUARD = 2.0   # an error above this factor times the best so far stops the mixing (see _Anderson)
 SCALED_MAX_LOG_RANGE = 30.0  # domain="auto": rebuild the scaled kernel when log v − log v_abs spans more
 PASS_CHUNK_ELEMS = 1 << 22   # scaled pass: rows per chunk × K. Few, large chunks: a chunk costs four ops (each a
                              # thread fork/join), and its float32 column sums (≤ 4M terms) stay within ~2e-6
@@ -328,12 +332,14 @@ def _lambda_schedule(lambda_sk: float, anneal: bool) -> list[float]:
 def _solve(one_pass, lambda_sk, log_c, max_iters, tol, reduce, anneal, name):
     """Alternate row scaling (inside ``one_pass``) and column scaling until the columns are within ``tol``.
 
-    Column updates are over-relaxed, log v += ω·(log v* − log v) with ω = OVER_RELAX (back to 1 for good the first
-    time the error grows). ε-scaling warm start: solve at λ_sk/2^J to STAGE_TOL, carry the dual potential log v/λ to the next λ (log v is
-    multiplied by the λ ratio), ..., and finish at λ_sk to ``tol``. Clusters that receive no candidate mass at all
-    (sparse only) keep log v = 0 and count as an error of 1. Returns (log_v, passes, col_error, λ of log_v)."""
+    ε-scaling warm start: solve at λ_sk/2^J to STAGE_TOL, carry the dual potential log v/λ to the next λ (log v is
+    multiplied by the λ ratio), ..., and finish at λ_sk to ``tol``. The warm-start stages over-relax the column
+    update, log v += ω·(log v* − log v) with ω = OVER_RELAX (back to 1 for good the first time the error grows);
+    the final stage mixes the updates by Anderson acceleration (``_Anderson``). Clusters that receive no candidate
+    mass at all (sparse only) keep log v = 0 and count as an error of 1. Returns (log_v, passes, col_error, λ of
+    log_v)."""
     lams = _lambda_schedule(lambda_sk, anneal)
-    stage, log_v, omega = 0, torch.zeros_like(log_c), OVER_RELAX
+    stage, log_v, omega, mixer = 0, torch.zeros_like(log_c), OVER_RELAX, _Anderson(ANDERSON_MEMORY, reduce)
     err, it = math.inf, 0
     for it in range(1, max_iters + 1):
         lse = one_pass(lams[stage], log_v).global_lse(reduce)
@@ -343,14 +349,56 @@ def _solve(one_pass, lambda_sk, log_c, max_iters, tol, reduce, anneal, name):
         final = stage == len(lams) - 1
         if (final and err < tol) or it == max_iters:
             break
-        omega = 1.0 if err > prev else omega                              # over-relaxation made it worse: stop it
-        log_v = torch.where(empty, 0.0, log_v + omega * (new_log_v - log_v))
+        new_log_v = torch.where(empty, 0.0, new_log_v)
+        mixed = mixer.step(log_v, new_log_v, err) if final else None
+        if mixed is None:
+            omega = 1.0 if err > prev else omega                          # over-relaxation made it worse: stop it
+            mixed = log_v + omega * (new_log_v - log_v)
+        log_v = torch.where(empty, 0.0, mixed)
         if not final and err < max(tol, STAGE_TOL):
             log_v, stage, err = log_v * (lams[stage + 1] / lams[stage]), stage + 1, math.inf
     if not (stage == len(lams) - 1 and err < tol):
         log.warning("%s: not converged after %d passes (column error %.3g, tol %.3g, λ stage %d of %d)",
                     name, it, err, tol, stage + 1, len(lams))
     return log_v, it, err, lams[stage]
+
+
+class _Anderson:
+    """Anderson acceleration (type II, Walker & Ni 2011) of the column update x ↦ G(x) = log v* (x = log v).
+
+    The next x is G(x) − (ΔX + ΔF) γ, with ΔX, ΔF the differences of the last ``memory`` + 1 iterates and of their
+    residuals F = G(x) − x, and γ the least-squares solution of ΔF γ ≈ F: the combination of recent updates whose
+    linearised residual is smallest. Same fixed point as Sinkhorn, in several times fewer passes when the plain
+    iteration crawls (confident log p, a large λ_sk; measured in benchmarks/relabel.py). Safeguard: when an error
+    exceeds ANDERSON_GUARD × the best error so far, the mixing stops for good and the plain update from the best
+    iterate is taken (the caller over-relaxes from there). γ (a few numbers, solved on the CPU) goes through
+    ``reduce`` ("max" of values that agree) so that every process holds bit-identical log v, and so takes the same
+    stopping decision, even where their LAPACK builds round differently. ``step`` returns None when not mixing."""
+
+    def __init__(self, memory: int, reduce: Reduce):
+        self.memory, self.reduce = memory, reduce
+        self.xs: list[torch.Tensor] = []
+        self.fs: list[torch.Tensor] = []
+        self.best_err, self.best_g, self.off = math.inf, None, memory < 1
+
+    def step(self, x: torch.Tensor, g: torch.Tensor, err: float) -> torch.Tensor | None:
+        if self.off:
+            return None
+        if err > ANDERSON_GUARD * self.best_err:
+            self.off, self.xs, self.fs = True, [], []
+            return self.best_g
+        if err < self.best_err:
+            self.best_err, self.best_g = err, g
+        self.xs, self.fs = (self.xs + [x])[-self.memory - 1:], (self.fs + [g - x])[-self.memory - 1:]
+        if len(self.xs) == 1:
+            return g
+        d_x = torch.stack([b - a for a, b in zip(self.xs, self.xs[1:])], 1).cpu()
+        d_f = torch.stack([b - a for a, b in zip(self.fs, self.fs[1:])], 1).cpu()
+        gamma = torch.linalg.lstsq(d_f, self.fs[-1].cpu()[:, None]).solution[:, 0]
+        if not bool(torch.all(torch.isfinite(gamma))):
+            return g
+        gamma = self.reduce(gamma.to(g.device), "max").cpu()
+        return g - ((d_x + d_f) @ gamma).to(g.device)
 
 
 def _dense_pass(log_p, lam, floor, log_v, log_n, log_u, labels, dtype) -> _ColumnLSE:
@@ -438,24 +486,29 @@ def sparse_sinkhorn_knopp(cand_idx: torch.Tensor, cand_log_p: torch.Tensor, num_
 class _SparseScaledKernel(_ScaledKernel):
     """:class:`_ScaledKernel` over each row's candidates only, held as CSR with int32 indices: P_ij =
     exp(max(B_ij − M_i, SCALED_FLOOR)) for the k candidates of row i (B = A + log v_abs[cand]). A pass is two sparse
-    matvecs: the row sums P v' (CSR) and the column sums Pᵀ r (the transposed CSR, whose structure is built once —
-    the candidates never change — and whose values follow P at every rebuild or square)."""
+    matvecs: the row sums P v' (torch CSR) and the column sums Pᵀ r. On the CPU, Pᵀ r is scipy's CSC matvec over the
+    same arrays (``csr_matrix.T``: a sequential read scattering into K sums that stay in cache; no transposed copy,
+    so no sort of the N·k entries). On a GPU it is a torch CSR matvec over the transposed structure, built once (the
+    candidates never change) with values that follow P at every rebuild or square."""
 
     def __init__(self, cand_idx: torch.Tensor, cand_log_p: torch.Tensor, num_clusters: int, floor: float,
-                 dtype: torch.dtype):
+                 dtype: torch.dtype, transposed: bool | None = None):
+        """transposed: build the transposed torch CSR for Pᵀ r (default: only off the CPU)."""
         n, kk = cand_log_p.shape
         dev, itype = cand_log_p.device, torch.int32 if n * kk < 2 ** 31 - 1 else torch.int64
         self.log_p, self.idx, self.floor, self.dtype = cand_log_p, cand_idx, floor, dtype
         self.num_clusters, self.width = num_clusters, kk
         flat = cand_idx.reshape(-1)
-        self.perm = torch.argsort(flat, stable=True)                     # CSR order -> transposed-CSR order
         self.crow = torch.arange(0, n * kk + 1, kk, dtype=itype, device=dev)
         self.col = flat.to(itype)
-        self.crow_t = torch.zeros(num_clusters + 1, dtype=itype, device=dev)
-        self.crow_t[1:] = torch.cumsum(torch.bincount(flat, minlength=num_clusters), 0).to(itype)
-        self.row_t = torch.div(self.perm, kk, rounding_mode="floor").to(itype)
         self.p = torch.empty(n * kk, dtype=dtype, device=dev)
-        self.p_t = torch.empty(n * kk, dtype=dtype, device=dev)
+        self.p_t: torch.Tensor | None = None
+        if dev.type != "cpu" if transposed is None else transposed:
+            self.perm = torch.argsort(flat, stable=True)                 # CSR order -> transposed-CSR order
+            self.crow_t = torch.zeros(num_clusters + 1, dtype=itype, device=dev)
+            self.crow_t[1:] = torch.cumsum(torch.bincount(flat, minlength=num_clusters), 0).to(itype)
+            self.row_t = torch.div(self.perm, kk, rounding_mode="floor").to(itype)
+            self.p_t = torch.empty(n * kk, dtype=dtype, device=dev)
         self.row_max = torch.empty(n, dtype=torch.float64, device=dev)
         self.lam: float | None = None
         self.absorbed = torch.zeros(num_clusters, dtype=torch.float64, device=dev)
@@ -465,11 +518,15 @@ class _SparseScaledKernel(_ScaledKernel):
 
     def _matrices(self, permute: bool = True) -> None:
         n = self.row_max.numel()
-        if permute:
-            self.p_t.copy_(self.p[self.perm])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")                              # "sparse CSR support is in beta"
             self.csr = torch.sparse_csr_tensor(self.crow, self.col, self.p, (n, self.num_clusters))
+            if self.p_t is None:                                          # CPU: Pᵀ as scipy's CSC view of P
+                self.csr_t = scipy.sparse.csr_matrix((self.p.numpy(), self.col.numpy(), self.crow.numpy()),
+                                                     shape=(n, self.num_clusters), copy=False).T
+                return
+            if permute:
+                self.p_t.copy_(self.p[self.perm])
             self.csr_t = torch.sparse_csr_tensor(self.crow_t, self.row_t, self.p_t, (self.num_clusters, n))
 
     def _build(self, lam: float, log_v: torch.Tensor) -> None:
@@ -489,7 +546,7 @@ class _SparseScaledKernel(_ScaledKernel):
     def _square(self) -> None:
         floor = math.exp(SCALED_FLOOR)
         for values in (self.p, self.p_t):                                  # both orders of the same entries
-            for sl in _row_chunks(values.numel(), 1):
+            for sl in _row_chunks(0 if values is None else values.numel(), 1):
                 values[sl].square_().clamp_(min=floor)
         self.row_max.mul_(2)
         self.absorbed = self.absorbed * 2
@@ -503,7 +560,11 @@ class _SparseScaledKernel(_ScaledKernel):
         self.row_sum = torch.mv(self.csr, v)
         col = _ColumnLSE(self.num_clusters, self.p.device)
         col.m = -self.absorbed - self.top
-        col.s = torch.mv(self.csr_t, self.row_sum.reciprocal().mul_(math.exp(-log_n))).to(torch.float64)
+        r = self.row_sum.reciprocal().mul_(math.exp(-log_n))
+        if self.p_t is None:
+            col.s = torch.from_numpy(self.csr_t @ r.numpy()).to(torch.float64)
+        else:
+            col.s = torch.mv(self.csr_t, r).to(torch.float64)
         return col
 
     def finish(self, log_v: torch.Tensor, log_n: float, log_u: torch.Tensor, labels: torch.Tensor) -> None:

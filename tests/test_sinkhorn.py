@@ -327,8 +327,9 @@ def test_each_eps_stage_squares_the_kernel_instead_of_rebuilding(dtype, monkeypa
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_sparse_csr_kernel_equals_the_log_domain_pass(dtype):
-    """The sparse scaled kernel (CSR, int32 indices, two matvecs per pass, squared at each ε-stage) takes the same
-    passes to the same labels and scalings as the log-domain sparse pass, over unequal candidate counts per cluster."""
+    """The sparse scaled kernel (CSR, int32 indices, two matvecs per pass, squared at each ε-stage) reaches the same
+    labels and scalings as the log-domain sparse pass, over unequal candidate counts per cluster (in a similar number
+    of passes: Anderson mixing amplifies the passes' rounding differences, so not always the same number)."""
     import avdet.sinkhorn as sk
     n, k, kk, lam = 3000, 40, 5, 20.0
     g = torch.Generator().manual_seed(8)
@@ -336,10 +337,86 @@ def test_sparse_csr_kernel_equals_the_log_domain_pass(dtype):
     lp = torch.log_softmax(torch.randn(n, kk, generator=g, dtype=dtype) * 3, dim=1)
     c = column_marginal(k, "gaussian")
     res = {d: sparse_sinkhorn_knopp(idx, lp, k, lam, c, 1000, 1e-4, dtype=dtype, domain=d) for d in ("log", "auto")}
-    assert res["auto"].converged and res["auto"].iters == res["log"].iters
+    assert res["auto"].converged and res["log"].converged
+    assert abs(res["auto"].iters - res["log"].iters) <= res["log"].iters // 4
     assert torch.equal(res["auto"].labels, res["log"].labels)
-    assert torch.allclose(res["auto"].log_v, res["log"].log_v, atol=1e-4)
+    # float32 passes round differently, so the two solves stop at different points within tol; at λ = 20 the
+    # potentials are ill-conditioned (a 1e-4 column error leaves log v free by ~1e-2; measured 9e-3)
+    assert torch.allclose(res["auto"].log_v, res["log"].log_v, atol=1e-4 if dtype == torch.float64 else 2e-2)
     kernel = sk._SparseScaledKernel(idx, lp, k, sk.A_FLOOR / lam, dtype)
-    assert kernel.col.dtype == torch.int32 and kernel.row_t.dtype == torch.int32
+    assert kernel.col.dtype == torch.int32 and kernel.crow.dtype == torch.int32
     with pytest.raises(ValueError, match="domain"):
         sparse_sinkhorn_knopp(idx, lp, k, lam, c, domain="exp")
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_anderson_mixing_reaches_the_same_plan_in_far_fewer_passes(sparse, monkeypatch):
+    """Anderson mixing at the final λ has Sinkhorn's fixed point: the plan meets the marginals and the labels are
+    those of the over-relaxed iteration alone (ANDERSON_MEMORY = 0), which needs several times more passes on a
+    confident log p (measured: 140 → 14 passes, sparse 1e6 × 3000 top-10; 54 → 9, dense 2e5 × 309)."""
+    import avdet.sinkhorn as sk
+    n, k, lam, tol = 4000, 60, 20.0, 1e-4
+    log_p = _random_log_p(n, k, scale=3.0, seed=5, dtype=torch.float64)
+    c = column_marginal(k, "gaussian")
+    if sparse:
+        idx = torch.argsort(log_p, dim=1, descending=True)[:, :12]
+        cand = torch.log_softmax(log_p.gather(1, idx), dim=1)
+        solve = (lambda: sparse_sinkhorn_knopp(idx, cand, k, lam, c, 3000, tol, dtype=torch.float64))
+    else:
+        solve = (lambda: sinkhorn_knopp(log_p, lam, c, 3000, tol, dtype=torch.float64))
+    mixed = solve()
+    monkeypatch.setattr(sk, "ANDERSON_MEMORY", 0)
+    relaxed = solve()
+    assert mixed.converged and relaxed.converged
+    assert mixed.iters * 3 <= relaxed.iters, (mixed.iters, relaxed.iters)
+    assert (mixed.labels == relaxed.labels).double().mean() >= 0.999
+    if not sparse:
+        _assert_plan_meets(log_p, lam, c, mixed, tol)
+
+
+def test_anderson_guard_falls_back_to_the_relaxed_update(monkeypatch):
+    """When a mixed step's error exceeds ANDERSON_GUARD × the best so far, the mixing stops for good, the update
+    restarts from the best iterate, and the solve still converges to the same labels."""
+    import avdet.sinkhorn as sk
+    log_p = _random_log_p(3000, 40, scale=3.0, seed=6, dtype=torch.float64)
+    c = column_marginal(40)
+    reference = sinkhorn_knopp(log_p, 20.0, c, 3000, 1e-4, dtype=torch.float64)
+    stops = []
+    step = sk._Anderson.step
+
+    def spy(self, x, g, err):
+        out = step(self, x, g, err)
+        if self.off and not stops:
+            stops.append(err)
+        return out
+    monkeypatch.setattr(sk._Anderson, "step", spy)
+    monkeypatch.setattr(sk, "ANDERSON_GUARD", 0.999)      # any error not below the best so far trips the guard
+    guarded = sinkhorn_knopp(log_p, 20.0, c, 3000, 1e-4, dtype=torch.float64)
+    assert stops, "the guard never tripped"
+    _assert_plan_meets(log_p, 20.0, c, guarded, 1e-4)
+    assert (guarded.labels == reference.labels).double().mean() >= 0.999
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sparse_column_sums_by_scipy_csc_equal_the_transposed_torch_csr(dtype):
+    """The CPU's Pᵀ r (scipy's CSC view of P's own arrays, no copy) equals the GPU path's transposed torch CSR, pass
+    after pass through a rebuild and a square, and the row sums and labels are the same."""
+    import numpy as np
+
+    import avdet.sinkhorn as sk
+    n, k, kk = 2000, 50, 7
+    g = torch.Generator().manual_seed(11)
+    idx = torch.stack([torch.randperm(k, generator=g)[:kk] for _ in range(n)])
+    lp = torch.log_softmax(torch.randn(n, kk, generator=g, dtype=dtype) * 3, dim=1)
+    kernels = [sk._SparseScaledKernel(idx, lp, k, sk.A_FLOOR / 20, dtype, transposed=t) for t in (False, True)]
+    log_v = torch.randn(k, generator=g, dtype=torch.float64)
+    for lam in (5.0, 10.0, 10.0):                                       # build, square, reuse
+        cols = [kern.column_pass(lam, log_v, math.log(n)) for kern in kernels]
+        assert torch.allclose(cols[0].s, cols[1].s, rtol=1e-5 if dtype == torch.float32 else 1e-12)
+        assert torch.equal(cols[0].m, cols[1].m) and torch.equal(kernels[0].row_sum, kernels[1].row_sum)
+    assert kernels[0].p_t is None and kernels[1].p_t is not None and kernels[0].squares == kernels[1].squares == 1
+    assert np.shares_memory(kernels[0].csr_t.data, kernels[0].p.numpy())      # a view of P, not a copy
+    labels = [torch.empty(n, dtype=torch.int64) for _ in kernels]
+    for kern, lab in zip(kernels, labels):
+        kern.finish(log_v, math.log(n), torch.empty(n, dtype=dtype), lab)
+    assert torch.equal(labels[0], labels[1])
