@@ -529,13 +529,19 @@ class _SparseScaledKernel(_ScaledKernel):
                 self.p_t.copy_(self.p[self.perm])
             self.csr_t = torch.sparse_csr_tensor(self.crow_t, self.row_t, self.p_t, (self.num_clusters, n))
 
+    def _at_candidates(self, vec: torch.Tensor, rows: slice) -> torch.Tensor:
+        """vec (K,) at the candidates of ``rows``, (rows, k): index_select on the int32 ids (several times faster
+        than advanced indexing with the int64 ids)."""
+        kk = self.width
+        return torch.index_select(vec, 0, self.col[rows.start * kk:rows.stop * kk]).view(-1, kk)
+
     def _build(self, lam: float, log_v: torch.Tensor) -> None:
         n, kk = self.log_p.shape
         shift = log_v.to(self.dtype)
         p = self.p.view(n, kk)
         for sl in _row_chunks(n, kk):
             b = p[sl]
-            b.copy_(self.log_p[sl]).clamp_(min=self.floor).mul_(lam).add_(shift[self.idx[sl]])
+            b.copy_(self.log_p[sl]).clamp_(min=self.floor).mul_(lam).add_(self._at_candidates(shift, sl))
             m = b.amax(dim=1)
             self.row_max[sl] = m
             b.sub_(m[:, None]).clamp_(min=SCALED_FLOOR).exp_()
@@ -573,7 +579,7 @@ class _SparseScaledKernel(_ScaledKernel):
         log_u.copy_(self.row_sum.double().log_().add_(self.row_max).add_(log_n + self.top).neg_())
         p = self.p.view(n, kk)
         for sl in _row_chunks(n, kk):
-            labels[sl] = self.idx[sl].gather(1, (p[sl] * v[self.idx[sl]]).argmax(dim=1, keepdim=True))[:, 0]
+            labels[sl] = self.idx[sl].gather(1, (p[sl] * self._at_candidates(v, sl)).argmax(dim=1, keepdim=True))[:, 0]
 
 
 def _sparse_pass(cand_idx, cand_log_p, lam, floor, log_v, log_n, log_u, labels, dtype) -> _ColumnLSE:
