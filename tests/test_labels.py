@@ -92,6 +92,16 @@ def test_statistics_vs_previous():
     assert s["nmi_vs_prev"] == pytest.approx(1.0) and s["fraction_changed"] == 1.0
 
 
+def test_statistics_compare_only_the_common_samples():
+    """Tables over overlapping sample sets: the comparison is over the intersection, matched by sample index."""
+    a = LabelTable.from_pairs([0, 2, 4, 6, 8, 10], [0, 1, 0, 1, 0, 1], 2)
+    b = LabelTable.from_pairs([1, 2, 3, 4, 5, 6, 12], [1, 1, 0, 1, 0, 0, 1], 2)
+    # common: 2 (1 vs 1), 4 (0 vs 1), 6 (1 vs 0) -> two of three differ
+    assert a.fraction_changed(b) == pytest.approx(2 / 3) and b.fraction_changed(a) == pytest.approx(2 / 3)
+    tail = LabelTable.from_pairs([10, 11], [1, 0], 2)              # past the end of ``a`` but for one sample
+    assert a.fraction_changed(tail) == 0.0
+
+
 def test_statistics_need_common_samples():
     a = LabelTable.from_pairs([1, 2], [0, 1], 2)
     b = LabelTable.from_pairs([3, 4], [0, 1], 2)

@@ -34,14 +34,19 @@ def _entropy(counts: np.ndarray) -> float:
 
 def nmi(pseudo, true) -> float:
     """Normalised mutual information (arithmetic mean of the two entropies), in [0, 1]."""
-    n = contingency(pseudo, true).astype(np.float64)
-    total = n.sum()
-    a, b = n.sum(axis=1), n.sum(axis=0)
+    n = contingency(pseudo, true)
+    total = float(n.sum())
+    a, b = n.sum(axis=1).astype(np.float64), n.sum(axis=0).astype(np.float64)
     h_u, h_v = _entropy(a), _entropy(b)
     if h_u == 0.0 and h_v == 0.0:
         return 1.0
-    nz = n > 0
-    mi = float((n[nz] / total * np.log(n[nz] * total / np.outer(a, b)[nz])).sum())
+    mi = 0.0
+    step = max(1, (1 << 18) // max(1, n.shape[1]))      # row blocks: no K×C float copy (72 MB each at 3000²)
+    for r0 in range(0, n.shape[0], step):
+        block = n[r0:r0 + step].astype(np.float64)
+        nz = block > 0
+        cell = block[nz]
+        mi += float((cell / total * np.log(cell * total / np.outer(a[r0:r0 + step], b)[nz])).sum())
     return max(0.0, min(1.0, mi / ((h_u + h_v) / 2.0)))
 
 

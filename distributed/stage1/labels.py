@@ -89,10 +89,17 @@ class LabelTable:
         return np.bincount(self.labels, minlength=self.num_clusters)
 
     def _common(self, prev: "LabelTable") -> tuple[np.ndarray, np.ndarray]:
-        common, ia, ib = np.intersect1d(self.indices, prev.indices, assume_unique=True, return_indices=True)
-        if common.size == 0:
+        """The labels of the samples in both tables, in index order. Both index arrays are sorted and unique, so
+        no set operation is needed: the same samples (every round of one run) cost no copy, others one
+        ``searchsorted`` (8 B per sample, where ``np.intersect1d`` held ~40 B per sample at 10⁷ samples)."""
+        if np.array_equal(self.indices, prev.indices):
+            return self.labels, prev.labels
+        pos = np.searchsorted(prev.indices, self.indices)
+        found = pos < len(prev)
+        found[found] = prev.indices[pos[found]] == self.indices[found]
+        if not found.any():
             raise ValueError(f"label tables v{self.version} and v{prev.version} share no sample index")
-        return self.labels[ia], prev.labels[ib]
+        return self.labels[found], prev.labels[pos[found]]
 
     def fraction_changed(self, prev: "LabelTable") -> float:
         """Fraction of the samples in both tables whose label differs (raw ids, not matched clusters)."""
