@@ -31,8 +31,8 @@ bare-loop samples/s measured here with benchmarks.train_step's defaults); scorin
 every sample) is reported beside it, and the round's share (``relabel_pct_of_epoch``) counts both.
 
 Goals (``--goals``, what ``make bench`` passes: written to benchmarks/GOALS.json): the pass (``pass_s``) of the
-largest dense solve run to convergence ≤ 2× its bandwidth bound (rows before 2026-12-03 16:00 judged the amortised
-``per_iter_s``); ≥ 3× SeLaVi's loop to the same tolerance at the largest size SeLaVi ran; with ``--full``, sparse
+largest dense solve run to convergence ≤ 2× its bandwidth bound (RESULTS.md rows without an "amortised" figure
+predate ``pass_s`` and judged the amortised ``per_iter_s``); ≥ 3× SeLaVi's loop to the same tolerance at the largest size SeLaVi ran; with ``--full``, sparse
 10M × 3000 top-10 converged in ≤ 10 s, everything included (the kernel's set-up, builds and labels).
 """
 from __future__ import annotations
