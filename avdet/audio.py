@@ -53,6 +53,16 @@ class LogMel(nn.Module):
         return torch.log(self.mel(wave) + LOG_EPS).unsqueeze(1)
 
 
+def logmel_key(cfg: AudioConfig) -> int:
+    """A fingerprint (uint32) of the log-mel settings: a log-mel computed with other settings is refused, not used
+    (blocks of the Ray path, and the ``mel`` entries stored at ingest)."""
+    import json
+    import zlib
+
+    from .config import to_dict
+    return zlib.crc32(json.dumps(to_dict(cfg), sort_keys=True).encode())
+
+
 def log_mel(waveform: np.ndarray, cfg: AudioConfig) -> np.ndarray:
     """One mono waveform (L,) (or (1, L)) -> (1, n_mels, T) float32 log-mel, as a decoded batch holds per sample."""
     wave = torch.as_tensor(np.asarray(waveform, dtype=np.float32)).reshape(1, -1)

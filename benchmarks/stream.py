@@ -1,6 +1,7 @@
 """Streaming throughput: the decode bounds vs plain webdataset/DataLoader vs our plain loader vs the Ray Data path.
 
-    python -m benchmarks.stream                 # 8192 samples (128x128 JPEG + 1 s FLAC), writes out/stream.json
+    python -m benchmarks.stream                 # 8192 samples (128x128 JPEG + 1 s FLAC + its stored log-mel)
+    python -m benchmarks.stream --no-stored-logmel   # the same without the stored log-mel (readers compute it)
     python -m benchmarks.stream --tiny          # seconds-long smoke run
     python -m benchmarks.stream --shards DIR    # an existing shard folder (its train split)
 
@@ -9,9 +10,10 @@ run interleaved: ``--rounds`` rounds, each timing every arm once in turn (after 
 from other processes hits every arm alike; the figure is the median over rounds (all rounds are kept). Every
 multi-process arm uses as many workers as the machine has cores. Two bounds, one thread each, × cores:
 
-* ``physical_decode_1core``: what the shards store, decoded: tar read + JPEG + FLAC, nothing else;
-* ``decode_logmel_1core``: the same + stacking, frame normalisation and log-mel — the per-sample work every loader
-  arm does (until log-mel is stored at ingest).
+* ``physical_decode_1core``: what the shards store and a reader reads, decoded: tar read + JPEG + the stored
+  log-mel (float16; ``ingest.store_logmel``, the default shards here), or + FLAC for shards without it;
+* ``decode_collate_1core``: the same + stacking and frame normalisation (+ the log-mel, for shards without it) —
+  the per-sample work every loader arm does.
 
 Ray runs on 127.0.0.1 only. With ``--goals`` (what ``make bench`` passes) the issue's goals are written to
 ``benchmarks/GOALS.json``.
@@ -35,13 +37,17 @@ from benchmarks.common import append_results_row, record_goals, write_result
 from data.config import StreamConfig
 from data.schema import SampleMeta, encode_sample
 from data.shards import ShardWriter, read_manifest, write_manifest
-from data.stream import BatchCollate, _stack, iter_torch_batches, plain_loader, ray_dataset
+from data.stream import BatchCollate, _stack, iter_torch_batches, plain_loader, ray_dataset, reading_spec
 
 log = logging.getLogger("benchmarks.stream")
 
 
-def make_shards(out: Path, n: int, per_shard: int, frame_size: int = 128, seed: int = 0) -> Path:
-    """Synthetic shards: smooth random-ish RGB frames and 1 s tones+noise, ``per_shard`` samples each."""
+def make_shards(out: Path, n: int, per_shard: int, frame_size: int = 128, seed: int = 0,
+                store_logmel: bool = False) -> Path:
+    """Synthetic shards: smooth random-ish RGB frames and 1 s tones+noise, ``per_shard`` samples each; with
+    ``store_logmel`` also each sample's log-mel, as ``ingest.store_logmel`` stores it."""
+    from avdet.audio import log_mel, logmel_key
+    from data.schema import encode_mel, to_pcm16
     rng = np.random.default_rng(seed)
     audio = AudioConfig()
     writer, infos = ShardWriter(out), []
@@ -54,11 +60,15 @@ def make_shards(out: Path, n: int, per_shard: int, frame_size: int = 128, seed: 
         img = np.clip((img * 0.4 + 0.5 + rng.normal(0, 0.05, img.shape)) * 255, 0, 255).astype(np.uint8)
         wav = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 4000) * t) + rng.normal(0, 0.02, t.shape)
         meta = SampleMeta(i, f"vid{i // 10:06d}", (i % 10) * 1.0, f"class{i % 7}", "train", 320, 240)
-        return encode_sample(meta, img, wav.astype(np.float32), audio.sample_rate)
+        pcm = to_pcm16(wav.astype(np.float32))
+        mel = encode_mel(log_mel(pcm / 32768.0, audio)[0], logmel_key(audio)) if store_logmel else None
+        return encode_sample(meta, img, pcm, audio.sample_rate, mel=mel)
 
     for no, start in enumerate(range(0, n, per_shard)):
         infos.append(writer.write("train", no, (sample(i) for i in range(start, min(n, start + per_shard)))))
     cfg = {"frame_size": frame_size, "audio": to_dict(audio), "synthetic": True}
+    if store_logmel:
+        cfg.update(store_logmel=True, logmel_key=logmel_key(audio))
     write_manifest(out, infos, [f"class{k}" for k in range(7)], cfg)
     return out
 
@@ -68,14 +78,17 @@ def train_count(manifest) -> int:
     return sum(s.count for s in read_manifest(manifest).split_shards("train"))
 
 
-def decode_bound(manifest, cfg: StreamConfig, logmel: bool = True) -> Callable[[], Iterator]:
-    """One process, one thread, tight loop over the train split: tar read + JPEG + FLAC decode, and with ``logmel``
-    the loaders' per-sample work too (stack, normalise, log-mel). Returns the epoch's iterator factory."""
+def decode_bound(manifest, cfg: StreamConfig, collated: bool = True) -> Callable[[], Iterator]:
+    """One process, one thread, tight loop over the train split: tar read + JPEG + the stored log-mel (or FLAC)
+    decode, and with ``collated`` the loaders' per-sample work too (stack, normalise, and the log-mel when it is not
+    stored). Returns the epoch's iterator factory."""
     from data.health import DataHealth
     from data.shards import iter_shard_samples
     m = read_manifest(manifest)
     ids = {c: i for i, c in enumerate(m.classes)}
     collate = BatchCollate(cfg.audio)
+    spec = reading_spec(m, cfg.audio)
+    mel_key = spec.mel[0] if spec is not None and spec.mel is not None else None
 
     def it():
         threads = torch.get_num_threads()
@@ -83,38 +96,41 @@ def decode_bound(manifest, cfg: StreamConfig, logmel: bool = True) -> Callable[[
         try:
             for s in m.split_shards("train"):
                 buf = []
-                for x in iter_shard_samples(m.shard_path(s), DataHealth(), m.spec()):
+                for x in iter_shard_samples(m.shard_path(s), DataHealth(), spec):
                     buf.append(x)
                     if len(buf) == cfg.batch_size:
-                        yield collate(_stack(buf, ids)) if logmel else {"index": buf}
+                        yield collate(_stack(buf, ids, mel_key)) if collated else {"index": buf}
                         buf = []
                 if buf:
-                    yield collate(_stack(buf, ids)) if logmel else {"index": buf}
+                    yield collate(_stack(buf, ids, mel_key)) if collated else {"index": buf}
         finally:
             torch.set_num_threads(threads)
     return it
 
 
 def webdataset_plain(manifest, cfg: StreamConfig, workers: int) -> Callable[[], Iterator]:
-    """The usual baseline: ``webdataset.WebDataset`` + own whitelisted decode + ``DataLoader(num_workers)``, each
-    worker one torch thread."""
+    """The usual baseline: ``webdataset.WebDataset`` + own whitelisted decode (the stored log-mel in place of the
+    FLAC where our reader reads it) + ``DataLoader(num_workers)``, each worker one torch thread."""
     import webdataset as wds
 
-    from data.schema import decode_audio, decode_image, decode_json
+    from data.schema import decode_audio, decode_image, decode_json, decode_mel
     m = read_manifest(manifest)
     urls = [str(m.shard_path(s)) for s in m.split_shards("train")]
     ids = {c: i for i, c in enumerate(m.classes)}
     collate = BatchCollate(cfg.audio)
+    spec = reading_spec(m, cfg.audio)
+    mel_key = spec.mel[0] if spec is not None and spec.mel is not None else None
 
     def decode(s):
         meta = decode_json(s["json"])
-        return {"frame": decode_image(s["jpg"]), "audio": decode_audio(s["flac"]), "meta": meta,
-                "key": s["__key__"], "shard": Path(s["__url__"]).name}
+        sound = {"mel": decode_mel(s["mel"]).values} if mel_key is not None else {"audio": decode_audio(s["flac"])}
+        return {"frame": decode_image(s["jpg"]), **sound, "meta": meta, "key": s["__key__"],
+                "shard": Path(s["__url__"]).name}
 
     def make():
         ds = (wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=wds.split_by_worker,
                              empty_check=False)
-              .map(decode).batched(cfg.batch_size, collation_fn=lambda b: collate(_stack(b, ids))))
+              .map(decode).batched(cfg.batch_size, collation_fn=lambda b: collate(_stack(b, ids, mel_key))))
         return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers,
                                            prefetch_factor=2 if workers else None,
                                            worker_init_fn=lambda _: torch.set_num_threads(1))
@@ -175,6 +191,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=8192)
     p.add_argument("--per-shard", type=int, default=512)
     p.add_argument("--shards", help="existing shard dir with manifest.json (default: make synthetic ones)")
+    p.add_argument("--no-stored-logmel", action="store_true",
+                   help="synthetic shards without the stored log-mel (every reader computes it from the FLAC)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--tiny", action="store_true", help="512 samples, 1 round: a seconds-long smoke run")
@@ -188,8 +206,8 @@ BASELINE_2026_12_01 = 1078.0    # the Ray path re-run idle on 2026-12-01 (issue 
 
 
 def _arms(manifest: Path, cfg: StreamConfig, cores: int) -> dict[str, Callable[[], int]]:
-    return {"physical_decode_1core": _counting(decode_bound(manifest, cfg, logmel=False)),
-            "decode_logmel_1core": _counting(decode_bound(manifest, cfg)),
+    return {"physical_decode_1core": _counting(decode_bound(manifest, cfg, collated=False)),
+            "decode_collate_1core": _counting(decode_bound(manifest, cfg)),
             f"webdataset_dataloader_w{cores}": _counting(webdataset_plain(manifest, cfg, cores)),
             f"ours_plain_dataloader_w{cores}": _counting(ours_plain(manifest, cfg, cores)),
             f"ray_c{cores}_consumers1": ray_path(manifest, cfg, cores, 1),
@@ -218,7 +236,10 @@ def main(argv: list[str] | None = None) -> dict:
     cores = os.cpu_count() or 1
     cfg = StreamConfig(batch_size=args.batch_size, shuffle=False, shuffle_buffer=0, read_concurrency=cores)
     with tempfile.TemporaryDirectory(prefix="avdet-bench-") as tmp:
-        manifest = Path(args.shards) if args.shards else make_shards(Path(tmp), args.samples, args.per_shard)
+        manifest = Path(args.shards) if args.shards else make_shards(Path(tmp), args.samples, args.per_shard,
+                                                                     store_logmel=not args.no_stored_logmel)
+        spec = reading_spec(read_manifest(manifest), cfg.audio)
+        stored = spec is not None and spec.mel is not None
         n = train_count(manifest)
         load_start = os.getloadavg()
         start_local_ray(num_cpus=cores, object_store_memory=2 * 2**30)
@@ -229,11 +250,13 @@ def main(argv: list[str] | None = None) -> dict:
             ray.shutdown()
     fig = {name: statistics.median(r) for name, r in rounds.items()}
     fig.update({"rounds": rounds, "cores": cores, "samples": n, "batch_size": args.batch_size,
+                "stored_logmel": stored,
                 "loadavg_1m_start_end": [load_start[0], os.getloadavg()[0]], "goals": goals(fig, cores)})
     path = write_result("stream", fig, argv, args.out)
     g = {r["goal"]: r for r in fig["goals"]}
-    summary = (f"{n} samples, {args.rounds} interleaved rounds, {cores} cores: physical decode "
-               f"{fig['physical_decode_1core']:.0f}/s/core, with log-mel {fig['decode_logmel_1core']:.0f}/s/core; "
+    summary = (f"{n} samples ({'JPEG + stored log-mel' if stored else 'JPEG + FLAC, log-mel computed'}), "
+               f"{args.rounds} interleaved rounds, {cores} cores: physical decode "
+               f"{fig['physical_decode_1core']:.0f}/s/core, with collate {fig['decode_collate_1core']:.0f}/s/core; "
                f"webdataset+DL w{cores} {fig[f'webdataset_dataloader_w{cores}']:.0f}/s; ours plain "
                f"{fig[f'ours_plain_dataloader_w{cores}']:.0f}/s; ray c{cores} {fig[f'ray_c{cores}_consumers1']:.0f}/s, "
                f"2 consumers {fig[f'ray_c{cores}_consumers2']:.0f}/s; ray/plain "

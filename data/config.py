@@ -32,6 +32,8 @@ class IngestConfig:
     concurrency: int = 2                # parallel Ray tasks (each writes one shard)
     use_ray: bool = True                # False: serial in-process ingest (small jobs, debugging)
     ray_address: str = "local"          # "local" starts Ray on 127.0.0.1; "auto" joins a running cluster
+    store_logmel: bool = False          # also store each sample's log-mel (float16, ``audio``'s settings): readers
+    #                                     with those settings read it instead of decoding the FLAC (manifest v2)
     audio: AudioConfig = field(default_factory=AudioConfig)
 
     def check(self) -> None:

@@ -5,7 +5,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from data.schema import AUDIO_EXT, DEFAULT_LIMITS, FRAME_EXT, META_EXT, REQUIRED_EXTS, DecodeLimits
+from data.schema import AUDIO_EXT, DEFAULT_LIMITS, FRAME_EXT, MEL_EXT, META_EXT, REQUIRED_EXTS, DecodeLimits
 
 MAX_EXAMPLES = 20
 
@@ -17,10 +17,15 @@ class DataHealthError(RuntimeError):
 @dataclass
 class SampleSpec:
     """Shapes every sample must have: frame (frame_size, frame_size, 3), audio (num_samples,); ``decode_limits``
-    overrides fields of :class:`data.schema.DecodeLimits` (the manifest's ``config.decode_limits``)."""
+    overrides fields of :class:`data.schema.DecodeLimits` (the manifest's ``config.decode_limits``).
+
+    ``mel`` = (settings key, n_mels, T), set by a reader of a set whose log-mel was stored at ingest with the
+    reader's own settings (:func:`data.stream.reading_spec`): every sample must then carry that ``mel`` entry,
+    which is read in place of the audio (the FLAC is not decoded)."""
     frame_size: int
     num_samples: int
     decode_limits: dict = field(default_factory=dict)
+    mel: tuple[int, int, int] | None = None
 
     @classmethod
     def from_config(cls, config: dict) -> "SampleSpec | None":
@@ -47,7 +52,9 @@ def limits_for(spec: SampleSpec | None) -> DecodeLimits:
 
 def check_sample(key: str, dec: dict[str, Any], spec: SampleSpec | None) -> tuple[str, str] | None:
     """(reason, detail) if a decoded sample breaks the contract, else None."""
-    missing = [e for e in REQUIRED_EXTS if e not in dec]
+    mel = spec.mel if spec is not None else None
+    required = REQUIRED_EXTS if mel is None else tuple(e for e in REQUIRED_EXTS if e != AUDIO_EXT) + (MEL_EXT,)
+    missing = [e for e in required if e not in dec]
     if missing:
         return "missing_key", f"no {', '.join(missing)} entry (has {sorted(k for k in dec if not k.startswith('__'))})"
     meta = dec[META_EXT]
@@ -58,8 +65,14 @@ def check_sample(key: str, dec: dict[str, Any], spec: SampleSpec | None) -> tupl
         fs, ns = spec.frame_size, spec.num_samples
         if dec[FRAME_EXT].shape != (fs, fs, 3):
             return "wrong_shape", f"frame {dec[FRAME_EXT].shape}, expected {(fs, fs, 3)}"
-        if dec[AUDIO_EXT].shape != (ns,):
+        if AUDIO_EXT in dec and dec[AUDIO_EXT].shape != (ns,):
             return "wrong_shape", f"audio {dec[AUDIO_EXT].shape}, expected {(ns,)}"
+    if mel is not None:
+        stored = dec[MEL_EXT]
+        if stored.key != mel[0]:
+            return "mel_settings", f"mel computed with settings key {stored.key}, the reader's is {mel[0]}"
+        if stored.values.shape != mel[1:]:
+            return "wrong_shape", f"mel {stored.values.shape}, expected {mel[1:]}"
     return None
 
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from avdet.config import to_dict
 from avdet.fileio import UnsafePathError, safe_name
 from data.config import IngestConfig
-from data.schema import SampleMeta, encode_sample
+from data.schema import SampleMeta, encode_mel, encode_sample, to_pcm16
 from data.shards import ShardInfo, ShardWriter, sweep_stale_temps, write_atomic, write_manifest
 from data.video import VideoError, audio_window, decode_clip, find_video
 
@@ -94,13 +94,35 @@ def _video_samples(row: dict, cfg: IngestConfig) -> list[dict[str, Any]]:
     clip = decode_clip(path, cfg.fps, cfg.frame_size, cfg.audio.sample_rate, cfg.max_pixels,
                        cfg.max_frames_per_video, cfg.max_duration_s)
     base = row["row"] * cfg.max_frames_per_video
+    waves = [to_pcm16(audio_window(clip, t, cfg.audio.sample_rate, cfg.audio.num_samples)) for t, _ in clip.frames]
+    mels = _stored_mels(waves, cfg) if cfg.store_logmel and waves else [None] * len(waves)
     out = []
-    for k, (t, img) in enumerate(clip.frames):
+    for k, ((t, img), wav, mel) in enumerate(zip(clip.frames, waves, mels)):
         meta = SampleMeta(index=base + k, video_id=row["youtube_id"], timestamp=round(t, 6), label=row["label"],
                           split=row["split"], orig_width=clip.orig_width, orig_height=clip.orig_height)
-        wav = audio_window(clip, t, cfg.audio.sample_rate, cfg.audio.num_samples)
-        out.append(encode_sample(meta, img, wav, cfg.audio.sample_rate, cfg.jpeg_quality))
+        out.append(encode_sample(meta, img, wav, cfg.audio.sample_rate, cfg.jpeg_quality, mel))
     return out
+
+
+def _logmel_key(cfg: IngestConfig) -> int | None:
+    """The settings key of the log-mel this ingest stores (None: it stores none); a finished shard is kept only if
+    it was written with the same."""
+    if not cfg.store_logmel:
+        return None
+    from avdet.audio import logmel_key
+    return logmel_key(cfg.audio)
+
+
+def _stored_mels(waves: list, cfg: IngestConfig) -> list[bytes]:
+    """The ``mel`` entries of one clip's windows: the log-mel a reader would compute from the stored 16-bit audio
+    (:class:`avdet.audio.LogMel`), float16."""
+    import numpy as np
+    import torch
+
+    from avdet.audio import LogMel, logmel_key
+    with torch.no_grad():
+        mels = LogMel(cfg.audio)(torch.from_numpy(np.stack(waves).astype(np.float32)) / 32768.0)[:, 0].numpy()
+    return [encode_mel(m, logmel_key(cfg.audio)) for m in mels]
 
 
 def process_group(group: dict, cfg: IngestConfig) -> dict:
@@ -109,8 +131,12 @@ def process_group(group: dict, cfg: IngestConfig) -> dict:
     writer = ShardWriter(cfg.out_dir)
     name = writer.shard_name(group["split"], group["shard_no"])
     done = writer.finished(name)
-    if done is not None:
+    mel_key = _logmel_key(cfg)
+    if done is not None and done[1].get("logmel_key") == mel_key:
         return {"shard": done[0].__dict__, "extra": done[1], "skipped": True}
+    if done is not None:
+        log.info("shard %s: finished with stored log-mel settings %s, this ingest's are %s; rewriting it", name,
+                 done[1].get("logmel_key"), mel_key)
     samples, rejected, ok = [], [], 0
     for row in group["rows"]:
         try:
@@ -122,8 +148,8 @@ def process_group(group: dict, cfg: IngestConfig) -> dict:
         except Exception as e:  # a decoder bug must not lose the whole group
             rejected.append({"youtube_id": row["youtube_id"], "start": row["start"], "row": row["row"],
                              "reason": "internal_error", "detail": f"{type(e).__name__}: {e}"})
-    extra = {"rejected": rejected, "videos_ok": ok}
-    info = writer.write(group["split"], group["shard_no"], samples, extra=extra)
+    extra = {"rejected": rejected, "videos_ok": ok, **({"logmel_key": mel_key} if mel_key is not None else {})}
+    info = writer.write(group["split"], group["shard_no"], samples, extra=extra, replace=done is not None)
     for rec in rejected:
         log.info("shard %s: video %s (row %d) %s: %s; skipped", name, rec["youtube_id"], rec["row"],
                  rec["reason"], rec["detail"])
@@ -139,6 +165,8 @@ def _finish(cfg: IngestConfig, results: list[dict], csv_rejects: list[dict], cla
     """Write manifest.json and ingest_report.json from the groups' records; returns the report."""
     infos = [ShardInfo(**r["shard"]) for r in results]
     config = {**to_dict(cfg), "index_stride": cfg.max_frames_per_video}
+    if cfg.store_logmel:                  # what a reader compares with its own settings (data.stream.reading_spec)
+        config["logmel_key"] = _logmel_key(cfg)
     write_manifest(cfg.out_dir, [i for i in infos if i.count > 0], classes, config)
     rejected = csv_rejects + sorted((x for r in results for x in r["extra"].get("rejected", [])),
                                     key=lambda x: x["row"])

@@ -1,6 +1,7 @@
 """One shard sample: keys, metadata, and whitelisted encode/decode of its entries (docs/INTERFACES.md).
 
-Decoding is by extension from a fixed whitelist (images via PIL, audio via soundfile, json, txt, cls). Any other
+Decoding is by extension from a fixed whitelist (images via PIL, audio via soundfile, json, txt, cls, and ``mel``: the
+log-mel stored at ingest, a fixed header and float16 values, :func:`encode_mel`). Any other
 entry (``.pyd``, ``.pickle``, ``.npy`` ...) is ignored and counted, never unpickled: webdataset's default decoders
 would unpickle ``.pyd``/``.pickle`` and run code from the shard.
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import struct
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable
 
@@ -23,7 +25,10 @@ from PIL import Image
 FRAME_EXT = "jpg"
 AUDIO_EXT = "flac"
 META_EXT = "json"
+MEL_EXT = "mel"           # optional: the log-mel stored at ingest (ingest.store_logmel), see encode_mel
 REQUIRED_EXTS = (FRAME_EXT, AUDIO_EXT, META_EXT)
+MEL_MAGIC = b"AVDETMEL"
+_MEL_HEADER = struct.Struct("<8sHHI")     # magic, n_mels, T, settings key (data.stream.logmel_key); then fp16 LE
 
 # PIL's own guard (a warning above it, DecompressionBombError above twice it); DecodeLimits is the tighter check
 Image.MAX_IMAGE_PIXELS = 8192 * 8192
@@ -42,6 +47,7 @@ class DecodeLimits:
     max_audio_channels: int = 8
     max_json_bytes: int = 64 * 1024
     max_json_depth: int = 32             # nesting of [ and { (a sample's metadata is flat)
+    max_mel_elems: int = 1 << 20         # n_mels x T of a stored log-mel (64 x 101 for 1 s at the defaults)
 
     def replace(self, **changes: Any) -> "DecodeLimits":
         """A copy with ``changes`` (unknown names raise ValueError naming them)."""
@@ -112,22 +118,41 @@ def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
+def to_pcm16(audio: np.ndarray) -> np.ndarray:
+    """(S,) waveform, int16 or float in [-1, 1] -> int16: what a FLAC entry stores and a reader decodes."""
+    if audio.dtype == np.int16:
+        return audio
+    return np.clip(np.round(np.asarray(audio, np.float64) * 32767.0), -32768, 32767).astype(np.int16)
+
+
 def encode_flac(audio: np.ndarray, sample_rate: int) -> bytes:
     """(S,) mono waveform, int16 or float in [-1, 1] -> 16-bit FLAC bytes."""
     if audio.ndim != 1:
         raise ValueError(f"audio must be mono (S,), got shape {audio.shape}")
-    if audio.dtype != np.int16:
-        audio = np.clip(np.round(np.asarray(audio, np.float64) * 32767.0), -32768, 32767).astype(np.int16)
+    audio = to_pcm16(audio)
     buf = io.BytesIO()
     sf.write(buf, audio, sample_rate, format="FLAC", subtype="PCM_16")
     return buf.getvalue()
 
 
+def encode_mel(logmel: np.ndarray, key: int) -> bytes:
+    """(n_mels, T) log-mel -> ``mel`` entry bytes: a 16-byte header (magic, n_mels, T, the settings' key) and the
+    values as little-endian float16 (log-power in about [-14, 10]: ~0.005 absolute rounding)."""
+    mel = np.asarray(logmel)
+    if mel.ndim != 2 or not np.all(np.isfinite(mel)):
+        raise ValueError(f"log-mel must be a finite (n_mels, T) array, got shape {mel.shape}")
+    return _MEL_HEADER.pack(MEL_MAGIC, mel.shape[0], mel.shape[1], key) + mel.astype("<f2").tobytes()
+
+
 def encode_sample(meta: SampleMeta, frame: np.ndarray, audio: np.ndarray, sample_rate: int,
-                  jpeg_quality: int = 90) -> dict[str, Any]:
-    """Frame (H, W, 3) uint8 + audio (S,) + metadata -> ``{"__key__", "jpg", "flac", "json"}`` of bytes."""
-    return {"__key__": sample_key(meta.index), FRAME_EXT: encode_jpeg(frame, jpeg_quality),
-            AUDIO_EXT: encode_flac(audio, sample_rate), META_EXT: meta.to_json()}
+                  jpeg_quality: int = 90, mel: bytes | None = None) -> dict[str, Any]:
+    """Frame (H, W, 3) uint8 + audio (S,) + metadata -> ``{"__key__", "jpg", "flac", "json"}`` of bytes (and
+    ``"mel"``: :func:`encode_mel`'s bytes, when given)."""
+    out = {"__key__": sample_key(meta.index), FRAME_EXT: encode_jpeg(frame, jpeg_quality),
+           AUDIO_EXT: encode_flac(audio, sample_rate), META_EXT: meta.to_json()}
+    if mel is not None:
+        out[MEL_EXT] = mel
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -167,6 +192,33 @@ def decode_audio(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarr
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError on corrupt data
         raise DecodeError("bad_flac", f"{type(e).__name__}: {e}") from None
     return np.ascontiguousarray(wav[:, 0])
+
+
+@dataclass(frozen=True)
+class StoredMel:
+    """A decoded ``mel`` entry: the settings' key it was computed with and the (n_mels, T) float16 values."""
+    key: int
+    values: np.ndarray
+
+
+def decode_mel(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> StoredMel:
+    """``mel`` entry bytes -> StoredMel. The header's size is checked against ``limits`` and the entry's length
+    before anything is read (``mel_too_large``); a bad header, a wrong length or non-finite values are ``bad_mel``."""
+    if len(data) < _MEL_HEADER.size:
+        raise DecodeError("bad_mel", f"{len(data)} bytes, shorter than the {_MEL_HEADER.size}-byte header")
+    magic, n_mels, t, key = _MEL_HEADER.unpack_from(data)
+    if magic != MEL_MAGIC:
+        raise DecodeError("bad_mel", f"header magic {magic!r}, expected {MEL_MAGIC!r}")
+    if n_mels * t > limits.max_mel_elems:
+        raise DecodeError("mel_too_large", f"header says {n_mels}x{t} (limit max_mel_elems {limits.max_mel_elems}); "
+                          f"not decoded")
+    if len(data) != _MEL_HEADER.size + 2 * n_mels * t:
+        raise DecodeError("bad_mel", f"{len(data)} bytes for a {n_mels}x{t} float16 log-mel "
+                          f"(expected {_MEL_HEADER.size + 2 * n_mels * t})")
+    values = np.frombuffer(data, "<f2", offset=_MEL_HEADER.size).reshape(n_mels, t)
+    if not np.all(np.isfinite(values)):
+        raise DecodeError("bad_mel", "non-finite values")
+    return StoredMel(key, values)
 
 
 def json_depth(data: bytes) -> int:
@@ -228,7 +280,7 @@ def decode_cls(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> int:
 DECODERS: dict[str, Callable[[bytes, DecodeLimits], Any]] = {
     "jpg": decode_image, "jpeg": decode_image, "png": decode_image,
     "flac": decode_audio, "wav": decode_audio,
-    "json": decode_json, "txt": decode_text, "cls": decode_cls,
+    "json": decode_json, "txt": decode_text, "cls": decode_cls, MEL_EXT: decode_mel,
 }
 
 

@@ -26,13 +26,14 @@ import numpy as np
 from avdet.fileio import TEMP_RE, path_under, safe_name, temp_name, write_atomic  # noqa: F401  (write_atomic:
 #                                                                       re-exported as data.shards.write_atomic)
 from data.health import DataHealth, SampleSpec, check_sample, limits_for
-from data.schema import DecodeError, DecodeLimits, decode_sample
+from data.schema import AUDIO_EXT, MEL_EXT, DecodeError, DecodeLimits, decode_sample
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 MAX_MEMBER_BYTES = 64 << 20      # a tar member larger than this is not read (its sample fails as entry_too_large)
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2             # 2: samples may carry the log-mel stored at ingest (config.store_logmel)
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass
@@ -158,14 +159,14 @@ class ShardWriter:
         return info, extra
 
     def write(self, split: str, shard_no: int, samples: Iterable[dict[str, Any]],
-              extra: dict | None = None) -> ShardInfo:
+              extra: dict | None = None, replace: bool = False) -> ShardInfo:
         """Write ``samples`` (``{"__key__": str, ext: bytes}``) as one shard; returns its info.
 
-        Skips (without consuming ``samples``) when the shard is already finished. An exception while writing leaves
-        no final-named file behind.
+        Skips (without consuming ``samples``) when the shard is already finished, unless ``replace``. An exception
+        while writing leaves no final-named file behind (a replaced shard stays as it was).
         """
         name = self.shard_name(split, shard_no)
-        done = self.finished(name)
+        done = None if replace else self.finished(name)
         if done is not None:
             return done[0]
         path = self.out_dir / name
@@ -208,8 +209,8 @@ def read_manifest(path: str | Path) -> Manifest:
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist (run the ingest first)")
     doc = json.loads(path.read_text())
-    if doc.get("version") != MANIFEST_VERSION:
-        raise ValueError(f"manifest {path}: version {doc.get('version')!r}, expected {MANIFEST_VERSION}")
+    if doc.get("version") not in READABLE_VERSIONS:
+        raise ValueError(f"manifest {path}: version {doc.get('version')!r}, this reader knows {READABLE_VERSIONS}")
     shards = [ShardInfo(**s) for s in doc["shards"]]
     for i, s in enumerate(shards):       # a shard path must stay under the manifest's directory
         path_under(path.parent, s.path, f"manifest {path}: shards[{i}].path")
@@ -271,7 +272,8 @@ def iter_shard_samples(path: str | Path, health: DataHealth, spec: SampleSpec | 
                        limits: DecodeLimits | None = None) -> Iterator[dict[str, Any]]:
     """Decoded samples of one shard, skipping (and counting in ``health``) every sample that is unusable.
 
-    Yields ``{"key": str, "shard": str, "frame": (H, W, 3) uint8, "audio": (S,) int16, "meta": dict}``.
+    Yields ``{"key": str, "shard": str, "frame": (H, W, 3) uint8, "audio": (S,) int16, "meta": dict}``; with a
+    ``spec.mel`` the stored log-mel instead of the audio: ``"mel": (n_mels, T) float16``, ``"audio": None``.
     ``raw`` replaces the shard's own (key, entries) groups, e.g. a shuffled list of them. ``limits`` (default: the
     spec's, :meth:`data.health.SampleSpec.limits`) bound every entry before it is decoded; an entry over them is a
     skipped sample (``image_too_large``, ``audio_too_long``, ``json_too_large``, ``json_too_deep``).
@@ -301,18 +303,22 @@ def iter_shard_samples(path: str | Path, health: DataHealth, spec: SampleSpec | 
 
 def _decode_checked(shard: str, key: str, raw: dict[str, bytes], health: DataHealth,
                     spec: SampleSpec | None, limits: DecodeLimits) -> dict[str, Any] | None:
+    use_mel = spec is not None and spec.mel is not None
+    unused = AUDIO_EXT if use_mel else MEL_EXT  # the stored log-mel replaces the FLAC, or is not read at all
     try:
-        dec, ignored = decode_sample(raw, limits=limits)
+        dec, ignored = decode_sample(raw, only=tuple(e for e in raw if e != unused), limits=limits)
     except DecodeError as e:
         health.bad_sample(shard, key, e.reason, e.detail)
         return None
     for ext in ignored:
-        health.ignored[ext] += 1
+        if ext != unused:
+            health.ignored[ext] += 1
     problem = check_sample(key, dec, spec)
     if problem is not None:
         health.bad_sample(shard, key, *problem)
         return None
-    return {"key": key, "shard": shard, "frame": dec["jpg"], "audio": dec["flac"], "meta": dec["json"]}
+    return {"key": key, "shard": shard, "frame": dec["jpg"], "audio": dec.get(AUDIO_EXT),
+            "mel": dec[MEL_EXT].values if use_mel else None, "meta": dec["json"]}
 
 
 def iter_samples(manifest: Manifest | str | Path, split: str, max_bad_fraction: float = 0.01,

@@ -8,7 +8,9 @@ records, so it reads each shard once) — per-row overhead is paid once per bloc
 into the decoded-batch format (docs/INTERFACES.md) with :class:`BatchCollate` (ImageNet normalisation + log-mel, in
 torch, per batch). On the Ray path the read tasks compute the log-mel themselves (one torch thread each): their
 blocks carry ``"logmel": (n, 1, n_mels, T) float32`` and ``"logmel_key"`` (:func:`logmel_key` of the audio settings)
-in place of the raw audio, and the consumer only checks the key — the trainer's process does no audio work.
+in place of the raw audio, and the consumer only checks the key — the trainer's process does no audio work. A set
+ingested with ``store_logmel`` holds each sample's log-mel (float16): a reader whose audio settings match reads it
+in place of the FLAC (:func:`reading_spec`), so no reader computes a log-mel or decodes audio.
 
 Trainer usage::
 
@@ -34,10 +36,12 @@ import random
 from pathlib import Path
 from typing import Any, Iterator
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
-from avdet.audio import LogMel
+from avdet.audio import LogMel, logmel_key, num_frames
 from avdet.config import AudioConfig
 from data.config import StreamConfig
 from data.health import DataHealth, SampleSpec
@@ -80,21 +84,25 @@ def read_shard_blocks(path: str, classes: list[str], spec: SampleSpec | None, bl
     health = DataHealth()
     buf: list[dict[str, Any]] = []
     raw = _raw_in_order(path, shuffle_seed) if shuffle_seed is not None else None
+    mel_key = spec.mel[0] if spec is not None and spec.mel is not None else None
     for s in iter_shard_samples(path, health, spec, expected_count, raw=raw):
         buf.append(s)
         if len(buf) == block_rows:
-            yield _stack(buf, ids)
+            yield _stack(buf, ids, mel_key)
             buf = []
     if buf:
-        yield _stack(buf, ids)
+        yield _stack(buf, ids, mel_key)
     if health.bad_total:
         log.warning("shard %s: %s", Path(path).name, health.summary())
     health.check(max_bad_fraction, Path(path).name)
 
 
-def _stack(samples: list[dict[str, Any]], ids: dict[str, int]) -> dict[str, np.ndarray]:
-    return {"frames": np.stack([s["frame"] for s in samples]),
-            "audio": np.stack([s["audio"] for s in samples]),
+def _stack(samples: list[dict[str, Any]], ids: dict[str, int], mel_key: int | None = None) -> dict[str, np.ndarray]:
+    """Samples -> one block; with ``mel_key`` (samples read with a ``spec.mel``) the stored log-mel as ``logmel``."""
+    sound = ({"audio": np.stack([s["audio"] for s in samples])} if mel_key is None else
+             {"logmel": np.stack([s["mel"] for s in samples])[:, None].astype(np.float32),
+              "logmel_key": np.full(len(samples), mel_key, np.int64)})
+    return {"frames": np.stack([s["frame"] for s in samples]), **sound,
             "index": np.array([s["meta"]["index"] for s in samples], np.int64),
             "label": np.array([ids.get(s["meta"].get("label"), -1) for s in samples], np.int64),
             "clip": np.array([clip_id(str(s["meta"]["video_id"])) for s in samples], np.int64),
@@ -103,17 +111,21 @@ def _stack(samples: list[dict[str, Any]], ids: dict[str, int]) -> dict[str, np.n
             "file_name": np.array([f'{s["shard"]}#{s["key"]}' for s in samples])}
 
 
-def logmel_key(audio: AudioConfig) -> int:
-    """A fingerprint (int64) of the log-mel settings: a block computed with other settings is refused, not used."""
-    import json
-    import zlib
-
-    from avdet.config import to_dict
-    return zlib.crc32(json.dumps(to_dict(audio), sort_keys=True).encode())
+def reading_spec(manifest: Manifest, audio: AudioConfig) -> SampleSpec | None:
+    """The manifest's sample spec for a reader with these audio settings: with ``mel`` set when the set stores
+    the log-mel of exactly these settings (ingest ``store_logmel``), so the reader reads it instead of the audio."""
+    spec = manifest.spec()
+    key = logmel_key(audio)
+    if spec is None or not manifest.config.get("store_logmel") or manifest.config.get("logmel_key") != key:
+        return spec
+    return replace(spec, mel=(key, audio.n_mels, num_frames(audio)))
 
 
 def add_logmel(block: dict[str, np.ndarray], audio: AudioConfig, logmel: LogMel | None = None) -> dict[str, np.ndarray]:
-    """``block`` with its raw ``audio`` replaced by ``logmel`` (n, 1, n_mels, T) float32 and ``logmel_key``."""
+    """``block`` with its raw ``audio`` replaced by ``logmel`` (n, 1, n_mels, T) float32 and ``logmel_key`` (a block
+    read from a stored log-mel already has them)."""
+    if "logmel" in block:
+        return block
     logmel = logmel or LogMel(audio)
     wave = torch.from_numpy(np.asarray(block.pop("audio"), np.float32)) / 32768.0
     with torch.no_grad():
@@ -265,7 +277,7 @@ def ray_dataset(manifest: Manifest | str | Path, split: str, cfg: StreamConfig, 
     concurrency = cfg.read_concurrency or auto_read_concurrency(read_num_cpus, len(items))
     return ds.map_batches(
         _read_shards_udf, batch_size=1, fn_kwargs={
-            "classes": m.classes, "spec": m.spec(), "block_rows": cfg.shard_block_rows,
+            "classes": m.classes, "spec": reading_spec(m, cfg.audio), "block_rows": cfg.shard_block_rows,
             "max_bad_fraction": cfg.max_bad_fraction, "audio": cfg.audio if cfg.logmel_in_reader else None},
         compute=ray.data.TaskPoolStrategy(size=concurrency), num_cpus=read_num_cpus)
 
@@ -304,7 +316,7 @@ class ShardIterable(torch.utils.data.IterableDataset):
 
     def __init__(self, manifest: Manifest | str | Path, split: str, cfg: StreamConfig, epoch: int = 0):
         m = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
-        self.shards, self.classes, self.spec = _shard_order(m, split, cfg, epoch), m.classes, m.spec()
+        self.shards, self.classes, self.spec = _shard_order(m, split, cfg, epoch), m.classes, reading_spec(m, cfg.audio)
         self.cfg, self.epoch, self.sidecars = cfg, epoch, _sidecars(m, split, cfg)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.schema import SampleMeta, encode_sample
+from data.schema import SampleMeta, encode_mel, encode_sample
 from data.shards import ShardInfo, ShardWriter, sha256_file, write_manifest
 
 FRAME = 16
@@ -18,21 +18,32 @@ CONFIG = {"frame_size": FRAME, "audio": {"sample_rate": SR, "window_s": WINDOW_S
 CLASSES = ["cat", "dog"]
 
 
-def sample(i: int, label: str | None = "dog", frame_size: int = FRAME, num_samples: int = NUM_SAMPLES) -> dict:
+def sample(i: int, label: str | None = "dog", frame_size: int = FRAME, num_samples: int = NUM_SAMPLES,
+           mel_audio=None) -> dict:
+    """Sample ``i``; with ``mel_audio`` (an AudioConfig) also its stored log-mel, as ``ingest.store_logmel`` does."""
     rng = np.random.default_rng(i)
     frame = np.full((frame_size, frame_size, 3), (i * 37) % 256, np.uint8)
     wav = rng.integers(-3000, 3000, num_samples).astype(np.int16)
     meta = SampleMeta(i, f"v{i}", 0.5 * i, label, "train", 64, 48)
-    return encode_sample(meta, frame, wav, SR)
+    mel = None
+    if mel_audio is not None:
+        from avdet.audio import log_mel, logmel_key
+        mel = encode_mel(log_mel(wav.astype(np.float32) / 32768.0, mel_audio)[0], logmel_key(mel_audio))
+    return encode_sample(meta, frame, wav, SR, mel=mel)
 
 
-def write_dataset(out: Path, counts: list[int], split: str = "train") -> list[ShardInfo]:
-    """Shards of consecutive indices, ``counts[k]`` samples in shard k; manifest written."""
+def write_dataset(out: Path, counts: list[int], split: str = "train", mel_audio=None) -> list[ShardInfo]:
+    """Shards of consecutive indices, ``counts[k]`` samples in shard k; manifest written. ``mel_audio``: the set
+    stores the log-mel of those audio settings (manifest ``store_logmel``, ``logmel_key``)."""
     w, infos, i = ShardWriter(out), [], 0
     for k, n in enumerate(counts):
-        infos.append(w.write(split, k, [sample(j, CLASSES[j % 2]) for j in range(i, i + n)]))
+        infos.append(w.write(split, k, [sample(j, CLASSES[j % 2], mel_audio=mel_audio) for j in range(i, i + n)]))
         i += n
-    write_manifest(out, infos, CLASSES, CONFIG)
+    config = CONFIG
+    if mel_audio is not None:
+        from avdet.audio import logmel_key
+        config = {**CONFIG, "store_logmel": True, "logmel_key": logmel_key(mel_audio)}
+    write_manifest(out, infos, CLASSES, config)
     return infos
 
 

@@ -3,7 +3,9 @@ benchmarks cannot rot). Output goes to a temp dir (--out), never to benchmarks/R
 import json
 import math
 
+import numpy as np
 import pytest
+import torch
 
 from benchmarks import __main__ as bench_main
 from benchmarks import detector, end_to_end, faiss_bench, relabel, train_step
@@ -139,10 +141,25 @@ def test_stream_arms_count_the_train_split_of_a_folder_that_also_holds_a_test_sp
     test = ShardWriter(tmp_path).write("test", 0, ({"__key__": key, **dict(entries)} for key, entries in groups))
     write_manifest(tmp_path, [*m.shards, test], m.classes, m.config)
     cfg = StreamConfig(batch_size=16, shuffle=False, shuffle_buffer=0)
-    for arm in (stream.decode_bound(manifest, cfg), stream.decode_bound(manifest, cfg, logmel=False),
+    for arm in (stream.decode_bound(manifest, cfg), stream.decode_bound(manifest, cfg, collated=False),
                 stream.ours_plain(manifest, cfg, 0)):
         assert stream._counting(arm)() == 48
     assert stream.train_count(manifest) == 48 and sum(s.count for s in read_manifest(manifest).shards) == 56
+
+
+def test_stream_arms_read_the_stored_log_mel_and_deliver_the_same_batches(tmp_path):
+    """Shards with the stored log-mel (the benchmark's default): the plain webdataset arm and ours read it (same
+    samples, same log-mel), and the physical decode bound decodes it, not the FLAC."""
+    from benchmarks import stream
+    from data.config import StreamConfig
+    manifest = stream.make_shards(tmp_path, 40, 20, frame_size=32, store_logmel=True)
+    cfg = StreamConfig(batch_size=8, shuffle=False, shuffle_buffer=0)
+    got = [{int(i): a for b in make() for i, a in zip(b["index"], b["audio"])}
+           for make in (stream.webdataset_plain(manifest, cfg, 0), stream.ours_plain(manifest, cfg, 0))]
+    assert got[0].keys() == got[1].keys() == set(range(40))
+    assert all(torch.equal(got[0][i], got[1][i]) for i in got[0])
+    raw = next(iter(stream.decode_bound(manifest, cfg, collated=False)()))["index"][0]
+    assert raw["audio"] is None and raw["mel"].dtype == np.float16
 
 
 def test_gpu_check_cpu_fallback(tmp_path):

@@ -145,6 +145,21 @@ def test_ray_blocks_carry_the_readers_log_mel_equal_to_the_plain_path(shards, ra
         BatchCollate(AudioConfig(window_s=0.1, n_mels=32))(block)
 
 
+def test_ray_read_tasks_pass_the_stored_log_mel_through(tmp_path, ray_local):
+    """A set with the log-mel stored at ingest: the read tasks put it in the blocks as they are (no audio decoded,
+    none computed); the decoded batches equal the plain path's."""
+    write_dataset(tmp_path, [12, 9], mel_audio=AUDIO)
+    cfg = _cfg(shuffle=False, shuffle_buffer=0)
+    block = next(iter(ray_dataset(tmp_path, "train", cfg).iter_batches(batch_size=None, batch_format="numpy")))
+    assert "audio" not in block and block["logmel"].shape[1:] == (1, 64, 11)
+    ray_b = {int(i): a for b in iter_torch_batches(ray_dataset(tmp_path, "train", cfg), cfg)
+             for i, a in zip(b["index"], b["audio"])}
+    plain = {int(i): a for b in plain_loader(tmp_path, "train", StreamConfig(**{**cfg.__dict__, "num_workers": 0}))
+             for i, a in zip(b["index"], b["audio"])}
+    assert ray_b.keys() == plain.keys() == set(range(21))
+    assert all(torch.equal(ray_b[i], plain[i]) for i in ray_b)
+
+
 def test_read_concurrency_zero_takes_the_free_cpus(shards, ray_local):
     """stream.read_concurrency=0: as many 0.5-CPU read tasks as the free CPUs hold (the local Ray has 2), at most one
     per shard, at least one; the stream is complete."""
