@@ -98,6 +98,36 @@ def test_the_strategy_follows_the_config():
     assert [choose(every, v).name for v in (1, 3, 4)] == ["kmeans", "kmeans", "dense"]
 
 
+def test_kmeans_rounds_end_once_a_round_settles_and_stay_over(tmp_path):
+    """kmeans_until_stable: k-means from round 1 until a k-means round changes at most that fraction of the labels
+    (its table is marked settled, and the mark survives save/load, so a resumed run decides the same); then
+    Sinkhorn for every later round, also those up to kmeans_epochs. 0 keeps all kmeans_epochs rounds k-means."""
+    import dataclasses
+
+    from distributed.stage1.labels import LabelTable
+    feats, _ = _blobs()
+    index = torch.arange(feats.shape[0]) * 5
+    scores = Scores(index, torch.full((feats.shape[0],), -1), K, {"features": feats})
+    cfg = RelabelConfig(warm_start="kmeans", kmeans_epochs=7, kmeans_until_stable=0.05)
+    start = random_equipartition(index, K)
+    assert choose(cfg, 1, start).name == "kmeans"
+    first, _ = relabel_round(scores, Round(cfg, SK, start, 1))
+    assert not first.settled and choose(cfg, 2, first).name == "kmeans"
+    second, stats = relabel_round(scores, Round(cfg, SK, first, 2))
+    changed = second.fraction_changed(first)
+    assert stats["method"] == "kmeans" and second.settled == (changed <= 0.05)
+    second, _ = relabel_round(scores, Round(dataclasses.replace(cfg, kmeans_until_stable=changed), SK, first, 2))
+    assert second.settled and second.fraction_changed(first) == changed                 # at the bound: settled
+    below = dataclasses.replace(cfg, kmeans_until_stable=changed * 0.99)
+    assert not relabel_round(scores, Round(below, SK, first, 2))[0].settled              # just above it: not
+    second.save(tmp_path)
+    loaded = LabelTable.load(tmp_path, 2)
+    assert loaded.settled and choose(cfg, 3, loaded).name == "dense"
+    assert choose(cfg, 4, LabelTable(loaded.indices, loaded.labels, K, 3)).name == "dense"   # after a Sinkhorn round
+    assert choose(dataclasses.replace(cfg, kmeans_until_stable=0.0), 3, loaded).name == "kmeans"
+    assert not LabelTable(first.indices, first.labels, K, 1).settled                    # the default
+
+
 def test_align_to_renames_clusters_to_agree_with_the_previous_table():
     prev = np.array([0, 0, 0, 1, 1, 2, 2, 2])
     labels = np.array([2, 2, 1, 0, 0, 1, 1, 1])                     # prev's clusters under other names, one moved

@@ -112,7 +112,9 @@ class RelabelConfig:
     the rounds after the first ``kmeans_epochs`` epochs are FAISS k-means (best of ``kmeans_restarts``) over the
     features the classifiers see (``kmeans_features``; learned by the contrastive loss) instead of Sinkhorn on classifiers trained on the
     previous, noisier labels, with the clusters renamed (Hungarian) to agree most with the previous labels;
-    1 = a warm start only, ``epochs`` = DeepCluster-style k-means every round. ``topk`` > 0: sparse Sinkhorn over
+    1 = a warm start only, ``epochs`` = DeepCluster-style k-means every round; ``kmeans_until_stable`` > 0 ends the
+    k-means rounds early, after the first that changes at most that fraction of the labels (the partition has
+    settled; relabel.kmeans_over). ``topk`` > 0: sparse Sinkhorn over
     each sample's top-k clusters (workers mode), so no N×K matrix is ever held.
     """
     mode: str = "workers"
@@ -126,6 +128,8 @@ class RelabelConfig:
     kmeans_epochs: int = 1
     kmeans_restarts: int = 3            # FAISS nredo: best of this many k-means runs per round
     kmeans_features: str = "both"       # pooled trunk features k-means clusters: "both", "audio" or "visual"
+    kmeans_until_stable: float = 0.0    # > 0: the k-means rounds end early, after the first (from round 2) that
+    #                                     changes at most this fraction of the labels; 0: all kmeans_epochs rounds
     kmeans_solver: str = "rank0"        # "rank0": FAISS on rank 0 over every rank's gathered features (N×D there);
     #                                     "sharded": Lloyd steps across the ranks, only K×D sums reduced
     kmeans_max_points_per_centroid: int = 256    # "sharded": training rows per centroid (FAISS's default)
@@ -140,6 +144,7 @@ class RelabelConfig:
         require(self.kmeans_iters >= 1, "kmeans_iters", "must be >= 1")
         require(self.kmeans_epochs >= 0, "kmeans_epochs", "must be >= 0")
         require(self.kmeans_restarts >= 1, "kmeans_restarts", "must be >= 1")
+        require(0 <= self.kmeans_until_stable < 1, "kmeans_until_stable", "must be in [0, 1) (0 = off)")
         require(self.kmeans_features in ("both", "audio", "visual"), "kmeans_features",
                 "must be 'both', 'audio' or 'visual'")
         require(self.kmeans_solver in ("rank0", "sharded"), "kmeans_solver", "must be 'rank0' or 'sharded'")

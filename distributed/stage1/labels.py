@@ -2,7 +2,8 @@
 
 Stored as ``<dir>/labels-<version:06d>.npz`` (``indices`` sorted unique int64, ``labels`` int64, ``num_clusters``,
 ``version``, and ``centroids`` (K, D) float32 when a k-means round made the table: cluster k's centre, the DSOL object
-dictionary's key d^k), written atomically (temp file + rename) so a half-written table is never read; loaded with
+dictionary's key d^k; ``settled`` when that round changed at most ``relabel.kmeans_until_stable`` of the labels: the
+k-means rounds are over), written atomically (temp file + rename) so a half-written table is never read; loaded with
 ``allow_pickle=False``.
 """
 from __future__ import annotations
@@ -30,12 +31,14 @@ def _nmi(a: np.ndarray, b: np.ndarray) -> float:
 @dataclass
 class LabelTable:
     """indices (N,) int64 sorted unique global sample indices; labels (N,) int64 in [0, num_clusters); centroids
-    (num_clusters, D) float32 or None: the centre of each cluster in the feature space k-means ran in."""
+    (num_clusters, D) float32 or None: the centre of each cluster in the feature space k-means ran in; settled: a
+    k-means round that changed few labels made it (``relabel.kmeans_until_stable``: the next rounds are Sinkhorn)."""
     indices: np.ndarray
     labels: np.ndarray
     num_clusters: int
     version: int = 0
     centroids: np.ndarray | None = None
+    settled: bool = False
 
     def __post_init__(self) -> None:
         self.indices = np.ascontiguousarray(self.indices, dtype=np.int64)
@@ -130,6 +133,8 @@ class LabelTable:
         version = self.version if version is None else int(version)
         path = directory / f"labels-{version:06d}.npz"
         extra = {} if self.centroids is None else {"centroids": self.centroids}
+        if self.settled:
+            extra["settled"] = np.bool_(True)
         write_atomic(path, lambda f: np.savez(f, indices=self.indices, labels=self.labels,
                                               num_clusters=np.int64(self.num_clusters), version=np.int64(version),
                                               **extra))
@@ -143,7 +148,8 @@ class LabelTable:
                                     f"{list_versions(directory)})")
         with np.load(path, allow_pickle=False) as z:
             return cls(z["indices"], z["labels"], int(z["num_clusters"]), int(z["version"]),
-                       z["centroids"] if "centroids" in z.files else None)
+                       z["centroids"] if "centroids" in z.files else None,
+                       bool(z["settled"]) if "settled" in z.files else False)
 
     @classmethod
     def latest(cls, directory: str | Path) -> "LabelTable | None":

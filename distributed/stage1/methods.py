@@ -155,7 +155,7 @@ def _dsol_round(engine, stream, cfg: Stage1Config, state: State, version: int,
                 service: RelabelService | None) -> tuple[State, dict, str]:
     model = engine.module
     kmeans = dataclasses.replace(cfg.relabel, warm_start="kmeans", kmeans_epochs=version, kmeans_features="objects",
-                                 mode="workers")
+                                 mode="workers", kmeans_until_stable=0.0)        # every DSOL round is k-means
     table, stats = score_and_relabel(model, stream, dataclasses.replace(cfg, relabel=kmeans), state.table,
                                      version=version)
     with torch.no_grad():                           # the object dictionary D: the (renamed) centroids, every rank

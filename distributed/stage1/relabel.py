@@ -208,23 +208,36 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 
-def choose(cfg: RelabelConfig, version: int) -> Strategy:
-    """The strategy of the round that writes label table ``version`` (= the epochs trained so far): ``kmeans`` (with
-    ``warm_start="kmeans"``, for versions up to ``kmeans_epochs``), ``actors``, ``sparse`` (``topk`` > 0) or
-    ``dense``. The one place the choice is made."""
-    if cfg.warm_start == "kmeans" and version <= cfg.kmeans_epochs:
+def choose(cfg: RelabelConfig, version: int, prev: LabelTable | None = None) -> Strategy:
+    """The strategy of the round that writes label table ``version`` (= the epochs trained so far) after ``prev``:
+    ``kmeans`` (with ``warm_start="kmeans"``, for versions up to ``kmeans_epochs``, and with ``kmeans_until_stable``
+    only until a k-means round settles: :func:`kmeans_over`), ``actors``, ``sparse`` (``topk`` > 0) or ``dense``.
+    The one place the choice is made."""
+    if cfg.warm_start == "kmeans" and version <= cfg.kmeans_epochs and not kmeans_over(cfg, prev):
         return STRATEGIES["kmeans"]
     if cfg.mode == "actors":
         return STRATEGIES["actors"]
     return STRATEGIES["sparse" if cfg.topk > 0 else "dense"]
 
 
+def kmeans_over(cfg: RelabelConfig, prev: LabelTable | None) -> bool:
+    """With ``kmeans_until_stable`` > 0: the k-means rounds are over once one of them changed at most that fraction
+    of the labels (its table is ``settled``) or a Sinkhorn round ran (its table has no centroids) — k-means on
+    features that have stopped moving its partition can only trade a good labelling for another local optimum
+    (docs/INVESTIGATIONS.md). The tables carry the decision, so a resumed run makes the same one."""
+    if cfg.kmeans_until_stable <= 0 or prev is None or prev.version == 0:
+        return False
+    return prev.settled or prev.centroids is None
+
+
 def relabel_round(scores: Scores, rnd: Round) -> tuple[LabelTable, dict]:
     """One relabel round over the whole dataset (every rank calls it with its rows). Returns the new table —
     identical on every rank — and the round's statistics (:func:`.labels.round_stats`, plus ``method``; the
     comparisons with the previous table only on rank 0, which reports them)."""
-    strategy = choose(rnd.cfg, rnd.version)
+    strategy = choose(rnd.cfg, rnd.version, rnd.prev)
     table, result = strategy.solve(scores, rnd)
+    if strategy.name == "kmeans" and rnd.cfg.kmeans_until_stable > 0 and rnd.prev.version > 0:
+        table.settled = table.fraction_changed(rnd.prev) <= rnd.cfg.kmeans_until_stable   # same on every rank
     stats = round_stats(table, rnd.prev if is_main_process() else None, result)   # O(N) NMI: rank 0 reports it
     stats["method"] = strategy.name
     if strategy.name == "actors" and rnd.service is not None:
@@ -262,7 +275,7 @@ def score_and_relabel(model, stream, cfg: Stage1Config, prev: LabelTable, versio
     table on every rank, with statistics (cluster sizes, fraction changed, NMI vs previous, the method, and
     accuracy against true labels when the data has them — for monitoring only; they never reach the loss)."""
     t0 = time.perf_counter()
-    strategy = choose(cfg.relabel, version)
+    strategy = choose(cfg.relabel, version, prev)
     scores = score_dataset(model, stream, strategy, cfg.relabel)
     table, stats = relabel_round(scores, Round(cfg.relabel, cfg.sinkhorn, prev, version, cfg.train.seed, service))
     stats["relabel_s"] = time.perf_counter() - t0
