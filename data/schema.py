@@ -28,7 +28,7 @@ META_EXT = "json"
 MEL_EXT = "mel"           # optional: the log-mel stored at ingest (ingest.store_logmel), see encode_mel
 REQUIRED_EXTS = (FRAME_EXT, AUDIO_EXT, META_EXT)
 MEL_MAGIC = b"AVDETMEL"
-_MEL_HEADER = struct.Struct("<8sHHI")     # magic, n_mels, T, settings key (data.stream.logmel_key); then fp16 LE
+_MEL_HEADER = struct.Struct("<8sHHI")     # magic, n_mels, T, settings key (avdet.audio.logmel_key); then fp16 LE
 
 # PIL's own guard (a warning above it, DecompressionBombError above twice it); DecodeLimits is the tighter check
 Image.MAX_IMAGE_PIXELS = 8192 * 8192
