@@ -33,7 +33,8 @@ class IngestConfig:
     use_ray: bool = True                # False: serial in-process ingest (small jobs, debugging)
     ray_address: str = "local"          # "local" starts Ray on 127.0.0.1; "auto" joins a running cluster
     store_logmel: bool = False          # also store each sample's log-mel (float16, ``audio``'s settings): readers
-    #                                     with those settings read it instead of decoding the FLAC (manifest v2)
+    #                                     with those settings read it instead of decoding the FLAC (manifest v2); a
+    #                                     rerun that changes it rewrites finished shards from their own audio
     audio: AudioConfig = field(default_factory=AudioConfig)
 
     def check(self) -> None:

@@ -20,8 +20,9 @@ from tqdm import tqdm
 from avdet.config import to_dict
 from avdet.fileio import UnsafePathError, safe_name
 from data.config import IngestConfig
-from data.schema import SampleMeta, encode_mel, encode_sample, to_pcm16
-from data.shards import ShardInfo, ShardWriter, sweep_stale_temps, write_atomic, write_manifest
+from data.schema import AUDIO_EXT, MEL_EXT, DecodeError, SampleMeta, decode_audio, encode_mel, encode_sample, to_pcm16
+from data.shards import (ShardInfo, ShardWriter, iter_tar_groups, read_manifest, sweep_stale_temps, write_atomic,
+                         write_manifest)
 from data.video import VideoError, audio_window, decode_clip, find_video
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,49 @@ def _video_samples(row: dict, cfg: IngestConfig) -> list[dict[str, Any]]:
     return out
 
 
+def _restore_mels(writer: ShardWriter, group: dict, done: tuple, cfg: IngestConfig) -> dict:
+    """A finished shard stored with other log-mel settings (or with / without them) than this ingest's: rewritten
+    from its own samples — the ``mel`` entries dropped and, with ``store_logmel``, recomputed from each sample's
+    stored FLAC — so no video is decoded again and nothing the first ingest kept is lost. (Its sha256 changes: a
+    proposal set computed on it is recomputed by the next proposal job.)"""
+    info, extra = done
+    mel_key = _logmel_key(cfg)
+    log.info("shard %s: stored log-mel settings %s, this ingest's %s; rewriting its mel entries from its own audio",
+             info.path, extra.get("logmel_key"), mel_key)
+    samples = [{"__key__": key, **{e: b for e, b in entries if e != MEL_EXT and b is not None}}
+               for key, entries in iter_tar_groups(Path(cfg.out_dir) / info.path)]
+    if mel_key is not None:
+        waves = []
+        for s in samples:                   # a sample whose FLAC does not decode keeps no mel (readers skip it)
+            try:
+                waves.append(decode_audio(s[AUDIO_EXT]))
+            except (DecodeError, KeyError):
+                waves.append(None)
+        ok = [i for i, w in enumerate(waves) if w is not None and w.shape == (cfg.audio.num_samples,)]
+        for i, mel in zip(ok, _stored_mels([waves[i] for i in ok], cfg) if ok else []):
+            samples[i][MEL_EXT] = mel
+    extra = {k: v for k, v in extra.items() if k != "logmel_key"}
+    extra.update({"logmel_key": mel_key} if mel_key is not None else {})
+    new = writer.write(group["split"], group["shard_no"], samples, extra=extra, replace=True)
+    return {"shard": new.__dict__, "extra": extra, "skipped": False}
+
+
+def _withdraw_stale_mel_promise(cfg: IngestConfig) -> None:
+    """Before shards are rewritten with other log-mel settings, the set's manifest stops promising the old ones
+    (readers then decode the FLAC, which every shard keeps), so a stream reading it meanwhile, or after an
+    interrupted rerun, never asks a rewritten shard for entries it lacks. The final manifest is written at the end."""
+    path = Path(cfg.out_dir) / "manifest.json"
+    try:
+        m = read_manifest(path)
+    except (OSError, ValueError, KeyError, TypeError):   # none, or unreadable: the final manifest replaces it
+        return
+    if m.config.get("store_logmel") and m.config.get("logmel_key") != _logmel_key(cfg):
+        config = {k: v for k, v in m.config.items() if k not in ("store_logmel", "logmel_key")}
+        write_manifest(cfg.out_dir, m.shards, m.classes, config)
+        log.info("ingest: %s no longer promises stored log-mel (settings %s) while shards are rewritten", path,
+                 m.config.get("logmel_key"))
+
+
 def _logmel_key(cfg: IngestConfig) -> int | None:
     """The settings key of the log-mel this ingest stores (None: it stores none); a finished shard is kept only if
     it was written with the same."""
@@ -135,8 +179,7 @@ def process_group(group: dict, cfg: IngestConfig) -> dict:
     if done is not None and done[1].get("logmel_key") == mel_key:
         return {"shard": done[0].__dict__, "extra": done[1], "skipped": True}
     if done is not None:
-        log.info("shard %s: finished with stored log-mel settings %s, this ingest's are %s; rewriting it", name,
-                 done[1].get("logmel_key"), mel_key)
+        return _restore_mels(writer, group, done, cfg)
     samples, rejected, ok = [], [], 0
     for row in group["rows"]:
         try:
@@ -149,7 +192,7 @@ def process_group(group: dict, cfg: IngestConfig) -> dict:
             rejected.append({"youtube_id": row["youtube_id"], "start": row["start"], "row": row["row"],
                              "reason": "internal_error", "detail": f"{type(e).__name__}: {e}"})
     extra = {"rejected": rejected, "videos_ok": ok, **({"logmel_key": mel_key} if mel_key is not None else {})}
-    info = writer.write(group["split"], group["shard_no"], samples, extra=extra, replace=done is not None)
+    info = writer.write(group["split"], group["shard_no"], samples, extra=extra)
     for rec in rejected:
         log.info("shard %s: video %s (row %d) %s: %s; skipped", name, rec["youtube_id"], rec["row"],
                  rec["reason"], rec["detail"])
@@ -189,6 +232,7 @@ def _plan(cfg: IngestConfig) -> tuple[list[dict], list[dict], list[str]]:
     classes = sorted({r.label for r in rows if r.label is not None})
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     sweep_stale_temps(Path(cfg.out_dir))
+    _withdraw_stale_mel_promise(cfg)
     return plan_groups(rows, cfg.videos_per_shard), csv_rejects, classes
 
 

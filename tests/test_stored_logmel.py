@@ -16,7 +16,7 @@ from avdet.audio import log_mel, logmel_key
 from avdet.config import AudioConfig
 from data.config import IngestConfig, StreamConfig
 from data.health import DataHealth
-from data.ingest import ingest_local
+from data.ingest import _withdraw_stale_mel_promise, ingest_local
 from data.schema import MEL_MAGIC, DecodeError, SampleMeta, decode_mel, encode_mel, encode_sample
 from data.shards import ShardWriter, iter_samples, iter_shard_samples, read_manifest, write_manifest
 from data.stream import plain_loader, reading_spec
@@ -141,13 +141,23 @@ def test_a_rerun_that_changes_store_logmel_rewrites_the_finished_shards(tmp_path
                 frame_size=32, use_ray=False, audio=AudioConfig(window_s=0.5))
     assert ingest_local(IngestConfig(**base))["groups_skipped_as_done"] == 0
     assert ingest_local(IngestConfig(**base))["groups_skipped_as_done"] == 1
+    (v / "aaa_000000.mp4").unlink()            # the mel entries come from the shard's own audio: nothing is lost
     assert ingest_local(IngestConfig(**base, store_logmel=True))["groups_skipped_as_done"] == 0
     m = read_manifest(tmp_path / "shards")
     health = DataHealth()
     mels = [s["mel"] for s in iter_shard_samples(m.shard_path(m.shards[0]), health, reading_spec(m, _audio_of(m)))]
-    assert len(mels) == 2 and not health.bad
+    assert len(mels) == 2 and m.shards[0].count == 2 and not health.bad
+    wav = next(iter_samples(m, "train"))["audio"].astype(np.float32) / 32768.0
+    assert float(np.abs(mels[0] - log_mel(wav, _audio_of(m))[0]).max()) < 0.02
     assert ingest_local(IngestConfig(**base, store_logmel=True))["groups_skipped_as_done"] == 1
+    _withdraw_stale_mel_promise(IngestConfig(**base))   # a rerun without them: the old promise goes first
+    m = read_manifest(tmp_path / "shards")
+    assert not m.config.get("store_logmel") and reading_spec(m, _audio_of(m)).mel is None
     assert ingest_local(IngestConfig(**base))["groups_skipped_as_done"] == 0
+    m = read_manifest(tmp_path / "shards")
+    assert m.shards[0].count == 2 and "store_logmel" in m.config and not m.config["store_logmel"]
+    with __import__("tarfile").open(m.shard_path(m.shards[0])) as tar:
+        assert not [n for n in tar.getnames() if n.endswith(".mel")]
 
 
 def _audio_of(m) -> AudioConfig:
