@@ -1,6 +1,6 @@
 """Run every benchmark (or the named ones) in sequence.
 
-    python -m benchmarks                                   # train_step relabel faiss_bench detector end_to_end stream scale proposals
+    python -m benchmarks                                   # train_step relabel faiss_bench detector end_to_end stream stream_scaling scale proposals
     python -m benchmarks train_step relabel --tiny         # the named ones, smoke size
     python -m benchmarks faiss_bench --out /tmp/bench      # JSON + RESULTS.md rows into /tmp/bench
 
@@ -19,9 +19,10 @@ from pathlib import Path
 
 log = logging.getLogger("benchmarks")
 
-ALL = ("train_step", "relabel", "faiss_bench", "detector", "end_to_end", "stream", "scale", "proposals")
+ALL = ("train_step", "relabel", "faiss_bench", "detector", "end_to_end", "stream", "stream_scaling", "scale",
+       "proposals")
 TAKES_FULL = ("relabel", "faiss_bench")
-TAKES_GOALS = ("stream", "train_step", "relabel", "scale", "proposals")      # benchmarks that write their goals to benchmarks/GOALS.json (full runs, default out)
+TAKES_GOALS = ("stream", "stream_scaling", "train_step", "relabel", "scale", "proposals")      # benchmarks that write their goals to benchmarks/GOALS.json (full runs, default out)
 
 
 def bench_argv(name: str, tiny: bool, full: bool, out: str | None) -> list[str]:

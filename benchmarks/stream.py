@@ -5,15 +5,18 @@
     python -m benchmarks.stream --tiny          # seconds-long smoke run
     python -m benchmarks.stream --shards DIR    # an existing shard folder (its train split)
 
-Every figure is samples/s reaching one consumer (several for the split Ray arm), one full epoch per timing. The arms
+Every figure is samples/s reaching one consumer (several for the split Ray arm), one full epoch per timing. Every
+arm delivers what the trainers consume: (B, 3, H, W) uint8 frames (normalised on the model's device, ``to_device``)
+and the log-mel; ``--float-frames`` has every arm normalise the frames to float32 instead, as every row before
+2026-12-03 22:00 did. The arms
 run interleaved: ``--rounds`` rounds, each timing every arm once in turn (after one warm-up epoch per arm), so load
 from other processes hits every arm alike; the figure is the median over rounds (all rounds are kept). Every
 multi-process arm uses as many workers as the machine has cores. Two bounds, one thread each, × cores:
 
 * ``physical_decode_1core``: what the shards store and a reader reads, decoded: tar read + JPEG + the stored
   log-mel (float16; ``ingest.store_logmel``, the default shards here), or + FLAC for shards without it;
-* ``decode_collate_1core``: the same + stacking and frame normalisation (+ the log-mel, for shards without it) —
-  the per-sample work every loader arm does.
+* ``decode_collate_1core``: the same + stacking (+ frame normalisation with ``--float-frames``, + the log-mel for
+  shards without it) — the per-sample work every loader arm does.
 
 Ray runs on 127.0.0.1 only. With ``--goals`` (what ``make bench`` passes) the issue's goals are written to
 ``benchmarks/GOALS.json``.
@@ -78,7 +81,8 @@ def train_count(manifest) -> int:
     return sum(s.count for s in read_manifest(manifest).split_shards("train"))
 
 
-def decode_bound(manifest, cfg: StreamConfig, collated: bool = True) -> Callable[[], Iterator]:
+def decode_bound(manifest, cfg: StreamConfig, collated: bool = True, normalise: bool = False
+                 ) -> Callable[[], Iterator]:
     """One process, one thread, tight loop over the train split: tar read + JPEG + the stored log-mel (or FLAC)
     decode, and with ``collated`` the loaders' per-sample work too (stack, normalise, and the log-mel when it is not
     stored). Returns the epoch's iterator factory."""
@@ -86,7 +90,7 @@ def decode_bound(manifest, cfg: StreamConfig, collated: bool = True) -> Callable
     from data.shards import iter_shard_samples
     m = read_manifest(manifest)
     ids = {c: i for i, c in enumerate(m.classes)}
-    collate = BatchCollate(cfg.audio)
+    collate = BatchCollate(cfg.audio, normalise)
     spec = reading_spec(m, cfg.audio)
     mel_key = spec.mel[0] if spec is not None and spec.mel is not None else None
 
@@ -108,7 +112,7 @@ def decode_bound(manifest, cfg: StreamConfig, collated: bool = True) -> Callable
     return it
 
 
-def webdataset_plain(manifest, cfg: StreamConfig, workers: int) -> Callable[[], Iterator]:
+def webdataset_plain(manifest, cfg: StreamConfig, workers: int, normalise: bool = False) -> Callable[[], Iterator]:
     """The usual baseline: ``webdataset.WebDataset`` + own whitelisted decode (the stored log-mel in place of the
     FLAC where our reader reads it) + ``DataLoader(num_workers)``, each worker one torch thread."""
     import webdataset as wds
@@ -117,7 +121,7 @@ def webdataset_plain(manifest, cfg: StreamConfig, workers: int) -> Callable[[], 
     m = read_manifest(manifest)
     urls = [str(m.shard_path(s)) for s in m.split_shards("train")]
     ids = {c: i for i, c in enumerate(m.classes)}
-    collate = BatchCollate(cfg.audio)
+    collate = BatchCollate(cfg.audio, normalise)
     spec = reading_spec(m, cfg.audio)
     mel_key = spec.mel[0] if spec is not None and spec.mel is not None else None
 
@@ -137,12 +141,13 @@ def webdataset_plain(manifest, cfg: StreamConfig, workers: int) -> Callable[[], 
     return make
 
 
-def ours_plain(manifest, cfg: StreamConfig, workers: int) -> Callable[[], Iterator]:
+def ours_plain(manifest, cfg: StreamConfig, workers: int, normalise: bool = False) -> Callable[[], Iterator]:
     c = StreamConfig(**{**cfg.__dict__, "num_workers": workers})
-    return lambda: plain_loader(manifest, "train", c)
+    return lambda: plain_loader(manifest, "train", c, normalise=normalise)
 
 
-def ray_path(manifest, cfg: StreamConfig, concurrency: int, consumers: int) -> Callable[[], int]:
+def ray_path(manifest, cfg: StreamConfig, concurrency: int, consumers: int,
+             normalise: bool = False) -> Callable[[], int]:
     """Ray Data read tasks (``concurrency``) feeding ``consumers`` iterators (threads on the driver, like train
     workers each iterating their ``streaming_split`` shard). Returns a function that runs one epoch and returns
     the samples it delivered."""
@@ -150,12 +155,13 @@ def ray_path(manifest, cfg: StreamConfig, concurrency: int, consumers: int) -> C
 
     def epoch() -> int:
         if consumers == 1:
-            return sum(len(b["index"]) for b in iter_torch_batches(ray_dataset(manifest, "train", c), c))
+            return sum(len(b["index"]) for b in iter_torch_batches(ray_dataset(manifest, "train", c), c,
+                                                                   normalise=normalise))
         its = ray_dataset(manifest, "train", c).streaming_split(consumers, equal=False)
         counts = [0] * consumers
 
         def consume(k):
-            for b in iter_torch_batches(its[k], c):
+            for b in iter_torch_batches(its[k], c, normalise=normalise):
                 counts[k] += len(b["index"])
         threads = [threading.Thread(target=consume, args=(k,)) for k in range(consumers)]
         [t.start() for t in threads]
@@ -193,6 +199,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--shards", help="existing shard dir with manifest.json (default: make synthetic ones)")
     p.add_argument("--no-stored-logmel", action="store_true",
                    help="synthetic shards without the stored log-mel (every reader computes it from the FLAC)")
+    p.add_argument("--float-frames", action="store_true",
+                   help="every arm normalises the frames to float32 (the rows before 2026-12-03 22:00)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--tiny", action="store_true", help="512 samples, 1 round: a seconds-long smoke run")
@@ -205,13 +213,13 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 BASELINE_2026_12_01 = 1078.0    # the Ray path re-run idle on 2026-12-01 (issue 19): the "2x today" goal's base
 
 
-def _arms(manifest: Path, cfg: StreamConfig, cores: int) -> dict[str, Callable[[], int]]:
+def _arms(manifest: Path, cfg: StreamConfig, cores: int, normalise: bool) -> dict[str, Callable[[], int]]:
     return {"physical_decode_1core": _counting(decode_bound(manifest, cfg, collated=False)),
-            "decode_collate_1core": _counting(decode_bound(manifest, cfg)),
-            f"webdataset_dataloader_w{cores}": _counting(webdataset_plain(manifest, cfg, cores)),
-            f"ours_plain_dataloader_w{cores}": _counting(ours_plain(manifest, cfg, cores)),
-            f"ray_c{cores}_consumers1": ray_path(manifest, cfg, cores, 1),
-            f"ray_c{cores}_consumers2": ray_path(manifest, cfg, cores, 2)}
+            "decode_collate_1core": _counting(decode_bound(manifest, cfg, normalise=normalise)),
+            f"webdataset_dataloader_w{cores}": _counting(webdataset_plain(manifest, cfg, cores, normalise)),
+            f"ours_plain_dataloader_w{cores}": _counting(ours_plain(manifest, cfg, cores, normalise)),
+            f"ray_c{cores}_consumers1": ray_path(manifest, cfg, cores, 1, normalise),
+            f"ray_c{cores}_consumers2": ray_path(manifest, cfg, cores, 2, normalise)}
 
 
 def goals(fig: dict, cores: int) -> list[dict]:
@@ -245,16 +253,17 @@ def main(argv: list[str] | None = None) -> dict:
         start_local_ray(num_cpus=cores, object_store_memory=2 * 2**30)
         ray.data.DataContext.get_current().enable_progress_bars = False
         try:
-            rounds = interleaved_epochs(_arms(manifest, cfg, cores), n, args.rounds)
+            rounds = interleaved_epochs(_arms(manifest, cfg, cores, args.float_frames), n, args.rounds)
         finally:
             ray.shutdown()
     fig = {name: statistics.median(r) for name, r in rounds.items()}
     fig.update({"rounds": rounds, "cores": cores, "samples": n, "batch_size": args.batch_size,
-                "stored_logmel": stored,
+                "stored_logmel": stored, "frames": "float32" if args.float_frames else "uint8",
                 "loadavg_1m_start_end": [load_start[0], os.getloadavg()[0]], "goals": goals(fig, cores)})
     path = write_result("stream", fig, argv, args.out)
     g = {r["goal"]: r for r in fig["goals"]}
-    summary = (f"{n} samples ({'JPEG + stored log-mel' if stored else 'JPEG + FLAC, log-mel computed'}), "
+    summary = (f"{n} samples ({'JPEG + stored log-mel' if stored else 'JPEG + FLAC, log-mel computed'}; "
+               f"{fig['frames']} frames delivered), "
                f"{args.rounds} interleaved rounds, {cores} cores: physical decode "
                f"{fig['physical_decode_1core']:.0f}/s/core, with collate {fig['decode_collate_1core']:.0f}/s/core; "
                f"webdataset+DL w{cores} {fig[f'webdataset_dataloader_w{cores}']:.0f}/s; ours plain "

@@ -314,15 +314,16 @@ class ShardIterable(torch.utils.data.IterableDataset):
     """Yields decoded batches of ``cfg.batch_size`` (the last of each shard may be smaller); DataLoader workers
     take shards ``worker_id::num_workers`` of this epoch's order."""
 
-    def __init__(self, manifest: Manifest | str | Path, split: str, cfg: StreamConfig, epoch: int = 0):
+    def __init__(self, manifest: Manifest | str | Path, split: str, cfg: StreamConfig, epoch: int = 0,
+                 normalise: bool = True):
         m = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
         self.shards, self.classes, self.spec = _shard_order(m, split, cfg, epoch), m.classes, reading_spec(m, cfg.audio)
-        self.cfg, self.epoch, self.sidecars = cfg, epoch, _sidecars(m, split, cfg)
+        self.cfg, self.epoch, self.sidecars, self.normalise = cfg, epoch, _sidecars(m, split, cfg), normalise
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        collate = BatchCollate(self.cfg.audio)
+        collate = BatchCollate(self.cfg.audio, self.normalise)
         for path, count in self.shards[wid::nw]:
             seed = f"{self.cfg.seed}/{self.epoch}/{Path(path).name}" if self.cfg.shuffle else None
             for block in _blocks(path, self.classes, self.spec, self.cfg.batch_size, seed,
@@ -331,9 +332,10 @@ class ShardIterable(torch.utils.data.IterableDataset):
 
 
 def plain_loader(manifest: Manifest | str | Path, split: str, cfg: StreamConfig,
-                 epoch: int = 0) -> torch.utils.data.DataLoader:
-    """Single-machine ``DataLoader`` (``cfg.num_workers`` processes) of decoded batches; no Ray."""
-    ds = ShardIterable(manifest, split, cfg, epoch)
+                 epoch: int = 0, normalise: bool = True) -> torch.utils.data.DataLoader:
+    """Single-machine ``DataLoader`` (``cfg.num_workers`` processes) of decoded batches; no Ray. ``normalise=False``:
+    frames stay (B, 3, H, W) uint8, as :func:`iter_torch_batches` gives them."""
+    ds = ShardIterable(manifest, split, cfg, epoch, normalise)
     return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.num_workers,
                                        persistent_workers=False, prefetch_factor=cfg.prefetch_batches
                                        if cfg.num_workers > 0 else None)

@@ -148,16 +148,22 @@ def test_stream_arms_count_the_train_split_of_a_folder_that_also_holds_a_test_sp
 
 
 def test_stream_arms_read_the_stored_log_mel_and_deliver_the_same_batches(tmp_path):
-    """Shards with the stored log-mel (the benchmark's default): the plain webdataset arm and ours read it (same
-    samples, same log-mel), and the physical decode bound decodes it, not the FLAC."""
+    """Shards with the stored log-mel (the benchmark's default): the plain webdataset arm, ours and the decode bound
+    read it (same samples, same log-mel, same uint8 frames — what the trainers consume; ``--float-frames``
+    normalises them), and the physical decode bound decodes it, not the FLAC."""
     from benchmarks import stream
     from data.config import StreamConfig
+    from data.stream import normalise_frames
     manifest = stream.make_shards(tmp_path, 40, 20, frame_size=32, store_logmel=True)
     cfg = StreamConfig(batch_size=8, shuffle=False, shuffle_buffer=0)
-    got = [{int(i): a for b in make() for i, a in zip(b["index"], b["audio"])}
-           for make in (stream.webdataset_plain(manifest, cfg, 0), stream.ours_plain(manifest, cfg, 0))]
-    assert got[0].keys() == got[1].keys() == set(range(40))
-    assert all(torch.equal(got[0][i], got[1][i]) for i in got[0])
+    batches = [list(make()) for make in (stream.webdataset_plain(manifest, cfg, 0), stream.ours_plain(manifest, cfg, 0),
+                                         stream.decode_bound(manifest, cfg))]
+    got = [{int(i): (a, f) for b in arm for i, a, f in zip(b["index"], b["audio"], b["frames"])} for arm in batches]
+    assert got[0].keys() == got[1].keys() == got[2].keys() == set(range(40))
+    assert all(torch.equal(g[i][0], got[0][i][0]) and torch.equal(g[i][1], got[0][i][1]) for g in got for i in g)
+    assert all(b["frames"].dtype == torch.uint8 for arm in batches for b in arm)   # what the trainers consume
+    floats = next(iter(stream.ours_plain(manifest, cfg, 0, normalise=True)()))["frames"]
+    assert floats.dtype == torch.float32 and torch.allclose(floats, normalise_frames(batches[1][0]["frames"]))
     raw = next(iter(stream.decode_bound(manifest, cfg, collated=False)()))["index"][0]
     assert raw["audio"] is None and raw["mel"].dtype == np.float16
 
@@ -217,3 +223,17 @@ def test_proposals_benchmark_times_its_three_arms_on_the_same_frames(tmp_path):
     assert fig["ray_vs_pool"] == fig["frames_per_s"]["ray_job"] / fig["frames_per_s"]["process_pool"]
     assert fig["goals"][0]["goal"] == "proposals_ray_vs_pool"
     assert (tmp_path / "proposals.json").is_file()
+
+
+def test_stream_scaling_reads_on_the_added_reader_node(tmp_path):
+    """A second raylet (a CPU-only reader node) joining the head adds its CPU to the stream's read concurrency
+    (1 read task of 1 CPU on the 1-CPU head alone, 2 with the reader node: one must run there); every epoch delivers
+    every sample; the goal is the ratio of the medians."""
+    from benchmarks import stream_scaling
+    fig = stream_scaling.main(["--tiny", "--out", str(tmp_path), "--no-results-row"])
+    assert fig["read_concurrency"] == {"head": 1, "head_plus_reader": 2}
+    assert {arm: len(v) for arm, v in fig["rounds"].items()} == {"head": 1, "head_plus_reader": 1}
+    goal = fig["goals"][0]
+    assert goal["goal"] == "stream_scaling_reader_node"
+    assert goal["measured"] == round(fig["head_plus_reader"] / fig["head"], 3) and goal["met"] == (goal["measured"] >= 1.5)
+    assert json.loads((tmp_path / "stream_scaling.json").read_text())["figures"]["read_concurrency"] == fig["read_concurrency"]
