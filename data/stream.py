@@ -148,7 +148,9 @@ class BatchCollate:
         if self._logmel is None:
             self._logmel = LogMel(self.audio)
         frames = torch.from_numpy(np.require(block["frames"], requirements=["C", "W"])).permute(0, 3, 1, 2)
-        frames = normalise_frames(frames) if self.normalise else frames.contiguous()
+        # normalise=False: a (B, 3, H, W) view of the block's (B, H, W, 3) frames, no transposing copy here (the
+        # consumer's thread): to_device's normalisation writes them contiguous, on the model's device
+        frames = normalise_frames(frames) if self.normalise else frames
         if "logmel" in block:                                  # computed by the read task (the Ray path)
             if not bool(np.all(np.asarray(block["logmel_key"]) == logmel_key(self.audio))):
                 raise ValueError("BatchCollate: the block's log-mel was computed with other audio settings than "
