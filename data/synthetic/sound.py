@@ -7,7 +7,6 @@ envelope, vibrato and noise share differ per class. Output is float32 mono in [-
 """
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -61,21 +60,40 @@ def fluidsynth_available(soundfont: str) -> bool:
 
 
 class FluidRenderer:
-    """Offline FluidSynth (no audio driver) with one soundfont loaded; reverb and chorus off so clips don't bleed."""
+    """Offline FluidSynth (no audio driver) with one soundfont loaded, for one melody: :func:`fluid_render` makes one
+    per call and deletes it after.
+
+    A clip's audio must be a function of its notes alone, not of what the process rendered before (pool workers get
+    clips in an order that depends on timing). A synth reused from clip to clip is not: with reverb and chorus off,
+    a system reset before each clip and float output, some melodies (the violin's) still came out different after
+    other clips had played (up to 0.3 % of full scale, measured 2026-12-03) — so every melody gets a fresh synth
+    (~0.03 s: the soundfont file is in the page cache after the first). The samples are read as float:
+    FluidSynth's 16-bit output adds dither from a table whose position carries over from call to call."""
 
     def __init__(self, soundfont: str, sample_rate: int):
+        import ctypes
+
         import fluidsynth
         self.sample_rate = sample_rate
         self.synth = fluidsynth.Synth(gain=0.6, samplerate=sample_rate,
-                                      **{"synth.reverb.active": 0, "synth.chorus.active": 0})
+                                      **{"synth.reverb.active": 0, "synth.chorus.active": 0,
+                                         "synth.dynamic-sample-loading": 1})
         self.sfid = self.synth.sfload(soundfont)
         if self.sfid < 0:
             raise RuntimeError(f"FluidSynth could not load soundfont {soundfont}")
+        ptr, i32 = ctypes.c_void_p, ctypes.c_int
+        self._write_float = fluidsynth.cfunc(     # (synth, len, lout, loff, lincr, rout, roff, rincr)
+            "fluid_synth_write_float", i32, ("synth", ptr, 1), ("len", i32, 1), ("lout", ptr, 1), ("loff", i32, 1),
+            ("lincr", i32, 1), ("rout", ptr, 1), ("roff", i32, 1), ("rincr", i32, 1))
+        if self._write_float is None:
+            raise RuntimeError("FluidSynth library without fluid_synth_write_float")
 
     def _advance(self, chunks: list[np.ndarray], n: int) -> None:
         if n > 0:
-            stereo = np.asarray(self.synth.get_samples(n), np.float32).reshape(-1, 2)
-            chunks.append(stereo.mean(axis=1) / 32768.0)
+            stereo = np.empty((n, 2), np.float32)
+            if self._write_float(self.synth.synth, n, stereo.ctypes.data, 0, 2, stereo.ctypes.data, 1, 2) != 0:
+                raise RuntimeError("FluidSynth: fluid_synth_write_float failed")
+            chunks.append(stereo.mean(axis=1))
 
     def render(self, spec: ClassSpec, notes: list[Note], num_samples: int) -> np.ndarray:
         """Play ``notes`` with the class's GM program: float32 (num_samples,)."""
@@ -96,16 +114,17 @@ class FluidRenderer:
             else:
                 self.synth.noteoff(chan, note.pitch)
         self._advance(chunks, num_samples - done)
-        self.synth.all_sounds_off(chan)
-        self._advance([], 256)      # flush released voices before the next clip
         out = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
         return out[:num_samples].astype(np.float32)
 
 
-@functools.lru_cache(maxsize=2)
-def fluid_renderer(soundfont: str, sample_rate: int) -> FluidRenderer:
-    """One renderer per process (the soundfont load takes ~1 s)."""
-    return FluidRenderer(soundfont, sample_rate)
+def fluid_render(soundfont: str, sample_rate: int, spec: ClassSpec, notes: list[Note], num_samples: int) -> np.ndarray:
+    """``notes`` played by a fresh :class:`FluidRenderer` (deleted after): float32 (num_samples,)."""
+    renderer = FluidRenderer(soundfont, sample_rate)
+    try:
+        return renderer.render(spec, notes, num_samples)
+    finally:
+        renderer.synth.delete()
 
 
 # ----------------------------------------------------------------------------------------------------------- numpy
@@ -172,7 +191,7 @@ def render_instrument(spec: ClassSpec, seconds: float, num_samples: int, sample_
     """A random melody of ``spec`` with the chosen backend ("fluidsynth" or "numpy"), float32 (num_samples,)."""
     notes = plan_melody(spec, seconds, rng)
     if backend == "fluidsynth":
-        return fluid_renderer(soundfont, sample_rate).render(spec, notes, num_samples)
+        return fluid_render(soundfont, sample_rate, spec, notes, num_samples)
     return numpy_render(spec, notes, num_samples, sample_rate, rng)
 
 
