@@ -44,8 +44,9 @@ def _wait_for_cpus(cpus: float, timeout: float = 120.0) -> None:
         if ray.cluster_resources().get("CPU", 0) == cpus and ray.available_resources().get("CPU", 0) == cpus:
             return
         time.sleep(0.5)
+    now, free = ray.cluster_resources().get("CPU", 0), ray.available_resources().get("CPU", 0)
     raise RuntimeError(f"stream_scaling: the cluster did not settle at {cpus} free CPUs within {timeout:.0f} s "
-                       f"(now {ray.cluster_resources().get('CPU', 0)} CPUs, {ray.available_resources().get('CPU', 0)} free)")
+                       f"(now {now} CPUs, {free} free)")
 
 
 def _epoch(manifest: Path, batch_size: int) -> tuple[int, int]:
