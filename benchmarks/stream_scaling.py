@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.tiny:
-        args.samples, args.per_shard, args.rounds = 256, 64, 1
+        args.samples, args.per_shard, args.rounds = 256, 64, 2        # 2: both arm orders
     per_node = args.cpus_per_node
     load_start = loadavg()
     tmp = Path(tempfile.mkdtemp(prefix="avsc-", dir="/tmp"))     # short: Ray's socket paths have a length limit
@@ -98,12 +98,12 @@ def main(argv: list[str] | None = None) -> dict:
         _epoch(manifest, args.batch_size)                          # warm-up: workers, imports
         for r in range(args.rounds):
             for arm in (("head", "head_plus_reader") if r % 2 == 0 else ("head_plus_reader", "head")):
-                if arm == "head_plus_reader":
-                    reader = raycluster.start_worker(head.address, tmp / "w", num_cpus=per_node,
+                if arm == "head_plus_reader" and reader is None:
+                    reader = raycluster.start_worker(head.address, tmp / f"w{r}", num_cpus=per_node,
                                                      token_path=head.token_path)
                     _wait_for_cpus(2 * per_node)
                     _epoch(manifest, args.batch_size)              # untimed: the new node's workers start, import
-                elif reader is not None:
+                elif arm == "head" and reader is not None:
                     raycluster.stop(reader)
                     reader = None
                     _wait_for_cpus(per_node)
