@@ -49,6 +49,19 @@ def _wait_for_cpus(cpus: float, timeout: float = 120.0) -> None:
                        f"(now {now} CPUs, {free} free)")
 
 
+def _restore_env(saved: dict[str, str | None]) -> None:
+    """Put back the variables ``raycluster.connect`` set (this cluster's token path, auth mode, ...), so a later Ray
+    in this process (a test session) does not look for the token of a cluster that is gone."""
+    from distributed.cluster.ray_local import refresh_ray_process_config
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    if saved:
+        refresh_ray_process_config()
+
+
 def _epoch(manifest: Path, batch_size: int) -> tuple[int, int]:
     """One epoch of the Ray path with the cluster's read concurrency: (samples, read concurrency used)."""
     from data.config import StreamConfig
@@ -86,12 +99,14 @@ def main(argv: list[str] | None = None) -> dict:
     load_start = loadavg()
     tmp = Path(tempfile.mkdtemp(prefix="avsc-", dir="/tmp"))     # short: Ray's socket paths have a length limit
     head = reader = None
+    saved_env: dict[str, str | None] = {}
     rates: dict[str, list[float]] = {"head": [], "head_plus_reader": []}
     concurrency: dict[str, int] = {}
     try:
         manifest = make_shards(tmp / "shards", args.samples, args.per_shard, store_logmel=True)
         n = train_count(manifest)
         head = raycluster.start_head(tmp / "h", num_cpus=per_node)
+        saved_env = {k: os.environ.get(k) for k in head.env()}     # connect() sets them; restored below
         raycluster.connect(head, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         _wait_for_cpus(per_node)
@@ -121,6 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
             if node is not None:
                 raycluster.stop(node)
         shutil.rmtree(tmp, ignore_errors=True)
+        _restore_env(saved_env)
     fig = {arm: statistics.median(v) for arm, v in rates.items()}
     ratio = fig["head_plus_reader"] / fig["head"]
     fig.update({"rounds": rates, "read_concurrency": concurrency, "cpus_per_node": per_node, "samples": n,

@@ -229,8 +229,13 @@ def test_stream_scaling_reads_on_the_added_reader_node(tmp_path):
     """A second raylet (a CPU-only reader node) joining the head adds its CPU to the stream's read concurrency
     (1 read task of 1 CPU on the 1-CPU head alone, 2 with the reader node: one must run there); every epoch delivers
     every sample; the goal is the ratio of the medians."""
+    import os
+
     from benchmarks import stream_scaling
+    before = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     fig = stream_scaling.main(["--tiny", "--out", str(tmp_path), "--no-results-row"])
+    # the cluster's token path and auth mode do not outlive it (later local Rays in this process looked for it)
+    assert {k: os.environ.get(k) for k in before} == before
     assert fig["read_concurrency"] == {"head": 1, "head_plus_reader": 2}
     assert {arm: len(v) for arm, v in fig["rounds"].items()} == {"head": 2, "head_plus_reader": 2}
     goal = fig["goals"][0]
