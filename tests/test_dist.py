@@ -92,6 +92,27 @@ def test_collectives_two_process_gloo(tmp_path):
         assert torch.equal(r["bn_var"], torch.full((2,), 3.0)) and int(r["bn_tracked"]) == 0   # int buffer kept
 
 
+def _exit_without_teardown(rank: int, world: int) -> None:
+    """Both ranks leave the process without destroying their group (as a killed worker does)."""
+    import os
+    D.barrier()
+    os._exit(0)
+
+
+def test_spawned_group_leaves_no_rendezvous_file(tmp_path, monkeypatch):
+    """spawn_loopback deletes its file:// store even when no rank tore the group down (which would leave it)."""
+    store = tmp_path / "pg.store"
+    monkeypatch.setattr(D, "local_rendezvous", lambda: f"file://{store}")
+    D.spawn_loopback(_exit_without_teardown, 2)
+    assert not store.exists()
+    store.write_text("x")
+    D.remove_rendezvous("tcp://127.0.0.1:1")        # not a file store: nothing touched
+    assert store.exists()
+    D.remove_rendezvous(f"file://{store}")
+    D.remove_rendezvous(f"file://{store}")          # already gone: fine
+    assert not store.exists()
+
+
 def test_gpu_workers_get_gloo_beside_nccl():
     """GPU workers' groups carry both backends: the layer's CPU tensors (step flags, index and label gathers) go
     to gloo, CUDA tensors to NCCL; an NCCL-only group fails on the CPU ones. CPU workers: gloo."""

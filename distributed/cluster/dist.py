@@ -24,6 +24,7 @@ import tempfile
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import timedelta
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -273,6 +274,13 @@ def local_rendezvous() -> str:
     return f"file://{path}"
 
 
+def remove_rendezvous(init_method: str) -> None:
+    """Delete a ``file://`` rendezvous's store if it is still there (FileStore removes it only when every member
+    tore its group down cleanly); other init methods are left alone."""
+    if init_method.startswith("file://"):
+        Path(init_method[len("file://"):]).unlink(missing_ok=True)
+
+
 def init_group(rank: int, world_size: int, init_method: str, backend: str = "gloo",
                timeout_s: float = 300.0) -> None:
     """Join a process group at ``init_method`` (``file://`` from ``local_rendezvous`` on one machine, or
@@ -318,7 +326,11 @@ def spawn_loopback(fn: Callable, nprocs: int, *args, backend: str = "gloo") -> N
     ``fn`` must be importable (module level). Each process gets cpu_count // nprocs torch threads (oversubscribed
     OpenMP threads slow small ops by 100x). Raises if any fails."""
     import torch.multiprocessing as mp
-    mp.spawn(_spawned, args=(fn, nprocs, local_rendezvous(), args, backend), nprocs=nprocs, join=True)
+    init_method = local_rendezvous()
+    try:
+        mp.spawn(_spawned, args=(fn, nprocs, init_method, args, backend), nprocs=nprocs, join=True)
+    finally:
+        remove_rendezvous(init_method)      # left behind when a process died before tearing the group down
 
 
 # ---------------------------------------------------------------------------------------------------------------

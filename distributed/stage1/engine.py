@@ -24,6 +24,7 @@ written, not against someone who can rewrite the checksum files too (they live i
 """
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 
 from distributed.cluster.dist import (all_gather_objects, backend_for, ensure_dist_env, get_rank, get_world_size,
-                                      init_group, is_dist, local_rendezvous)
+                                      init_group, is_dist, local_rendezvous, remove_rendezvous)
 from distributed.stage1.config import Stage1TrainConfig
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,9 @@ def build_engine(model: torch.nn.Module, params_cfg: Stage1TrainConfig, steps_pe
         # a plain `python script.py`: a world of one on a file:// store (env:// would open a TCPStore listening
         # on all interfaces); the env vars are still set because DeepSpeed reads RANK/LOCAL_RANK
         ensure_dist_env()
-        init_group(0, 1, local_rendezvous(), backend=backend_for(params_cfg.use_gpu))
+        init_method = local_rendezvous()
+        init_group(0, 1, init_method, backend=backend_for(params_cfg.use_gpu))
+        atexit.register(remove_rendezvous, init_method)     # the group lives as long as the process
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     config = deepspeed_config(params_cfg, steps_per_epoch)
     params = [p for p in model.parameters() if p.requires_grad]
