@@ -53,13 +53,15 @@ class StreamConfig:
     """Shards -> batches of the decoded-batch format (docs/INTERFACES.md).
 
     ``audio`` must match the shards' audio window (``window_s`` x ``sample_rate``); the log-mel settings are used by
-    the consumer-side collate. ``shard_block_rows`` is how many samples one read call decodes into one numpy block.
+    the consumer-side collate. ``shard_block_rows`` caps the samples of one numpy block of a Ray read task (0: the
+    block closes at Ray's target block size, so each Ray block is one Arrow chunk and every batch a zero-copy slice;
+    smaller blocks are merged by Ray and cost the consumer a copy of each block).
     """
     batch_size: int = 64
     shuffle: bool = True
     seed: int = 0
     shuffle_buffer: int = 512           # rows of the consumer-side local shuffle buffer (0 = off)
-    shard_block_rows: int = 256         # rows per numpy block produced by a shard read
+    shard_block_rows: int = 0           # max rows per numpy block of a Ray read task; 0 = Ray's target block size
     read_concurrency: int = 2           # parallel Ray read tasks (each reads whole shards); 0 = the CPUs free now
     num_workers: int = 2                # DataLoader workers of the plain (non-Ray) reader
     prefetch_batches: int = 2
@@ -71,7 +73,7 @@ class StreamConfig:
     def check(self) -> None:
         require(self.batch_size >= 1, "batch_size", "must be >= 1")
         require(self.shuffle_buffer >= 0, "shuffle_buffer", "must be >= 0")
-        require(self.shard_block_rows >= 1, "shard_block_rows", "must be >= 1")
+        require(self.shard_block_rows >= 0, "shard_block_rows", "must be >= 0 (0: Ray's target block size)")
         require(self.read_concurrency >= 0, "read_concurrency", "must be >= 0 (0 = derived from the free CPUs)")
         require(self.num_workers >= 0, "num_workers", "must be >= 0")
         require(self.seed >= 0, "seed", "must be >= 0")

@@ -75,21 +75,25 @@ def _raw_in_order(path: str, seed: str | None) -> Iterator[tuple[str, list]]:
     yield from groups
 
 
-def read_shard_blocks(path: str, classes: list[str], spec: SampleSpec | None, block_rows: int,
+def read_shard_blocks(path: str, classes: list[str], spec: SampleSpec | None, block_rows: int | None,
                       shuffle_seed: str | None = None, max_bad_fraction: float = 1.0,
-                      expected_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """One shard -> numpy blocks of up to ``block_rows`` samples (module docstring). Unusable samples are skipped
-    and counted; raises DataHealthError when more than ``max_bad_fraction`` of this shard was unusable."""
+                      expected_count: int | None = None, block_bytes: int | None = None
+                      ) -> Iterator[dict[str, np.ndarray]]:
+    """One shard -> numpy blocks (module docstring), each closed at ``block_rows`` samples or as soon as its
+    decoded arrays reach ``block_bytes`` (None: no limit). Unusable samples are skipped and counted; raises
+    DataHealthError when more than ``max_bad_fraction`` of this shard was unusable."""
     ids = {c: i for i, c in enumerate(classes)}
     health = DataHealth()
     buf: list[dict[str, Any]] = []
+    size = 0
     raw = _raw_in_order(path, shuffle_seed) if shuffle_seed is not None else None
     mel_key = spec.mel[0] if spec is not None and spec.mel is not None else None
     for s in iter_shard_samples(path, health, spec, expected_count, raw=raw):
         buf.append(s)
-        if len(buf) == block_rows:
+        size += sum(v.nbytes for v in s.values() if isinstance(v, np.ndarray))
+        if len(buf) == block_rows or (block_bytes is not None and size >= block_bytes):
             yield _stack(buf, ids, mel_key)
-            buf = []
+            buf, size = [], 0
     if buf:
         yield _stack(buf, ids, mel_key)
     if health.bad_total:
@@ -196,11 +200,16 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device,
 
 
 def _read_shards_udf(batch: dict[str, np.ndarray], classes: list[str], spec: SampleSpec | None,
-                     block_rows: int, max_bad_fraction: float,
+                     block_rows: int | None, block_bytes: int, max_bad_fraction: float,
                      audio: AudioConfig | None = None) -> Iterator[dict[str, np.ndarray]]:
     """map_batches UDF: a batch of shard rows ``{"path", "count", "seed", "sidecar", "sidecar_sha"}`` -> numpy
     sample blocks; with ``audio`` the blocks carry the log-mel instead of the raw audio (:func:`add_logmel`, one
-    torch thread); with a ``sidecar`` (a proposal set's file, ``""`` for none) they carry the shard's proposals."""
+    torch thread); with a ``sidecar`` (a proposal set's file, ``""`` for none) they carry the shard's proposals.
+
+    Blocks close at ``block_bytes`` = Ray's target block size unless ``block_rows`` is set: Ray merges a task's
+    smaller outputs into one block of several Arrow chunks, and the consumer's batcher then copies the whole block
+    to combine them before slicing its first batch (``transform_pyarrow.try_combine_chunked_columns``). One output
+    per Ray block keeps every batch a zero-copy slice."""
     logmel = None
     if audio is not None:
         torch.set_num_threads(1)
@@ -209,16 +218,17 @@ def _read_shards_udf(batch: dict[str, np.ndarray], classes: list[str], spec: Sam
                                                batch["sidecar_sha"]):
         seed = os.urandom(8).hex() if seed == FRESH else (str(seed) or None)
         for block in _blocks(str(path), classes, spec, block_rows, seed, max_bad_fraction, int(count),
-                             (str(sidecar), str(sha)) if str(sidecar) else None):
+                             (str(sidecar), str(sha)) if str(sidecar) else None, block_bytes):
             yield block if logmel is None else add_logmel(block, audio, logmel)
 
 
-def _blocks(path: str, classes: list[str], spec: SampleSpec | None, block_rows: int, seed: str | None,
-            max_bad_fraction: float, count: int, sidecar: tuple[str, str] | None) -> Iterator[dict[str, np.ndarray]]:
+def _blocks(path: str, classes: list[str], spec: SampleSpec | None, block_rows: int | None, seed: str | None,
+            max_bad_fraction: float, count: int, sidecar: tuple[str, str] | None,
+            block_bytes: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """:func:`read_shard_blocks`, with the shard's proposals joined when ``sidecar`` = (path, sha256) is given."""
     from data.proposals import join_block, read_sidecar
     proposals = read_sidecar(*sidecar) if sidecar is not None else None
-    for block in read_shard_blocks(path, classes, spec, block_rows, seed, max_bad_fraction, count):
+    for block in read_shard_blocks(path, classes, spec, block_rows, seed, max_bad_fraction, count, block_bytes):
         yield block if proposals is None else join_block(block, proposals, Path(path).name)
 
 
@@ -279,9 +289,16 @@ def ray_dataset(manifest: Manifest | str | Path, split: str, cfg: StreamConfig, 
     concurrency = cfg.read_concurrency or auto_read_concurrency(read_num_cpus, len(items))
     return ds.map_batches(
         _read_shards_udf, batch_size=1, fn_kwargs={
-            "classes": m.classes, "spec": reading_spec(m, cfg.audio), "block_rows": cfg.shard_block_rows,
+            "classes": m.classes, "spec": reading_spec(m, cfg.audio), "block_rows": cfg.shard_block_rows or None,
+            "block_bytes": ray_block_bytes(ds.context),
             "max_bad_fraction": cfg.max_bad_fraction, "audio": cfg.audio if cfg.logmel_in_reader else None},
         compute=ray.data.TaskPoolStrategy(size=concurrency), num_cpus=read_num_cpus)
+
+
+def ray_block_bytes(context) -> int:
+    """The bytes at which a read task closes a block: the Ray Data context's target block size (128 MiB unless
+    set)."""
+    return int(getattr(context, "target_max_block_size", None) or 128 * 2**20)
 
 
 def auto_read_concurrency(read_num_cpus: float, shards: int) -> int:

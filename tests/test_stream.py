@@ -190,3 +190,32 @@ def test_uint8_frames_are_normalised_where_the_model_is(shards, ray_local):
     assert got.keys() == want.keys() and len(got) == N
     assert all(torch.equal(got[i], want[i]) for i in got)
     _check_batch(to_device(raw[0], torch.device("cpu")))
+
+
+def test_read_blocks_close_at_rows_or_bytes(shards):
+    """read_shard_blocks closes a block at block_rows samples or as soon as its arrays reach block_bytes."""
+    from data.shards import read_manifest
+    from data.stream import read_shard_blocks
+    m = read_manifest(shards)
+    path = str(m.shard_path(m.split_shards("train")[0]))              # 40 samples
+    whole = list(read_shard_blocks(path, m.classes, m.spec(), None))
+    assert [len(b["index"]) for b in whole] == [40]
+    per_sample = whole[0]["frames"][0].nbytes + whole[0]["audio"][0].nbytes
+    by_bytes = list(read_shard_blocks(path, m.classes, m.spec(), None, block_bytes=int(2.5 * per_sample)))
+    assert [len(b["index"]) for b in by_bytes] == [3] * 13 + [1]
+    assert [len(b["index"]) for b in read_shard_blocks(path, m.classes, m.spec(), 16)] == [16, 16, 8]
+    assert np.concatenate([b["index"] for b in by_bytes]).tolist() == whole[0]["index"].tolist()
+
+
+def test_ray_blocks_are_one_arrow_chunk_each_by_default(shards, ray_local):
+    """shard_block_rows=0: a read task's block is one Arrow chunk (Ray does not merge several outputs into it), so
+    the consumer's batcher slices it without the combining copy; a row cap makes Ray merge several into one."""
+    import ray
+
+    def blocks(cfg):
+        ds = ray_dataset(shards, "train", cfg)
+        tables = [ray.get(ref) for bundle in ds.iter_internal_ref_bundles() for ref in bundle.block_refs]
+        return [(t.num_rows, max(c.num_chunks for c in t.columns)) for t in tables]
+    default = blocks(_cfg(shard_block_rows=0, shuffle=False))
+    assert sorted(n for n, _ in default) == sorted(COUNTS) and {c for _, c in default} == {1}
+    assert max(c for _, c in blocks(_cfg(shard_block_rows=10, shuffle=False))) > 1
