@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -151,9 +152,9 @@ class BatchCollate:
     def __call__(self, block: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         if self._logmel is None:
             self._logmel = LogMel(self.audio)
-        frames = torch.from_numpy(np.require(block["frames"], requirements=["C", "W"])).permute(0, 3, 1, 2)
-        # normalise=False: a (B, 3, H, W) view of the block's (B, H, W, 3) frames, no transposing copy here (the
-        # consumer's thread): to_device's normalisation writes them contiguous, on the model's device
+        frames = _shared_tensor(np.require(block["frames"], requirements=["C"])).permute(0, 3, 1, 2)
+        # normalise=False: a (B, 3, H, W) view of the block's (B, H, W, 3) frames, no copy here (the consumer's
+        # thread): to_device's normalisation writes them contiguous, on the model's device
         frames = normalise_frames(frames) if self.normalise else frames
         if "logmel" in block:                                  # computed by the read task (the Ray path)
             if not bool(np.all(np.asarray(block["logmel_key"]) == logmel_key(self.audio))):
@@ -172,6 +173,16 @@ class BatchCollate:
             out["proposals"] = torch.from_numpy(np.require(block["proposals"], np.float32, ["C", "W"]))
             out["proposal_count"] = torch.from_numpy(np.array(block["proposal_count"], np.int64))
         return out
+
+
+def _shared_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor on ``array``'s memory even when it is read-only (a Ray block's frames live in the object store):
+    for frames that are only read, by :func:`normalise_frames`, never written in place."""
+    if array.flags.writeable:
+        return torch.from_numpy(array)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
 
 
 def normalise_frames(frames: torch.Tensor) -> torch.Tensor:
@@ -313,7 +324,8 @@ def auto_read_concurrency(read_num_cpus: float, shards: int) -> int:
 def iter_torch_batches(source, cfg: StreamConfig, epoch: int = 0,
                        normalise: bool = True) -> Iterator[dict[str, torch.Tensor]]:
     """Decoded batches from a ``ray.data.Dataset`` or ``DataIterator`` (e.g. ``ray.train.get_dataset_shard``);
-    ``normalise=False``: frames stay (B, 3, H, W) uint8, for :func:`to_device` to normalise on the model's device."""
+    ``normalise=False``: frames stay (B, 3, H, W) uint8, for :func:`to_device` to normalise on the model's device
+    (they are a view of the object store's read-only block: read them, never write into them)."""
     from ray.data.collate_fn import NumpyBatchCollateFn
 
     class _RayCollate(BatchCollate, NumpyBatchCollateFn):
