@@ -18,6 +18,7 @@ multi-process arm uses as many workers as the machine has cores. Two bounds, one
 * ``decode_collate_1core``: the same + stacking (+ frame normalisation with ``--float-frames``, + the log-mel for
   shards without it) — the per-sample work every loader arm does.
 
+``ray_c<cores>_2shards_per_task``: the Ray arm with ``stream.shards_per_task: 2`` (the default reads one).
 Ray runs on 127.0.0.1 only. With ``--goals`` (what ``make bench`` passes) the issue's goals are written to
 ``benchmarks/GOALS.json``.
 """
@@ -29,6 +30,7 @@ import os
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -219,7 +221,8 @@ def _arms(manifest: Path, cfg: StreamConfig, cores: int, normalise: bool) -> dic
             f"webdataset_dataloader_w{cores}": _counting(webdataset_plain(manifest, cfg, cores, normalise)),
             f"ours_plain_dataloader_w{cores}": _counting(ours_plain(manifest, cfg, cores, normalise)),
             f"ray_c{cores}_consumers1": ray_path(manifest, cfg, cores, 1, normalise),
-            f"ray_c{cores}_consumers2": ray_path(manifest, cfg, cores, 2, normalise)}
+            f"ray_c{cores}_consumers2": ray_path(manifest, cfg, cores, 2, normalise),
+            f"ray_c{cores}_2shards_per_task": ray_path(manifest, replace(cfg, shards_per_task=2), cores, 1, normalise)}
 
 
 def goals(fig: dict, cores: int) -> list[dict]:
@@ -268,7 +271,8 @@ def main(argv: list[str] | None = None) -> dict:
                f"{fig['physical_decode_1core']:.0f}/s/core, with collate {fig['decode_collate_1core']:.0f}/s/core; "
                f"webdataset+DL w{cores} {fig[f'webdataset_dataloader_w{cores}']:.0f}/s; ours plain "
                f"{fig[f'ours_plain_dataloader_w{cores}']:.0f}/s; ray c{cores} {fig[f'ray_c{cores}_consumers1']:.0f}/s, "
-               f"2 consumers {fig[f'ray_c{cores}_consumers2']:.0f}/s; ray/plain "
+               f"2 consumers {fig[f'ray_c{cores}_consumers2']:.0f}/s, 2 shards per task "
+               f"{fig[f'ray_c{cores}_2shards_per_task']:.0f}/s; ray/plain "
                f"x{g['stream_ray_vs_plain_reader']['measured']:.2f}, of physical decode x cores "
                f"x{g['stream_vs_physical_decode_bound']['measured']:.2f}; load avg "
                f"{fig['loadavg_1m_start_end'][0]:.1f}->{fig['loadavg_1m_start_end'][1]:.1f}")

@@ -62,24 +62,29 @@ def _restore_env(saved: dict[str, str | None]) -> None:
         refresh_ray_process_config()
 
 
-def _epoch(manifest: Path, batch_size: int) -> tuple[int, int]:
+def _epoch(manifest: Path, batch_size: int, shards_per_task: int) -> tuple[int, int]:
     """One epoch of the Ray path with the cluster's read concurrency: (samples, read concurrency used)."""
     from data.config import StreamConfig
     from data.stream import auto_read_concurrency, iter_torch_batches, ray_dataset
     from data.shards import read_manifest
-    cfg = StreamConfig(batch_size=batch_size, shuffle=False, shuffle_buffer=0, read_concurrency=0)
-    concurrency = auto_read_concurrency(1.0, len(read_manifest(manifest).split_shards("train")))
+    cfg = StreamConfig(batch_size=batch_size, shuffle=False, shuffle_buffer=0, read_concurrency=0,
+                       shards_per_task=shards_per_task)
+    shards = len(read_manifest(manifest).split_shards("train"))
+    concurrency = auto_read_concurrency(1.0, -(-shards // shards_per_task))
     ds = ray_dataset(manifest, "train", cfg, read_num_cpus=1.0)
     return sum(len(b["index"]) for b in iter_torch_batches(ds, cfg, normalise=False)), concurrency
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
+    from data.config import StreamConfig
     p = argparse.ArgumentParser(prog="python -m benchmarks.stream_scaling", description=__doc__.split("\n")[0])
     p.add_argument("--samples", type=int, default=8192)
     p.add_argument("--per-shard", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--cpus-per-node", type=int, default=1)
+    p.add_argument("--shards-per-task", type=int, default=StreamConfig().shards_per_task,
+                   help="stream.shards_per_task of the read tasks (default: the config's default)")
     p.add_argument("--goals", action="store_true", help="write the goal to benchmarks/GOALS.json (make bench)")
     add_common_args(p, "stream_scaling")
     return p.parse_args(argv)
@@ -110,21 +115,21 @@ def main(argv: list[str] | None = None) -> dict:
         raycluster.connect(head, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         _wait_for_cpus(per_node)
-        _epoch(manifest, args.batch_size)                          # warm-up: workers, imports
+        _epoch(manifest, args.batch_size, args.shards_per_task)                          # warm-up: workers, imports
         for r in range(args.rounds):
             for arm in (("head", "head_plus_reader") if r % 2 == 0 else ("head_plus_reader", "head")):
                 if arm == "head_plus_reader" and reader is None:
                     reader = raycluster.start_worker(head.address, tmp / f"w{r}", num_cpus=per_node,
                                                      token_path=head.token_path)
                     _wait_for_cpus(2 * per_node)
-                    _epoch(manifest, args.batch_size)              # untimed: the new node's workers start, import
+                    _epoch(manifest, args.batch_size, args.shards_per_task)              # untimed: the new node's workers start, import
                 elif arm == "head" and reader is not None:
                     raycluster.stop(reader)
                     reader = None
                     _wait_for_cpus(per_node)
                 _wait_for_cpus(per_node * (2 if arm == "head_plus_reader" else 1))   # the last epoch's tasks gone
                 t0 = time.perf_counter()
-                got, concurrency[arm] = _epoch(manifest, args.batch_size)
+                got, concurrency[arm] = _epoch(manifest, args.batch_size, args.shards_per_task)
                 dt = time.perf_counter() - t0
                 if got != n:
                     raise RuntimeError(f"stream_scaling {arm}: an epoch yielded {got} samples, expected {n}")
@@ -144,7 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "goals": [{"goal": "stream_scaling_reader_node", "measured": round(ratio, 3),
                            "target": f">= {TARGET} (read CPUs {per_node} -> {2 * per_node})",
                            "met": bool(ratio >= TARGET)}]})
-    summary = (f"{n} samples (JPEG + stored log-mel, uint8 frames), {args.rounds} alternating rounds, "
+    summary = (f"{n} samples (JPEG + stored log-mel, uint8 frames; {args.shards_per_task} shard(s) per read task), "
+               f"{args.rounds} alternating rounds, "
                f"{os.cpu_count()} physical cores: head ({per_node} CPU, read concurrency {concurrency['head']}) "
                f"{fig['head']:.0f}/s; + CPU-only reader node ({per_node} CPU, read concurrency "
                f"{concurrency['head_plus_reader']}) {fig['head_plus_reader']:.0f}/s: x{ratio:.2f}; load avg "

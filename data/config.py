@@ -55,7 +55,12 @@ class StreamConfig:
     ``audio`` must match the shards' audio window (``window_s`` x ``sample_rate``); the log-mel settings are used by
     the consumer-side collate. ``shard_block_rows`` caps the samples of one numpy block of a Ray read task (0: the
     block closes at Ray's target block size, so each Ray block is one Arrow chunk and every batch a zero-copy slice;
-    smaller blocks are merged by Ray and cost the consumer a copy of each block).
+    smaller blocks are merged by Ray and cost the consumer a copy of each block). ``shards_per_task`` is how many
+    shards one Ray read task reads in turn: Ray Data (2.60) notices that a task has ended only at the next output of
+    another task, so a task holds its concurrency slot for about one more shard's time after it ends, and with
+    ``read_concurrency: 2`` one task ran at a time. Two shards per task halve that loss (+7 % on 32k-sample epochs
+    here) but change the local shuffle's block boundaries, hence the stream order of a seed; at the read concurrency
+    of a cluster the loss is one slot of many (docs/INVESTIGATIONS.md).
     """
     batch_size: int = 64
     shuffle: bool = True
@@ -63,6 +68,7 @@ class StreamConfig:
     shuffle_buffer: int = 512           # rows of the consumer-side local shuffle buffer (0 = off)
     shard_block_rows: int = 0           # max rows per numpy block of a Ray read task; 0 = Ray's target block size
     read_concurrency: int = 2           # parallel Ray read tasks (each reads whole shards); 0 = the CPUs free now
+    shards_per_task: int = 1            # shards one Ray read task reads in turn (see above)
     num_workers: int = 2                # DataLoader workers of the plain (non-Ray) reader
     prefetch_batches: int = 2
     max_bad_fraction: float = 0.01      # raise when more than this fraction of samples was unreadable
@@ -75,6 +81,7 @@ class StreamConfig:
         require(self.shuffle_buffer >= 0, "shuffle_buffer", "must be >= 0")
         require(self.shard_block_rows >= 0, "shard_block_rows", "must be >= 0 (0: Ray's target block size)")
         require(self.read_concurrency >= 0, "read_concurrency", "must be >= 0 (0 = derived from the free CPUs)")
+        require(self.shards_per_task >= 1, "shards_per_task", "must be >= 1")
         require(self.num_workers >= 0, "num_workers", "must be >= 0")
         require(self.seed >= 0, "seed", "must be >= 0")
         require(self.prefetch_batches >= 0, "prefetch_batches", "must be >= 0 (0 = no prefetching)")

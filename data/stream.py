@@ -220,17 +220,48 @@ def _read_shards_udf(batch: dict[str, np.ndarray], classes: list[str], spec: Sam
     Blocks close at ``block_bytes`` = Ray's target block size unless ``block_rows`` is set: Ray merges a task's
     smaller outputs into one block of several Arrow chunks, and the consumer's batcher then copies the whole block
     to combine them before slicing its first batch (``transform_pyarrow.try_combine_chunked_columns``). One output
-    per Ray block keeps every batch a zero-copy slice."""
+    per Ray block keeps every batch a zero-copy slice, so the blocks of the batch's shards are joined up to
+    ``block_bytes`` here (:func:`coalesce_blocks`)."""
     logmel = None
     if audio is not None:
         torch.set_num_threads(1)
         logmel = LogMel(audio)
-    for path, count, seed, sidecar, sha in zip(batch["path"], batch["count"], batch["seed"], batch["sidecar"],
-                                               batch["sidecar_sha"]):
-        seed = os.urandom(8).hex() if seed == FRESH else (str(seed) or None)
-        for block in _blocks(str(path), classes, spec, block_rows, seed, max_bad_fraction, int(count),
-                             (str(sidecar), str(sha)) if str(sidecar) else None, block_bytes):
-            yield block if logmel is None else add_logmel(block, audio, logmel)
+
+    def blocks() -> Iterator[dict[str, np.ndarray]]:
+        for path, count, seed, sidecar, sha in zip(batch["path"], batch["count"], batch["seed"], batch["sidecar"],
+                                                   batch["sidecar_sha"]):
+            seed = os.urandom(8).hex() if seed == FRESH else (str(seed) or None)
+            for block in _blocks(str(path), classes, spec, block_rows, seed, max_bad_fraction, int(count),
+                                 (str(sidecar), str(sha)) if str(sidecar) else None, block_bytes):
+                yield block if logmel is None else add_logmel(block, audio, logmel)
+    yield from blocks() if block_rows is not None else coalesce_blocks(blocks(), block_bytes)
+
+
+def coalesce_blocks(blocks: Iterator[dict[str, np.ndarray]], block_bytes: int) -> Iterator[dict[str, np.ndarray]]:
+    """Consecutive ``blocks`` (a read task's shards, in order) joined into one block each while it stays within
+    ``block_bytes`` and their columns' row shapes agree: one copy here, in the read task, where Ray would otherwise merge them into a block of several
+    Arrow chunks and its consumer would copy them together (see :func:`_read_shards_udf`)."""
+    buf: list[dict[str, np.ndarray]] = []
+    size = 0
+    for block in blocks:
+        n = sum(v.nbytes for v in block.values())
+        if buf and (size + n > block_bytes or not _joinable(buf[0], block)):
+            yield _concat_blocks(buf)
+            buf, size = [], 0
+        buf.append(block)
+        size += n
+    if buf:
+        yield _concat_blocks(buf)
+
+
+def _joinable(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    """Same columns of the same row shapes (a proposal set's (n, P, 4) may differ in P from shard to shard)."""
+    return a.keys() == b.keys() and all(a[k].shape[1:] == b[k].shape[1:] and a[k].dtype.kind == b[k].dtype.kind
+                                        for k in a)
+
+
+def _concat_blocks(blocks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return blocks[0] if len(blocks) == 1 else {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
 
 
 def _blocks(path: str, classes: list[str], spec: SampleSpec | None, block_rows: int | None, seed: str | None,
@@ -267,8 +298,9 @@ def partition_shards(shards: list[tuple[str, int]], parts: int) -> list[list[tup
 
 def ray_dataset(manifest: Manifest | str | Path, split: str, cfg: StreamConfig, epoch: int | None = 0,
                 read_num_cpus: float = 0.5, part: tuple[int, int] | None = None):
-    """``ray.data.Dataset`` of numpy sample blocks of ``split`` (one read task per shard, ``cfg.read_concurrency``
-    at a time). Hand it to a TorchTrainer / ``streaming_split`` and iterate it with :func:`iter_torch_batches`.
+    """``ray.data.Dataset`` of numpy sample blocks of ``split`` (one read task per ``cfg.shards_per_task`` shards,
+    ``cfg.read_concurrency`` at a time). Hand it to a TorchTrainer / ``streaming_split`` and iterate it with
+    :func:`iter_torch_batches`.
 
     ``epoch=k`` fixes the shard and in-shard order to ``(cfg.seed, k)`` (reproducible; build one per epoch);
     ``epoch=None`` reshuffles both afresh on every execution, i.e. every epoch of a long-lived Ray Train dataset.
@@ -292,14 +324,15 @@ def ray_dataset(manifest: Manifest | str | Path, split: str, cfg: StreamConfig, 
               "seed": FRESH if fresh else f"{cfg.seed}/{epoch}/{Path(p).name}" if cfg.shuffle else "",
               "sidecar": sidecars.get(p, ("", ""))[0], "sidecar_sha": sidecars.get(p, ("", ""))[1]}
              for p, c in order]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    tasks = -(-len(items) // cfg.shards_per_task)          # one input block, one read task per shards_per_task
+    ds = ray.data.from_items(items, override_num_blocks=tasks)
     if part is not None:
         ds.context.execution_options.preserve_order = True
     if fresh:
         ds = ds.randomize_block_order()
-    concurrency = cfg.read_concurrency or auto_read_concurrency(read_num_cpus, len(items))
+    concurrency = cfg.read_concurrency or auto_read_concurrency(read_num_cpus, tasks)
     return ds.map_batches(
-        _read_shards_udf, batch_size=1, fn_kwargs={
+        _read_shards_udf, batch_size=cfg.shards_per_task, fn_kwargs={
             "classes": m.classes, "spec": reading_spec(m, cfg.audio), "block_rows": cfg.shard_block_rows or None,
             "block_bytes": ray_block_bytes(ds.context),
             "max_bad_fraction": cfg.max_bad_fraction, "audio": cfg.audio if cfg.logmel_in_reader else None},

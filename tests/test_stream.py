@@ -207,6 +207,19 @@ def test_read_blocks_close_at_rows_or_bytes(shards):
     assert np.concatenate([b["index"] for b in by_bytes]).tolist() == whole[0]["index"].tolist()
 
 
+def test_coalesce_joins_consecutive_blocks_within_bytes_and_shapes():
+    """A read task's shard blocks join in order while the sum stays within the byte cap and the row shapes agree."""
+    from data.stream import coalesce_blocks
+
+    def block(first, n, p=2):
+        return {"index": np.arange(first, first + n, dtype=np.int64), "proposals": np.zeros((n, p, 4), np.float32)}
+    per_row = 8 + 2 * 4 * 4                                   # bytes of one row: an int64 + (2, 4) float32
+    out = list(coalesce_blocks(iter([block(0, 3), block(3, 4), block(7, 5)]), block_bytes=7 * per_row))
+    assert [b["index"].tolist() for b in out] == [list(range(7)), list(range(7, 12))]
+    out = list(coalesce_blocks(iter([block(0, 3), block(3, 4, p=5), block(7, 1, p=5)]), block_bytes=2**20))
+    assert [len(b["index"]) for b in out] == [3, 5] and out[1]["proposals"].shape == (5, 5, 4)
+
+
 def test_ray_blocks_are_one_arrow_chunk_each_by_default(shards, ray_local):
     """shard_block_rows=0: a read task's block is one Arrow chunk (Ray does not merge several outputs into it), so
     the consumer's batcher slices it without the combining copy; a row cap makes Ray merge several into one."""
@@ -216,6 +229,10 @@ def test_ray_blocks_are_one_arrow_chunk_each_by_default(shards, ray_local):
         ds = ray_dataset(shards, "train", cfg)
         tables = [ray.get(ref) for bundle in ds.iter_internal_ref_bundles() for ref in bundle.block_refs]
         return [(t.num_rows, max(c.num_chunks for c in t.columns)) for t in tables]
-    default = blocks(_cfg(shard_block_rows=0, shuffle=False))
-    assert sorted(n for n, _ in default) == sorted(COUNTS) and {c for _, c in default} == {1}
+    one = blocks(_cfg(shard_block_rows=0, shuffle=False))
+    assert sorted(n for n, _ in one) == sorted(COUNTS) and {c for _, c in one} == {1}
+    # two shards per task: the task joins its shards' blocks itself, one chunk each still
+    two = blocks(_cfg(shard_block_rows=0, shards_per_task=2, shuffle=False))
+    assert len(two) == (len(COUNTS) + 1) // 2 and sum(n for n, _ in two) == sum(COUNTS)
+    assert {c for _, c in two} == {1}
     assert max(c for _, c in blocks(_cfg(shard_block_rows=10, shuffle=False))) > 1
