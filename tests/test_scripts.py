@@ -147,3 +147,15 @@ def test_setup_succeeds_when_pip_prints_only_filtered_warnings(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "WARNING: Location" not in r.stdout
     assert len(list((proj / ".venv").glob(".installed-*"))) == 1
+
+
+def test_read_task_probe_times_every_block_of_an_epoch(capsys):
+    """The probe streams the whole epoch and logs one entry per block a read task yielded: one per shard, or one per
+    two shards when a task reads two (their blocks joined in the task)."""
+    probe = _script("read_task_probe")
+    one = probe.main(["--samples", "1024", "--per-shard", "128", "--epochs", "1", "--skip", "0"])
+    two = probe.main(["--samples", "1024", "--per-shard", "128", "--epochs", "1", "--skip", "0",
+                      "--shards-per-task", "2"])
+    assert one["samples"] == two["samples"] == 1024
+    assert one["blocks"] == 8 and two["blocks"] == 4
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == two
