@@ -61,3 +61,16 @@ def test_seeds_job_shares_data_and_repeats_a_seed(tmp_path):
     tables = [np.load(d / "seeds" / f"seed-{s}" / "stage1" / "labels" / last)["labels"]
               for d, s in ((a, 0), (b, 0), (a, 1))]
     assert np.array_equal(tables[0], tables[1]) and not np.array_equal(tables[0], tables[2])
+
+
+def test_readme_seed_table_is_the_published_one():
+    """Every row of the README's seed table is the row seeds_table renders from docs/results/demo_seeds.json (the
+    README may leave rows out, not change them)."""
+    root = Path(__file__).resolve().parents[1]
+    published = json.loads((root / "docs/results/demo_seeds.json").read_text())
+    rendered = set(seeds_table(published["seeds"], published["command"]).markdown().splitlines())
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("## Results on the demo set, over seeds"):]
+    section = section[:section.index("\n## ", 1)]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "seed 0" not in line]
+    assert len(rows) >= 8 and all(row in rendered for row in rows), [r for r in rows if r not in rendered]
