@@ -115,14 +115,15 @@ def main(argv: list[str] | None = None) -> dict:
         raycluster.connect(head, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         _wait_for_cpus(per_node)
-        _epoch(manifest, args.batch_size, args.shards_per_task)                          # warm-up: workers, imports
+        _epoch(manifest, args.batch_size, args.shards_per_task)    # warm-up: workers, imports
         for r in range(args.rounds):
             for arm in (("head", "head_plus_reader") if r % 2 == 0 else ("head_plus_reader", "head")):
                 if arm == "head_plus_reader" and reader is None:
                     reader = raycluster.start_worker(head.address, tmp / f"w{r}", num_cpus=per_node,
                                                      token_path=head.token_path)
                     _wait_for_cpus(2 * per_node)
-                    _epoch(manifest, args.batch_size, args.shards_per_task)              # untimed: the new node's workers start, import
+                    # untimed: the new node's workers start, import
+                    _epoch(manifest, args.batch_size, args.shards_per_task)
                 elif arm == "head" and reader is not None:
                     raycluster.stop(reader)
                     reader = None

@@ -58,8 +58,8 @@ class StreamConfig:
     smaller blocks are merged by Ray and cost the consumer a copy of each block). ``shards_per_task`` is how many
     shards one Ray read task reads in turn: Ray Data (2.60) notices that a task has ended only at the next output of
     another task, so a task holds its concurrency slot for about one more shard's time after it ends, and with
-    ``read_concurrency: 2`` one task ran at a time. Two shards per task halve that loss (+7 % on 32k-sample epochs
-    here) but change the local shuffle's block boundaries, hence the stream order of a seed; at the read concurrency
+    ``read_concurrency: 2`` one task ran at a time. Two shards per task halve that loss (+7 to +10 % on 32k-sample
+    epochs here) but change the local shuffle's block boundaries, hence the stream order of a seed; at the read concurrency
     of a cluster the loss is one slot of many (docs/INVESTIGATIONS.md).
     """
     batch_size: int = 64

@@ -239,8 +239,9 @@ def _read_shards_udf(batch: dict[str, np.ndarray], classes: list[str], spec: Sam
 
 def coalesce_blocks(blocks: Iterator[dict[str, np.ndarray]], block_bytes: int) -> Iterator[dict[str, np.ndarray]]:
     """Consecutive ``blocks`` (a read task's shards, in order) joined into one block each while it stays within
-    ``block_bytes`` and their columns' row shapes agree: one copy here, in the read task, where Ray would otherwise merge them into a block of several
-    Arrow chunks and its consumer would copy them together (see :func:`_read_shards_udf`)."""
+    ``block_bytes`` and their columns' row shapes agree: one copy here, in the read task, where Ray would otherwise
+    merge them into a block of several Arrow chunks and its consumer would copy them together (see
+    :func:`_read_shards_udf`)."""
     buf: list[dict[str, np.ndarray]] = []
     size = 0
     for block in blocks:

@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
            "mean_tasks_running_after_skip": round(sum(r["end"] - r["start"] for r in late) / span, 2)
            if span > 0 else None,
            "block_wall_s": round(sum(r["end"] - r["start"] for r in rows) / len(rows), 3),
-           "block_cpu_s": round(sum(r["cpu"] for r in rows) / len(rows), 3), "blocks": len(rows), "cpus": os.cpu_count()}
+           "block_cpu_s": round(sum(r["cpu"] for r in rows) / len(rows), 3), "blocks": len(rows),
+           "cpus": os.cpu_count()}
     print(json.dumps(out))
     return out
 
