@@ -414,13 +414,14 @@ class SelfLabelConfig:
         require(self.peakiness_scale > 0, "peakiness_scale", "must be > 0")
 
 
-TRAINABLE_BACKBONE_LAYERS = {"resnet50_fpn": 5, "mobilenet_v3_fpn": 6}   # torchvision's limits per backbone
+TRAINABLE_BACKBONE_LAYERS = {"resnet50_fpn": 5, "resnet18_fpn": 5, "mobilenet_v3_fpn": 6}   # torchvision's limits
 
 
 @dataclass
 class DetectorConfig:
     """Off-the-shelf torchvision Faster R-CNN over K pseudo-classes + background."""
-    backbone: str = "resnet50_fpn"  # or "mobilenet_v3_fpn" for the CPU demo
+    backbone: str = "resnet50_fpn"  # or "mobilenet_v3_fpn" for the CPU demo, or "resnet18_fpn" (the stage-1 visual
+                                    # trunk's topology: backbone_weights can then come from stage 1, avdet.transfer)
     num_classes: int = 300          # K pseudo-classes (background added by the builder)
     min_size: int = 800
     max_size: int = 1333
@@ -435,8 +436,8 @@ class DetectorConfig:
     rpn_post_nms_top_n_train: int = 2000
 
     def check(self) -> None:
-        require(self.backbone in ("resnet50_fpn", "mobilenet_v3_fpn"), "backbone",
-                "must be 'resnet50_fpn' or 'mobilenet_v3_fpn'")
+        require(self.backbone in TRAINABLE_BACKBONE_LAYERS, "backbone",
+                f"must be one of {', '.join(repr(b) for b in TRAINABLE_BACKBONE_LAYERS)}")
         require(self.num_classes >= 1, "num_classes", "must be >= 1")
         require(0.0 < self.bg_iou <= 0.7, "bg_iou", "must be in (0, 0.7]")
         require(0.0 <= self.fg_iou <= 1.0, "fg_iou", "must be in [0, 1] (an IoU)")

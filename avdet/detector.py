@@ -16,6 +16,20 @@ Checkpoint format (``save_detector`` / ``load_detector``), readable with plain t
 
     model = getattr(torchvision.models.detection, ckpt["builder"].rsplit(".", 1)[1])(**ckpt["kwargs"])
     model.load_state_dict(ckpt["state_dict"])
+
+``resnet18_fpn`` (the stage-1 visual trunk's topology; torchvision has no Faster R-CNN builder for it) is the
+``FasterRCNN`` class over torchvision's own ``resnet_fpn_backbone``, with trainable batch norms as torchvision's
+builders use when they start from scratch; its checkpoint says so in a ``backbone`` entry::
+
+    {"state_dict": {...}, "builder": "torchvision.models.detection.FasterRCNN", "kwargs": {"num_classes": ...},
+     "backbone": {"builder": "torchvision.models.detection.backbone_utils.resnet_fpn_backbone",
+                  "kwargs": {"backbone_name": "resnet18", "weights": None, "trainable_layers": 5},
+                  "norm_layer": "torch.nn.BatchNorm2d"}}
+
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    model = FasterRCNN(resnet_fpn_backbone(**ckpt["backbone"]["kwargs"], norm_layer=torch.nn.BatchNorm2d),
+                       **ckpt["kwargs"])
 """
 from __future__ import annotations
 
@@ -38,8 +52,16 @@ __all__ = ["BUILDERS", "detector_spec", "build_detector", "save_detector", "load
 BUILDERS = {
     "resnet50_fpn": "torchvision.models.detection.fasterrcnn_resnet50_fpn",
     "mobilenet_v3_fpn": "torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn",
+    "resnet18_fpn": "torchvision.models.detection.FasterRCNN",
 }
 _BUILDER_PREFIX = "torchvision.models.detection."
+# Backbones the FasterRCNN class is built over: torchvision's FPN extractor of a torchvision ResNet, batch norms
+# trainable (its default FrozenBatchNorm2d is for pretrained weights; the builders above use nn.BatchNorm2d from
+# scratch).
+_BACKBONES = {"resnet18_fpn": {"builder": "torchvision.models.detection.backbone_utils.resnet_fpn_backbone",
+                               "kwargs": {"backbone_name": "resnet18", "weights": None, "trainable_layers": 5},
+                               "norm_layer": "torch.nn.BatchNorm2d"}}
+_NORM_LAYERS = {"torch.nn.BatchNorm2d": torch.nn.BatchNorm2d}
 
 
 def detector_spec(cfg: DetectorConfig) -> dict:
@@ -47,29 +69,47 @@ def detector_spec(cfg: DetectorConfig) -> dict:
     if cfg.backbone not in BUILDERS:
         raise ValueError(f"detector backbone {cfg.backbone!r} unknown; choose one of {sorted(BUILDERS)}")
     kwargs = {
-        "weights": None, "weights_backbone": None,
+        **({} if cfg.backbone in _BACKBONES else {"weights": None, "weights_backbone": None}),
         "num_classes": int(cfg.num_classes) + 1,          # K pseudo-classes + background (label 0)
         "min_size": int(cfg.min_size), "max_size": int(cfg.max_size),
         "box_fg_iou_thresh": float(cfg.fg_iou), "box_bg_iou_thresh": float(cfg.bg_iou),
         "box_batch_size_per_image": int(cfg.box_batch_size_per_image),
         "rpn_post_nms_top_n_train": int(cfg.rpn_post_nms_top_n_train),
     }
-    return {"builder": BUILDERS[cfg.backbone], "kwargs": kwargs}
+    spec = {"builder": BUILDERS[cfg.backbone], "kwargs": kwargs}
+    if cfg.backbone in _BACKBONES:
+        spec["backbone"] = {**_BACKBONES[cfg.backbone], "kwargs": dict(_BACKBONES[cfg.backbone]["kwargs"])}
+    return spec
 
 
-def _call_builder(builder: str, kwargs: dict) -> FasterRCNN:
+def _torchvision_callable(builder: str, what: str):
     if not builder.startswith(_BUILDER_PREFIX):
-        raise ValueError(f"detector builder {builder!r} is not a torchvision.models.detection builder; refusing it")
-    if kwargs.get("weights") is not None or kwargs.get("weights_backbone") is not None:
-        raise ValueError(f"detector kwargs ask for downloadable weights ({kwargs}); only weights=None is allowed")
+        raise ValueError(f"{what} {builder!r} is not in torchvision.models.detection; refusing it")
     module = importlib.import_module(builder.rsplit(".", 1)[0])
-    return getattr(module, builder.rsplit(".", 1)[1])(**kwargs)
+    return getattr(module, builder.rsplit(".", 1)[1])
+
+
+def _call_builder(builder: str, kwargs: dict, backbone: dict | None = None) -> FasterRCNN:
+    """The detector of a spec (:func:`detector_spec`, or a checkpoint's record): a torchvision builder called with
+    ``kwargs``, or the FasterRCNN class over the backbone its ``backbone`` entry builds. Only weights=None passes."""
+    for kw in (kwargs, (backbone or {}).get("kwargs", {})):
+        if kw.get("weights") is not None or kw.get("weights_backbone") is not None:
+            raise ValueError(f"detector kwargs ask for downloadable weights ({kw}); only weights=None is allowed")
+    build = _torchvision_callable(builder, "detector builder")
+    if backbone is None:
+        return build(**kwargs)
+    if backbone.get("norm_layer") not in _NORM_LAYERS:
+        raise ValueError(f"detector backbone norm_layer {backbone.get('norm_layer')!r} unknown; "
+                         f"expected one of {sorted(_NORM_LAYERS)}")
+    body = _torchvision_callable(backbone["builder"], "detector backbone builder")(
+        **backbone["kwargs"], norm_layer=_NORM_LAYERS[backbone["norm_layer"]])
+    return build(body, **kwargs)
 
 
 def _freeze_backbone(model: FasterRCNN, backbone: str, trainable_layers: int) -> None:
     """Freeze the early backbone stages like torchvision's ``_resnet_fpn_extractor`` / ``_mobilenet_extractor``."""
     body = model.backbone.body
-    if backbone == "resnet50_fpn":
+    if backbone in ("resnet50_fpn", "resnet18_fpn"):
         train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
         if trainable_layers >= 5:
             train.append("bn1")
@@ -86,7 +126,8 @@ def _freeze_backbone(model: FasterRCNN, backbone: str, trainable_layers: int) ->
 
 
 def _load_backbone_weights(model: FasterRCNN, path: str) -> None:
-    """Load a torchvision classification state_dict (resnet50 / mobilenet_v3_large) into ``model.backbone.body``."""
+    """Load a torchvision classification state_dict (resnet50 / resnet18 / mobilenet_v3_large, or a stage-1 trunk
+    exported by :func:`avdet.transfer.export_visual_trunk`) into ``model.backbone.body``."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"detector.backbone_weights: {path} does not exist (weights are never downloaded)")
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -106,7 +147,7 @@ def _load_backbone_weights(model: FasterRCNN, path: str) -> None:
 def build_detector(cfg: DetectorConfig) -> FasterRCNN:
     """A torchvision Faster R-CNN with ``cfg.num_classes + 1`` classes (index 0 = background); never downloads."""
     spec = detector_spec(cfg)
-    model = _call_builder(spec["builder"], spec["kwargs"])
+    model = _call_builder(spec["builder"], spec["kwargs"], spec.get("backbone"))
     if cfg.backbone_weights:
         _load_backbone_weights(model, cfg.backbone_weights)
         _freeze_backbone(model, cfg.backbone, cfg.trainable_backbone_layers)
@@ -117,7 +158,7 @@ def save_detector(model: FasterRCNN, cfg: DetectorConfig, path: str | os.PathLik
     """Write ``{"state_dict", "builder", "kwargs"}`` atomically (temp file, then rename) and return the path."""
     spec = detector_spec(cfg)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    record = {"state_dict": state, "builder": spec["builder"], "kwargs": spec["kwargs"]}
+    record = {"state_dict": state, **spec}
     return write_atomic(path, lambda f: torch.save(record, f))
 
 
@@ -127,7 +168,7 @@ def load_detector(path: str | os.PathLike, map_location: str | torch.device = "c
     for key in ("state_dict", "builder", "kwargs"):
         if key not in ckpt:
             raise ValueError(f"detector checkpoint {path} has no {key!r}; was it written by save_detector?")
-    model = _call_builder(ckpt["builder"], dict(ckpt["kwargs"]))
+    model = _call_builder(ckpt["builder"], dict(ckpt["kwargs"]), ckpt.get("backbone"))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
 

@@ -88,7 +88,8 @@ NOT_RESULT_KEYS: dict[str, tuple[str, ...]] = {
     "stage1": ("ray_address", "out_dir", "manifest", "train.report_every", "train.max_failures",
                "train.fail_at_step"),
     "pseudo": ("ray_address", "out_dir", "manifest", "stage1_dir"),
-    "detector": ("ray_address", "out_dir", "manifest", "pseudo_dir", "report_every", "max_failures", "fail_at_step"),
+    "detector": ("ray_address", "out_dir", "manifest", "pseudo_dir", "stage1_model", "report_every", "max_failures",
+                 "fail_at_step"),
     "evaluate": ("ray_address", "out_dir", "manifest", "gt", "pseudo_train", "pseudo_test", "heatmaps", "detector",
                  "detector_history", "stage1_done", "k_sweep_json", "weak_sup_results", "onscreen", "gt_offscreen"),
 }
@@ -215,6 +216,7 @@ def resolve(cfg: PipelineConfig) -> PipelineConfig:
                  train=r(cfg.stage1.train, seed=cfg.seed), stream=r(cfg.stage1.stream, seed=cfg.seed)),
         pseudo=r(cfg.pseudo, stage1_dir=s1, manifest=manifest, out_dir=pseudo, ray_address=cfg.ray_address),
         detector=r(cfg.detector, pseudo_dir=pseudo, manifest=manifest, out_dir=det, ray_address=cfg.ray_address,
+                   stage1_model=str(Path(s1) / "model.pt"),
                    detector=r(cfg.detector.detector, num_classes=cfg.num_clusters), seed=cfg.seed,
                    stream=r(cfg.detector.stream, seed=cfg.seed)),
         evaluate=r(cfg.evaluate, manifest=manifest, gt=gt, pseudo_train=str(Path(pseudo) / "pseudo_train.json"),

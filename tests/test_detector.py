@@ -74,3 +74,51 @@ def test_local_backbone_weights_are_loaded(tmp_path):
     assert not model.backbone.body["0"][0].weight.requires_grad
     with pytest.raises(FileNotFoundError):
         build_detector(DetectorConfig(backbone="mobilenet_v3_fpn", backbone_weights=str(tmp_path / "no.pt"), **SMALL))
+
+
+def test_resnet18_fpn_round_trips_through_plain_torchvision(tmp_path):
+    """The stage-1 trunk's topology as a detector backbone: the checkpoint rebuilds with torchvision alone, by the
+    recipe of the module docstring, and detects exactly what the trained model detects."""
+    torch.manual_seed(0)
+    cfg = DetectorConfig(backbone="resnet18_fpn", **SMALL)
+    model = build_detector(cfg)
+    assert isinstance(model.backbone.body.bn1, torch.nn.BatchNorm2d)       # trainable from scratch, not frozen
+    assert all(p.requires_grad for p in model.backbone.body.parameters())
+    images, targets = _batch()
+    model.train()
+    sum(model(images, targets).values()).backward()
+    model.eval()
+    model.roi_heads.score_thresh = 0.0
+    path = save_detector(model, cfg, tmp_path / "r18.pt")
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["builder"] == "torchvision.models.detection.FasterRCNN"
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    plain = FasterRCNN(resnet_fpn_backbone(**ckpt["backbone"]["kwargs"], norm_layer=torch.nn.BatchNorm2d),
+                       **ckpt["kwargs"])
+    plain.load_state_dict(ckpt["state_dict"])
+    plain.eval().roi_heads.score_thresh = 0.0
+    loaded = load_detector(path)
+    loaded.roi_heads.score_thresh = 0.0
+    with torch.no_grad():
+        a, b, c = model(images), plain(images), loaded(images)
+    assert sum(len(x["boxes"]) for x in a) > 0
+    for x, y, z in zip(a, b, c):
+        assert torch.equal(x["boxes"], y["boxes"]) and torch.equal(x["boxes"], z["boxes"])
+        assert torch.equal(x["scores"], y["scores"]) and torch.equal(x["labels"], z["labels"])
+
+
+def test_checkpoint_backbone_entry_is_checked(tmp_path):
+    cfg = DetectorConfig(backbone="resnet18_fpn", **SMALL)
+    path = save_detector(build_detector(cfg), cfg, tmp_path / "r18.pt")
+    ckpt = torch.load(path, weights_only=True)
+    for key, value, message in [("norm_layer", "torchvision.ops.misc.FrozenBatchNorm2d", "norm_layer"),
+                                ("builder", "os.system", "not in torchvision.models.detection")]:
+        bad = {**ckpt, "backbone": {**ckpt["backbone"], key: value}}
+        torch.save(bad, tmp_path / "bad.pt")
+        with pytest.raises(ValueError, match=message):
+            load_detector(tmp_path / "bad.pt")
+    bad = {**ckpt, "backbone": {**ckpt["backbone"], "kwargs": {**ckpt["backbone"]["kwargs"], "weights": "DEFAULT"}}}
+    torch.save(bad, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="downloadable weights"):
+        load_detector(tmp_path / "bad.pt")

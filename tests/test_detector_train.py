@@ -72,6 +72,37 @@ def test_train_one_epoch_and_reload(ray_local, toy):
     assert run_detector_training(_cfg(root, manifest, out_dir=str(out))) == summary     # complete: skipped
 
 
+def test_backbone_starts_from_the_stage1_trunk(ray_local, toy):
+    """init_from_stage1: the job exports the stage-1 visual trunk and every worker's backbone starts from it (after a
+    few steps the weights are still near the trunk's, not near a fresh initialisation)."""
+    from avdet.config import ConfigError, ModelConfig
+    from avdet.model import AVModel, model_state
+    from avdet.transfer import export_visual_trunk
+
+    root, manifest, _ = toy
+    torch.manual_seed(3)
+    stage1 = model_state(AVModel(ModelConfig(visual_width=8, audio_width=8, num_clusters=K, embed_dim=16)))
+    torch.save(stage1, root / "model.pt")
+    det = DetectorConfig(backbone="resnet18_fpn", num_classes=99, min_size=SIZE, max_size=SIZE)
+    out = root / "det_s1"
+    cfg = _cfg(root, manifest, out_dir=str(out), detector=det, init_from_stage1=True,
+               stage1_model=str(root / "model.pt"))
+    cfg.check()
+    run_detector_training(cfg)
+    exported = torch.load(out / "backbone_from_stage1.pt", weights_only=True)
+    assert all(torch.equal(v, exported[k]) for k, v in export_visual_trunk(stage1, seed=cfg.seed).items())
+    saved = (out / "config.yaml").read_text()
+    assert "init_from_stage1: true" in saved and "backbone_weights: null" in saved
+    trained = torch.load(out / "detector.pt", weights_only=True)["state_dict"]["backbone.body.layer3.0.conv1.weight"]
+    trunk = stage1["visual.layer3.0.conv1.weight"]
+    torch.manual_seed(0)
+    fresh = torchvision.models.resnet18(weights=None).layer3[0].conv1.weight.detach()
+    w = trunk.shape
+    assert (trained[:w[0], :w[1]] - trunk).norm() < 0.2 * (fresh[:w[0], :w[1]] - trunk).norm()
+    with pytest.raises(ConfigError, match="resnet18_fpn"):
+        _cfg(root, manifest, init_from_stage1=True, stage1_model="m.pt").check()
+
+
 @pytest.mark.slow
 def test_fault_injection_and_resume(ray_local, toy):
     root, manifest, _ = toy
@@ -135,3 +166,15 @@ def test_augmented_detection_batch_is_seeded_and_keeps_boxes_in_the_frame():
     plain = to_detection_batch(batch, "cpu")
     assert plain[1][0]["boxes"].tolist() == [[10.0, 20.0, 40.0, 50.0]]
     assert any(not torch.equal(p, x) for p, x in zip(plain[0], a[0]))      # something was augmented
+
+
+def test_stage1_backbone_export_names_what_is_missing(tmp_path):
+    from distributed.detector.train import export_stage1_backbone
+    with pytest.raises(ValueError, match="needs stage1_model"):
+        export_stage1_backbone("", tmp_path, 0)
+    with pytest.raises(FileNotFoundError, match="nothing.pt do not exist"):
+        export_stage1_backbone(tmp_path / "nothing.pt", tmp_path, 0)
+    torch.save({"conv1.weight": torch.zeros(8, 3, 7, 7)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not an avdet stage-1 model.pt"):
+        export_stage1_backbone(tmp_path / "other.pt", tmp_path, 0)
+    assert not (tmp_path / "backbone_from_stage1.pt").exists()

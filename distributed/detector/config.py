@@ -18,7 +18,11 @@ class DetectorTrainConfig:
     trains on a fixed random subset of that many annotated frames (CPU demos). ``torch_threads`` 0 keeps Ray's
     default (one thread per reserved CPU). ``hflip`` (probability) and ``scale_jitter`` ([lo, hi] resize factors,
     then crop/pad back to the frame size) augment the training images as torchvision's detection references do;
-    ``seed`` drives initialisation, the stream order, the box samplers and the augmentations. ``fail_at_step`` >= 0 is a FAULT-INJECTION knob for tests: rank 0 raises
+    ``seed`` drives initialisation, the stream order, the box samplers and the augmentations. ``init_from_stage1``
+    starts the backbone (``detector.backbone: resnet18_fpn``) from the visual trunk of the stage-1 weights
+    ``stage1_model`` (the pipeline sets it to ``<workdir>/stage1/model.pt``; :mod:`avdet.transfer`), exported to
+    ``out_dir``/backbone_from_stage1.pt, which every worker reads (``out_dir`` is on storage the workers share, as the
+    checkpoints are). ``fail_at_step`` >= 0 is a FAULT-INJECTION knob for tests: rank 0 raises
     once at that global step (a marker file in ``out_dir`` stops it recurring after the restart); leave it at -1.
     """
     pseudo_dir: str = ""
@@ -49,6 +53,8 @@ class DetectorTrainConfig:
     hflip: float = 0.0
     scale_jitter: list[float] = field(default_factory=lambda: [1.0, 1.0])
     fail_at_step: int = -1
+    init_from_stage1: bool = False
+    stage1_model: str = ""
     stream: StreamConfig = field(default_factory=StreamConfig)
 
     def augments(self) -> bool:
@@ -77,4 +83,10 @@ class DetectorTrainConfig:
         require(len(self.scale_jitter) == 2 and 0 < self.scale_jitter[0] <= self.scale_jitter[1] <= 4,
                 "scale_jitter", "must be [lo, hi] with 0 < lo <= hi <= 4 ([1, 1] = off)")
         require(self.seed >= 0, "seed", "must be >= 0")
+        if self.init_from_stage1:
+            require(self.detector.backbone == "resnet18_fpn", "init_from_stage1",
+                    f"needs detector.backbone resnet18_fpn (the stage-1 trunk's topology), not "
+                    f"{self.detector.backbone!r}")
+            require(not self.detector.backbone_weights, "init_from_stage1",
+                    "and detector.backbone_weights both set the backbone's weights; choose one")
         require(self.fail_at_step >= -1, "fail_at_step", "must be >= 0, or -1 for no fault injection")

@@ -7,8 +7,10 @@ so every worker sees rows ``{"frames" (H,W,3) uint8, "index", "box" (4,) xyxy fl
 The loop itself is :mod:`distributed.detector.worker`.
 
 Artifacts under ``out_dir``: ``config.yaml`` (resolved, with K filled in), ``tb/`` (TensorBoard, rank 0),
-``ray/`` (the Ray Train run and its per-epoch checkpoints), ``detector.pt`` (:func:`avdet.detector.save_detector`:
-plain torchvision builder + state_dict), ``history.json`` (per-epoch metrics), ``done.json`` (written last).
+``ray/`` (the Ray Train run and its per-epoch checkpoints), ``backbone_from_stage1.pt`` (with ``init_from_stage1``:
+the stage-1 visual trunk as a torchvision resnet18 state_dict, :mod:`avdet.transfer`), ``detector.pt``
+(:func:`avdet.detector.save_detector`: plain torchvision builder + state_dict), ``history.json`` (per-epoch
+metrics), ``done.json`` (written last).
 Re-running a complete stage returns its ``done.json``; re-running an interrupted one resumes from the latest
 checkpoint (Ray Train restores it from ``ray/``).
 """
@@ -26,7 +28,8 @@ import torch
 
 from avdet.config import save_config, to_dict
 from avdet.detector import build_detector, save_detector
-from avdet.fileio import write_json
+from avdet.fileio import write_atomic, write_json
+from avdet.transfer import export_visual_trunk, trunk_width
 from data.artifacts import read_done, write_done
 from distributed.cluster.ray_local import connect_ray
 from distributed.cluster.resources import fit_to_cluster, train_demand
@@ -90,6 +93,20 @@ def _finish(cfg: DetectorTrainConfig, checkpoint, out: Path, table: dict) -> dic
     return write_done(out, summary, [out / "detector.pt", out / "history.json", out / "config.yaml"])
 
 
+def export_stage1_backbone(stage1_model: str | os.PathLike, out: Path, seed: int) -> Path:
+    """Write the visual trunk of the stage-1 weights ``stage1_model`` as a torchvision resnet18 state_dict to
+    ``out``/backbone_from_stage1.pt (atomically) and return its path."""
+    if not stage1_model:
+        raise ValueError("detector.init_from_stage1 needs stage1_model, the stage-1 model.pt (the pipeline sets it)")
+    src = Path(stage1_model)
+    if not src.is_file():
+        raise FileNotFoundError(f"detector.init_from_stage1: the stage-1 weights {src} do not exist (stage1_model)")
+    state = torch.load(src, map_location="cpu", weights_only=True)
+    trunk = export_visual_trunk(state, seed=seed)
+    log.info("detector: backbone from the %d-wide stage-1 visual trunk of %s", trunk_width(state), src)
+    return write_atomic(out / "backbone_from_stage1.pt", lambda f: torch.save(trunk, f))
+
+
 def run_detector_training(cfg: DetectorTrainConfig) -> dict:
     """Train the detector (or return the finished stage's summary). Returns ``{"detector", "history",
     "num_classes", "num_train_images", "epochs", "resumes", "final_loss", "images_per_s"}``."""
@@ -107,6 +124,9 @@ def run_detector_training(cfg: DetectorTrainConfig) -> dict:
         cfg = dataclasses.replace(cfg, detector=dataclasses.replace(cfg.detector, num_classes=k))
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
+    if cfg.init_from_stage1:        # the workers load the exported trunk like any local backbone weights
+        cfg = dataclasses.replace(cfg, init_from_stage1=False, detector=dataclasses.replace(
+            cfg.detector, backbone_weights=str(export_stage1_backbone(cfg.stage1_model, out, cfg.seed))))
     connect_ray(cfg.ray_address, num_cpus=_local_cpus(cfg))
     log.info("detector: %d images, K=%d, %s at %d px, %d workers x batch %d, %d epochs", len(table["index"]), k,
              cfg.detector.backbone, cfg.detector.min_size, cfg.num_workers, cfg.batch_size, cfg.epochs)
