@@ -434,6 +434,9 @@ class DetectorConfig:
     # background; 128 makes a CPU step ~3.6x faster at 128 px (measured, see README).
     box_batch_size_per_image: int = 512
     rpn_post_nms_top_n_train: int = 2000
+    # Proposals per test image through the box head (torchvision: 1000). At 128 px the resnet FPN's 1000 make its
+    # inference ~5x dearer than the mobilenet's (docs/RESULTS.md); detection keeps the best 100 boxes either way.
+    rpn_post_nms_top_n_test: int = 1000
 
     def check(self) -> None:
         require(self.backbone in TRAINABLE_BACKBONE_LAYERS, "backbone",
@@ -449,3 +452,4 @@ class DetectorConfig:
         require(self.min_size >= 32 and self.max_size >= self.min_size, "min_size", "must be >= 32 and <= max_size")
         require(self.box_batch_size_per_image >= 1, "box_batch_size_per_image", "must be >= 1")
         require(self.rpn_post_nms_top_n_train >= 1, "rpn_post_nms_top_n_train", "must be >= 1")
+        require(self.rpn_post_nms_top_n_test >= 1, "rpn_post_nms_top_n_test", "must be >= 1")

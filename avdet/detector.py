@@ -75,6 +75,7 @@ def detector_spec(cfg: DetectorConfig) -> dict:
         "box_fg_iou_thresh": float(cfg.fg_iou), "box_bg_iou_thresh": float(cfg.bg_iou),
         "box_batch_size_per_image": int(cfg.box_batch_size_per_image),
         "rpn_post_nms_top_n_train": int(cfg.rpn_post_nms_top_n_train),
+        "rpn_post_nms_top_n_test": int(cfg.rpn_post_nms_top_n_test),
     }
     spec = {"builder": BUILDERS[cfg.backbone], "kwargs": kwargs}
     if cfg.backbone in _BACKBONES:

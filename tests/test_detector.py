@@ -108,6 +108,32 @@ def test_resnet18_fpn_round_trips_through_plain_torchvision(tmp_path):
         assert torch.equal(x["scores"], y["scores"]) and torch.equal(x["labels"], z["labels"])
 
 
+def test_test_time_proposals_reach_the_box_head_and_the_checkpoint(tmp_path):
+    """``rpn_post_nms_top_n_test`` caps the proposals the box head scores per test image (the cost of a resnet FPN's
+    inference), in the trained model and in the checkpoint's plain-torchvision rebuild; training keeps its own cap."""
+    torch.manual_seed(0)
+    cfg = DetectorConfig(backbone="resnet18_fpn", rpn_post_nms_top_n_test=40, rpn_post_nms_top_n_train=300, **SMALL)
+    seen: list[int] = []
+    hook = lambda module, args, out: seen.append(out.shape[0])      # noqa: E731  (box features: one row per RoI)
+
+    def rois_per_image(model, images) -> list[int]:
+        seen.clear()
+        handle = model.roi_heads.box_head.register_forward_hook(hook)
+        with torch.no_grad():
+            model.eval()(images)
+        handle.remove()
+        return seen
+    images, _ = _batch()
+    model = build_detector(cfg)
+    assert rois_per_image(model, images) == [80]                    # 2 images x 40 proposals
+    default = build_detector(DetectorConfig(backbone="resnet18_fpn", **SMALL))
+    assert rois_per_image(default, images)[0] > 80                  # torchvision's 1000 (what the NMS leaves)
+    assert model.rpn.post_nms_top_n() == 40 and model.train().rpn.post_nms_top_n() == 300
+    assert rois_per_image(load_detector(save_detector(model, cfg, tmp_path / "d.pt")), images) == [80]
+    with pytest.raises(ValueError, match="rpn_post_nms_top_n_test"):
+        DetectorConfig(rpn_post_nms_top_n_test=0).check()
+
+
 def test_checkpoint_backbone_entry_is_checked(tmp_path):
     cfg = DetectorConfig(backbone="resnet18_fpn", **SMALL)
     path = save_detector(build_detector(cfg), cfg, tmp_path / "r18.pt")
