@@ -434,8 +434,8 @@ class DetectorConfig:
     # background; 128 makes a CPU step ~3.6x faster at 128 px (measured, see README).
     box_batch_size_per_image: int = 512
     rpn_post_nms_top_n_train: int = 2000
-    # Proposals per test image through the box head (torchvision: 1000). At 128 px the resnet FPN's 1000 make its
-    # inference ~5x dearer than the mobilenet's (docs/RESULTS.md); detection keeps the best 100 boxes either way.
+    # Proposals per test image through the box head (torchvision: 1000). At 128 px a resnet FPN's RPN fills all 1000
+    # and its evaluation costs ~4x the mobilenet's; 200 halves it (docs/RESULTS.md). The best 100 boxes are kept.
     rpn_post_nms_top_n_test: int = 1000
 
     def check(self) -> None:
