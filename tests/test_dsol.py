@@ -219,4 +219,7 @@ def test_the_round_gives_one_table_and_fresh_classifiers_in_one_or_two_processes
         got = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
         assert got["table"] == table
         assert all(torch.equal(got["cls"][k], fresh[k]) for k in fresh)
-        assert torch.equal(got["cls"]["dictionary"], cls["dictionary"])
+        # the centroids are sums over the rows: over two ranks they are all-reduced in another order, so their last
+        # bits may differ with the machine's kernels (on an AVX-512 EPYC: 44 of 96 values, by at most 3e-8 = 1 ulp);
+        # the labels above may not
+        torch.testing.assert_close(got["cls"]["dictionary"], cls["dictionary"], rtol=1e-6, atol=1e-7)
