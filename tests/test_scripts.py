@@ -128,6 +128,21 @@ def _setup_sandbox(tmp_path, pip_body: str) -> tuple[Path, dict]:
     return proj, env
 
 
+def test_cluster_probe_restart_sweep_finds_the_blobs_with_more_restarts():
+    """Nine separated Gaussian blobs: one random k-means start often merges two and splits another (accuracy < 0.9);
+    30 restarts do better on average and reach the blobs' own partition's objective."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    k = 9
+    true = np.repeat(np.arange(k), 200)
+    x = (rng.normal(size=(k, 16)) * 3)[true] + rng.normal(size=(true.size, 16)) * 0.5
+    runs = _script("cluster_probe").restart_sweep(x, true, k, [1, 30], tries=10)
+    assert runs["1"]["below_0.9"] >= 3 and runs["30"]["acc_mean"] > runs["1"]["acc_mean"] + 0.1
+    own = sum(float(((x[true == c] - x[true == c].mean(0)) ** 2).sum()) for c in range(k))
+    assert runs["30"]["objective_min"] <= own * 1.0001 and runs["1"]["objective_max"] > 2 * own
+
+
 def test_setup_fails_loudly_when_pip_fails(tmp_path):
     """Before the fix `pip ... | grep -v ... || true` swallowed pip's status and the stamp was written anyway."""
     import subprocess
