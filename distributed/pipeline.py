@@ -190,6 +190,13 @@ def replaced_settings(given, resolved, prefix: str = "") -> list[str]:
     return out
 
 
+def _evaluated_detector(cfg: PipelineConfig, det: str) -> str:
+    """The detector evaluation scores: this pipeline's, when it trains one (``stages`` has "detector") or one is
+    there (its ``done.json``); "" otherwise — ``stages=[stage1,pseudo,evaluate]`` reports the self-label figures."""
+    has = "detector" in cfg.stages or (Path(det) / "done.json").exists()
+    return str(Path(det) / "detector.pt") if has else ""
+
+
 def resolve(cfg: PipelineConfig) -> PipelineConfig:
     """Fill derived paths and shared values into every stage's config; raises ConfigError when inputs are missing."""
     w = Path(cfg.workdir).resolve()
@@ -221,7 +228,7 @@ def resolve(cfg: PipelineConfig) -> PipelineConfig:
                    stream=r(cfg.detector.stream, seed=cfg.seed)),
         evaluate=r(cfg.evaluate, manifest=manifest, gt=gt, pseudo_train=str(Path(pseudo) / "pseudo_train.json"),
                    pseudo_test=str(Path(pseudo) / "pseudo_test.json"),
-                   heatmaps=str(Path(pseudo) / "heatmaps_test.npz"), detector=str(Path(det) / "detector.pt"),
+                   heatmaps=str(Path(pseudo) / "heatmaps_test.npz"), detector=_evaluated_detector(cfg, det),
                    stage1_done=str(Path(s1) / "done.json"), out_dir=ev, dataset=cfg.dataset,
                    k_sweep_json=cfg.evaluate.k_sweep_json or str(w / "ksweep" / "ksweep.json"),
                    weak_sup_results=cfg.evaluate.weak_sup_results or str(w / "weak_sup" / "report" / "results.json"),

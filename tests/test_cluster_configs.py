@@ -76,6 +76,18 @@ def test_the_pipeline_names_each_setting_it_replaces():
     assert replaced_settings(same, resolve(same)) == []          # a relative spelling of the derived path
 
 
+def test_without_a_detector_stage_evaluation_scores_the_self_labels_alone(tmp_path):
+    """``stages=[stage1,pseudo,evaluate]`` (a stage-1 study): evaluation has no detector to load unless one is there."""
+    def evaluated(stages: str) -> str:
+        cfg = load_config(PipelineConfig, ROOT / "clusters/local/demo.yaml", [f"workdir={tmp_path}", f"stages={stages}"])
+        return resolve(cfg).evaluate.detector
+    assert evaluated("[ingest,stage1,pseudo,detector,evaluate]") == str(tmp_path.resolve() / "detector/detector.pt")
+    assert evaluated("[stage1,pseudo,evaluate]") == ""
+    (tmp_path / "detector").mkdir()
+    (tmp_path / "detector/done.json").write_text("{}")           # a detector trained earlier is evaluated
+    assert evaluated("[evaluate]") == str(tmp_path.resolve() / "detector/detector.pt")
+
+
 @pytest.mark.parametrize("name, k, marginal", [("vggsound_instruments", 39, "uniform"),
                                                ("audioset_instruments", 30, "gaussian"), ("vggsound", 300, "uniform")])
 def test_the_papers_headline_configs(name, k, marginal):
