@@ -19,6 +19,8 @@ multi-process arm uses as many workers as the machine has cores. Two bounds, one
   shards without it) — the per-sample work every loader arm does.
 
 ``ray_c<cores>_2shards_per_task``: the Ray arm with ``stream.shards_per_task: 2`` (the default reads one).
+``ray_c<cores>_threaded_metadata``: the Ray arm with Ray Data's default metadata fetch (a background thread) instead
+of ours (inline: ``distributed.cluster.ray_local.RAY_DATA_ENV``).
 Ray runs on 127.0.0.1 only. With ``--goals`` (what ``make bench`` passes) the issue's goals are written to
 ``benchmarks/GOALS.json``.
 """
@@ -172,6 +174,20 @@ def ray_path(manifest, cfg: StreamConfig, concurrency: int, consumers: int,
     return epoch
 
 
+def ray_default_metadata_fetch(epoch: Callable[[], int]) -> Callable[[], int]:
+    """``epoch`` (a driver-side Ray path) with Ray Data's default, the block metadata fetched on a background thread,
+    instead of inline (``distributed.cluster.ray_local.RAY_DATA_ENV``); the executor reads the choice when it
+    starts, so one process can interleave both."""
+    def run() -> int:
+        from ray.data._internal.execution import metadata_fetcher as mf
+        saved, mf._PREFETCH_ON_THREAD = mf._PREFETCH_ON_THREAD, True
+        try:
+            return epoch()
+        finally:
+            mf._PREFETCH_ON_THREAD = saved
+    return run
+
+
 def _counting(make_iter: Callable[[], Iterator]) -> Callable[[], int]:
     return lambda: sum(len(b["index"]) for b in make_iter())
 
@@ -222,7 +238,8 @@ def _arms(manifest: Path, cfg: StreamConfig, cores: int, normalise: bool) -> dic
             f"ours_plain_dataloader_w{cores}": _counting(ours_plain(manifest, cfg, cores, normalise)),
             f"ray_c{cores}_consumers1": ray_path(manifest, cfg, cores, 1, normalise),
             f"ray_c{cores}_consumers2": ray_path(manifest, cfg, cores, 2, normalise),
-            f"ray_c{cores}_2shards_per_task": ray_path(manifest, replace(cfg, shards_per_task=2), cores, 1, normalise)}
+            f"ray_c{cores}_2shards_per_task": ray_path(manifest, replace(cfg, shards_per_task=2), cores, 1, normalise),
+            f"ray_c{cores}_threaded_metadata": ray_default_metadata_fetch(ray_path(manifest, cfg, cores, 1, normalise))}
 
 
 def goals(fig: dict, cores: int) -> list[dict]:
@@ -272,7 +289,8 @@ def main(argv: list[str] | None = None) -> dict:
                f"webdataset+DL w{cores} {fig[f'webdataset_dataloader_w{cores}']:.0f}/s; ours plain "
                f"{fig[f'ours_plain_dataloader_w{cores}']:.0f}/s; ray c{cores} {fig[f'ray_c{cores}_consumers1']:.0f}/s, "
                f"2 consumers {fig[f'ray_c{cores}_consumers2']:.0f}/s, 2 shards per task "
-               f"{fig[f'ray_c{cores}_2shards_per_task']:.0f}/s; ray/plain "
+               f"{fig[f'ray_c{cores}_2shards_per_task']:.0f}/s, Ray Data's threaded metadata fetch "
+               f"{fig[f'ray_c{cores}_threaded_metadata']:.0f}/s; ray/plain "
                f"x{g['stream_ray_vs_plain_reader']['measured']:.2f}, of physical decode x cores "
                f"x{g['stream_vs_physical_decode_bound']['measured']:.2f}; load avg "
                f"{fig['loadavg_1m_start_end'][0]:.1f}->{fig['loadavg_1m_start_end'][1]:.1f}")

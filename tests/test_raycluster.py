@@ -81,6 +81,32 @@ def test_head_on_loopback_runs_tasks_and_stops(short_tmp, ray_client):
     _assert_gone(pids)
 
 
+def test_a_clusters_workers_get_the_ray_data_settings_through_the_jobs_runtime_env(short_tmp, ray_client,
+                                                                                      monkeypatch):
+    """A head started without ``RAY_DATA_ENV`` (as ``ray start`` on a cluster is): ``raycluster.connect`` hands it to
+    the job's workers (where ``streaming_split``'s coordinator runs the trainers' stream) in the job's runtime_env."""
+    import ray
+
+    from distributed.cluster import ray_local
+
+    for k in ray_local.RAY_DATA_ENV:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(ray_local, "_SET_HERE", set())
+    head = raycluster.start_head(short_tmp, num_cpus=1)
+    try:
+        ray_client(head)
+
+        @ray.remote
+        def env(keys):
+            import os
+            return {k: os.environ.get(k) for k in keys}
+
+        assert ray.get(env.remote(list(ray_local.RAY_DATA_ENV))) == ray_local.RAY_DATA_ENV
+        ray.shutdown()
+    finally:
+        head.stop()
+
+
 def test_head_and_worker_form_two_node_cluster(short_tmp, ray_client):
     import ray
 

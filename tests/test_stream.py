@@ -236,3 +236,22 @@ def test_ray_blocks_are_one_arrow_chunk_each_by_default(shards, ray_local):
     assert len(two) == (len(COUNTS) + 1) // 2 and sum(n for n, _ in two) == sum(COUNTS)
     assert {c for _, c in two} == {1}
     assert max(c for _, c in blocks(_cfg(shard_block_rows=10, shuffle=False))) > 1
+
+
+def test_ray_data_fetches_block_metadata_inline_unless_the_environment_says_otherwise(ray_local, monkeypatch):
+    """Our Ray processes run Ray Data with the metadata fetched inline (docs/INVESTIGATIONS.md, "Ray Data ran our read
+    tasks one at a time"); a value the environment sets wins and is not repeated into a job's runtime_env."""
+    from ray.data._internal.execution import metadata_fetcher as mf
+
+    from distributed.cluster import ray_local as rl
+
+    assert isinstance(mf.make_metadata_fetcher(), mf.InlineMetadataFetcher)      # the fixture's start_local_ray
+    monkeypatch.setattr(rl, "_SET_HERE", set())
+    monkeypatch.setattr(mf, "_PREFETCH_ON_THREAD", mf._PREFETCH_ON_THREAD)       # restored after the test
+    monkeypatch.setenv("RAY_DATA_METADATA_PREFETCH_ON_THREAD", "1")
+    assert rl.with_ray_data_env({"runtime_env": {"env_vars": {"A": "b"}}}) == {"runtime_env": {"env_vars": {"A": "b"}}}
+    assert isinstance(mf.make_metadata_fetcher(), mf.ThreadedMetadataFetcher)
+    monkeypatch.delenv("RAY_DATA_METADATA_PREFETCH_ON_THREAD")
+    kw = rl.with_ray_data_env({"runtime_env": {"env_vars": {"A": "b"}}, "num_cpus": 1})
+    assert kw == {"runtime_env": {"env_vars": {"RAY_DATA_METADATA_PREFETCH_ON_THREAD": "0", "A": "b"}}, "num_cpus": 1}
+    assert isinstance(mf.make_metadata_fetcher(), mf.InlineMetadataFetcher)

@@ -3,6 +3,9 @@
 Ray 2.60 otherwise rewrites 127.0.0.1 to the machine's external address and listens on every interface
 (../shared/docs/ENVIRONMENT.md): ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` must be in the environment of the driver and
 the workers before Ray starts.
+
+Every process that runs a Ray Data execution gets :data:`RAY_DATA_ENV` (:func:`ray_data_env`): the driver and, through
+the job's ``runtime_env``, the actors of a cluster (``streaming_split``'s coordinator runs the trainers' stream).
 """
 from __future__ import annotations
 
@@ -12,6 +15,43 @@ import os
 from distributed.cluster.net import LOOPBACK
 
 log = logging.getLogger(__name__)
+
+# Ray Data (2.60) fetches each block's metadata on a background thread by default. With that, our read tasks ran about
+# one at a time (1.06-1.10 running on average at read_concurrency 2, a finished task keeping its slot for about a
+# task-length); with the metadata fetched inline by the executor, 1.45-1.53 and +22 % samples/s, every round (idle,
+# interleaved: docs/INVESTIGATIONS.md, "Ray Data ran our read tasks one at a time"). A value the environment sets
+# already (a job's runtime_env, a user's export) wins.
+RAY_DATA_ENV = {"RAY_DATA_METADATA_PREFETCH_ON_THREAD": "0"}
+
+_SET_HERE: set[str] = set()     # the RAY_DATA_ENV keys this process put into os.environ itself
+
+
+def ray_data_env() -> dict[str, str]:
+    """Put :data:`RAY_DATA_ENV` into ``os.environ`` where the environment does not set a key already (for this process
+    and a local Ray it starts; a job's ``runtime_env`` or a user's export wins), and into Ray Data's module if this
+    process imported it already (it reads the variable once, at import). Returns the variables this process set, to
+    pass on to a cluster's workers (what the environment set is not passed: a job's ``runtime_env`` has it already,
+    and repeating it there would conflict)."""
+    for k, v in RAY_DATA_ENV.items():
+        if k not in os.environ:
+            os.environ[k] = v
+            _SET_HERE.add(k)
+    import sys
+
+    fetcher = sys.modules.get("ray.data._internal.execution.metadata_fetcher")
+    if fetcher is not None and hasattr(fetcher, "_PREFETCH_ON_THREAD"):
+        fetcher._PREFETCH_ON_THREAD = os.environ["RAY_DATA_METADATA_PREFETCH_ON_THREAD"].lower() in ("1", "true")
+    return {k: os.environ[k] for k in sorted(_SET_HERE)}
+
+
+def with_ray_data_env(init_kwargs: dict) -> dict:
+    """``ray.init`` keyword arguments with :func:`ray_data_env`'s variables added to the job's ``runtime_env``."""
+    ours = ray_data_env()
+    if not ours:
+        return init_kwargs
+    env = dict(init_kwargs.get("runtime_env") or {})
+    env["env_vars"] = {**ours, **(env.get("env_vars") or {})}
+    return {**init_kwargs, "runtime_env": env}
 
 
 def _loopback_only() -> None:
@@ -42,6 +82,7 @@ def start_local_ray(num_cpus: int = 2, **kw):
     _loopback_only()
     import ray
 
+    ray_data_env()                          # before ray.init: the local raylet's workers inherit the environment
     if ray.is_initialized():
         return ray.get_runtime_context()
     kw.setdefault("include_dashboard", False)
@@ -61,4 +102,4 @@ def connect_ray(address: str = "local", num_cpus: int = 2, **kw):
     if ray.is_initialized():
         return ray.get_runtime_context()
     refresh_ray_process_config()            # this cluster's token (RAY_AUTH_TOKEN_PATH), not a previous one's
-    return ray.init(address=address, **kw)
+    return ray.init(address=address, **with_ray_data_env(kw))

@@ -239,13 +239,13 @@ def connect(node: RayNode, **init_kwargs):
     import ray
     from ray._private import ray_constants
 
-    from distributed.cluster.ray_local import refresh_ray_process_config
+    from distributed.cluster.ray_local import refresh_ray_process_config, with_ray_data_env
 
     ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "1"  # read at import
     refresh_ray_process_config()
     if not _is_ray_localhost(node.node_ip):
         init_kwargs.setdefault("_node_ip_address", node.node_ip)
-    return ray.init(address=node.address, **init_kwargs)
+    return ray.init(address=node.address, **with_ray_data_env(init_kwargs))
 
 
 def stop(node: RayNode, timeout: float = 30.0) -> None:
