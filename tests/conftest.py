@@ -18,9 +18,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """A 2-CPU local Ray on 127.0.0.1 for one test module (Ray Data progress bars off), shut down after it."""
+    """A 2-CPU local Ray on 127.0.0.1 for one test module (Ray Data progress bars off), shut down after it. A Ray an
+    earlier test left running (an in-process pipeline keeps its own, with other CPUs) is shut down first."""
     from distributed.cluster.ray_local import start_local_ray
     import ray
+    ray.shutdown()
     start_local_ray(num_cpus=2, object_store_memory=300 * 2**20)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
