@@ -437,6 +437,18 @@ class DetectorConfig:
     # Proposals per test image through the box head (torchvision: 1000). At 128 px a resnet FPN's RPN fills all 1000
     # and its evaluation costs ~4x the mobilenet's; 200 halves it (docs/RESULTS.md). The best 100 boxes are kept.
     rpn_post_nms_top_n_test: int = 1000
+    # resnet18_fpn only: the ResNet stages whose maps feed the FPN (torchvision's ``returned_layers``). At 128 px the
+    # stride-4 map of layer1 costs more in the FPN's and RPN's 256-channel convs than the whole ResNet; [2, 3, 4]
+    # drops it (docs/RESULTS.md, "A resnet18 detector in the mobilenet's time").
+    returned_layers: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 3, 4])
+    # resnet18_fpn only: one anchor side (px) per FPN map, the pool map included; None = 32, 64, ... doubling from
+    # the finest map (torchvision's 32-512 with all four layers). Three aspect ratios (0.5, 1, 2) everywhere.
+    anchor_sizes: list[int] | None = None
+
+    def fpn_anchor_sizes(self) -> list[int]:
+        """The anchor side per FPN map (``anchor_sizes``, or its default)."""
+        n = len(self.returned_layers) + 1
+        return [int(s) for s in self.anchor_sizes] if self.anchor_sizes is not None else [32 << i for i in range(n)]
 
     def check(self) -> None:
         require(self.backbone in TRAINABLE_BACKBONE_LAYERS, "backbone",
@@ -453,3 +465,13 @@ class DetectorConfig:
         require(self.box_batch_size_per_image >= 1, "box_batch_size_per_image", "must be >= 1")
         require(self.rpn_post_nms_top_n_train >= 1, "rpn_post_nms_top_n_train", "must be >= 1")
         require(self.rpn_post_nms_top_n_test >= 1, "rpn_post_nms_top_n_test", "must be >= 1")
+        layers = [int(x) for x in self.returned_layers]
+        require(len(layers) >= 1 and layers == sorted(set(layers)) and set(layers) <= {1, 2, 3, 4},
+                "returned_layers", f"must be increasing ResNet stages from 1-4, got {self.returned_layers}")
+        custom = layers != [1, 2, 3, 4] or self.anchor_sizes is not None
+        require(self.backbone == "resnet18_fpn" or not custom, "returned_layers",
+                f"and anchor_sizes are resnet18_fpn settings; {self.backbone} uses its torchvision builder's own")
+        if self.anchor_sizes is not None:
+            require(len(self.anchor_sizes) == len(layers) + 1 and all(s >= 1 for s in self.anchor_sizes),
+                    "anchor_sizes", f"must give one positive side per FPN map: {len(layers) + 1} for "
+                    f"returned_layers {layers} (the pool map included), got {self.anchor_sizes}")

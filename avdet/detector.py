@@ -19,17 +19,22 @@ Checkpoint format (``save_detector`` / ``load_detector``), readable with plain t
 
 ``resnet18_fpn`` (the stage-1 visual trunk's topology; torchvision has no Faster R-CNN builder for it) is the
 ``FasterRCNN`` class over torchvision's own ``resnet_fpn_backbone``, with trainable batch norms as torchvision's
-builders use when they start from scratch; its checkpoint says so in a ``backbone`` entry::
+builders use when they start from scratch, the FPN fed by ``cfg.returned_layers`` and one anchor size per FPN map;
+its checkpoint says so in ``backbone`` and ``anchor_generator`` entries::
 
     {"state_dict": {...}, "builder": "torchvision.models.detection.FasterRCNN", "kwargs": {"num_classes": ...},
      "backbone": {"builder": "torchvision.models.detection.backbone_utils.resnet_fpn_backbone",
-                  "kwargs": {"backbone_name": "resnet18", "weights": None, "trainable_layers": 5},
-                  "norm_layer": "torch.nn.BatchNorm2d"}}
+                  "kwargs": {"backbone_name": "resnet18", "weights": None, "trainable_layers": 5,
+                             "returned_layers": [2, 3, 4]},
+                  "norm_layer": "torch.nn.BatchNorm2d"},
+     "anchor_generator": {"builder": "torchvision.models.detection.anchor_utils.AnchorGenerator",
+                          "kwargs": {"sizes": [[32], [64], [128], [256]], "aspect_ratios": [[0.5, 1.0, 2.0]] * 4}}}
 
     from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
     model = FasterRCNN(resnet_fpn_backbone(**ckpt["backbone"]["kwargs"], norm_layer=torch.nn.BatchNorm2d),
-                       **ckpt["kwargs"])
+                       rpn_anchor_generator=AnchorGenerator(**ckpt["anchor_generator"]["kwargs"]), **ckpt["kwargs"])
 """
 from __future__ import annotations
 
@@ -62,6 +67,8 @@ _BACKBONES = {"resnet18_fpn": {"builder": "torchvision.models.detection.backbone
                                "kwargs": {"backbone_name": "resnet18", "weights": None, "trainable_layers": 5},
                                "norm_layer": "torch.nn.BatchNorm2d"}}
 _NORM_LAYERS = {"torch.nn.BatchNorm2d": torch.nn.BatchNorm2d}
+_ANCHOR_GENERATOR = "torchvision.models.detection.anchor_utils.AnchorGenerator"
+_ASPECT_RATIOS = (0.5, 1.0, 2.0)                     # torchvision's, on every FPN map
 
 
 def detector_spec(cfg: DetectorConfig) -> dict:
@@ -79,7 +86,12 @@ def detector_spec(cfg: DetectorConfig) -> dict:
     }
     spec = {"builder": BUILDERS[cfg.backbone], "kwargs": kwargs}
     if cfg.backbone in _BACKBONES:
-        spec["backbone"] = {**_BACKBONES[cfg.backbone], "kwargs": dict(_BACKBONES[cfg.backbone]["kwargs"])}
+        spec["backbone"] = {**_BACKBONES[cfg.backbone], "kwargs": {**_BACKBONES[cfg.backbone]["kwargs"],
+                                                                    "returned_layers": list(cfg.returned_layers)}}
+        sizes = cfg.fpn_anchor_sizes()
+        spec["anchor_generator"] = {"builder": _ANCHOR_GENERATOR,
+                                    "kwargs": {"sizes": [[s] for s in sizes],
+                                               "aspect_ratios": [list(_ASPECT_RATIOS)] * len(sizes)}}
     return spec
 
 
@@ -90,9 +102,12 @@ def _torchvision_callable(builder: str, what: str):
     return getattr(module, builder.rsplit(".", 1)[1])
 
 
-def _call_builder(builder: str, kwargs: dict, backbone: dict | None = None) -> FasterRCNN:
+def _call_builder(builder: str, kwargs: dict, backbone: dict | None = None,
+                  anchor_generator: dict | None = None) -> FasterRCNN:
     """The detector of a spec (:func:`detector_spec`, or a checkpoint's record): a torchvision builder called with
-    ``kwargs``, or the FasterRCNN class over the backbone its ``backbone`` entry builds. Only weights=None passes."""
+    ``kwargs``, or the FasterRCNN class over the backbone its ``backbone`` entry builds, with the RPN anchors its
+    ``anchor_generator`` entry builds (checkpoints written before it have none: torchvision's default). Only
+    weights=None passes."""
     for kw in (kwargs, (backbone or {}).get("kwargs", {})):
         if kw.get("weights") is not None or kw.get("weights_backbone") is not None:
             raise ValueError(f"detector kwargs ask for downloadable weights ({kw}); only weights=None is allowed")
@@ -104,6 +119,12 @@ def _call_builder(builder: str, kwargs: dict, backbone: dict | None = None) -> F
                          f"expected one of {sorted(_NORM_LAYERS)}")
     body = _torchvision_callable(backbone["builder"], "detector backbone builder")(
         **backbone["kwargs"], norm_layer=_NORM_LAYERS[backbone["norm_layer"]])
+    if anchor_generator is not None:
+        if anchor_generator.get("builder") != _ANCHOR_GENERATOR:
+            raise ValueError(f"detector anchor_generator builder {anchor_generator.get('builder')!r} is not "
+                             f"{_ANCHOR_GENERATOR}; refusing it")
+        kwargs = {**kwargs, "rpn_anchor_generator": _torchvision_callable(
+            _ANCHOR_GENERATOR, "anchor generator")(**anchor_generator["kwargs"])}
     return build(body, **kwargs)
 
 
@@ -148,7 +169,7 @@ def _load_backbone_weights(model: FasterRCNN, path: str) -> None:
 def build_detector(cfg: DetectorConfig) -> FasterRCNN:
     """A torchvision Faster R-CNN with ``cfg.num_classes + 1`` classes (index 0 = background); never downloads."""
     spec = detector_spec(cfg)
-    model = _call_builder(spec["builder"], spec["kwargs"], spec.get("backbone"))
+    model = _call_builder(spec["builder"], spec["kwargs"], spec.get("backbone"), spec.get("anchor_generator"))
     if cfg.backbone_weights:
         _load_backbone_weights(model, cfg.backbone_weights)
         _freeze_backbone(model, cfg.backbone, cfg.trainable_backbone_layers)
@@ -169,7 +190,7 @@ def load_detector(path: str | os.PathLike, map_location: str | torch.device = "c
     for key in ("state_dict", "builder", "kwargs"):
         if key not in ckpt:
             raise ValueError(f"detector checkpoint {path} has no {key!r}; was it written by save_detector?")
-    model = _call_builder(ckpt["builder"], dict(ckpt["kwargs"]), ckpt.get("backbone"))
+    model = _call_builder(ckpt["builder"], dict(ckpt["kwargs"]), ckpt.get("backbone"), ckpt.get("anchor_generator"))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
 

@@ -76,11 +76,13 @@ def test_local_backbone_weights_are_loaded(tmp_path):
         build_detector(DetectorConfig(backbone="mobilenet_v3_fpn", backbone_weights=str(tmp_path / "no.pt"), **SMALL))
 
 
-def test_resnet18_fpn_round_trips_through_plain_torchvision(tmp_path):
+@pytest.mark.parametrize("layers", [[1, 2, 3, 4], [2, 3, 4]])
+def test_resnet18_fpn_round_trips_through_plain_torchvision(tmp_path, layers):
     """The stage-1 trunk's topology as a detector backbone: the checkpoint rebuilds with torchvision alone, by the
-    recipe of the module docstring, and detects exactly what the trained model detects."""
+    recipe of the module docstring, and detects exactly what the trained model detects — with every ResNet stage
+    feeding the FPN, and without layer1's stride-4 map."""
     torch.manual_seed(0)
-    cfg = DetectorConfig(backbone="resnet18_fpn", **SMALL)
+    cfg = DetectorConfig(backbone="resnet18_fpn", returned_layers=layers, **SMALL)
     model = build_detector(cfg)
     assert isinstance(model.backbone.body.bn1, torch.nn.BatchNorm2d)       # trainable from scratch, not frozen
     assert all(p.requires_grad for p in model.backbone.body.parameters())
@@ -93,9 +95,10 @@ def test_resnet18_fpn_round_trips_through_plain_torchvision(tmp_path):
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["builder"] == "torchvision.models.detection.FasterRCNN"
     from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
     plain = FasterRCNN(resnet_fpn_backbone(**ckpt["backbone"]["kwargs"], norm_layer=torch.nn.BatchNorm2d),
-                       **ckpt["kwargs"])
+                       rpn_anchor_generator=AnchorGenerator(**ckpt["anchor_generator"]["kwargs"]), **ckpt["kwargs"])
     plain.load_state_dict(ckpt["state_dict"])
     plain.eval().roi_heads.score_thresh = 0.0
     loaded = load_detector(path)
@@ -106,6 +109,40 @@ def test_resnet18_fpn_round_trips_through_plain_torchvision(tmp_path):
     for x, y, z in zip(a, b, c):
         assert torch.equal(x["boxes"], y["boxes"]) and torch.equal(x["boxes"], z["boxes"])
         assert torch.equal(x["scores"], y["scores"]) and torch.equal(x["labels"], z["labels"])
+
+
+def test_returned_layers_choose_the_fpn_maps_and_their_anchors(tmp_path):
+    """``returned_layers=[2, 3, 4]``: the FPN's finest map is layer2's (stride 8, 16 x 16 at 128 px), one anchor size
+    per map (32, 64, 128, 256 by default, or ``anchor_sizes``), and a checkpoint written before the anchor entry
+    existed still loads with torchvision's default anchors."""
+    maps = lambda model: [tuple(f.shape[-2:]) for f in model.backbone(torch.rand(1, 3, 128, 128)).values()]  # noqa
+    anchors = lambda model: [list(s) for s in model.rpn.anchor_generator.sizes]                      # noqa: E731
+    default = build_detector(DetectorConfig(backbone="resnet18_fpn", **SMALL))
+    assert maps(default) == [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2)]
+    assert anchors(default) == [[32], [64], [128], [256], [512]]
+    cfg = DetectorConfig(backbone="resnet18_fpn", returned_layers=[2, 3, 4], **SMALL)
+    lean = build_detector(cfg)
+    assert maps(lean) == [(16, 16), (8, 8), (4, 4), (2, 2)]
+    assert anchors(lean) == [[32], [64], [128], [256]]
+    assert lean.rpn.head.cls_logits.out_channels == 3                              # 1 size x 3 aspect ratios
+    sized = build_detector(DetectorConfig(backbone="resnet18_fpn", returned_layers=[2, 3, 4],
+                                          anchor_sizes=[24, 48, 96, 192], **SMALL))
+    assert anchors(sized) == [[24], [48], [96], [192]]
+    ckpt = torch.load(save_detector(default, DetectorConfig(backbone="resnet18_fpn", **SMALL), tmp_path / "d.pt"),
+                      weights_only=True)
+    del ckpt["anchor_generator"], ckpt["backbone"]["kwargs"]["returned_layers"]    # the format before them
+    torch.save(ckpt, tmp_path / "old.pt")
+    old = load_detector(tmp_path / "old.pt")
+    assert maps(old) == maps(default) and anchors(old) == anchors(default)
+    ckpt["anchor_generator"] = {"builder": "os.system", "kwargs": {}}
+    torch.save(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="anchor_generator"):
+        load_detector(tmp_path / "bad.pt")
+    for bad, message in [(dict(returned_layers=[3, 2]), "returned_layers"), (dict(returned_layers=[0, 1]),
+                         "returned_layers"), (dict(anchor_sizes=[16, 32]), "one positive side per FPN map"),
+                         (dict(backbone="mobilenet_v3_fpn", returned_layers=[2, 3, 4]), "resnet18_fpn settings")]:
+        with pytest.raises(ValueError, match=message):
+            DetectorConfig(**{"backbone": "resnet18_fpn", **bad}).check()
 
 
 def test_test_time_proposals_reach_the_box_head_and_the_checkpoint(tmp_path):
