@@ -174,3 +174,21 @@ def test_read_task_probe_times_every_block_of_an_epoch(capsys):
     assert one["samples"] == two["samples"] == 1024
     assert one["blocks"] == 8 and two["blocks"] == 4
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == two
+
+
+def test_detector_budget_probe_builds_each_variant_it_is_given(tmp_path, capsys):
+    """Each ``--variant`` is the DetectorConfig it names (lists as a/b/c), measured; a bad override is refused."""
+    import pytest
+    probe = _script("detector_budget_probe")
+    doc = probe.main(["--size", "64", "--batch-size", "1", "--rounds", "1", "--steps", "1", "--threads", "1",
+                      "--variant", "l234:backbone=resnet18_fpn,box_batch_size_per_image=32,returned_layers=2/3/4",
+                      "--out", str(tmp_path / "p.json")])
+    (row,) = doc["rows"]
+    assert row["variant"] == "l234" and row["config"]["returned_layers"] == [2, 3, 4]
+    assert row["config"]["box_batch_size_per_image"] == 32 and row["train_images_per_s"] > 0
+    assert json.loads((tmp_path / "p.json").read_text())["rows"][0]["variant"] == "l234"
+    assert "| l234 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="bad override 'box_batch=3'"):
+        probe.main(["--variant", "x:box_batch=3"])
+    with pytest.raises(ValueError, match="returned_layers"):       # DetectorConfig.check: resnet18_fpn only
+        probe.main(["--variant", "x:backbone=mobilenet_v3_fpn,returned_layers=2/3/4"])
