@@ -49,16 +49,18 @@ def parse_variant(text: str, base: DetectorConfig) -> tuple[str, DetectorConfig]
             raise SystemExit(f"detector_budget_probe: bad override {item!r} in --variant {text!r} "
                              f"(key=value with key one of {sorted(fields)})")
         old = getattr(base, key)
-        if isinstance(old, list) or "/" in value:
-            changes[key] = [int(v) for v in value.split("/")]
-        elif isinstance(old, bool):
-            changes[key] = value.lower() in ("1", "true", "yes")
-        elif isinstance(old, int):
-            changes[key] = int(value)
-        elif isinstance(old, float):
-            changes[key] = float(value)
-        else:
-            changes[key] = value
+        try:
+            if isinstance(old, list) or "/" in value:
+                changes[key] = [int(v) for v in value.split("/")]
+            elif isinstance(old, bool):
+                changes[key] = value.lower() in ("1", "true", "yes")
+            elif isinstance(old, (int, float)):
+                changes[key] = type(old)(value)
+            else:
+                changes[key] = value
+        except ValueError:
+            raise SystemExit(f"detector_budget_probe: {key}={value!r} in --variant {text!r} is not a "
+                             f"{type(old).__name__}{' (write lists a/b/c)' if isinstance(old, list) else ''}")
     cfg = dataclasses.replace(base, **changes)
     cfg.check()
     return name or text, cfg

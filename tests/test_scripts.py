@@ -190,5 +190,7 @@ def test_detector_budget_probe_builds_each_variant_it_is_given(tmp_path, capsys)
     assert "| l234 |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="bad override 'box_batch=3'"):
         probe.main(["--variant", "x:box_batch=3"])
+    with pytest.raises(SystemExit, match=r"returned_layers='two' .* is not a list \(write lists a/b/c\)"):
+        probe.main(["--variant", "x:backbone=resnet18_fpn,returned_layers=two"])
     with pytest.raises(ValueError, match="returned_layers"):       # DetectorConfig.check: resnet18_fpn only
         probe.main(["--variant", "x:backbone=mobilenet_v3_fpn,returned_layers=2/3/4"])
