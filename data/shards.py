@@ -27,6 +27,7 @@ from avdet.fileio import TEMP_RE, path_under, safe_name, temp_name, write_atomic
 #                                                                       re-exported as data.shards.write_atomic)
 from data.health import DataHealth, SampleSpec, check_sample, limits_for
 from data.schema import AUDIO_EXT, MEL_EXT, DecodeError, DecodeLimits, decode_sample
+from data.tarread import iter_tar_members
 
 log = logging.getLogger(__name__)
 
@@ -249,19 +250,17 @@ def iter_tar_groups(path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES,
                     ) -> Iterator[tuple[str, list[tuple[str, bytes | None]]]]:
     """(key, [(ext, bytes), ...]) for consecutive tar members sharing a key; tar errors propagate after the groups
     read so far. Non-file members are skipped. A member larger than ``max_member_bytes`` (its tar header says so)
-    is not read: its bytes are ``None``, which :func:`data.schema.decode_sample` refuses as ``entry_too_large``."""
+    is not read: its bytes are ``None``, which :func:`data.schema.decode_sample` refuses as ``entry_too_large``.
+    The members come from :func:`data.tarread.iter_tar_members` (``tarfile``'s reading, without its per-member cost
+    on plain ustar headers)."""
     key, entries = None, []
-    with tarfile.open(path, mode="r|") as tar:
-        for m in tar:
-            if not m.isfile():
-                continue
-            k, ext = _split_name(m.name)
-            data = tar.extractfile(m).read() if m.size <= max_member_bytes else None
-            if k != key and key is not None:
-                yield key, entries
-                entries = []
-            key = k
-            entries.append((ext, data))
+    for name, data in iter_tar_members(path, max_member_bytes):
+        k, ext = _split_name(name)
+        if k != key and key is not None:
+            yield key, entries
+            entries = []
+        key = k
+        entries.append((ext, data))
     if key is not None:
         yield key, entries
 
