@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--concurrency", type=int, default=2, help="stream.read_concurrency")
     p.add_argument("--shards-per-task", type=int, default=1, help="stream.shards_per_task")
     p.add_argument("--epochs", type=int, default=2, help="epochs streamed; the last one is reported")
+    p.add_argument("--idle-workers", type=int, default=0,
+                   help="idle workers the raylet keeps (num_workers_soft_limit; default: ours, "
+                        "distributed.cluster.ray_local.idle_workers_kept; Ray's own is the CPU count)")
     p.add_argument("--skip", type=float, default=2.0, help="seconds of each epoch's start left out of 'running'")
     args = p.parse_args(argv)
 
@@ -62,7 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
         original = stream._read_shards_udf
         stream._read_shards_udf = _traced_udf(original, log_path)   # picked up by ray_dataset at call time
         owns_ray = not ray.is_initialized()
-        start_local_ray(num_cpus=os.cpu_count() or 1, object_store_memory=2 * 2**30)
+        kept = {"_system_config": {"num_workers_soft_limit": args.idle_workers}} if args.idle_workers else {}
+        start_local_ray(num_cpus=os.cpu_count() or 1, object_store_memory=2 * 2**30, **kept)
         ray.data.DataContext.get_current().enable_progress_bars = False
         try:
             for _ in range(args.epochs):
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     span = max(r["end"] for r in rows) - t0 - args.skip
     out = {"samples": sum(n for _, n in arrivals), "samples_per_s": round(sum(n for _, n in arrivals) / total),
            "first_batch_s": round(arrivals[0][0], 3), "read_concurrency": args.concurrency,
-           "shards_per_task": args.shards_per_task,
+           "shards_per_task": args.shards_per_task, "idle_workers": args.idle_workers or "ours",
            "mean_tasks_running_after_skip": round(sum(r["end"] - r["start"] for r in late) / span, 2)
            if span > 0 else None,
            "block_wall_s": round(sum(r["end"] - r["start"] for r in rows) / len(rows), 3),

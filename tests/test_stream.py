@@ -1,7 +1,9 @@
 """data.stream: Ray Data on 127.0.0.1 and the plain DataLoader yield every sample once, in the decoded-batch format."""
 from __future__ import annotations
 
+import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -255,3 +257,26 @@ def test_ray_data_fetches_block_metadata_inline_unless_the_environment_says_othe
     kw = rl.with_ray_data_env({"runtime_env": {"env_vars": {"A": "b"}}, "num_cpus": 1})
     assert kw == {"runtime_env": {"env_vars": {"RAY_DATA_METADATA_PREFETCH_ON_THREAD": "0", "A": "b"}}, "num_cpus": 1}
     assert isinstance(mf.make_metadata_fetcher(), mf.InlineMetadataFetcher)
+
+
+def test_a_local_ray_keeps_its_half_cpu_read_workers_between_epochs(ray_local):
+    """With Ray's default (idle workers kept = free CPUs) 2 of these 4 workers die a second after they go idle, and
+    the next epoch's read tasks start them again (docs/INVESTIGATIONS.md, "Workers killed between epochs")."""
+    import ray
+
+    @ray.remote(num_cpus=0.5)
+    def pid(wait):
+        time.sleep(wait)
+        return os.getpid()
+
+    pids = set(ray.get([pid.remote(0.5) for _ in range(4)]))   # 4 at once: 4 workers
+    assert len(pids) == 4
+    time.sleep(3.0)                                            # Ray kills after 1 s idle, checking every 0.2 s
+
+    def alive(p):
+        try:
+            os.kill(p, 0)
+            return True
+        except ProcessLookupError:
+            return False
+    assert all(alive(p) for p in pids)

@@ -77,8 +77,20 @@ def refresh_ray_process_config() -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
+def idle_workers_kept(num_cpus: int) -> int:
+    """Idle worker processes a local raylet keeps between epochs: as many as read tasks of
+    ``distributed.cluster.resources.READ_CPUS`` fit on its CPUs. Ray keeps as many as there are free CPUs and kills
+    the rest after a second idle, so with more half-CPU read tasks than CPUs every epoch started that many workers
+    afresh (importing torch each): `python -m benchmarks.stream` at 4 read tasks on 2 CPUs went from 1082-1128 to
+    2872-2882 samples/s with them kept (docs/INVESTIGATIONS.md, "Workers killed between epochs")."""
+    from distributed.cluster.resources import READ_CPUS
+    return max(num_cpus, int(num_cpus / READ_CPUS))
+
+
 def start_local_ray(num_cpus: int = 2, **kw):
-    """``ray.init`` on 127.0.0.1 with no dashboard; a no-op returning the running context if Ray is up already."""
+    """``ray.init`` on 127.0.0.1 with no dashboard; a no-op returning the running context if Ray is up already. The
+    raylet keeps :func:`idle_workers_kept` idle workers (``_system_config`` ``num_workers_soft_limit``) unless
+    ``kw`` sets it."""
     _loopback_only()
     import ray
 
@@ -87,6 +99,7 @@ def start_local_ray(num_cpus: int = 2, **kw):
         return ray.get_runtime_context()
     kw.setdefault("include_dashboard", False)
     kw.setdefault("log_to_driver", True)
+    kw["_system_config"] = {"num_workers_soft_limit": idle_workers_kept(num_cpus), **kw.get("_system_config", {})}
     ctx = ray.init(address="local", _node_ip_address=LOOPBACK, num_cpus=num_cpus, **kw)
     log.info("started local Ray on %s with %d CPUs", LOOPBACK, num_cpus)
     return ctx
