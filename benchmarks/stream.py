@@ -19,6 +19,8 @@ multi-process arm uses as many workers as the machine has cores. Two bounds, one
   shards without it) — the per-sample work every loader arm does.
 
 ``ray_c<cores>_2shards_per_task``: the Ray arm with ``stream.shards_per_task: 2`` (the default reads one).
+``ray_auto_concurrency``: the Ray arm with ``stream.read_concurrency: 0`` (as many half-CPU read tasks as the free
+CPUs fit: 2 per core).
 ``ray_c<cores>_threaded_metadata``: the Ray arm with Ray Data's default metadata fetch (a background thread) instead
 of ours (inline: ``distributed.cluster.ray_local.RAY_DATA_ENV``).
 Ray runs on 127.0.0.1 only. With ``--goals`` (what ``make bench`` passes) the issue's goals are written to
@@ -239,7 +241,8 @@ def _arms(manifest: Path, cfg: StreamConfig, cores: int, normalise: bool) -> dic
             f"ray_c{cores}_consumers1": ray_path(manifest, cfg, cores, 1, normalise),
             f"ray_c{cores}_consumers2": ray_path(manifest, cfg, cores, 2, normalise),
             f"ray_c{cores}_2shards_per_task": ray_path(manifest, replace(cfg, shards_per_task=2), cores, 1, normalise),
-            f"ray_c{cores}_threaded_metadata": ray_default_metadata_fetch(ray_path(manifest, cfg, cores, 1, normalise))}
+            f"ray_c{cores}_threaded_metadata": ray_default_metadata_fetch(ray_path(manifest, cfg, cores, 1, normalise)),
+            "ray_auto_concurrency": ray_path(manifest, cfg, 0, 1, normalise)}
 
 
 def goals(fig: dict, cores: int) -> list[dict]:
@@ -292,7 +295,8 @@ def main(argv: list[str] | None = None) -> dict:
                f"{fig[f'ours_plain_dataloader_w{cores}']:.0f}/s; ray c{cores} {fig[f'ray_c{cores}_consumers1']:.0f}/s, "
                f"2 consumers {fig[f'ray_c{cores}_consumers2']:.0f}/s, 2 shards per task "
                f"{fig[f'ray_c{cores}_2shards_per_task']:.0f}/s, Ray Data's threaded metadata fetch "
-               f"{fig[f'ray_c{cores}_threaded_metadata']:.0f}/s; ray/plain "
+               f"{fig[f'ray_c{cores}_threaded_metadata']:.0f}/s, read concurrency derived from the free CPUs "
+               f"{fig['ray_auto_concurrency']:.0f}/s; ray/plain "
                f"x{g['stream_ray_vs_plain_reader']['measured']:.2f}, of physical decode x cores "
                f"x{g['stream_vs_physical_decode_bound']['measured']:.2f}; load avg "
                f"{fig['loadavg_1m_start_end'][0]:.1f}->{fig['loadavg_1m_start_end'][1]:.1f}")
