@@ -5,8 +5,8 @@
     python -m benchmarks.stream --tiny          # seconds-long smoke run
     python -m benchmarks.stream --shards DIR    # an existing shard folder (its train split)
 
-Every figure is samples/s reaching one consumer (several for the split Ray arm), one full epoch per timing. Every
-arm delivers what the trainers consume: (B, 3, H, W) uint8 frames (normalised on the model's device, ``to_device``)
+Every figure is samples/s reaching one consumer (two for ``ray_c<cores>_2ranks``: two ranks, each streaming its
+part, as stage 1's and the detector's workers do), one full epoch per timing. Every arm delivers what the trainers consume: (B, 3, H, W) uint8 frames (normalised on the model's device, ``to_device``)
 and the log-mel; ``--float-frames`` has every arm normalise the frames to float32 instead, as every row before
 2026-12-03 22:00 did. The arms
 run interleaved: ``--rounds`` rounds, each timing every arm once in turn (after one warm-up epoch per arm), so load
@@ -154,20 +154,22 @@ def ours_plain(manifest, cfg: StreamConfig, workers: int, normalise: bool = Fals
 
 def ray_path(manifest, cfg: StreamConfig, concurrency: int, consumers: int,
              normalise: bool = False) -> Callable[[], int]:
-    """Ray Data read tasks (``concurrency``) feeding ``consumers`` iterators (threads on the driver, like train
-    workers each iterating their ``streaming_split`` shard). Returns a function that runs one epoch and returns
-    the samples it delivered."""
-    c = StreamConfig(**{**cfg.__dict__, "read_concurrency": concurrency})
-
+    """Ray Data read tasks (``concurrency`` in all) feeding ``consumers`` iterators. Several consumers are the
+    trainers' path: threads on the driver, each iterating its own rank's part of the epoch
+    (``ray_dataset(..., part=(k, consumers))``, as ``distributed/stage1/worker.py`` and the detector's workers do)
+    with ``concurrency // consumers`` read tasks. Returns a function that runs one epoch and returns the samples it
+    delivered."""
     def epoch() -> int:
         if consumers == 1:
+            c = StreamConfig(**{**cfg.__dict__, "read_concurrency": concurrency})
             return sum(len(b["index"]) for b in iter_torch_batches(ray_dataset(manifest, "train", c), c,
                                                                    normalise=normalise))
-        its = ray_dataset(manifest, "train", c).streaming_split(consumers, equal=False)
+        c = StreamConfig(**{**cfg.__dict__, "read_concurrency": max(1, concurrency // consumers)})
+        parts = [ray_dataset(manifest, "train", c, epoch=0, part=(k, consumers)) for k in range(consumers)]
         counts = [0] * consumers
 
         def consume(k):
-            for b in iter_torch_batches(its[k], c, normalise=normalise):
+            for b in iter_torch_batches(parts[k], c, normalise=normalise):
                 counts[k] += len(b["index"])
         threads = [threading.Thread(target=consume, args=(k,)) for k in range(consumers)]
         [t.start() for t in threads]
@@ -239,7 +241,7 @@ def _arms(manifest: Path, cfg: StreamConfig, cores: int, normalise: bool) -> dic
             f"webdataset_dataloader_w{cores}": _counting(webdataset_plain(manifest, cfg, cores, normalise)),
             f"ours_plain_dataloader_w{cores}": _counting(ours_plain(manifest, cfg, cores, normalise)),
             f"ray_c{cores}_consumers1": ray_path(manifest, cfg, cores, 1, normalise),
-            f"ray_c{cores}_consumers2": ray_path(manifest, cfg, cores, 2, normalise),
+            f"ray_c{cores}_2ranks": ray_path(manifest, cfg, cores, 2, normalise),
             f"ray_c{cores}_2shards_per_task": ray_path(manifest, replace(cfg, shards_per_task=2), cores, 1, normalise),
             f"ray_c{cores}_threaded_metadata": ray_default_metadata_fetch(ray_path(manifest, cfg, cores, 1, normalise)),
             "ray_auto_concurrency": ray_path(manifest, cfg, 0, 1, normalise)}
@@ -293,7 +295,7 @@ def main(argv: list[str] | None = None) -> dict:
                f"{fig['physical_decode_1core']:.0f}/s/core, with collate {fig['decode_collate_1core']:.0f}/s/core; "
                f"webdataset+DL w{cores} {fig[f'webdataset_dataloader_w{cores}']:.0f}/s; ours plain "
                f"{fig[f'ours_plain_dataloader_w{cores}']:.0f}/s; ray c{cores} {fig[f'ray_c{cores}_consumers1']:.0f}/s, "
-               f"2 consumers {fig[f'ray_c{cores}_consumers2']:.0f}/s, 2 shards per task "
+               f"2 ranks' parts {fig[f'ray_c{cores}_2ranks']:.0f}/s, 2 shards per task "
                f"{fig[f'ray_c{cores}_2shards_per_task']:.0f}/s, Ray Data's threaded metadata fetch "
                f"{fig[f'ray_c{cores}_threaded_metadata']:.0f}/s, read concurrency derived from the free CPUs "
                f"{fig['ray_auto_concurrency']:.0f}/s; ray/plain "
