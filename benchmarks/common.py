@@ -83,6 +83,25 @@ def loadavg() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+class BusyCores:
+    """Context manager: the machine's CPUs busy (all processes: Ray's raylets and workers, DataLoader workers, this
+    one), in cores, averaged over the block, from /proc/stat. ``.cores`` after exit."""
+
+    @staticmethod
+    def _ticks() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]                      # all, idle + iowait
+
+    def __enter__(self) -> "BusyCores":
+        self._start = self._ticks()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        (total, idle), (total0, idle0) = self._ticks(), self._start
+        self.cores = round((1 - (idle - idle0) / max(1, total - total0)) * (os.cpu_count() or 1), 2)
+
+
 def add_common_args(p, name: str) -> None:
     """--tiny, --out DIR (JSON and RESULTS.md go there instead of benchmarks/out and benchmarks/RESULTS.md) and
     --no-results-row, shared by every benchmark but stream (whose --out is a JSON path)."""

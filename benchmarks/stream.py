@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from avdet.config import AudioConfig, to_dict
-from benchmarks.common import append_results_row, record_goals, write_result
+from benchmarks.common import BusyCores, append_results_row, record_goals, write_result
 from data.config import StreamConfig
 from data.schema import SampleMeta, encode_sample
 from data.shards import ShardWriter, read_manifest, write_manifest
@@ -196,21 +196,26 @@ def _counting(make_iter: Callable[[], Iterator]) -> Callable[[], int]:
     return lambda: sum(len(b["index"]) for b in make_iter())
 
 
-def interleaved_epochs(arms: dict[str, Callable[[], int]], n_expected: int, rounds: int) -> dict[str, list[float]]:
+def interleaved_epochs(arms: dict[str, Callable[[], int]], n_expected: int, rounds: int,
+                       busy: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
     """samples/s of every arm per round: one untimed epoch per arm, then ``rounds`` rounds that time each arm's
-    epoch in turn. Each epoch must deliver ``n_expected`` samples."""
+    epoch in turn. Each epoch must deliver ``n_expected`` samples. ``busy``, if given, gets the machine's busy cores
+    during each timed epoch (:class:`benchmarks.common.BusyCores`)."""
     for name, epoch in arms.items():
         epoch()
     rates: dict[str, list[float]] = {name: [] for name in arms}
     for r in range(rounds):
         for name, epoch in arms.items():
             t0 = time.perf_counter()
-            n = epoch()
+            with BusyCores() as cores:
+                n = epoch()
             dt = time.perf_counter() - t0
             if n != n_expected:
                 raise RuntimeError(f"{name}: an epoch yielded {n} samples, expected {n_expected}")
             rates[name].append(n / dt)
-            log.info("round %d %s: %.0f samples/s", r, name, rates[name][-1])
+            if busy is not None:
+                busy.setdefault(name, []).append(cores.cores)
+            log.info("round %d %s: %.0f samples/s, %.2f cores busy", r, name, rates[name][-1], cores.cores)
     return rates
 
 
@@ -280,13 +285,15 @@ def main(argv: list[str] | None = None) -> dict:
         start_local_ray(num_cpus=cores, object_store_memory=2 * 2**30)
         ray.data.DataContext.get_current().enable_progress_bars = False
         try:
-            rounds = interleaved_epochs(_arms(manifest, cfg, cores, args.float_frames), n, args.rounds)
+            busy: dict[str, list[float]] = {}
+            rounds = interleaved_epochs(_arms(manifest, cfg, cores, args.float_frames), n, args.rounds, busy)
         finally:
             ray.shutdown()
     fig = {name: statistics.median(r) for name, r in rounds.items()}
-    fig.update({"rounds": rounds, "cores": cores, "samples": n, "batch_size": args.batch_size,
+    fig.update({"rounds": rounds, "busy_cores": busy, "cores": cores, "samples": n, "batch_size": args.batch_size,
                 "stored_logmel": stored, "frames": "float32" if args.float_frames else "uint8",
                 "loadavg_1m_start_end": [load_start[0], os.getloadavg()[0]], "goals": goals(fig, cores)})
+    plains = [f"webdataset_dataloader_w{cores}", f"ours_plain_dataloader_w{cores}"]
     path = write_result("stream", fig, argv, args.out)
     g = {r["goal"]: r for r in fig["goals"]}
     summary = (f"{n} samples ({'JPEG + stored log-mel' if stored else 'JPEG + FLAC, log-mel computed'}; "
@@ -300,7 +307,10 @@ def main(argv: list[str] | None = None) -> dict:
                f"{fig[f'ray_c{cores}_threaded_metadata']:.0f}/s, read concurrency derived from the free CPUs "
                f"{fig['ray_auto_concurrency']:.0f}/s; ray/plain "
                f"x{g['stream_ray_vs_plain_reader']['measured']:.2f}, of physical decode x cores "
-               f"x{g['stream_vs_physical_decode_bound']['measured']:.2f}; load avg "
+               f"x{g['stream_vs_physical_decode_bound']['measured']:.2f}; cores busy (median): ray c{cores} "
+               f"{statistics.median(busy[f'ray_c{cores}_consumers1']):.2f}, 2 ranks "
+               f"{statistics.median(busy[f'ray_c{cores}_2ranks']):.2f}, faster plain "
+               f"{statistics.median(busy[max(plains, key=fig.get)]):.2f}; load avg "
                f"{fig['loadavg_1m_start_end'][0]:.1f}->{fig['loadavg_1m_start_end'][1]:.1f}")
     if not args.no_results_row:
         append_results_row("stream", summary, argv)

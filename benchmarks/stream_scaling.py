@@ -15,7 +15,9 @@ the median over rounds. Frames are delivered uint8, as trainers consume them.
 On one machine the two raylets share its physical cores (and the consumer runs beside them), so the ratio shows
 that reads spread to an added node and how far the path follows the CPUs it is given, bounded by the cores there
 are; on separate machines the reader node brings its own. Goal ``stream_scaling_reader_node``: the samples/s ratio
-(head + reader node vs head alone) ≥ 1.5, with the read CPUs doubled.
+(head + reader node vs head alone) ≥ 1.5, with the read CPUs doubled. Each epoch also records how many of the
+machine's cores were busy (:class:`benchmarks.common.BusyCores`, every process): the cores over the head arm's busy
+cores is the most any ratio can reach on this machine, whatever the path does.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import add_common_args, finish, loadavg
+from benchmarks.common import BusyCores, add_common_args, finish, loadavg
 
 log = logging.getLogger("benchmarks.stream_scaling")
 
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     head = reader = None
     saved_env: dict[str, str | None] = {}
     rates: dict[str, list[float]] = {"head": [], "head_plus_reader": []}
+    busy: dict[str, list[float]] = {"head": [], "head_plus_reader": []}
     concurrency: dict[str, int] = {}
     try:
         manifest = make_shards(tmp / "shards", args.samples, args.per_shard, store_logmel=True)
@@ -130,8 +133,10 @@ def main(argv: list[str] | None = None) -> dict:
                     _wait_for_cpus(per_node)
                 _wait_for_cpus(per_node * (2 if arm == "head_plus_reader" else 1))   # the last epoch's tasks gone
                 t0 = time.perf_counter()
-                got, concurrency[arm] = _epoch(manifest, args.batch_size, args.shards_per_task)
+                with BusyCores() as cores:
+                    got, concurrency[arm] = _epoch(manifest, args.batch_size, args.shards_per_task)
                 dt = time.perf_counter() - t0
+                busy[arm].append(cores.cores)
                 if got != n:
                     raise RuntimeError(f"stream_scaling {arm}: an epoch yielded {got} samples, expected {n}")
                 rates[arm].append(got / dt)
@@ -145,16 +150,21 @@ def main(argv: list[str] | None = None) -> dict:
         _restore_env(saved_env)
     fig = {arm: statistics.median(v) for arm, v in rates.items()}
     ratio = fig["head_plus_reader"] / fig["head"]
-    fig.update({"rounds": rates, "read_concurrency": concurrency, "cpus_per_node": per_node, "samples": n,
+    head_busy = statistics.median(busy["head"])
+    ceiling = (os.cpu_count() or 1) / head_busy         # the most this machine's cores allow over the head alone
+    fig.update({"rounds": rates, "busy_cores": busy, "ceiling_on_this_machine": round(ceiling, 2), "read_concurrency": concurrency, "cpus_per_node": per_node, "samples": n,
                 "physical_cores": os.cpu_count(), "loadavg_start_end": [load_start, loadavg()],
                 "goals": [{"goal": "stream_scaling_reader_node", "measured": round(ratio, 3),
-                           "target": f">= {TARGET} (read CPUs {per_node} -> {2 * per_node})",
+                           "target": f">= {TARGET} (read CPUs {per_node} -> {2 * per_node}; "
+                                     f"this machine's cores allow x{ceiling:.2f})",
                            "met": bool(ratio >= TARGET)}]})
     summary = (f"{n} samples (JPEG + stored log-mel, uint8 frames; {args.shards_per_task} shard(s) per read task), "
                f"{args.rounds} alternating rounds, "
                f"{os.cpu_count()} physical cores: head ({per_node} CPU, read concurrency {concurrency['head']}) "
                f"{fig['head']:.0f}/s; + CPU-only reader node ({per_node} CPU, read concurrency "
-               f"{concurrency['head_plus_reader']}) {fig['head_plus_reader']:.0f}/s: x{ratio:.2f}; load avg "
+               f"{concurrency['head_plus_reader']}) {fig['head_plus_reader']:.0f}/s: x{ratio:.2f}; machine busy "
+               f"{head_busy:.2f} -> {statistics.median(busy['head_plus_reader']):.2f} of {os.cpu_count()} cores, "
+               f"so at most x{ceiling:.2f} here; load avg "
                f"{load_start:.1f}->{loadavg():.1f}")
     path = finish("stream_scaling", fig, summary, argv, args)
     log.info("%s -> %s", summary, path)
