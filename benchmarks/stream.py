@@ -6,18 +6,20 @@
     python -m benchmarks.stream --shards DIR    # an existing shard folder (its train split)
 
 Every figure is samples/s reaching one consumer (two for ``ray_c<cores>_2ranks``: two ranks, each streaming its
-part, as stage 1's and the detector's workers do), one full epoch per timing. Every arm delivers what the trainers consume: (B, 3, H, W) uint8 frames (normalised on the model's device, ``to_device``)
-and the log-mel; ``--float-frames`` has every arm normalise the frames to float32 instead, as every row before
-2026-12-03 22:00 did. The arms
-run interleaved: ``--rounds`` rounds, each timing every arm once in turn (after one warm-up epoch per arm), so load
-from other processes hits every arm alike; the figure is the median over rounds (all rounds are kept). Every
-multi-process arm uses as many workers as the machine has cores. Two bounds, one thread each, × cores:
+part, as stage 1's and the detector's workers do), one full epoch per timing. Every arm delivers what the trainers
+consume: (B, 3, H, W) uint8 frames (normalised on the model's device, ``to_device``) and the log-mel;
+``--float-frames`` has every arm normalise the frames to float32 instead, as every row before 2026-12-03 22:00 did.
+The arms run interleaved: ``--rounds`` rounds, each timing every arm once in turn (after one warm-up epoch per
+arm), so load from other processes hits every arm alike; the figure is the median over rounds (all rounds are kept),
+with the machine's busy cores during each epoch beside it. Every multi-process arm uses as many workers as the
+machine has cores. Two bounds, one thread each, × cores:
 
 * ``physical_decode_1core``: what the shards store and a reader reads, decoded: tar read + JPEG + the stored
   log-mel (float16; ``ingest.store_logmel``, the default shards here), or + FLAC for shards without it;
 * ``decode_collate_1core``: the same + stacking (+ frame normalisation with ``--float-frames``, + the log-mel for
   shards without it) — the per-sample work every loader arm does.
 
+``ray_c<cores>_2substreams``: the Ray arm with ``stream.substreams: 2`` (one consumer, two executions in turn).
 ``ray_c<cores>_2shards_per_task``: the Ray arm with ``stream.shards_per_task: 2`` (the default reads one).
 ``ray_auto_concurrency``: the Ray arm with ``stream.read_concurrency: 0`` (as many half-CPU read tasks as the free
 CPUs fit: 2 per core).
@@ -46,7 +48,8 @@ from benchmarks.common import BusyCores, append_results_row, record_goals, write
 from data.config import StreamConfig
 from data.schema import SampleMeta, encode_sample
 from data.shards import ShardWriter, read_manifest, write_manifest
-from data.stream import BatchCollate, _stack, iter_torch_batches, plain_loader, ray_dataset, reading_spec
+from data.stream import (BatchCollate, _stack, iter_torch_batches, part_batches, plain_loader, ray_dataset,
+                         reading_spec)
 
 log = logging.getLogger("benchmarks.stream")
 
@@ -178,6 +181,14 @@ def ray_path(manifest, cfg: StreamConfig, concurrency: int, consumers: int,
     return epoch
 
 
+def ray_substreams(manifest, cfg: StreamConfig, concurrency: int, substreams: int,
+                   normalise: bool = False) -> Callable[[], int]:
+    """One consumer reading the epoch as ``substreams`` Ray executions taken in turn (``stream.substreams``,
+    :func:`data.stream.part_batches`), ``concurrency`` read tasks in all."""
+    c = replace(cfg, read_concurrency=concurrency, substreams=substreams)
+    return lambda: sum(len(b["index"]) for b in part_batches(manifest, "train", c, 0, None, normalise))
+
+
 def ray_default_metadata_fetch(epoch: Callable[[], int]) -> Callable[[], int]:
     """``epoch`` (a driver-side Ray path) with Ray Data's default, the block metadata fetched on a background thread,
     instead of inline (``distributed.cluster.ray_local.RAY_DATA_ENV``); the executor reads the choice when it
@@ -247,6 +258,7 @@ def _arms(manifest: Path, cfg: StreamConfig, cores: int, normalise: bool) -> dic
             f"ours_plain_dataloader_w{cores}": _counting(ours_plain(manifest, cfg, cores, normalise)),
             f"ray_c{cores}_consumers1": ray_path(manifest, cfg, cores, 1, normalise),
             f"ray_c{cores}_2ranks": ray_path(manifest, cfg, cores, 2, normalise),
+            f"ray_c{cores}_2substreams": ray_substreams(manifest, cfg, cores, 2, normalise),
             f"ray_c{cores}_2shards_per_task": ray_path(manifest, replace(cfg, shards_per_task=2), cores, 1, normalise),
             f"ray_c{cores}_threaded_metadata": ray_default_metadata_fetch(ray_path(manifest, cfg, cores, 1, normalise)),
             "ray_auto_concurrency": ray_path(manifest, cfg, 0, 1, normalise)}
@@ -302,14 +314,16 @@ def main(argv: list[str] | None = None) -> dict:
                f"{fig['physical_decode_1core']:.0f}/s/core, with collate {fig['decode_collate_1core']:.0f}/s/core; "
                f"webdataset+DL w{cores} {fig[f'webdataset_dataloader_w{cores}']:.0f}/s; ours plain "
                f"{fig[f'ours_plain_dataloader_w{cores}']:.0f}/s; ray c{cores} {fig[f'ray_c{cores}_consumers1']:.0f}/s, "
-               f"2 ranks' parts {fig[f'ray_c{cores}_2ranks']:.0f}/s, 2 shards per task "
+               f"2 ranks' parts {fig[f'ray_c{cores}_2ranks']:.0f}/s, 2 substreams "
+               f"{fig[f'ray_c{cores}_2substreams']:.0f}/s, 2 shards per task "
                f"{fig[f'ray_c{cores}_2shards_per_task']:.0f}/s, Ray Data's threaded metadata fetch "
                f"{fig[f'ray_c{cores}_threaded_metadata']:.0f}/s, read concurrency derived from the free CPUs "
                f"{fig['ray_auto_concurrency']:.0f}/s; ray/plain "
                f"x{g['stream_ray_vs_plain_reader']['measured']:.2f}, of physical decode x cores "
                f"x{g['stream_vs_physical_decode_bound']['measured']:.2f}; cores busy (median): ray c{cores} "
                f"{statistics.median(busy[f'ray_c{cores}_consumers1']):.2f}, 2 ranks "
-               f"{statistics.median(busy[f'ray_c{cores}_2ranks']):.2f}, faster plain "
+               f"{statistics.median(busy[f'ray_c{cores}_2ranks']):.2f}, 2 substreams "
+               f"{statistics.median(busy[f'ray_c{cores}_2substreams']):.2f}, faster plain "
                f"{statistics.median(busy[max(plains, key=fig.get)]):.2f}; load avg "
                f"{fig['loadavg_1m_start_end'][0]:.1f}->{fig['loadavg_1m_start_end'][1]:.1f}")
     if not args.no_results_row:

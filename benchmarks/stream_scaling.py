@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     ratio = fig["head_plus_reader"] / fig["head"]
     head_busy = statistics.median(busy["head"])
     ceiling = (os.cpu_count() or 1) / head_busy         # the most this machine's cores allow over the head alone
-    fig.update({"rounds": rates, "busy_cores": busy, "ceiling_on_this_machine": round(ceiling, 2), "read_concurrency": concurrency, "cpus_per_node": per_node, "samples": n,
+    fig.update({"rounds": rates, "busy_cores": busy, "ceiling_on_this_machine": round(ceiling, 2),
+                "read_concurrency": concurrency, "cpus_per_node": per_node, "samples": n,
                 "physical_cores": os.cpu_count(), "loadavg_start_end": [load_start, loadavg()],
                 "goals": [{"goal": "stream_scaling_reader_node", "measured": round(ratio, 3),
                            "target": f">= {TARGET} (read CPUs {per_node} -> {2 * per_node}; "

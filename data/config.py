@@ -60,7 +60,11 @@ class StreamConfig:
     another task, so a task holds its concurrency slot for about one more shard's time after it ends, and with
     ``read_concurrency: 2`` one task ran at a time. Two shards per task halve that loss (+7 to +10 % on 32k-sample
     epochs here) but change the local shuffle's block boundaries, hence the stream order of a seed; at the read concurrency
-    of a cluster the loss is one slot of many (docs/INVESTIGATIONS.md).
+    of a cluster the loss is one slot of many (docs/INVESTIGATIONS.md). ``substreams`` reads a rank's part of an epoch
+    as that many Ray Data executions (each a sub-part of its shards, ``read_concurrency // substreams`` read tasks,
+    at least 1), whose batches the trainer takes in strict turn (:func:`data.stream.part_batches`): the same batches
+    on every run, in another order than with 1. One execution of 2 read tasks kept 1.45 of 2 cores busy, two of 1
+    kept 1.93 (docs/INVESTIGATIONS.md, "The read path's own cost").
     """
     batch_size: int = 64
     shuffle: bool = True
@@ -69,6 +73,7 @@ class StreamConfig:
     shard_block_rows: int = 0           # max rows per numpy block of a Ray read task; 0 = Ray's target block size
     read_concurrency: int = 2           # parallel Ray read tasks (each reads whole shards); 0 = the CPUs free now
     shards_per_task: int = 1            # shards one Ray read task reads in turn (see above)
+    substreams: int = 1                 # Ray executions a rank's part is read as, batches taken in turn (see above)
     num_workers: int = 2                # DataLoader workers of the plain (non-Ray) reader
     prefetch_batches: int = 2
     max_bad_fraction: float = 0.01      # raise when more than this fraction of samples was unreadable
@@ -82,6 +87,7 @@ class StreamConfig:
         require(self.shard_block_rows >= 0, "shard_block_rows", "must be >= 0 (0: Ray's target block size)")
         require(self.read_concurrency >= 0, "read_concurrency", "must be >= 0 (0 = derived from the free CPUs)")
         require(self.shards_per_task >= 1, "shards_per_task", "must be >= 1")
+        require(self.substreams >= 1, "substreams", "must be >= 1")
         require(self.num_workers >= 0, "num_workers", "must be >= 0")
         require(self.seed >= 0, "seed", "must be >= 0")
         require(self.prefetch_batches >= 0, "prefetch_batches", "must be >= 0 (0 = no prefetching)")

@@ -371,6 +371,75 @@ def iter_torch_batches(source, cfg: StreamConfig, epoch: int = 0,
         local_shuffle_buffer_size=buffer, local_shuffle_seed=cfg.seed + epoch if buffer else None)
 
 
+def part_batches(manifest: Manifest | str | Path, split: str, cfg: StreamConfig, epoch: int,
+                 part: tuple[int, int] | None = None, normalise: bool = True, read_num_cpus: float = 0.5
+                 ) -> Iterator[dict[str, torch.Tensor]]:
+    """Decoded batches of part ``part=(p, n)`` (None: the whole epoch) of ``epoch`` (:func:`ray_dataset`), read as
+    ``cfg.substreams``
+    executions: sub-parts ``p + n·j`` of ``n·substreams`` (so ``substreams: 1`` is exactly
+    ``iter_torch_batches(ray_dataset(..., part=part))``), each with ``read_concurrency // substreams`` read tasks and
+    a thread filling a queue of batches; the batches are taken from the sub-parts in strict turn (one that has ended
+    drops out), so the order is a function of ``(seed, epoch, part, substreams)`` alone. An error in any sub-part is
+    raised here; stopping early stops the threads."""
+    k = cfg.substreams
+    if k == 1:
+        yield from iter_torch_batches(ray_dataset(manifest, split, cfg, epoch=epoch, part=part,
+                                                  read_num_cpus=read_num_cpus), cfg, epoch, normalise)
+        return
+    import queue
+    import threading
+
+    m = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+    total = cfg.read_concurrency or auto_read_concurrency(read_num_cpus, len(m.split_shards(split)))
+    sub = replace(cfg, read_concurrency=max(1, total // k), substreams=1)
+    p, n = part or (0, 1)
+    datasets = [ray_dataset(m, split, sub, epoch=epoch, part=(p + n * j, n * k), read_num_cpus=read_num_cpus)
+                for j in range(k)]
+    queues = [queue.Queue(max(2, cfg.prefetch_batches)) for _ in range(k)]
+    stop = threading.Event()
+    end = object()
+
+    def fill(j: int) -> None:
+        item: Any = end
+        try:
+            for batch in iter_torch_batches(datasets[j], sub, epoch, normalise):
+                while not stop.is_set():
+                    try:
+                        queues[j].put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as e:                    # handed to the consumer, raised there
+            item = e
+        while not stop.is_set():
+            try:
+                queues[j].put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    threads = [threading.Thread(target=fill, args=(j,), name=f"substream-{p}.{j}", daemon=True) for j in range(k)]
+    for t in threads:
+        t.start()
+    try:
+        live = list(range(k))
+        while live:
+            for j in list(live):
+                item = queues[j].get()
+                if item is end:
+                    live.remove(j)
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10.0)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # plain path: torch DataLoader over the same shards
 

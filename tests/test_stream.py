@@ -13,8 +13,8 @@ from tests.shardkit import write_dataset
 from avdet.config import AudioConfig
 from data.config import StreamConfig
 from data.schema import clip_id
-from data.stream import (IMAGENET_MEAN, IMAGENET_STD, iter_torch_batches, partition_shards, plain_loader,
-                         ray_dataset)
+from data.stream import (IMAGENET_MEAN, IMAGENET_STD, iter_torch_batches, part_batches, partition_shards,
+                         plain_loader, ray_dataset)
 
 COUNTS = [40, 30, 25, 33]
 N = sum(COUNTS)
@@ -280,3 +280,32 @@ def test_a_local_ray_keeps_its_half_cpu_read_workers_between_epochs(ray_local):
         except ProcessLookupError:
             return False
     assert all(alive(p) for p in pids)
+
+
+def test_substreams_read_a_part_as_several_executions_in_a_fixed_order(shards, ray_local):
+    """``stream.substreams``: a part read as k executions gives every sample of the part once, the same order on every
+    run; substreams 1 is exactly the part's single stream."""
+    def order(part, k):
+        return [i for b in part_batches(shards, "train", _cfg(substreams=k), 0, part) for i in b["index"].tolist()]
+    single = [i for b in iter_torch_batches(ray_dataset(shards, "train", _cfg(), epoch=0, part=(1, 2)), _cfg(), 0)
+              for i in b["index"].tolist()]
+    assert order((1, 2), 1) == single
+    p0, p1 = order((0, 2), 2), order((1, 2), 2)
+    assert order((0, 2), 2) == p0 and order((1, 2), 2) == p1
+    assert sorted(p0 + p1) == list(range(N)) and not set(p0) & set(p1)
+    whole = order(None, 2)
+    assert sorted(whole) == list(range(N)) and whole == order(None, 2)
+
+
+def test_a_substreams_error_reaches_the_trainer_and_an_early_stop_ends_its_threads(tmp_path, ray_local):
+    from data.shards import read_manifest
+    write_dataset(tmp_path, COUNTS)
+    m = read_manifest(tmp_path)
+    bad = m.shard_path(m.split_shards("train")[3])
+    bad.write_bytes(bad.read_bytes()[:3000])                        # cut inside its first samples
+    with pytest.raises(Exception, match=rf"{bad.name}.*corrupt_tar"):
+        list(part_batches(tmp_path, "train", _cfg(substreams=2, shuffle=False), 0))
+    batches = part_batches(tmp_path, "train", _cfg(substreams=2, shuffle=False, max_bad_fraction=1.0), 0)
+    next(batches)
+    batches.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("substream-")]

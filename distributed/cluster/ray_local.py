@@ -5,7 +5,8 @@ Ray 2.60 otherwise rewrites 127.0.0.1 to the machine's external address and list
 the workers before Ray starts.
 
 Every process that runs a Ray Data execution gets :data:`RAY_DATA_ENV` (:func:`ray_data_env`): the driver and, through
-the job's ``runtime_env``, the actors of a cluster (``streaming_split``'s coordinator runs the trainers' stream).
+the job's ``runtime_env``, the actors of a cluster (each train worker runs its own part's execution,
+``data.stream.ray_dataset(part=)``).
 """
 from __future__ import annotations
 
@@ -81,8 +82,9 @@ def idle_workers_kept(num_cpus: int) -> int:
     """Idle worker processes a local raylet keeps between epochs: as many as read tasks of
     ``distributed.cluster.resources.READ_CPUS`` fit on its CPUs. Ray keeps as many as there are free CPUs and kills
     the rest after a second idle, so with more half-CPU read tasks than CPUs every epoch started that many workers
-    afresh (importing torch each): `python -m benchmarks.stream` at 4 read tasks on 2 CPUs went from 1082-1128 to
-    2872-2882 samples/s with them kept (docs/INVESTIGATIONS.md, "Workers killed between epochs")."""
+    afresh (importing torch each): ``python scripts/read_task_probe.py --concurrency 4 --samples 8192 --epochs 3``
+    on 2 CPUs went from 1801-1826 samples/s (``--idle-workers 2``, Ray's rule) to 3354-3643 with them kept
+    (docs/INVESTIGATIONS.md, "Workers killed between epochs")."""
     from distributed.cluster.resources import READ_CPUS
     return max(num_cpus, int(num_cpus / READ_CPUS))
 

@@ -27,7 +27,7 @@ import torch
 from avdet.config import from_dict
 from avdet.fileio import write_atomic, write_json
 from avdet.model import model_state
-from data.stream import iter_torch_batches, ray_dataset, to_device
+from data.stream import iter_torch_batches, part_batches, to_device
 from distributed.cluster import dist
 from distributed.cluster.progress import Progress
 from distributed.stage1.config import Stage1Config
@@ -193,8 +193,8 @@ def _epochs(cfg: Stage1Config, engine, state: State, start_epoch: int, step: int
     stream_cfg, score_cfg = cfg.stream_config(shuffle=True), cfg.stream_config(shuffle=False)
     last_checkpoint = time.monotonic()
     for epoch in range(start_epoch, cfg.train.epochs):
-        stream = ray_dataset(cfg.manifest, method.split(cfg, epoch), stream_cfg, epoch=epoch, part=part)
-        batches = iter_torch_batches(stream, stream_cfg, epoch, normalise=False)     # uint8: to_device normalises
+        batches = part_batches(cfg.manifest, method.split(cfg, epoch), stream_cfg, epoch, part,
+                               normalise=False)                             # uint8: to_device normalises
         step, parts = train_epoch(engine, batches, method.loss(cfg, state, epoch),
                                   epoch, step, cfg.train.report_every, writer, fault, progress)
         dist.average_buffers(engine.module)     # one BatchNorm state for scoring, checkpoints and model.pt
