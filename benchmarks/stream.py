@@ -265,13 +265,20 @@ def _arms(manifest: Path, cfg: StreamConfig, cores: int, normalise: bool) -> dic
 
 
 def goals(fig: dict, cores: int) -> list[dict]:
-    """The issue's streaming goals from the figures (medians); the plain reader is the faster of webdataset's and
-    ours (the same reader as the Ray path's tasks, in DataLoader workers)."""
+    """The issue's streaming goals from the figures (medians), for the default stream (one execution); the plain
+    reader is the faster of webdataset's and ours (the same reader as the Ray path's tasks, in DataLoader workers).
+    With the ``stream.substreams: 2`` arm in ``fig``, its two ratios are entries of their own (an opt-in setting,
+    not the default the goals are judged on)."""
     ray = fig[f"ray_c{cores}_consumers1"]
     plain = max(fig[f"webdataset_dataloader_w{cores}"], fig[f"ours_plain_dataloader_w{cores}"])
+    bound = fig["physical_decode_1core"] * cores
     rows = [("stream_ray_vs_plain_reader", ray / plain, 1.0),
-            ("stream_vs_physical_decode_bound", ray / (fig["physical_decode_1core"] * cores), 0.8),
+            ("stream_vs_physical_decode_bound", ray / bound, 0.8),
             ("stream_vs_2026_12_01", ray / BASELINE_2026_12_01, 2.0)]
+    sub = fig.get(f"ray_c{cores}_2substreams")
+    if sub is not None:
+        rows += [("stream_substreams2_ray_vs_plain_reader", sub / plain, 1.0),
+                 ("stream_substreams2_vs_physical_decode_bound", sub / bound, 0.8)]
     return [{"goal": g, "measured": round(m, 3), "target": f">= {t}", "met": bool(m >= t)} for g, m, t in rows]
 
 

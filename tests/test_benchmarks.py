@@ -192,6 +192,8 @@ def test_stream_arms_run_interleaved_and_goals_are_judged(tmp_path):
     fig = {"ray_c2_consumers1": 1500.0, "webdataset_dataloader_w2": 1200.0, "ours_plain_dataloader_w2": 1000.0,
            "physical_decode_1core": 1000.0}
     assert stream.goals({**fig, "ours_plain_dataloader_w2": 1600.0}, 2)[0]["measured"] == round(1500 / 1600, 3)
+    assert {g["goal"]: g["met"] for g in stream.goals({**fig, "ray_c2_2substreams": 1500.0}, 2)[3:]} == {
+        "stream_substreams2_ray_vs_plain_reader": True, "stream_substreams2_vs_physical_decode_bound": False}
     got = {g["goal"]: (g["measured"], g["met"]) for g in stream.goals(fig, 2)}
     assert got == {"stream_ray_vs_plain_reader": (1.25, True), "stream_vs_physical_decode_bound": (0.75, False),
                    "stream_vs_2026_12_01": (round(1500 / 1078, 3), False)}
