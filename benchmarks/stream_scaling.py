@@ -64,17 +64,20 @@ def _restore_env(saved: dict[str, str | None]) -> None:
         refresh_ray_process_config()
 
 
-def _epoch(manifest: Path, batch_size: int, shards_per_task: int) -> tuple[int, int]:
+def _epoch(manifest: Path, batch_size: int, shards_per_task: int, substreams: int = 1) -> tuple[int, int]:
     """One epoch of the Ray path with the cluster's read concurrency: (samples, read concurrency used)."""
     from data.config import StreamConfig
-    from data.stream import auto_read_concurrency, iter_torch_batches, ray_dataset
+    from data.stream import auto_read_concurrency, iter_torch_batches, part_batches, ray_dataset
     from data.shards import read_manifest
     cfg = StreamConfig(batch_size=batch_size, shuffle=False, shuffle_buffer=0, read_concurrency=0,
-                       shards_per_task=shards_per_task)
+                       shards_per_task=shards_per_task, substreams=substreams)
     shards = len(read_manifest(manifest).split_shards("train"))
     concurrency = auto_read_concurrency(1.0, -(-shards // shards_per_task))
-    ds = ray_dataset(manifest, "train", cfg, read_num_cpus=1.0)
-    return sum(len(b["index"]) for b in iter_torch_batches(ds, cfg, normalise=False)), concurrency
+    if substreams > 1:
+        batches = part_batches(manifest, "train", cfg, 0, None, normalise=False, read_num_cpus=1.0)
+    else:
+        batches = iter_torch_batches(ray_dataset(manifest, "train", cfg, read_num_cpus=1.0), cfg, normalise=False)
+    return sum(len(b["index"]) for b in batches), concurrency
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -87,6 +90,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--cpus-per-node", type=int, default=1)
     p.add_argument("--shards-per-task", type=int, default=StreamConfig().shards_per_task,
                    help="stream.shards_per_task of the read tasks (default: the config's default)")
+    p.add_argument("--substreams", type=int, default=StreamConfig().substreams,
+                   help="stream.substreams: Ray executions the epoch is read as (default: the config's default)")
     p.add_argument("--goals", action="store_true", help="write the goal to benchmarks/GOALS.json (make bench)")
     add_common_args(p, "stream_scaling")
     return p.parse_args(argv)
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         raycluster.connect(head, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         _wait_for_cpus(per_node)
-        _epoch(manifest, args.batch_size, args.shards_per_task)    # warm-up: workers, imports
+        _epoch(manifest, args.batch_size, args.shards_per_task, args.substreams)    # warm-up: workers, imports
         for r in range(args.rounds):
             for arm in (("head", "head_plus_reader") if r % 2 == 0 else ("head_plus_reader", "head")):
                 if arm == "head_plus_reader" and reader is None:
@@ -126,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                      token_path=head.token_path)
                     _wait_for_cpus(2 * per_node)
                     # untimed: the new node's workers start, import
-                    _epoch(manifest, args.batch_size, args.shards_per_task)
+                    _epoch(manifest, args.batch_size, args.shards_per_task, args.substreams)
                 elif arm == "head" and reader is not None:
                     raycluster.stop(reader)
                     reader = None
@@ -134,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
                 _wait_for_cpus(per_node * (2 if arm == "head_plus_reader" else 1))   # the last epoch's tasks gone
                 t0 = time.perf_counter()
                 with BusyCores() as cores:
-                    got, concurrency[arm] = _epoch(manifest, args.batch_size, args.shards_per_task)
+                    got, concurrency[arm] = _epoch(manifest, args.batch_size, args.shards_per_task, args.substreams)
                 dt = time.perf_counter() - t0
                 busy[arm].append(cores.cores)
                 if got != n:
@@ -155,11 +160,14 @@ def main(argv: list[str] | None = None) -> dict:
     fig.update({"rounds": rates, "busy_cores": busy, "ceiling_on_this_machine": round(ceiling, 2),
                 "read_concurrency": concurrency, "cpus_per_node": per_node, "samples": n,
                 "physical_cores": os.cpu_count(), "loadavg_start_end": [load_start, loadavg()],
-                "goals": [{"goal": "stream_scaling_reader_node", "measured": round(ratio, 3),
+                "goals": [{"goal": "stream_scaling_reader_node" + (f"_substreams{args.substreams}"
+                                                                    if args.substreams > 1 else ""),
+                           "measured": round(ratio, 3),
                            "target": f">= {TARGET} (read CPUs {per_node} -> {2 * per_node}; "
                                      f"this machine's cores allow x{ceiling:.2f})",
                            "met": bool(ratio >= TARGET)}]})
-    summary = (f"{n} samples (JPEG + stored log-mel, uint8 frames; {args.shards_per_task} shard(s) per read task), "
+    summary = (f"{n} samples (JPEG + stored log-mel, uint8 frames; {args.shards_per_task} shard(s) per read task, "
+               f"{args.substreams} substream(s)), "
                f"{args.rounds} alternating rounds, "
                f"{os.cpu_count()} physical cores: head ({per_node} CPU, read concurrency {concurrency['head']}) "
                f"{fig['head']:.0f}/s; + CPU-only reader node ({per_node} CPU, read concurrency "
