@@ -399,26 +399,25 @@ def part_batches(manifest: Manifest | str | Path, split: str, cfg: StreamConfig,
     stop = threading.Event()
     end = object()
 
-    def fill(j: int) -> None:
-        item: Any = end
-        try:
-            for batch in iter_torch_batches(datasets[j], sub, epoch, normalise):
-                while not stop.is_set():
-                    try:
-                        queues[j].put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-        except BaseException as e:                    # handed to the consumer, raised there
-            item = e
+    def put(j: int, item: Any) -> bool:
+        """Queue ``item`` for the consumer unless it stopped; False once it has."""
         while not stop.is_set():
             try:
                 queues[j].put(item, timeout=0.1)
-                return
+                return True
             except queue.Full:
                 continue
+        return False
+
+    def fill(j: int) -> None:
+        try:
+            for batch in iter_torch_batches(datasets[j], sub, epoch, normalise):
+                if not put(j, batch):
+                    return
+        except BaseException as e:                    # handed to the consumer, raised there
+            put(j, e)
+            return
+        put(j, end)
 
     threads = [threading.Thread(target=fill, args=(j,), name=f"substream-{p}.{j}", daemon=True) for j in range(k)]
     for t in threads:
