@@ -261,7 +261,7 @@ def test_ray_data_fetches_block_metadata_inline_unless_the_environment_says_othe
 
 def test_a_local_ray_keeps_its_half_cpu_read_workers_between_epochs(ray_local):
     """With Ray's default (idle workers kept = free CPUs) 2 of these 4 workers die a second after they go idle, and
-    the next epoch's read tasks start them again (docs/INVESTIGATIONS.md, "Workers killed between epochs")."""
+    the next epoch's read tasks start them again (docs/INVESTIGATIONS.md, "The read path's own cost")."""
     import ray
 
     @ray.remote(num_cpus=0.5)

@@ -84,7 +84,7 @@ def idle_workers_kept(num_cpus: int) -> int:
     the rest after a second idle, so with more half-CPU read tasks than CPUs every epoch started that many workers
     afresh (importing torch each): ``python scripts/read_task_probe.py --concurrency 4 --samples 8192 --epochs 3``
     on 2 CPUs went from 1801-1826 samples/s (``--idle-workers 2``, Ray's rule) to 3354-3643 with them kept
-    (docs/INVESTIGATIONS.md, "Workers killed between epochs")."""
+    (docs/INVESTIGATIONS.md, "The read path's own cost")."""
     from distributed.cluster.resources import READ_CPUS
     return max(num_cpus, int(num_cpus / READ_CPUS))
 
