@@ -259,17 +259,20 @@ def test_ray_data_fetches_block_metadata_inline_unless_the_environment_says_othe
     assert isinstance(mf.make_metadata_fetcher(), mf.InlineMetadataFetcher)
 
 
-def test_a_local_ray_keeps_its_half_cpu_read_workers_between_epochs(ray_local):
+def test_a_local_ray_keeps_its_half_cpu_read_workers_between_epochs(ray_local, tmp_path):
     """With Ray's default (idle workers kept = free CPUs) 2 of these 4 workers die a second after they go idle, and
     the next epoch's read tasks start them again (docs/INVESTIGATIONS.md, "The read path's own cost")."""
     import ray
 
     @ray.remote(num_cpus=0.5)
-    def pid(wait):
-        time.sleep(wait)
+    def pid(barrier):
+        open(os.path.join(barrier, str(os.getpid())), "w").close()
+        deadline = time.monotonic() + 60
+        while len(os.listdir(barrier)) < 4 and time.monotonic() < deadline:   # all 4 running at once
+            time.sleep(0.05)
         return os.getpid()
 
-    pids = set(ray.get([pid.remote(0.5) for _ in range(4)]))   # 4 at once: 4 workers
+    pids = set(ray.get([pid.remote(str(tmp_path)) for _ in range(4)]))
     assert len(pids) == 4
     time.sleep(3.0)                                            # Ray kills after 1 s idle, checking every 0.2 s
 
