@@ -67,16 +67,13 @@ def _restore_env(saved: dict[str, str | None]) -> None:
 def _epoch(manifest: Path, batch_size: int, shards_per_task: int, substreams: int = 1) -> tuple[int, int]:
     """One epoch of the Ray path with the cluster's read concurrency: (samples, read concurrency used)."""
     from data.config import StreamConfig
-    from data.stream import auto_read_concurrency, iter_torch_batches, part_batches, ray_dataset
+    from data.stream import auto_read_concurrency, part_batches
     from data.shards import read_manifest
     cfg = StreamConfig(batch_size=batch_size, shuffle=False, shuffle_buffer=0, read_concurrency=0,
                        shards_per_task=shards_per_task, substreams=substreams)
     shards = len(read_manifest(manifest).split_shards("train"))
     concurrency = auto_read_concurrency(1.0, -(-shards // shards_per_task))
-    if substreams > 1:
-        batches = part_batches(manifest, "train", cfg, 0, None, normalise=False, read_num_cpus=1.0)
-    else:
-        batches = iter_torch_batches(ray_dataset(manifest, "train", cfg, read_num_cpus=1.0), cfg, normalise=False)
+    batches = part_batches(manifest, "train", cfg, 0, None, normalise=False, read_num_cpus=1.0)
     return sum(len(b["index"]) for b in batches), concurrency
 
 
@@ -94,7 +91,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
                    help="stream.substreams: Ray executions the epoch is read as (default: the config's default)")
     p.add_argument("--goals", action="store_true", help="write the goal to benchmarks/GOALS.json (make bench)")
     add_common_args(p, "stream_scaling")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    StreamConfig(shards_per_task=args.shards_per_task, substreams=args.substreams).check()   # before any Ray starts
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -249,18 +249,23 @@ def _split_name(name: str) -> tuple[str, str]:
 def iter_tar_groups(path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES,
                     ) -> Iterator[tuple[str, list[tuple[str, bytes | None]]]]:
     """(key, [(ext, bytes), ...]) for consecutive tar members sharing a key; tar errors propagate after the groups
-    read so far. Non-file members are skipped. A member larger than ``max_member_bytes`` (its tar header says so)
+    read so far, the last of them with the members read whole before the error. Non-file members are skipped. A member larger than ``max_member_bytes`` (its tar header says so)
     is not read: its bytes are ``None``, which :func:`data.schema.decode_sample` refuses as ``entry_too_large``.
     The members come from :func:`data.tarread.iter_tar_members` (``tarfile``'s reading, without its per-member cost
     on plain ustar headers)."""
     key, entries = None, []
-    for name, data in iter_tar_members(path, max_member_bytes):
-        k, ext = _split_name(name)
-        if k != key and key is not None:
+    try:
+        for name, data in iter_tar_members(path, max_member_bytes):
+            k, ext = _split_name(name)
+            if k != key and key is not None:
+                yield key, entries
+                entries = []
+            key = k
+            entries.append((ext, data))
+    except (tarfile.TarError, EOFError, OSError):
+        if key is not None:   # the members read whole before the error: decoded or counted, not dropped
             yield key, entries
-            entries = []
-        key = k
-        entries.append((ext, data))
+        raise
     if key is not None:
         yield key, entries
 

@@ -121,6 +121,7 @@ def test_null_for_a_non_optional_field_is_an_error_not_the_string_none(tmp_path)
     ("audio", "n_fft=0", "n_fft"),
     ("ingest", "max_duration_s=0", "max_duration_s"),
     ("stream", "seed=-1", "seed"),
+    ("stream", "substreams=0", "substreams"),
     ("train", "seed=-1", "seed"),
     ("eval", "picture_score=3", "picture_score"),
 ])

@@ -88,3 +88,24 @@ def test_a_damaged_later_header_is_an_error_not_the_archives_end(tmp_path):
         for m in iter_tar_members(path, 1 << 20):
             got.append(m[0])
     assert got == ["a.json"]
+
+
+def test_a_shard_with_a_damaged_later_header_keeps_the_samples_before_it_and_says_where(tmp_path):
+    """Through the shard reader: the samples before the damaged header are read, the rest counted as corrupt_tar
+    under the shard's name (tarfile alone would have dropped them without a word)."""
+    from data.health import DataHealth
+    from data.shards import iter_shard_samples
+    from tests.shardkit import write_dataset
+    from data.shards import read_manifest
+    write_dataset(tmp_path, [6])
+    m = read_manifest(tmp_path)
+    path = m.shard_path(m.shards[0])
+    raw = bytearray(path.read_bytes())
+    offsets = [o for o in range(0, len(raw), 512) if raw[o + 257:o + 263] == b"ustar\x00"]
+    members_per_sample = len(offsets) // 6
+    raw[offsets[3 * members_per_sample] + 148] ^= 0x7          # the 4th sample's first header
+    path.write_bytes(bytes(raw))
+    health = DataHealth()
+    kept = list(iter_shard_samples(path, health, m.spec(), expected_count=6))
+    assert [s["meta"]["index"] for s in kept] == [0, 1, 2]
+    assert health.bad["corrupt_tar"] == 3 and path.name in health.summary()
