@@ -378,8 +378,9 @@ def part_batches(manifest: Manifest | str | Path, split: str, cfg: StreamConfig,
     ``cfg.substreams`` executions: sub-parts ``p + n·j`` of ``n·substreams`` (so ``substreams: 1`` is exactly
     ``iter_torch_batches(ray_dataset(..., part=part))``), each with ``read_concurrency // substreams`` read tasks and
     a thread filling a queue of batches; the batches are taken from the sub-parts in strict turn (one that has ended
-    drops out), so the order is a function of ``(seed, epoch, part, substreams)`` alone. An error in any sub-part is
-    raised here; stopping early stops the threads."""
+    drops out), so the order is a function of ``(seed, epoch, part, substreams)`` alone. Sub-parts without shards (a
+    split of fewer shards than ranks × substreams) are left out. An error in any sub-part is raised here; stopping
+    early stops the threads."""
     k = cfg.substreams
     if k == 1:
         yield from iter_torch_batches(ray_dataset(manifest, split, cfg, epoch=epoch, part=part,
@@ -390,10 +391,16 @@ def part_batches(manifest: Manifest | str | Path, split: str, cfg: StreamConfig,
 
     m = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
     total = cfg.read_concurrency or auto_read_concurrency(read_num_cpus, len(m.split_shards(split)))
-    sub = replace(cfg, read_concurrency=max(1, total // k), substreams=1)
     p, n = part or (0, 1)
-    datasets = [ray_dataset(m, split, sub, epoch=epoch, part=(p + n * j, n * k), read_num_cpus=read_num_cpus)
-                for j in range(k)]
+    dealt = partition_shards(_shard_order(m, split, cfg, epoch), n * k)
+    subparts = [p + n * j for j in range(k) if dealt[p + n * j]]   # fewer shards than n·k: the empty ones drop out
+    if not subparts:
+        raise ValueError(f"part_batches: part {p} of {n} of split {split!r} has no shards "
+                         f"({len(m.split_shards(split))} shards in all): use fewer workers or smaller shards")
+    sub = replace(cfg, read_concurrency=max(1, total // len(subparts)), substreams=1)
+    datasets = [ray_dataset(m, split, sub, epoch=epoch, part=(q, n * k), read_num_cpus=read_num_cpus)
+                for q in subparts]
+    k = len(datasets)
     queues = [queue.Queue(max(2, cfg.prefetch_batches)) for _ in range(k)]
     stop = threading.Event()
     end = object()

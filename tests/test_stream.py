@@ -300,6 +300,16 @@ def test_substreams_read_a_part_as_several_executions_in_a_fixed_order(shards, r
     assert sorted(whole) == list(range(N)) and whole == order(None, 2)
 
 
+def test_substreams_beyond_the_shards_leave_the_empty_sub_parts_out(shards, ray_local):
+    """4 train shards, 3 ranks x 2 substreams = 6 sub-parts: ranks 0 and 1 read two sub-parts, rank 2 one; every
+    sample still read once; a rank without any shard is told so."""
+    parts = [[i for b in part_batches(shards, "train", _cfg(substreams=2), 0, (p, 3)) for i in b["index"].tolist()]
+             for p in range(3)]
+    assert sorted(sum(parts, [])) == list(range(N)) and all(parts)
+    with pytest.raises(ValueError, match="part 4 of 5 .* has no shards"):
+        list(part_batches(shards, "train", _cfg(substreams=2), 0, (4, 5)))
+
+
 def test_a_substreams_error_reaches_the_trainer_and_an_early_stop_ends_its_threads(tmp_path, ray_local):
     from data.shards import read_manifest
     write_dataset(tmp_path, COUNTS)
