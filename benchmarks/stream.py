@@ -6,7 +6,7 @@
     python -m benchmarks.stream --shards DIR    # an existing shard folder (its train split)
 
 Every figure is samples/s reaching one consumer (two for ``ray_c<cores>_2ranks``: two ranks, each streaming its
-part, as stage 1's and the detector's workers do), one full epoch per timing. Every arm delivers what the trainers
+part, as stage 1's workers do), one full epoch per timing. Every arm delivers what the trainers
 consume: (B, 3, H, W) uint8 frames (normalised on the model's device, ``to_device``) and the log-mel;
 ``--float-frames`` has every arm normalise the frames to float32 instead, as every row before 2026-12-03 22:00 did.
 The arms run interleaved: ``--rounds`` rounds, each timing every arm once in turn (after one warm-up epoch per
@@ -19,12 +19,15 @@ machine has cores. Two bounds, one thread each, × cores:
 * ``decode_collate_1core``: the same + stacking (+ frame normalisation with ``--float-frames``, + the log-mel for
   shards without it) — the per-sample work every loader arm does.
 
-``ray_c<cores>_2substreams``: the Ray arm with ``stream.substreams: 2`` (one consumer, two executions in turn).
-``ray_c<cores>_2shards_per_task``: the Ray arm with ``stream.shards_per_task: 2`` (the default reads one).
-``ray_auto_concurrency``: the Ray arm with ``stream.read_concurrency: 0`` (as many half-CPU read tasks as the free
-CPUs fit: 2 per core).
-``ray_c<cores>_threaded_metadata``: the Ray arm with Ray Data's default metadata fetch (a background thread) instead
-of ours (inline: ``distributed.cluster.ray_local.RAY_DATA_ENV``).
+``ray_c<cores>_substreams<k>``: the Ray path as a trainer's rank reads it (:func:`data.stream.part_batches`) with
+``stream.substreams: k`` (k Ray executions taken in turn), for the default k (1: the arm the goals are judged on) and
+the other one of 1 and 2 (its ratios are goal entries of their own, ``stream_substreams<k>_*``). The other Ray arms
+vary the default path in one setting:
+``ray_c<cores>_2ranks``: two consumers, each its rank's part (``part_batches(part=(k, 2))``), half the read tasks each.
+``ray_c<cores>_2shards_per_task``: ``stream.shards_per_task: 2`` (the default reads one).
+``ray_auto_concurrency``: ``stream.read_concurrency: 0`` (as many half-CPU read tasks as the free CPUs fit: 2 per
+core).
+``ray_c<cores>_threaded_metadata``: Ray Data's default metadata fetch (a background thread) instead of ours (inline: ``distributed.cluster.ray_local.RAY_DATA_ENV``).
 Ray runs on 127.0.0.1 only. With ``--goals`` (what ``make bench`` passes) the issue's goals are written to
 ``benchmarks/GOALS.json``.
 """
@@ -48,8 +51,7 @@ from benchmarks.common import BusyCores, append_results_row, record_goals, write
 from data.config import StreamConfig
 from data.schema import SampleMeta, encode_sample
 from data.shards import ShardWriter, read_manifest, write_manifest
-from data.stream import (BatchCollate, _stack, iter_torch_batches, part_batches, plain_loader, ray_dataset,
-                         reading_spec)
+from data.stream import BatchCollate, _stack, part_batches, plain_loader, reading_spec
 
 log = logging.getLogger("benchmarks.stream")
 
@@ -155,38 +157,27 @@ def ours_plain(manifest, cfg: StreamConfig, workers: int, normalise: bool = Fals
     return lambda: plain_loader(manifest, "train", c, normalise=normalise)
 
 
-def ray_path(manifest, cfg: StreamConfig, concurrency: int, consumers: int,
+def ray_path(manifest, cfg: StreamConfig, concurrency: int, ranks: int,
              normalise: bool = False) -> Callable[[], int]:
-    """Ray Data read tasks (``concurrency`` in all) feeding ``consumers`` iterators. Several consumers are the
-    trainers' path: threads on the driver, each iterating its own rank's part of the epoch
-    (``ray_dataset(..., part=(k, consumers))``, as ``distributed/stage1/worker.py`` and the detector's workers do)
-    with ``concurrency // consumers`` read tasks. Returns a function that runs one epoch and returns the samples it
-    delivered."""
-    def epoch() -> int:
-        if consumers == 1:
-            c = StreamConfig(**{**cfg.__dict__, "read_concurrency": concurrency})
-            return sum(len(b["index"]) for b in iter_torch_batches(ray_dataset(manifest, "train", c), c,
-                                                                   normalise=normalise))
-        c = StreamConfig(**{**cfg.__dict__, "read_concurrency": max(1, concurrency // consumers)})
-        parts = [ray_dataset(manifest, "train", c, epoch=0, part=(k, consumers)) for k in range(consumers)]
-        counts = [0] * consumers
+    """The trainers' Ray path: ``ranks`` consumers (threads on the driver), each iterating its rank's part of the epoch
+    with :func:`data.stream.part_batches` (``cfg.substreams`` executions taken in turn), ``concurrency // ranks`` read
+    tasks each (``concurrency`` 0: derived from the free CPUs). Returns a function that runs one epoch and returns the
+    samples it delivered."""
+    c = replace(cfg, read_concurrency=concurrency if ranks == 1 else max(1, concurrency // ranks))
 
-        def consume(k):
-            for b in iter_torch_batches(parts[k], c, normalise=normalise):
-                counts[k] += len(b["index"])
-        threads = [threading.Thread(target=consume, args=(k,)) for k in range(consumers)]
+    def consume(part: tuple[int, int] | None, counts: list[int], k: int) -> None:
+        counts[k] = sum(len(b["index"]) for b in part_batches(manifest, "train", c, 0, part, normalise))
+
+    def epoch() -> int:
+        counts = [0] * ranks
+        if ranks == 1:
+            consume(None, counts, 0)
+            return counts[0]
+        threads = [threading.Thread(target=consume, args=((k, ranks), counts, k)) for k in range(ranks)]
         [t.start() for t in threads]
         [t.join() for t in threads]
         return sum(counts)
     return epoch
-
-
-def ray_substreams(manifest, cfg: StreamConfig, concurrency: int, substreams: int,
-                   normalise: bool = False) -> Callable[[], int]:
-    """One consumer reading the epoch as ``substreams`` Ray executions taken in turn (``stream.substreams``,
-    :func:`data.stream.part_batches`), ``concurrency`` read tasks in all."""
-    c = replace(cfg, read_concurrency=concurrency, substreams=substreams)
-    return lambda: sum(len(b["index"]) for b in part_batches(manifest, "train", c, 0, None, normalise))
 
 
 def ray_default_metadata_fetch(epoch: Callable[[], int]) -> Callable[[], int]:
@@ -251,34 +242,46 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 BASELINE_2026_12_01 = 1078.0    # the Ray path re-run idle on 2026-12-01 (issue 19): the "2x today" goal's base
 
 
+def default_arm(cores: int) -> str:
+    """The name of the Ray arm with the default settings, which the goals are judged on."""
+    return f"ray_c{cores}_substreams{StreamConfig().substreams}"
+
+
+def other_substreams() -> int:
+    """The ``stream.substreams`` of the benchmark's second substreams arm: 2 with the default 1, else 1."""
+    return 2 if StreamConfig().substreams == 1 else 1
+
+
 def _arms(manifest: Path, cfg: StreamConfig, cores: int, normalise: bool) -> dict[str, Callable[[], int]]:
+    other = other_substreams()
     return {"physical_decode_1core": _counting(decode_bound(manifest, cfg, collated=False)),
             "decode_collate_1core": _counting(decode_bound(manifest, cfg, normalise=normalise)),
             f"webdataset_dataloader_w{cores}": _counting(webdataset_plain(manifest, cfg, cores, normalise)),
             f"ours_plain_dataloader_w{cores}": _counting(ours_plain(manifest, cfg, cores, normalise)),
-            f"ray_c{cores}_consumers1": ray_path(manifest, cfg, cores, 1, normalise),
+            default_arm(cores): ray_path(manifest, cfg, cores, 1, normalise),
+            f"ray_c{cores}_substreams{other}": ray_path(manifest, replace(cfg, substreams=other), cores, 1, normalise),
             f"ray_c{cores}_2ranks": ray_path(manifest, cfg, cores, 2, normalise),
-            f"ray_c{cores}_2substreams": ray_substreams(manifest, cfg, cores, 2, normalise),
             f"ray_c{cores}_2shards_per_task": ray_path(manifest, replace(cfg, shards_per_task=2), cores, 1, normalise),
             f"ray_c{cores}_threaded_metadata": ray_default_metadata_fetch(ray_path(manifest, cfg, cores, 1, normalise)),
             "ray_auto_concurrency": ray_path(manifest, cfg, 0, 1, normalise)}
 
 
 def goals(fig: dict, cores: int) -> list[dict]:
-    """The issue's streaming goals from the figures (medians), for the default stream (one execution); the plain
-    reader is the faster of webdataset's and ours (the same reader as the Ray path's tasks, in DataLoader workers).
-    With the ``stream.substreams: 2`` arm in ``fig``, its two ratios are entries of their own (an opt-in setting,
-    not the default the goals are judged on)."""
-    ray = fig[f"ray_c{cores}_consumers1"]
+    """The issue's streaming goals from the figures (medians), for the default stream (:func:`default_arm`); the
+    plain reader is the faster of webdataset's and ours (the same reader as the Ray path's tasks, in DataLoader
+    workers). With the other substreams arm in ``fig``, its two ratios are entries of their own (a setting, not the
+    default the goals are judged on)."""
+    ray = fig[default_arm(cores)]
     plain = max(fig[f"webdataset_dataloader_w{cores}"], fig[f"ours_plain_dataloader_w{cores}"])
     bound = fig["physical_decode_1core"] * cores
     rows = [("stream_ray_vs_plain_reader", ray / plain, 1.0),
             ("stream_vs_physical_decode_bound", ray / bound, 0.8),
             ("stream_vs_2026_12_01", ray / BASELINE_2026_12_01, 2.0)]
-    sub = fig.get(f"ray_c{cores}_2substreams")
+    other = other_substreams()
+    sub = fig.get(f"ray_c{cores}_substreams{other}")
     if sub is not None:
-        rows += [("stream_substreams2_ray_vs_plain_reader", sub / plain, 1.0),
-                 ("stream_substreams2_vs_physical_decode_bound", sub / bound, 0.8)]
+        rows += [(f"stream_substreams{other}_ray_vs_plain_reader", sub / plain, 1.0),
+                 (f"stream_substreams{other}_vs_physical_decode_bound", sub / bound, 0.8)]
     return [{"goal": g, "measured": round(m, 3), "target": f">= {t}", "met": bool(m >= t)} for g, m, t in rows]
 
 
@@ -315,22 +318,23 @@ def main(argv: list[str] | None = None) -> dict:
     plains = [f"webdataset_dataloader_w{cores}", f"ours_plain_dataloader_w{cores}"]
     path = write_result("stream", fig, argv, args.out)
     g = {r["goal"]: r for r in fig["goals"]}
+    ray, k, other = default_arm(cores), StreamConfig().substreams, other_substreams()
     summary = (f"{n} samples ({'JPEG + stored log-mel' if stored else 'JPEG + FLAC, log-mel computed'}; "
                f"{fig['frames']} frames delivered; tar walk: data.tarread), "
                f"{args.rounds} interleaved rounds, {cores} cores: physical decode "
                f"{fig['physical_decode_1core']:.0f}/s/core, with collate {fig['decode_collate_1core']:.0f}/s/core; "
                f"webdataset+DL w{cores} {fig[f'webdataset_dataloader_w{cores}']:.0f}/s; ours plain "
-               f"{fig[f'ours_plain_dataloader_w{cores}']:.0f}/s; ray c{cores} {fig[f'ray_c{cores}_consumers1']:.0f}/s, "
-               f"2 ranks' parts {fig[f'ray_c{cores}_2ranks']:.0f}/s, 2 substreams "
-               f"{fig[f'ray_c{cores}_2substreams']:.0f}/s, 2 shards per task "
+               f"{fig[f'ours_plain_dataloader_w{cores}']:.0f}/s; ray c{cores} default ({k} substream(s)) "
+               f"{fig[ray]:.0f}/s, {other} substreams {fig[f'ray_c{cores}_substreams{other}']:.0f}/s, "
+               f"2 ranks' parts {fig[f'ray_c{cores}_2ranks']:.0f}/s, 2 shards per task "
                f"{fig[f'ray_c{cores}_2shards_per_task']:.0f}/s, Ray Data's threaded metadata fetch "
                f"{fig[f'ray_c{cores}_threaded_metadata']:.0f}/s, read concurrency derived from the free CPUs "
                f"{fig['ray_auto_concurrency']:.0f}/s; ray/plain "
                f"x{g['stream_ray_vs_plain_reader']['measured']:.2f}, of physical decode x cores "
-               f"x{g['stream_vs_physical_decode_bound']['measured']:.2f}; cores busy (median): ray c{cores} "
-               f"{statistics.median(busy[f'ray_c{cores}_consumers1']):.2f}, 2 ranks "
-               f"{statistics.median(busy[f'ray_c{cores}_2ranks']):.2f}, 2 substreams "
-               f"{statistics.median(busy[f'ray_c{cores}_2substreams']):.2f}, faster plain "
+               f"x{g['stream_vs_physical_decode_bound']['measured']:.2f}; cores busy (median): ray default "
+               f"{statistics.median(busy[ray]):.2f}, {other} substreams "
+               f"{statistics.median(busy[f'ray_c{cores}_substreams{other}']):.2f}, 2 ranks "
+               f"{statistics.median(busy[f'ray_c{cores}_2ranks']):.2f}, faster plain "
                f"{statistics.median(busy[max(plains, key=fig.get)]):.2f}; load avg "
                f"{fig['loadavg_1m_start_end'][0]:.1f}->{fig['loadavg_1m_start_end'][1]:.1f}")
     if not args.no_results_row:

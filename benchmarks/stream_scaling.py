@@ -15,7 +15,8 @@ the median over rounds. Frames are delivered uint8, as trainers consume them.
 On one machine the two raylets share its physical cores (and the consumer runs beside them), so the ratio shows
 that reads spread to an added node and how far the path follows the CPUs it is given, bounded by the cores there
 are; on separate machines the reader node brings its own. Goal ``stream_scaling_reader_node``: the samples/s ratio
-(head + reader node vs head alone) ≥ 1.5, with the read CPUs doubled. Each epoch also records how many of the
+(head + reader node vs head alone) ≥ 1.5, with the read CPUs doubled (``_substreams<k>`` appended for a
+``--substreams`` other than the config's default). Each epoch also records how many of the
 machine's cores were busy (:class:`benchmarks.common.BusyCores`, every process): the cores over the head arm's busy
 cores is the most any ratio can reach on this machine, whatever the path does.
 """
@@ -31,6 +32,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import BusyCores, add_common_args, finish, loadavg
+from data.config import StreamConfig
 
 log = logging.getLogger("benchmarks.stream_scaling")
 
@@ -64,9 +66,8 @@ def _restore_env(saved: dict[str, str | None]) -> None:
         refresh_ray_process_config()
 
 
-def _epoch(manifest: Path, batch_size: int, shards_per_task: int, substreams: int = 1) -> tuple[int, int]:
+def _epoch(manifest: Path, batch_size: int, shards_per_task: int, substreams: int) -> tuple[int, int]:
     """One epoch of the Ray path with the cluster's read concurrency: (samples, read concurrency used)."""
-    from data.config import StreamConfig
     from data.stream import auto_read_concurrency, part_batches
     from data.shards import read_manifest
     cfg = StreamConfig(batch_size=batch_size, shuffle=False, shuffle_buffer=0, read_concurrency=0,
@@ -78,7 +79,6 @@ def _epoch(manifest: Path, batch_size: int, shards_per_task: int, substreams: in
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    from data.config import StreamConfig
     p = argparse.ArgumentParser(prog="python -m benchmarks.stream_scaling", description=__doc__.split("\n")[0])
     p.add_argument("--samples", type=int, default=8192)
     p.add_argument("--per-shard", type=int, default=256)
@@ -159,8 +159,9 @@ def main(argv: list[str] | None = None) -> dict:
     fig.update({"rounds": rates, "busy_cores": busy, "ceiling_on_this_machine": round(ceiling, 2),
                 "read_concurrency": concurrency, "cpus_per_node": per_node, "samples": n,
                 "physical_cores": os.cpu_count(), "loadavg_start_end": [load_start, loadavg()],
-                "goals": [{"goal": "stream_scaling_reader_node" + (f"_substreams{args.substreams}"
-                                                                    if args.substreams > 1 else ""),
+                "goals": [{"goal": "stream_scaling_reader_node" + (f"_substreams{args.substreams}" if
+                                                                    args.substreams != StreamConfig().substreams
+                                                                    else ""),
                            "measured": round(ratio, 3),
                            "target": f">= {TARGET} (read CPUs {per_node} -> {2 * per_node}; "
                                      f"this machine's cores allow x{ceiling:.2f})",

@@ -64,8 +64,9 @@ class StreamConfig:
     as that many Ray Data executions (each a sub-part of its shards, ``read_concurrency // substreams`` read tasks,
     at least 1), whose batches the trainer takes in strict turn (:func:`data.stream.part_batches`): the same batches
     on every run, in another order than with 1. One execution of 2 read tasks kept 1.45 of 2 cores busy, two of 1
-    kept 1.93 (docs/INVESTIGATIONS.md, "The read path's own cost"), hence the default 2 (since 2026-12-05; the
-    demo's seed table was rerun with it).
+    kept 1.93 (docs/INVESTIGATIONS.md, "The read path's own cost"); but where the trainers share the read tasks'
+    cores, the second execution per rank slows training: 2 epochs of the demo's stage 1 on 2 cores took 206 and
+    210 s against 145 and 146 s with 1 (docs/INVESTIGATIONS.md). Hence the default 1; 2 for reader-bound nodes.
     """
     batch_size: int = 64
     shuffle: bool = True
@@ -74,7 +75,7 @@ class StreamConfig:
     shard_block_rows: int = 0           # max rows per numpy block of a Ray read task; 0 = Ray's target block size
     read_concurrency: int = 2           # parallel Ray read tasks (each reads whole shards); 0 = the CPUs free now
     shards_per_task: int = 1            # shards one Ray read task reads in turn (see above)
-    substreams: int = 2                 # Ray executions a rank's part is read as, batches taken in turn (see above)
+    substreams: int = 1                 # Ray executions a rank's part is read as, batches taken in turn (see above)
     num_workers: int = 2                # DataLoader workers of the plain (non-Ray) reader
     prefetch_batches: int = 2
     max_bad_fraction: float = 0.01      # raise when more than this fraction of samples was unreadable

@@ -221,8 +221,14 @@ def decode_mel(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> StoredMel:
     return StoredMel(key, values)
 
 
-def json_depth(data: bytes) -> int:
-    """Deepest nesting of ``[``/``{`` in JSON text (outside strings), without parsing (no recursion)."""
+def json_depth(data: bytes, limit: int | None = None) -> int:
+    """Deepest nesting of ``[``/``{`` in JSON text (outside strings), without parsing (no recursion). With ``limit``:
+    the count of ``[`` and ``{`` bytes when it is at most ``limit`` (no deeper nesting is possible then; counted in
+    C, where the exact walk is a Python loop over every byte), else the exact depth."""
+    if limit is not None:
+        openers = data.count(b"[") + data.count(b"{")
+        if openers <= limit:
+            return openers
     depth = deepest = 0
     in_str = esc = False
     for c in data:
@@ -247,7 +253,7 @@ def decode_json(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Any:
     """JSON bytes -> value; size and nesting depth are checked first (``json_too_large``, ``json_too_deep``)."""
     if len(data) > limits.max_json_bytes:
         raise DecodeError("json_too_large", f"{len(data)} bytes > max_json_bytes {limits.max_json_bytes}; not parsed")
-    depth = json_depth(data)
+    depth = json_depth(data, limits.max_json_depth)
     if depth > limits.max_json_depth:
         raise DecodeError("json_too_deep", f"nesting depth {depth} > max_json_depth {limits.max_json_depth}; "
                           f"not parsed")

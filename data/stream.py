@@ -10,7 +10,9 @@ torch, per batch). On the Ray path the read tasks compute the log-mel themselves
 blocks carry ``"logmel": (n, 1, n_mels, T) float32`` and ``"logmel_key"`` (:func:`logmel_key` of the audio settings)
 in place of the raw audio, and the consumer only checks the key — the trainer's process does no audio work. A set
 ingested with ``store_logmel`` holds each sample's log-mel (float16): a reader whose audio settings match reads it
-in place of the FLAC (:func:`reading_spec`), so no reader computes a log-mel or decodes audio.
+in place of the FLAC (:func:`reading_spec`), so no reader computes a log-mel or decodes audio, and its blocks carry
+the stored float16 values as they are: half the log-mel's bytes through the object store, widened to float32 by
+:func:`to_device` on the model's device (exactly: every float16 is a float32) or by a ``normalise=True`` collate.
 
 Trainer usage::
 
@@ -103,9 +105,10 @@ def read_shard_blocks(path: str, classes: list[str], spec: SampleSpec | None, bl
 
 
 def _stack(samples: list[dict[str, Any]], ids: dict[str, int], mel_key: int | None = None) -> dict[str, np.ndarray]:
-    """Samples -> one block; with ``mel_key`` (samples read with a ``spec.mel``) the stored log-mel as ``logmel``."""
+    """Samples -> one block; with ``mel_key`` (samples read with a ``spec.mel``) the stored float16 log-mel as
+    ``logmel``."""
     sound = ({"audio": np.stack([s["audio"] for s in samples])} if mel_key is None else
-             {"logmel": np.stack([s["mel"] for s in samples])[:, None].astype(np.float32),
+             {"logmel": np.stack([s["mel"] for s in samples])[:, None],
               "logmel_key": np.full(len(samples), mel_key, np.int64)})
     return {"frames": np.stack([s["frame"] for s in samples]), **sound,
             "index": np.array([s["meta"]["index"] for s in samples], np.int64),
@@ -143,7 +146,8 @@ class BatchCollate:
     """numpy block ``{"frames": (B,H,W,3) uint8, "audio": (B,S) int16, "index", "label"}`` -> decoded batch
     ``{"frames": (B,3,H,W) float32 ImageNet-normalised, "audio": (B,1,n_mels,T) float32 log-mel, "index": (B,)
     int64, "label": (B,) int64, "clip": (B,) int64}``. Usable as ``collate_fn`` of ``iter_torch_batches`` and of a
-    DataLoader."""
+    DataLoader. ``normalise=False`` leaves the device's work to :func:`to_device`: frames (B,3,H,W) uint8, and a
+    stored log-mel (float16 in the block) as float16."""
 
     def __init__(self, audio: AudioConfig, normalise: bool = True):
         self.audio, self.normalise = audio, normalise
@@ -160,7 +164,12 @@ class BatchCollate:
             if not bool(np.all(np.asarray(block["logmel_key"]) == logmel_key(self.audio))):
                 raise ValueError("BatchCollate: the block's log-mel was computed with other audio settings than "
                                  f"this consumer's ({self.audio}); build the stream with the consumer's audio config")
-            audio = torch.from_numpy(np.require(block["logmel"], np.float32, ["C", "W"]))
+            mel = np.asarray(block["logmel"])
+            if mel.dtype == np.float16:                        # stored at ingest: to_device widens it
+                audio = _shared_tensor(np.require(mel, requirements=["C"]))
+                audio = audio.float() if self.normalise else audio
+            else:
+                audio = torch.from_numpy(np.require(mel, np.float32, ["C", "W"]))
         else:
             wave = torch.from_numpy(np.asarray(block["audio"], np.float32)) / 32768.0
             with torch.no_grad():
@@ -197,12 +206,15 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device,
               ) -> dict[str, torch.Tensor]:
     """The decoded batch with ``keys`` (the model's inputs and the loss's per-sample ids) on ``device``, its frames
     normalised there when they arrive as uint8 (a quarter of the bytes to move: streams built with
-    ``normalise=False``); ``index`` stays on the host, where label tables look it up."""
+    ``normalise=False``) and a float16 log-mel widened to float32 there; ``index`` stays on the host, where label
+    tables look it up."""
     if torch.device(device).type != "cpu":
         batch = {k: v.to(device, non_blocking=True) if k in keys and torch.is_tensor(v) else v
                  for k, v in batch.items()}
     if batch["frames"].dtype == torch.uint8:
         batch = {**batch, "frames": normalise_frames(batch["frames"])}
+    if "audio" in batch and batch["audio"].dtype == torch.float16:
+        batch = {**batch, "audio": batch["audio"].float()}
     return batch
 
 
@@ -358,8 +370,9 @@ def auto_read_concurrency(read_num_cpus: float, shards: int) -> int:
 def iter_torch_batches(source, cfg: StreamConfig, epoch: int = 0,
                        normalise: bool = True) -> Iterator[dict[str, torch.Tensor]]:
     """Decoded batches from a ``ray.data.Dataset`` or ``DataIterator`` (e.g. ``ray.train.get_dataset_shard``);
-    ``normalise=False``: frames stay (B, 3, H, W) uint8, for :func:`to_device` to normalise on the model's device
-    (they are a view of the object store's read-only block: read them, never write into them)."""
+    ``normalise=False``: frames stay (B, 3, H, W) uint8 and a stored log-mel float16, for :func:`to_device` to
+    normalise and widen on the model's device (they are views of the object store's read-only block: read them, never
+    write into them)."""
     from ray.data.collate_fn import NumpyBatchCollateFn
 
     class _RayCollate(BatchCollate, NumpyBatchCollateFn):

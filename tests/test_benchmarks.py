@@ -182,6 +182,7 @@ def test_stream_arms_run_interleaved_and_goals_are_judged(tmp_path):
     """Every round times each arm once, in turn (not one arm's rounds back to back); a short epoch is an error;
     the goals are the ratios of the medians against their targets, recorded by name in GOALS.json."""
     from benchmarks import stream
+    from data.config import StreamConfig
     from benchmarks.common import record_goals
     calls = []
     arms = {name: (lambda name=name: calls.append(name) or 10) for name in ("a", "b")}
@@ -189,11 +190,14 @@ def test_stream_arms_run_interleaved_and_goals_are_judged(tmp_path):
     assert calls == ["a", "b"] * 4 and {k: len(v) for k, v in rates.items()} == {"a": 3, "b": 3}
     with pytest.raises(RuntimeError, match="b: an epoch yielded 9 samples, expected 10"):
         stream.interleaved_epochs({"a": lambda: 10, "b": lambda: 9}, 10, rounds=1)
-    fig = {"ray_c2_consumers1": 1500.0, "webdataset_dataloader_w2": 1200.0, "ours_plain_dataloader_w2": 1000.0,
+    fig = {stream.default_arm(2): 1500.0, "webdataset_dataloader_w2": 1200.0, "ours_plain_dataloader_w2": 1000.0,
            "physical_decode_1core": 1000.0}
+    assert stream.default_arm(2) == f"ray_c2_substreams{StreamConfig().substreams}"      # judged on the default
     assert stream.goals({**fig, "ours_plain_dataloader_w2": 1600.0}, 2)[0]["measured"] == round(1500 / 1600, 3)
-    assert {g["goal"]: g["met"] for g in stream.goals({**fig, "ray_c2_2substreams": 1500.0}, 2)[3:]} == {
-        "stream_substreams2_ray_vs_plain_reader": True, "stream_substreams2_vs_physical_decode_bound": False}
+    k = stream.other_substreams()
+    assert {k, StreamConfig().substreams} == {1, 2}
+    assert {g["goal"]: g["met"] for g in stream.goals({**fig, f"ray_c2_substreams{k}": 1500.0}, 2)[3:]} == {
+        f"stream_substreams{k}_ray_vs_plain_reader": True, f"stream_substreams{k}_vs_physical_decode_bound": False}
     got = {g["goal"]: (g["measured"], g["met"]) for g in stream.goals(fig, 2)}
     assert got == {"stream_ray_vs_plain_reader": (1.25, True), "stream_vs_physical_decode_bound": (0.75, False),
                    "stream_vs_2026_12_01": (round(1500 / 1078, 3), False)}

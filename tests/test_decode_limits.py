@@ -103,6 +103,10 @@ def test_json_limits_size_and_depth():
     for _ in range(39):
         x = x[0]
     assert x == []
+    # the shortcut (no more openers than the limit) and the exact walk agree at the limit's edge, and brackets in
+    # strings beyond the limit's count are walked, not refused
+    assert json_depth(b"[" * 32 + b"]" * 32, 32) == 32 and json_depth(b"[" * 33 + b"]" * 33, 32) == 33
+    assert decode_json(b'{"s": "' + b"[" * 100 + b'"}') == {"s": "[" * 100}
 
 
 def test_oversized_tar_member_is_not_read(tmp_path):

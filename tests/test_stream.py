@@ -148,12 +148,23 @@ def test_ray_blocks_carry_the_readers_log_mel_equal_to_the_plain_path(shards, ra
 
 
 def test_ray_read_tasks_pass_the_stored_log_mel_through(tmp_path, ray_local):
-    """A set with the log-mel stored at ingest: the read tasks put it in the blocks as they are (no audio decoded,
-    none computed); the decoded batches equal the plain path's."""
+    """A set with the log-mel stored at ingest: the read tasks put it in the blocks as they are, float16 (no audio
+    decoded, none computed); the decoded batches equal the plain path's; with ``normalise=False`` the batches carry
+    it as float16 and ``to_device`` widens it to exactly the float32 values a normalising stream gives."""
+    from data.stream import to_device
     write_dataset(tmp_path, [12, 9], mel_audio=AUDIO)
     cfg = _cfg(shuffle=False, shuffle_buffer=0)
     block = next(iter(ray_dataset(tmp_path, "train", cfg).iter_batches(batch_size=None, batch_format="numpy")))
-    assert "audio" not in block and block["logmel"].shape[1:] == (1, 64, 11)
+    assert "audio" not in block and block["logmel"].shape[1:] == (1, 64, 11) and block["logmel"].dtype == np.float16
+    half = [b for b in iter_torch_batches(ray_dataset(tmp_path, "train", cfg), cfg, normalise=False)]
+    full = [b for b in iter_torch_batches(ray_dataset(tmp_path, "train", cfg), cfg)]
+    assert all(b["audio"].dtype == torch.float16 for b in half) and all(b["audio"].dtype == torch.float32 for b in full)
+    widened = {int(i): (a, f) for b in (to_device(h, torch.device("cpu")) for h in half)
+               for i, a, f in zip(b["index"], b["audio"], b["frames"])}
+    normalised = {int(i): (a, f) for b in full for i, a, f in zip(b["index"], b["audio"], b["frames"])}
+    assert widened.keys() == normalised.keys() == set(range(21))
+    assert all(w[0].dtype == torch.float32 and torch.equal(w[0], normalised[i][0]) and
+               torch.equal(w[1], normalised[i][1]) for i, w in widened.items())
     ray_b = {int(i): a for b in iter_torch_batches(ray_dataset(tmp_path, "train", cfg), cfg)
              for i, a in zip(b["index"], b["audio"])}
     plain = {int(i): a for b in plain_loader(tmp_path, "train", StreamConfig(**{**cfg.__dict__, "num_workers": 0}))
