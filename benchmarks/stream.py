@@ -27,7 +27,8 @@ vary the default path in one setting:
 ``ray_c<cores>_2shards_per_task``: ``stream.shards_per_task: 2`` (the default reads one).
 ``ray_auto_concurrency``: ``stream.read_concurrency: 0`` (as many half-CPU read tasks as the free CPUs fit: 2 per
 core).
-``ray_c<cores>_threaded_metadata``: Ray Data's default metadata fetch (a background thread) instead of ours (inline: ``distributed.cluster.ray_local.RAY_DATA_ENV``).
+``ray_c<cores>_threaded_metadata``: Ray Data's default metadata fetch (a background thread) instead of ours
+(inline: ``distributed.cluster.ray_local.RAY_DATA_ENV``).
 Ray runs on 127.0.0.1 only. With ``--goals`` (what ``make bench`` passes) the issue's goals are written to
 ``benchmarks/GOALS.json``.
 """
