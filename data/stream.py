@@ -389,8 +389,8 @@ def part_batches(manifest: Manifest | str | Path, split: str, cfg: StreamConfig,
                  ) -> Iterator[dict[str, torch.Tensor]]:
     """Decoded batches of part ``part=(p, n)`` (None: the whole epoch) of ``epoch`` (:func:`ray_dataset`), read as
     ``cfg.substreams`` executions: sub-parts ``p + n·j`` of ``n·substreams`` (so ``substreams: 1`` is exactly
-    ``iter_torch_batches(ray_dataset(..., part=part))``), each with ``read_concurrency // substreams`` read tasks and
-    a thread filling a queue of batches; the batches are taken from the sub-parts in strict turn (one that has ended
+    ``iter_torch_batches(ray_dataset(..., part=part))``), each with ``read_concurrency // (sub-parts read)`` read
+    tasks (at least 1) and a thread filling a queue of batches; the batches are taken from the sub-parts in strict turn (one that has ended
     drops out), so the order is a function of ``(seed, epoch, part, substreams)`` alone. Sub-parts without shards (a
     split of fewer shards than ranks × substreams) are left out. An error in any sub-part is raised here; stopping
     early stops the threads."""
