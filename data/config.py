@@ -67,6 +67,12 @@ class StreamConfig:
     kept 1.93 (docs/INVESTIGATIONS.md, "The read path's own cost"); but where the trainers share the read tasks'
     cores, the second execution per rank slows training: 2 epochs of the demo's stage 1 on 2 cores took 206 and
     210 s against 145 and 146 s with 1 (docs/INVESTIGATIONS.md). Hence the default 1; 2 for reader-bound nodes.
+    ``op_reservation`` is Ray Data's ``op_resource_reservation_enabled`` for the stream's datasets (on: Ray's
+    default). On, Ray Data (2.60) holds an execution's read operator to one 0.5-CPU task whenever a few of its blocks
+    wait for the consumer ("backpressured: tasks(ResourceBudget)"): one stream read at 1.17 of 2 cores; off, it read
+    ×1.39 faster (the same batches), but 2 epochs of the demo's stage 1 on 2 shared cores took 220–225 s against
+    143–154 s (docs/INVESTIGATIONS.md, "The read path's own cost"). Off is for nodes whose trainers leave the CPUs to
+    the readers (not measured on one yet).
     """
     batch_size: int = 64
     shuffle: bool = True
@@ -79,6 +85,7 @@ class StreamConfig:
     num_workers: int = 2                # DataLoader workers of the plain (non-Ray) reader
     prefetch_batches: int = 2
     max_bad_fraction: float = 0.01      # raise when more than this fraction of samples was unreadable
+    op_reservation: bool = True         # Ray Data's per-operator resource reservation (see above)
     logmel_in_reader: bool = True       # Ray path: the read tasks compute the log-mel (blocks carry it, not raw audio)
     proposals: str = ""                 # a proposal set beside the shards (data/proposals.py) to join; "" = none
     audio: AudioConfig = field(default_factory=AudioConfig)

@@ -319,7 +319,9 @@ def ray_dataset(manifest: Manifest | str | Path, split: str, cfg: StreamConfig, 
     ``epoch=None`` reshuffles both afresh on every execution, i.e. every epoch of a long-lived Ray Train dataset.
     ``part=(p, n)`` (with an ``epoch``): only part ``p`` of :func:`partition_shards` of that order, blocks delivered
     in order, so the stream is a function of ``(seed, epoch, p, n)`` alone.
-    ``read_num_cpus`` is the CPU reservation per read task (< 1 so reads fit beside the train workers)."""
+    ``read_num_cpus`` is the CPU reservation per read task (< 1 so reads fit beside the train workers).
+    ``cfg.op_reservation`` is this dataset's Ray Data ``op_resource_reservation_enabled`` (see
+    :class:`data.config.StreamConfig`)."""
     import ray
 
     m = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
@@ -341,6 +343,7 @@ def ray_dataset(manifest: Manifest | str | Path, split: str, cfg: StreamConfig, 
     ds = ray.data.from_items(items, override_num_blocks=tasks)
     if part is not None:
         ds.context.execution_options.preserve_order = True
+    ds.context.op_resource_reservation_enabled = cfg.op_reservation
     if fresh:
         ds = ds.randomize_block_order()
     concurrency = cfg.read_concurrency or auto_read_concurrency(read_num_cpus, tasks)

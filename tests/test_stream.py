@@ -311,6 +311,17 @@ def test_substreams_read_a_part_as_several_executions_in_a_fixed_order(shards, r
     assert sorted(whole) == list(range(N)) and whole == order(None, 2)
 
 
+def test_op_reservation_is_the_datasets_ray_data_setting(shards, ray_local):
+    """``stream.op_reservation`` sets Ray Data's per-operator reservation on the stream's own dataset (on by default,
+    as Ray has it), and either way the part's batches are the same, in the same order."""
+    def stream(on):
+        ds = ray_dataset(shards, "train", _cfg(op_reservation=on), epoch=0, part=(0, 1))
+        return ds.context.op_resource_reservation_enabled, [i for b in iter_torch_batches(ds, _cfg(), 0)
+                                                             for i in b["index"].tolist()]
+    (on, a), (off, b) = stream(True), stream(False)
+    assert StreamConfig().op_reservation and on and not off and a == b and sorted(a) == list(range(N))
+
+
 def test_substreams_beyond_the_shards_leave_the_empty_sub_parts_out(shards, ray_local):
     """4 train shards, 3 ranks x 2 substreams = 6 sub-parts: ranks 0 and 1 read two sub-parts, rank 2 one; every
     sample still read once; a rank without any shard is told so."""
