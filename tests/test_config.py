@@ -173,3 +173,9 @@ def test_every_config_dataclass_has_finite_defaults_and_loads():
     from distributed.cluster.slurm import SlurmConfig
     for c in (PipelineConfig, _stage1(), PseudoConfig, DetectorTrainConfig, IngestConfig, SynthConfig, SlurmConfig):
         load_config(c)
+
+
+def test_a_non_boolean_stream_switch_is_an_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"^op_reservation: expected true/false, got 'maybe'"):
+        load_config(StreamConfig, None, ["op_reservation=maybe"])
+    assert load_config(StreamConfig, None, ["op_reservation=false"]).op_reservation is False
