@@ -20,12 +20,14 @@ machine has cores. Two bounds, one thread each, × cores:
   shards without it) — the per-sample work every loader arm does.
 
 ``ray_c<cores>_substreams<k>``: the Ray path as a trainer's rank reads it (:func:`data.stream.part_batches`) with
-``stream.substreams: k`` (k Ray executions taken in turn), for the default k (1: the arm the goals are judged on) and
+``stream.substreams: k`` (k Ray executions taken in turn), for the default k (2: the arm the goals are judged on) and
 the other one of 1 and 2 (its ratios are goal entries of their own, ``stream_substreams<k>_*``). The other Ray arms
 vary the default path in one setting:
 ``ray_c<cores>_2ranks``: two consumers, each its rank's part (``part_batches(part=(k, 2))``), half the read tasks each.
 ``ray_c<cores>_2shards_per_task``: ``stream.shards_per_task: 2`` (the default reads one).
 ``ray_c<cores>_no_op_reservation``: ``stream.op_reservation: false`` (Ray Data's per-operator reservation off).
+``ray_c<cores>_no_idle_wait``: ``stream.idle_wait_s: 0`` (Ray Data's scheduling loop as Ray has it:
+:mod:`data.ray_idle`).
 ``ray_auto_concurrency``: ``stream.read_concurrency: 0`` (as many half-CPU read tasks as the free CPUs fit: 2 per
 core).
 ``ray_c<cores>_threaded_metadata``: Ray Data's default metadata fetch (a background thread) instead of ours
@@ -265,6 +267,7 @@ def _arms(manifest: Path, cfg: StreamConfig, cores: int, normalise: bool) -> dic
             f"ray_c{cores}_2ranks": ray_path(manifest, cfg, cores, 2, normalise),
             f"ray_c{cores}_2shards_per_task": ray_path(manifest, replace(cfg, shards_per_task=2), cores, 1, normalise),
             f"ray_c{cores}_no_op_reservation": ray_path(manifest, replace(cfg, op_reservation=False), cores, 1, normalise),
+            f"ray_c{cores}_no_idle_wait": ray_path(manifest, replace(cfg, idle_wait_s=0.0), cores, 1, normalise),
             f"ray_c{cores}_threaded_metadata": ray_default_metadata_fetch(ray_path(manifest, cfg, cores, 1, normalise)),
             "ray_auto_concurrency": ray_path(manifest, cfg, 0, 1, normalise)}
 
@@ -331,7 +334,8 @@ def main(argv: list[str] | None = None) -> dict:
                f"{fig[ray]:.0f}/s, {other} substreams {fig[f'ray_c{cores}_substreams{other}']:.0f}/s, "
                f"2 ranks' parts {fig[f'ray_c{cores}_2ranks']:.0f}/s, 2 shards per task "
                f"{fig[f'ray_c{cores}_2shards_per_task']:.0f}/s, op reservation off "
-               f"{fig[f'ray_c{cores}_no_op_reservation']:.0f}/s, Ray Data's threaded metadata fetch "
+               f"{fig[f'ray_c{cores}_no_op_reservation']:.0f}/s, Ray's spinning scheduling loop "
+               f"{fig[f'ray_c{cores}_no_idle_wait']:.0f}/s, Ray Data's threaded metadata fetch "
                f"{fig[f'ray_c{cores}_threaded_metadata']:.0f}/s, read concurrency derived from the free CPUs "
                f"{fig['ray_auto_concurrency']:.0f}/s; ray/plain "
                f"x{g['stream_ray_vs_plain_reader']['measured']:.2f}, of physical decode x cores "

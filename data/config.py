@@ -63,16 +63,18 @@ class StreamConfig:
     of a cluster the loss is one slot of many (docs/INVESTIGATIONS.md). ``substreams`` reads a rank's part of an epoch
     as that many Ray Data executions (each a sub-part of its shards, ``read_concurrency // substreams`` read tasks,
     at least 1), whose batches the trainer takes in strict turn (:func:`data.stream.part_batches`): the same batches
-    on every run, in another order than with 1. One execution of 2 read tasks kept 1.45 of 2 cores busy, two of 1
-    kept 1.93 (docs/INVESTIGATIONS.md, "The read path's own cost"); but where the trainers share the read tasks'
-    cores, the second execution per rank slows training: 2 epochs of the demo's stage 1 on 2 cores took 206 and
-    210 s against 145 and 146 s with 1 (docs/INVESTIGATIONS.md). Hence the default 1; 2 for reader-bound nodes.
-    ``op_reservation`` is Ray Data's ``op_resource_reservation_enabled`` for the stream's datasets (on: Ray's
-    default). On, Ray Data (2.60) holds an execution's read operator to one 0.5-CPU task whenever a few of its blocks
-    wait for the consumer ("backpressured: tasks(ResourceBudget)"): one stream read at 1.17 of 2 cores; off, it read
-    ×1.39 faster (the same batches), but 2 epochs of the demo's stage 1 on 2 shared cores took 220–225 s against
-    143–154 s (docs/INVESTIGATIONS.md, "The read path's own cost"). Off is for nodes whose trainers leave the CPUs to
-    the readers (not measured on one yet).
+    on every run, in another order than with 1 (the demo keeps 1, the order its seed tables were measured with).
+    One execution of 2 read tasks kept 1.42 of 2 cores busy, two of 1 kept 1.9 and read ×1.4 faster
+    (docs/INVESTIGATIONS.md, "The read path's own cost"). ``idle_wait_s``: after a scheduling step that changed
+    nothing, Ray Data's loop (a thread of the trainer's process) waits up to this long for the consumer instead of
+    going round at once (:mod:`data.ray_idle`; 0: Ray's loop, which spins while its reads are ahead). With Ray's loop
+    the faster reading took a trainer's CPU: 2 epochs of the demo's stage 1 on 2 cores took 206–210 s with 2
+    substreams against 152–153 s with 1; with the wait, 152–165 s against 148–151 s (docs/INVESTIGATIONS.md, "Ray
+    Data's idle scheduling loop"). ``op_reservation`` is Ray Data's ``op_resource_reservation_enabled`` for the
+    stream's datasets (on: Ray's default). On, Ray Data (2.60) holds an execution's read operator to one 0.5-CPU task
+    whenever a few of its blocks wait for the consumer ("backpressured: tasks(ResourceBudget)"); off, one execution
+    read ×1.1–1.4 faster (the same batches), and the demo's stage 1 took 162 s with the idle wait (245–274 s
+    without) against 148–151 s on.
     """
     batch_size: int = 64
     shuffle: bool = True
@@ -81,11 +83,12 @@ class StreamConfig:
     shard_block_rows: int = 0           # max rows per numpy block of a Ray read task; 0 = Ray's target block size
     read_concurrency: int = 2           # parallel Ray read tasks (each reads whole shards); 0 = the CPUs free now
     shards_per_task: int = 1            # shards one Ray read task reads in turn (see above)
-    substreams: int = 1                 # Ray executions a rank's part is read as, batches taken in turn (see above)
+    substreams: int = 2                 # Ray executions a rank's part is read as, batches taken in turn (see above)
     num_workers: int = 2                # DataLoader workers of the plain (non-Ray) reader
     prefetch_batches: int = 2
     max_bad_fraction: float = 0.01      # raise when more than this fraction of samples was unreadable
     op_reservation: bool = True         # Ray Data's per-operator resource reservation (see above)
+    idle_wait_s: float = 0.05           # Ray path: how long an idle scheduling loop waits for the consumer (see above)
     logmel_in_reader: bool = True       # Ray path: the read tasks compute the log-mel (blocks carry it, not raw audio)
     proposals: str = ""                 # a proposal set beside the shards (data/proposals.py) to join; "" = none
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -97,6 +100,8 @@ class StreamConfig:
         require(self.read_concurrency >= 0, "read_concurrency", "must be >= 0 (0 = derived from the free CPUs)")
         require(self.shards_per_task >= 1, "shards_per_task", "must be >= 1")
         require(self.substreams >= 1, "substreams", "must be >= 1")
+        require(0 <= self.idle_wait_s <= 0.1, "idle_wait_s", "must be in [0, 0.1] (0: Ray's loop, which spins while "
+                "idle; above Ray's own 0.1 s wait for running tasks it would delay their completions)")
         require(self.num_workers >= 0, "num_workers", "must be >= 0")
         require(self.seed >= 0, "seed", "must be >= 0")
         require(self.prefetch_batches >= 0, "prefetch_batches", "must be >= 0 (0 = no prefetching)")

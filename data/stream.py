@@ -48,6 +48,7 @@ from avdet.audio import LogMel, logmel_key, num_frames
 from avdet.config import AudioConfig
 from data.config import StreamConfig
 from data.health import DataHealth, SampleSpec
+from data.ray_idle import IDLE_WAIT_KEY, install as install_idle_wait
 from data.schema import clip_id
 from data.shards import Manifest, iter_tar_groups, iter_shard_samples, read_manifest
 
@@ -320,8 +321,8 @@ def ray_dataset(manifest: Manifest | str | Path, split: str, cfg: StreamConfig, 
     ``part=(p, n)`` (with an ``epoch``): only part ``p`` of :func:`partition_shards` of that order, blocks delivered
     in order, so the stream is a function of ``(seed, epoch, p, n)`` alone.
     ``read_num_cpus`` is the CPU reservation per read task (< 1 so reads fit beside the train workers).
-    ``cfg.op_reservation`` is this dataset's Ray Data ``op_resource_reservation_enabled`` (see
-    :class:`data.config.StreamConfig`)."""
+    ``cfg.op_reservation`` is this dataset's Ray Data ``op_resource_reservation_enabled``, ``cfg.idle_wait_s`` its
+    scheduling loop's idle wait (:mod:`data.ray_idle`; see :class:`data.config.StreamConfig`)."""
     import ray
 
     m = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
@@ -344,6 +345,8 @@ def ray_dataset(manifest: Manifest | str | Path, split: str, cfg: StreamConfig, 
     if part is not None:
         ds.context.execution_options.preserve_order = True
     ds.context.op_resource_reservation_enabled = cfg.op_reservation
+    ds.context.set_config(IDLE_WAIT_KEY, cfg.idle_wait_s)
+    install_idle_wait()
     if fresh:
         ds = ds.randomize_block_order()
     concurrency = cfg.read_concurrency or auto_read_concurrency(read_num_cpus, tasks)
@@ -382,6 +385,7 @@ def iter_torch_batches(source, cfg: StreamConfig, epoch: int = 0,
         """BatchCollate marked as a numpy collate for Ray (a plain function is deprecated since Ray 2.47)."""
 
     buffer = cfg.shuffle_buffer if cfg.shuffle and cfg.shuffle_buffer > 0 else None
+    install_idle_wait()                         # this process runs the execution's scheduling loop
     return source.iter_torch_batches(
         batch_size=cfg.batch_size, collate_fn=_RayCollate(cfg.audio, normalise), prefetch_batches=cfg.prefetch_batches,
         local_shuffle_buffer_size=buffer, local_shuffle_seed=cfg.seed + epoch if buffer else None)

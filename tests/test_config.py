@@ -179,3 +179,11 @@ def test_a_non_boolean_stream_switch_is_an_error_naming_the_key():
     with pytest.raises(ConfigError, match=r"^op_reservation: expected true/false, got 'maybe'"):
         load_config(StreamConfig, None, ["op_reservation=maybe"])
     assert load_config(StreamConfig, None, ["op_reservation=false"]).op_reservation is False
+
+
+def test_an_idle_wait_beyond_rays_own_task_wait_is_an_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"^idle_wait_s must be in \[0, 0.1\]"):
+        load_config(StreamConfig, None, ["idle_wait_s=0.5"])
+    with pytest.raises(ConfigError, match=r"^idle_wait_s must be in \[0, 0.1\]"):
+        load_config(StreamConfig, None, ["idle_wait_s=-0.01"])
+    assert load_config(StreamConfig, None, ["idle_wait_s=0"]).idle_wait_s == 0

@@ -322,6 +322,38 @@ def test_op_reservation_is_the_datasets_ray_data_setting(shards, ray_local):
     assert StreamConfig().op_reservation and on and not off and a == b and sorted(a) == list(range(N))
 
 
+def test_an_idle_scheduling_loop_waits_for_the_consumer_instead_of_spinning(tmp_path, ray_local, monkeypatch):
+    """``stream.idle_wait_s`` (data.ray_idle): while the reads are ahead of a slow consumer, Ray Data's scheduling
+    loop (a thread of the consumer's process) went round hundreds of times a second; with the wait it goes round a
+    few times per batch taken, and the batches are the same, in the same order."""
+    from ray.data._internal.execution.streaming_executor import StreamingExecutor
+
+    from benchmarks.stream import make_shards
+    from data.ray_idle import install
+    manifest = make_shards(tmp_path, 1024, 64, store_logmel=True)    # 16 shards: the reads outrun the consumer
+    assert install() and install()                        # idempotent
+    patched, steps = StreamingExecutor._scheduling_loop_step, [0]
+
+    def counting(self, topology):
+        steps[0] += 1
+        return patched(self, topology)
+    monkeypatch.setattr(StreamingExecutor, "_scheduling_loop_step", counting)
+
+    def epoch(wait):
+        steps[0], order = 0, []
+        cfg = StreamConfig(batch_size=64, shuffle=False, shuffle_buffer=0, op_reservation=False, substreams=1,
+                           idle_wait_s=wait)
+        for b in part_batches(manifest, "train", cfg, 0, (0, 1), normalise=False):
+            time.sleep(0.1)                                # a trainer's step that leaves the CPU alone
+            order += b["index"].tolist()
+        return steps[0], order
+    epoch(0.05)                                            # warm the read workers
+    (spin, a), (wait, b), (spin2, _) = epoch(0.0), epoch(0.05), epoch(0.0)
+    assert a == b and sorted(a) == list(range(1024))
+    assert wait * 5 < min(spin, spin2), (wait, spin, spin2)
+    assert wait < 16 * 8, wait                              # a few steps per batch, not hundreds per second
+
+
 def test_substreams_beyond_the_shards_leave_the_empty_sub_parts_out(shards, ray_local):
     """4 train shards, 3 ranks x 2 substreams = 6 sub-parts: ranks 0 and 1 read two sub-parts, rank 2 one; every
     sample still read once; a rank without any shard is told so."""
