@@ -1,8 +1,8 @@
 """One shard sample: keys, metadata, and whitelisted encode/decode of its entries (docs/INTERFACES.md).
 
-Decoding is by extension from a fixed whitelist (images via PIL, audio via soundfile, json, txt, cls, and ``mel``: the
-log-mel stored at ingest, a fixed header and float16 values, :func:`encode_mel`). Any other
-entry (``.pyd``, ``.pickle``, ``.npy`` ...) is ignored and counted, never unpickled: webdataset's default decoders
+Decoding is by extension from a fixed whitelist (images via torchvision's libjpeg-turbo or PIL, audio via soundfile,
+json, txt, cls, and ``mel``: the log-mel stored at ingest, a fixed header and float16 values, :func:`encode_mel`). Any
+other entry (``.pyd``, ``.pickle``, ``.npy`` ...) is ignored and counted, never unpickled: webdataset's default decoders
 would unpickle ``.pyd``/``.pickle`` and run code from the shard.
 
 Decoding is also bounded, and the bounds are checked *before* decoding (:class:`DecodeLimits`): an image's size from
@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import struct
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable
@@ -160,14 +161,21 @@ def encode_sample(meta: SampleMeta, frame: np.ndarray, audio: np.ndarray, sample
 
 
 def decode_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """JPEG/PNG bytes -> (H, W, 3) uint8 RGB. The header's size is checked against ``limits`` before decoding
-    (``Image.open`` reads only the header): DecodeError ``image_too_large``."""
+    """JPEG/PNG bytes -> (H, W, 3) uint8 RGB. The header's size is checked against ``limits`` before decoding:
+    DecodeError ``image_too_large``.
+
+    A colour JPEG of 8-bit Huffman frames (the frames ingest writes) is decoded by torchvision's libjpeg-turbo
+    (:func:`_decode_colour_jpeg`): the same pixels as PIL's decoder, without its Python header parse. Its (H, W, 3)
+    result is a view of a (3, H, W) array; stacking it into a block is the one copy. Anything else (PNG, grey or CMYK
+    JPEG, arithmetic coding, 12 bits) goes to PIL."""
+    header = _jpeg_frame_header(data)
+    if header is not None:
+        w, h = header
+        _check_image_size(w, h, limits)
+        return _decode_colour_jpeg(data)
     try:
         with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            if max(w, h) > limits.max_image_side or w * h > limits.max_image_pixels:
-                raise DecodeError("image_too_large", f"header says {w}x{h} (limits: side {limits.max_image_side}, "
-                                  f"{limits.max_image_pixels} pixels); not decoded")
+            _check_image_size(*im.size, limits)
             return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
     except DecodeError:
         raise
@@ -175,6 +183,56 @@ def decode_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarr
         raise DecodeError("image_too_large", f"{e}; not decoded") from None
     except Exception as e:  # PIL raises many types on corrupt data
         raise DecodeError("bad_jpg", f"{type(e).__name__}: {e}") from None
+
+
+def _check_image_size(w: int, h: int, limits: DecodeLimits) -> None:
+    if max(w, h) > limits.max_image_side or w * h > limits.max_image_pixels:
+        raise DecodeError("image_too_large", f"header says {w}x{h} (limits: side {limits.max_image_side}, "
+                          f"{limits.max_image_pixels} pixels); not decoded")
+
+
+_SOF_HUFFMAN_8BIT = (0xC0, 0xC1, 0xC2)       # baseline, extended sequential, progressive
+_NO_LENGTH = {0x01, 0xD8} | set(range(0xD0, 0xD8))
+
+
+def _jpeg_frame_header(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a JPEG whose first frame header is an 8-bit Huffman frame of 3 components, read by walking
+    the marker segments up to it; None for anything else (not a JPEG, another frame type, a height left to a DNL
+    marker, a cut or malformed header), which PIL then decodes or refuses."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:                               # fill byte
+            i += 1
+            continue
+        if marker in _NO_LENGTH:
+            i += 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if marker not in _SOF_HUFFMAN_8BIT or i + 10 > n:
+                return None
+            precision, h, w, components = data[i + 4], (data[i + 5] << 8) | data[i + 6], \
+                (data[i + 7] << 8) | data[i + 8], data[i + 9]
+            return (w, h) if precision == 8 and components == 3 and w > 0 and h > 0 else None
+        if marker == 0xDA:                               # scan data before any frame header
+            return None
+        i += 2 + ((data[i + 2] << 8) | data[i + 3])
+    return None
+
+
+def _decode_colour_jpeg(data: bytes) -> np.ndarray:
+    """A colour JPEG (:func:`_jpeg_frame_header`) -> (H, W, 3) uint8 RGB view of torchvision's (3, H, W) decode."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+    try:
+        chw = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except RuntimeError as e:                          # libjpeg's message follows the C++ source location
+        raise DecodeError("bad_jpg", "JPEG decode failed: " + re.sub(r"^decode_jpeg, \S+:\d+, ", "", str(e))) from None
+    return chw.permute(1, 2, 0).numpy()
 
 
 def decode_audio(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
@@ -216,7 +274,8 @@ def decode_mel(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> StoredMel:
         raise DecodeError("bad_mel", f"{len(data)} bytes for a {n_mels}x{t} float16 log-mel "
                           f"(expected {_MEL_HEADER.size + 2 * n_mels * t})")
     values = np.frombuffer(data, "<f2", offset=_MEL_HEADER.size).reshape(n_mels, t)
-    if not np.all(np.isfinite(values)):
+    if values.size and int((values.view("<u2") & 0x7FFF).max()) >= 0x7C00:
+        # an all-ones exponent is inf or nan (float16: 5 exponent bits); 4x faster than np.isfinite on float16
         raise DecodeError("bad_mel", "non-finite values")
     return StoredMel(key, values)
 

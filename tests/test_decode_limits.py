@@ -29,14 +29,22 @@ def huge_jpeg(width: int = 12000, height: int = 12000) -> bytes:
 
 @pytest.fixture
 def loads(monkeypatch):
-    """Sizes of every image PIL actually decodes (ImageFile.load) during the test."""
+    """Sizes (w, h) of every image actually decoded during the test, by PIL (ImageFile.load) or by torchvision
+    (data.schema._decode_colour_jpeg, the colour JPEGs)."""
+    import data.schema
     sizes = []
-    real = ImageFile.ImageFile.load
+    real, real_colour = ImageFile.ImageFile.load, data.schema._decode_colour_jpeg
 
     def load(self):
         sizes.append(self.size)
         return real(self)
+
+    def colour(raw: bytes):
+        out = real_colour(raw)
+        sizes.append((out.shape[1], out.shape[0]))
+        return out
     monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    monkeypatch.setattr(data.schema, "_decode_colour_jpeg", colour)
     return sizes
 
 

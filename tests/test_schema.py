@@ -1,11 +1,14 @@
 """data.schema: encode -> decode round trips and the extension whitelist."""
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from data import schema
 from data.schema import (DECODERS, DecodeError, SampleMeta, decode_audio, decode_image, decode_sample, encode_flac,
                          encode_jpeg, encode_sample, sample_key)
 
@@ -82,3 +85,53 @@ def test_encode_rejects_wrong_shapes():
         encode_jpeg(np.zeros((4, 4), np.uint8))
     with pytest.raises(ValueError):
         encode_flac(np.zeros((2, 100), np.int16), 16000)
+
+
+def _jpeg(img: np.ndarray | Image.Image, **save) -> bytes:
+    buf = io.BytesIO()
+    (img if isinstance(img, Image.Image) else Image.fromarray(img)).save(buf, format="JPEG", **save)
+    return buf.getvalue()
+
+
+def _pil_rgb(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+@pytest.mark.parametrize("save", [{}, {"quality": 95, "subsampling": 0}, {"progressive": True},
+                                  {"quality": 40, "subsampling": 1, "optimize": True}])
+@pytest.mark.parametrize("size", [(128, 128), (37, 90)])
+def test_a_colour_jpeg_decodes_to_the_same_pixels_as_pil(save, size):
+    """decode_image takes colour JPEGs past PIL (torchvision's libjpeg-turbo): the pixels must be PIL's, exactly, or
+    every stream's batches would change."""
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    noise = np.random.default_rng(h * w).integers(0, 40, (h, w, 3))
+    img = np.clip(np.stack([xx * 255 // w, yy * 255 // h, (xx + yy) % 256], -1) + noise, 0, 255).astype(np.uint8)
+    data = _jpeg(img, **save)
+    assert schema._jpeg_frame_header(data) == (w, h)                  # it does take the torchvision path
+    got = decode_image(data)
+    assert got.shape == (h, w, 3) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, _pil_rgb(data))
+
+
+def test_only_colour_huffman_jpegs_leave_pil():
+    """The header walk takes 8-bit, 3-component Huffman frames only; everything else is PIL's, as before."""
+    rgb = np.full((8, 12, 3), 100, np.uint8)
+    assert schema._jpeg_frame_header(_jpeg(rgb)) == (12, 8)
+    grey = _jpeg(Image.fromarray(rgb[..., 0], "L"))
+    cmyk = _jpeg(Image.new("CMYK", (12, 8), (10, 20, 30, 40)))
+    png = io.BytesIO()
+    Image.fromarray(rgb).save(png, format="PNG")
+    for other in (grey, cmyk, png.getvalue(), b"", b"\xff\xd8", _jpeg(rgb)[:20]):
+        assert schema._jpeg_frame_header(other) is None
+    for other in (grey, cmyk, png.getvalue()):
+        np.testing.assert_array_equal(decode_image(other), _pil_rgb(other))
+
+
+def test_a_cut_colour_jpeg_is_a_bad_jpg_saying_why():
+    data = _jpeg(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    assert schema._jpeg_frame_header(data[: len(data) // 2]) == (64, 64)    # its header is whole, its scan is cut
+    with pytest.raises(DecodeError) as e:
+        decode_image(data[: len(data) // 2])
+    assert e.value.reason == "bad_jpg" and "truncated" in e.value.detail and "csrc" not in e.value.detail

@@ -37,11 +37,20 @@ def test_mel_entry_round_trip_is_float16():
     (b"AVDET", "bad_mel"),                                                              # shorter than a header
     (struct.pack("<8sHHI", MEL_MAGIC, 4000, 4000, 1), "mel_too_large"),                 # size refused from the header
     (struct.pack("<8sHHI", MEL_MAGIC, 1, 2, 1) + np.array([0, np.nan], "<f2").tobytes(), "bad_mel"),
+    (struct.pack("<8sHHI", MEL_MAGIC, 1, 2, 1) + np.array([np.inf, 0], "<f2").tobytes(), "bad_mel"),
+    (struct.pack("<8sHHI", MEL_MAGIC, 2, 1, 1) + np.array([0, -np.inf], "<f2").tobytes(), "bad_mel"),
+    (struct.pack("<8sHHI", MEL_MAGIC, 1, 1, 1) + np.array([-np.nan], "<f2").tobytes(), "bad_mel"),
 ])
 def test_bad_mel_entries_are_refused_with_their_reason(data, reason):
     with pytest.raises(DecodeError) as e:
         decode_mel(data)
     assert e.value.reason == reason
+
+
+def test_the_float16_extremes_are_finite_values():
+    extremes = np.array([[65504.0, -65504.0, 6e-8, -0.0]], np.float16)      # largest, smallest subnormal, -0
+    got = decode_mel(struct.pack("<8sHHI", MEL_MAGIC, 1, 4, 7) + extremes.astype("<f2").tobytes())
+    np.testing.assert_array_equal(got.values, extremes)
 
 
 def test_encode_refuses_non_finite_values():
