@@ -9,8 +9,8 @@ Every figure is samples/s reaching one consumer (two for ``ray_c<cores>_2ranks``
 part, as stage 1's workers do), one full epoch per timing. Every arm delivers what the trainers
 consume: (B, 3, H, W) uint8 frames (normalised on the model's device, ``to_device``) and the log-mel;
 ``--float-frames`` has every arm normalise the frames to float32 instead, as every row before 2026-12-03 22:00 did.
-The arms run interleaved: ``--rounds`` rounds, each timing every arm once in turn (after one warm-up epoch per
-arm), so load from other processes hits every arm alike; the figure is the median over rounds (all rounds are kept),
+The arms run interleaved: ``--rounds`` rounds, each timing every arm once in turn, each round from another arm
+(after one warm-up epoch per arm), so load from other processes hits every arm alike; the figure is the median over rounds (all rounds are kept),
 with the machine's busy cores during each epoch beside it. Every multi-process arm uses as many workers as the
 machine has cores. Two bounds, one thread each, × cores:
 
@@ -205,13 +205,18 @@ def _counting(make_iter: Callable[[], Iterator]) -> Callable[[], int]:
 def interleaved_epochs(arms: dict[str, Callable[[], int]], n_expected: int, rounds: int,
                        busy: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
     """samples/s of every arm per round: one untimed epoch per arm, then ``rounds`` rounds that time each arm's
-    epoch in turn. Each epoch must deliver ``n_expected`` samples. ``busy``, if given, gets the machine's busy cores
-    during each timed epoch (:class:`benchmarks.common.BusyCores`)."""
+    epoch in turn, round ``r`` starting ``r · max(1, arms // rounds)`` arms further on (so no arm always follows the
+    same one: an arm after the DataLoader arms also pays for their workers' exit). Each epoch must deliver
+    ``n_expected`` samples. ``busy``, if given, gets the machine's busy cores during each timed epoch
+    (:class:`benchmarks.common.BusyCores`)."""
     for name, epoch in arms.items():
         epoch()
     rates: dict[str, list[float]] = {name: [] for name in arms}
+    names = list(arms)
     for r in range(rounds):
-        for name, epoch in arms.items():
+        shift = r * max(1, len(names) // rounds) % len(names)
+        for name in names[shift:] + names[:shift]:
+            epoch = arms[name]
             t0 = time.perf_counter()
             with BusyCores() as cores:
                 n = epoch()

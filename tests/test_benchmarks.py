@@ -179,15 +179,20 @@ def test_gpu_check_cpu_fallback(tmp_path):
 
 
 def test_stream_arms_run_interleaved_and_goals_are_judged(tmp_path):
-    """Every round times each arm once, in turn (not one arm's rounds back to back); a short epoch is an error;
-    the goals are the ratios of the medians against their targets, recorded by name in GOALS.json."""
+    """Every round times each arm once, in turn (not one arm's rounds back to back), each round from another arm;
+    a short epoch is an error; the goals are the ratios of the medians against their targets, recorded by name in
+    GOALS.json."""
     from benchmarks import stream
     from data.config import StreamConfig
     from benchmarks.common import record_goals
     calls = []
     arms = {name: (lambda name=name: calls.append(name) or 10) for name in ("a", "b")}
     rates = stream.interleaved_epochs(arms, 10, rounds=3)
-    assert calls == ["a", "b"] * 4 and {k: len(v) for k, v in rates.items()} == {"a": 3, "b": 3}
+    assert calls == ["a", "b"] + ["a", "b"] + ["b", "a"] + ["a", "b"]          # warm-up, then rounds 0, 1, 2
+    assert {k: len(v) for k, v in rates.items()} == {"a": 3, "b": 3}
+    calls.clear()
+    stream.interleaved_epochs({name: (lambda name=name: calls.append(name) or 10) for name in "abcdef"}, 10, rounds=3)
+    assert "".join(calls) == "abcdef" + "abcdef" + "cdefab" + "efabcd"
     with pytest.raises(RuntimeError, match="b: an epoch yielded 9 samples, expected 10"):
         stream.interleaved_epochs({"a": lambda: 10, "b": lambda: 9}, 10, rounds=1)
     fig = {stream.default_arm(2): 1500.0, "webdataset_dataloader_w2": 1200.0, "ours_plain_dataloader_w2": 1000.0,
