@@ -10,9 +10,9 @@ part, as stage 1's workers do), one full epoch per timing. Every arm delivers wh
 consume: (B, 3, H, W) uint8 frames (normalised on the model's device, ``to_device``) and the log-mel;
 ``--float-frames`` has every arm normalise the frames to float32 instead, as every row before 2026-12-03 22:00 did.
 The arms run interleaved: ``--rounds`` rounds, each timing every arm once in turn, each round from another arm
-(after one warm-up epoch per arm), so load from other processes hits every arm alike; the figure is the median over rounds (all rounds are kept),
-with the machine's busy cores during each epoch beside it. Every multi-process arm uses as many workers as the
-machine has cores. Two bounds, one thread each, × cores:
+(after one warm-up epoch per arm), so load from other processes hits every arm alike; the figure is the median over
+rounds (all rounds are kept), with the machine's busy cores during each epoch beside it. Every multi-process arm
+uses as many workers as the machine has cores. Two bounds, one thread each, × cores:
 
 * ``physical_decode_1core``: what the shards store and a reader reads, decoded: tar read + JPEG + the stored
   log-mel (float16; ``ingest.store_logmel``, the default shards here), or + FLAC for shards without it;
