@@ -230,8 +230,9 @@ def _decode_colour_jpeg(data: bytes) -> np.ndarray:
     from torchvision.io import ImageReadMode, decode_jpeg
     try:
         chw = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except RuntimeError as e:                          # libjpeg's message follows the C++ source location
-        raise DecodeError("bad_jpg", "JPEG decode failed: " + re.sub(r"^decode_jpeg, \S+:\d+, ", "", str(e))) from None
+    except Exception as e:        # RuntimeError from libjpeg, its message after the C++ source location
+        detail = re.sub(r"^decode_jpeg, \S+:\d+, ", "", str(e))
+        raise DecodeError("bad_jpg", f"JPEG decode failed: {type(e).__name__}: {detail}") from None
     return chw.permute(1, 2, 0).numpy()
 
 
