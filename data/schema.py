@@ -215,8 +215,7 @@ def _jpeg_frame_header(data: bytes) -> tuple[int, int] | None:
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             if marker not in _SOF_HUFFMAN_8BIT or i + 10 > n:
                 return None
-            precision, h, w, components = data[i + 4], (data[i + 5] << 8) | data[i + 6], \
-                (data[i + 7] << 8) | data[i + 8], data[i + 9]
+            precision, h, w, components = struct.unpack_from(">BHHB", data, i + 4)
             return (w, h) if precision == 8 and components == 3 and w > 0 and h > 0 else None
         if marker == 0xDA:                               # scan data before any frame header
             return None

@@ -163,3 +163,14 @@ def test_audio_decoding_stops_at_max_duration_even_when_the_header_is_silent(tmp
     with pytest.raises(VideoError) as e:
         _decode_audio(path, 16000, max_duration_s=0.5)
     assert e.value.reason == "too_long"
+
+
+def test_a_cut_colour_jpeg_in_a_shard_is_skipped_counted_and_named_and_the_rest_kept(tmp_path):
+    """The colour JPEGs ingest writes decode through torchvision (data.schema): a cut scan there is ``bad_jpg``,
+    counted with libjpeg's reason, and the shard's other samples are read as before."""
+    from data import schema
+    bad = sample(1)
+    assert schema._jpeg_frame_header(bad["jpg"]) == (FRAME, FRAME)        # the torchvision path, not PIL's
+    health = _read_one_bad(tmp_path, {**bad, "jpg": bad["jpg"][: len(bad["jpg"]) * 2 // 3]})
+    assert dict(health.bad) == {"bad_jpg": 1}
+    assert "JPEG decode failed" in health.examples[0]["detail"] and "truncated" in health.examples[0]["detail"]
