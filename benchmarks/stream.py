@@ -28,6 +28,9 @@ vary the default path in one setting:
 ``ray_c<cores>_no_op_reservation``: ``stream.op_reservation: false`` (Ray Data's per-operator reservation off).
 ``ray_c<cores>_no_idle_wait``: ``stream.idle_wait_s: 0`` (Ray Data's scheduling loop as Ray has it:
 :mod:`data.ray_idle`).
+``ray_1read_task``: one read task (``read_concurrency: 1``, ``substreams: 1``), so the consumer and Ray's own
+processes run beside it on the other core(s): the path per read core, against ``physical_decode_1core`` (a figure
+of the summary, not a goal: the issue's goal charges every core, the consumer's included).
 ``ray_auto_concurrency``: ``stream.read_concurrency: 0`` (as many half-CPU read tasks as the free CPUs fit: 2 per
 core).
 ``ray_c<cores>_threaded_metadata``: Ray Data's default metadata fetch (a background thread) instead of ours
@@ -274,6 +277,7 @@ def _arms(manifest: Path, cfg: StreamConfig, cores: int, normalise: bool) -> dic
             f"ray_c{cores}_no_op_reservation": ray_path(manifest, replace(cfg, op_reservation=False), cores, 1, normalise),
             f"ray_c{cores}_no_idle_wait": ray_path(manifest, replace(cfg, idle_wait_s=0.0), cores, 1, normalise),
             f"ray_c{cores}_threaded_metadata": ray_default_metadata_fetch(ray_path(manifest, cfg, cores, 1, normalise)),
+            "ray_1read_task": ray_path(manifest, replace(cfg, substreams=1), 1, 1, normalise),
             "ray_auto_concurrency": ray_path(manifest, cfg, 0, 1, normalise)}
 
 
@@ -342,7 +346,9 @@ def main(argv: list[str] | None = None) -> dict:
                f"{fig[f'ray_c{cores}_no_op_reservation']:.0f}/s, Ray's spinning scheduling loop "
                f"{fig[f'ray_c{cores}_no_idle_wait']:.0f}/s, Ray Data's threaded metadata fetch "
                f"{fig[f'ray_c{cores}_threaded_metadata']:.0f}/s, read concurrency derived from the free CPUs "
-               f"{fig['ray_auto_concurrency']:.0f}/s; ray/plain "
+               f"{fig['ray_auto_concurrency']:.0f}/s, one read task {fig['ray_1read_task']:.0f}/s (x"
+               f"{fig['ray_1read_task'] / fig['physical_decode_1core']:.2f} of one core's decode, "
+               f"{statistics.median(busy['ray_1read_task']):.2f} cores busy); ray/plain "
                f"x{g['stream_ray_vs_plain_reader']['measured']:.2f}, of physical decode x cores "
                f"x{g['stream_vs_physical_decode_bound']['measured']:.2f}; cores busy (median): ray default "
                f"{statistics.median(busy[ray]):.2f}, {other} substreams "
