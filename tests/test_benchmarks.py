@@ -211,6 +211,25 @@ def test_stream_arms_run_interleaved_and_goals_are_judged(tmp_path):
     assert [r["goal"] for r in json.loads(path.read_text())] == sorted(["x", *got])
 
 
+def test_stream_one_read_task_arm_reads_with_one_task_and_the_default_arm_with_every_core(tmp_path, monkeypatch):
+    """``ray_1read_task`` (the path per read core) streams with read concurrency 1 and one execution, so exactly one
+    read task runs; the default arm keeps the config's substreams and a read task per core."""
+    from benchmarks import stream
+    from data.config import StreamConfig
+    seen = {}
+
+    def fake_part_batches(manifest, split, cfg, epoch, part, normalise):
+        seen.setdefault("cfgs", []).append(cfg)
+        return iter([{"index": [0] * 10}])
+    monkeypatch.setattr(stream, "part_batches", fake_part_batches)
+    manifest = stream.make_shards(tmp_path, 20, 10, frame_size=32)
+    arms = stream._arms(manifest, StreamConfig(read_concurrency=2), 2, False)
+    assert arms["ray_1read_task"]() == 10 and arms[stream.default_arm(2)]() == 10
+    one, default = seen["cfgs"]
+    assert (one.read_concurrency, one.substreams) == (1, 1)
+    assert (default.read_concurrency, default.substreams) == (2, StreamConfig().substreams)
+
+
 def test_scale_reports_every_ranks_peak_and_the_rank0_goal(tmp_path):
     from benchmarks import scale
     fig = scale.main(["--tiny", "--out", str(tmp_path), "--no-results-row"])
