@@ -144,6 +144,82 @@ def interleaved_rates(arms: dict, rounds: int, calls: int, warmup: int = 1) -> d
     return {k: statistics.median(v) for k, v in rates.items()}
 
 
+class Turns:
+    """Interleaved blocks for arms that are separate process groups running at once (Ray Train workers beside
+    torch.multiprocessing twins): the file ``<dir>/turn`` holds a position in ``schedule`` (arm names), and only the
+    arm at that position runs, then hands the turn on. Every arm announces itself ready first and the schedule
+    starts when all have (:meth:`ready`), so no arm's start-up lands in another's timed block; and every arm waits
+    for the schedule's end before it tears down (:meth:`wait_end`). :meth:`abort` (a failed arm, or the driver) makes
+    every waiting arm raise at once instead of at ``timeout_s``. Plain data, so it travels in a worker's config."""
+
+    def __init__(self, dir: str | Path, schedule: list[str], timeout_s: float = 300.0, poll_s: float = 0.002):
+        self.dir, self.schedule, self.timeout_s, self.poll_s = str(dir), list(schedule), timeout_s, poll_s
+
+    def to_dict(self) -> dict:
+        return {"dir": self.dir, "schedule": self.schedule, "timeout_s": self.timeout_s, "poll_s": self.poll_s}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Turns":
+        return cls(d["dir"], d["schedule"], d["timeout_s"], d["poll_s"])
+
+    def positions(self, arm: str) -> list[int]:
+        """The schedule positions of ``arm``, in order."""
+        out = [i for i, a in enumerate(self.schedule) if a == arm]
+        if not out:
+            raise ValueError(f"Turns: arm {arm!r} is not in the schedule {sorted(set(self.schedule))}")
+        return out
+
+    def _path(self, name: str) -> Path:
+        return Path(self.dir) / name
+
+    def ready(self, arm: str) -> None:
+        """Mark ``arm`` ready; the last arm to be ready starts the schedule (position 0)."""
+        self._path(f"ready.{arm}").touch()
+        if all(self._path(f"ready.{a}").exists() for a in set(self.schedule)):
+            tmp = self._path(f"turn.{arm}.tmp")
+            tmp.write_text("0")
+            try:
+                os.link(tmp, self._path("turn"))       # exclusive: the schedule starts once, whoever sees it first
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+
+    def _read(self) -> int | None:
+        try:
+            text = self._path("turn").read_text()
+        except FileNotFoundError:
+            return None
+        if text == "abort":
+            raise RuntimeError(f"Turns: another arm aborted the schedule (see its error); {self.dir}")
+        return int(text) if text else None
+
+    def wait(self, position: int, arm: str = "") -> None:
+        """Block until the turn is at ``position``; raises on :meth:`abort` or after ``timeout_s``."""
+        import time
+        t0 = time.monotonic()
+        while (at := self._read()) != position:
+            if time.monotonic() - t0 > self.timeout_s:
+                raise RuntimeError(f"Turns: arm {arm or '?'} waited {self.timeout_s:.0f} s for position {position} "
+                                   f"of {len(self.schedule)}, the turn is at {at} (an arm died or hangs?); {self.dir}")
+            time.sleep(self.poll_s)
+
+    def done(self, position: int) -> None:
+        """Hand the turn on from ``position`` (atomic: a reader sees the old or the new position; an abort stays)."""
+        self._read()
+        tmp = self._path(f"turn.{position}.tmp")
+        tmp.write_text(str(position + 1))
+        os.replace(tmp, self._path("turn"))
+
+    def wait_end(self, arm: str = "") -> None:
+        self.wait(len(self.schedule), arm)
+
+    def abort(self) -> None:
+        tmp = self._path("turn.abort.tmp")
+        tmp.write_text("abort")
+        os.replace(tmp, self._path("turn"))
+
+
 class PeakRSS:
     """Context manager: peak resident set size (bytes) above the level at entry, sampled from /proc/self/statm
     every ``interval`` s in a thread (tracemalloc does not see torch's allocations). ``.peak`` after exit."""

@@ -9,11 +9,13 @@ load from other jobs hits every arm alike) and the figure is the median block ra
 in 1 worker (given all cores) and 2 workers (one core each, ``all_gather_with_grad`` negatives); their figure is
 the median of timed blocks measured inside the workers (start-up excluded). The 2-worker Ray Train run has a no-Ray
 twin: two torch.multiprocessing processes in a loopback gloo group running the same step, collectives and threads,
-and the same twin under torch DDP instead of DeepSpeed (``stage1.train.engine=ddp``); the three alternate
-``--pairs`` times. Overheads are ``1 − rate / baseline`` in
+and the same twin under torch DDP instead of DeepSpeed (``stage1.train.engine=ddp``). The three run at once and take
+turns block by block (``benchmarks.common.Turns``: a warm-up lap, then ``--laps`` laps), so a drift of the machine
+hits them alike; whole runs one after another differed by ±15 % here. Overheads are ``1 − rate / baseline`` in
 %: against the bare loop at equal TOTAL threads (2 threads), for 2 workers also against the bare loop at the same
-PER-PROCESS threads (1 thread, i.e. perfect scaling = 2 × that rate), and Ray Train against its loopback twin — the
-goal (≤ 10 %), written to benchmarks/GOALS.json with ``--goals``.
+PER-PROCESS threads (1 thread, i.e. perfect scaling = 2 × that rate), and Ray Train against its loopback twin, the
+median over laps of back-to-back blocks with its quartiles — the goal (≤ 10 %), written to benchmarks/GOALS.json
+with ``--goals``.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import torch
 from avdet.config import ModelConfig, from_dict, to_dict
 from avdet.losses import joint_loss
 from avdet.model import AVModel
-from benchmarks.common import add_common_args, finish, interleaved_rates, loadavg
+from benchmarks.common import Turns, add_common_args, finish, interleaved_rates, loadavg
 from distributed.stage1.config import Stage1TrainConfig
 from distributed.stage1.engine import release_process_group
 
@@ -120,15 +122,38 @@ def _timed_steps(config: dict) -> list[float]:
                           _train_config(batch, config["optimizer"], config["zero"], dist.get_world_size(),
                                         config.get("engine", "deepspeed")),
                           gather=dist.all_gather_with_grad, column_lse=dist.column_logsumexp)
-    step()
-    rates = []
-    for _ in range(config["rounds"]):
+    turns = Turns.from_dict(config["turns"]) if config.get("turns") else None
+    arm, main = config.get("arm", ""), dist.get_rank() == 0
+    positions = turns.positions(arm) if turns else [None] * (config["rounds"] + 1)
+    if turns:
+        dist.barrier()                                        # the whole group built before it says it is ready
+        if main:
+            turns.ready(arm)
+
+    def block(position: int | None, calls: int) -> float:
+        """``calls`` steps in this arm's turn at ``position`` (rank 0 waits for it, the others at the barrier)."""
+        if turns and main:
+            turns.wait(position, arm)
         dist.barrier()
         t0 = time.perf_counter()
-        for _ in range(config["calls"]):
+        for _ in range(calls):
             step()
         dist.barrier()
-        rates.append(batch * dist.get_world_size() * config["calls"] / (time.perf_counter() - t0))
+        elapsed = time.perf_counter() - t0
+        if turns and main:
+            turns.done(position)
+        return batch * dist.get_world_size() * calls / elapsed
+
+    try:
+        block(positions[0], 1)                                # warm-up, untimed
+        rates = [block(p, config["calls"]) for p in positions[1:]]
+        if turns and main:
+            turns.wait_end(arm)                               # no teardown inside another arm's block
+        dist.barrier()
+    except BaseException:
+        if turns:
+            turns.abort()
+        raise
     return rates
 
 
@@ -151,23 +176,26 @@ def _loopback_worker(rank: int, world: int, config: dict) -> None:
         Path(config["out"]).write_text(json.dumps({"rates": rates}))
 
 
-def loopback_rate(cfg: ModelConfig, batch: int, optimizer: str, workers: int, rounds: int, calls: int,
-                  zero: int = 0, engine: str = "deepspeed") -> float:
-    """The no-Ray baseline of :func:`ray_train_rate`: ``workers`` processes of torch.multiprocessing in a loopback
-    gloo group (the same collectives, threads and step); median global samples/s."""
+def loopback_rates(cfg: ModelConfig, batch: int, optimizer: str, workers: int, rounds: int, calls: int,
+                   zero: int = 0, engine: str = "deepspeed", turns: Turns | None = None, arm: str = "") -> list[float]:
+    """The no-Ray baseline of :func:`ray_train_rates`: ``workers`` processes of torch.multiprocessing in a loopback
+    gloo group (the same collectives, threads and step); global samples/s of each timed block, taking ``arm``'s
+    turns of ``turns`` when given."""
     from distributed.cluster.dist import spawn_loopback
     per = max(1, (os.cpu_count() or 1) // workers)
     with tempfile.TemporaryDirectory(prefix="avdet-bench-loopback-") as tmp:
         out = Path(tmp) / "rates.json"
         spawn_loopback(_loopback_worker, workers, {"model": to_dict(cfg), "batch": batch, "optimizer": optimizer,
                                                    "zero": zero, "threads": per, "rounds": rounds, "calls": calls,
-                                                   "out": str(out), "engine": engine})
-        return statistics.median(json.loads(out.read_text())["rates"])
+                                                   "out": str(out), "engine": engine, "arm": arm,
+                                                   "turns": turns.to_dict() if turns else None})
+        return json.loads(out.read_text())["rates"]
 
 
-def ray_train_rate(cfg: ModelConfig, batch: int, optimizer: str, workers: int, rounds: int, calls: int,
-                   zero: int = 0) -> float:
-    """Median global samples/s of ``workers`` Ray Train workers (cores split evenly, one torch thread per core)."""
+def ray_train_rates(cfg: ModelConfig, batch: int, optimizer: str, workers: int, rounds: int, calls: int,
+                    zero: int = 0, turns: Turns | None = None, arm: str = "") -> list[float]:
+    """Global samples/s of each timed block of ``workers`` Ray Train workers (cores split evenly, one torch thread
+    per core), taking ``arm``'s turns of ``turns`` when given."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -178,38 +206,84 @@ def ray_train_rate(cfg: ModelConfig, batch: int, optimizer: str, workers: int, r
         trainer = TorchTrainer(
             ray_worker,
             train_loop_config={"model": to_dict(cfg), "batch": batch, "optimizer": optimizer, "zero": zero,
-                               "threads": per, "rounds": rounds, "calls": calls, "out": str(out)},
+                               "threads": per, "rounds": rounds, "calls": calls, "out": str(out), "arm": arm,
+                               "turns": turns.to_dict() if turns else None},
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": per}),
             run_config=RunConfig(name=f"bench_train_step_w{workers}", storage_path=str(Path(tmp) / "ray")))
         result = trainer.fit()
         if result.error is not None:
             raise RuntimeError(f"Ray Train benchmark with {workers} workers failed: {result.error}")
-        return statistics.median(json.loads(out.read_text())["rates"])
+        return json.loads(out.read_text())["rates"]
 
 
-def ray_rates(cfg: ModelConfig, batch: int, optimizer: str, rounds: int, calls: int,
-              pairs: int = 1) -> dict[str, float]:
-    """Ray Train + DeepSpeed ZeRO 0 with 1 worker (all cores) and 2 workers (1 core each), on a loopback Ray, and
-    the same 2-worker step without Ray (:func:`loopback_rate`); the 2-worker arms alternate ``pairs`` times
-    (loopback, Ray, loopback, Ray, ...) and each figure is the median of its runs' medians."""
+W2_ARMS = ("loopback_deepspeed_w2_1t", "ray_deepspeed_w2_1t", "loopback_ddp_w2_1t")
+
+
+def interleaved_w2(cfg: ModelConfig, batch: int, optimizer: str, rounds: int, calls: int,
+                   timeout_s: float = 600.0) -> dict[str, list[float]]:
+    """The three 2-worker arms (:data:`W2_ARMS`: the loopback DeepSpeed twin, Ray Train + DeepSpeed, the loopback
+    DDP twin) started at once and timed in turn, block by block (:class:`benchmarks.common.Turns`): a warm-up lap,
+    then ``rounds`` laps of one block each, so a drift of the machine's speed hits every arm alike. Returns
+    {arm: samples/s of each timed block}, block i of every arm from lap i."""
+    import threading
+
+    with tempfile.TemporaryDirectory(prefix="avdet-bench-turns-") as tmp:
+        turns = Turns(tmp, list(W2_ARMS) * (rounds + 1), timeout_s=timeout_s)
+        runs = {"loopback_deepspeed_w2_1t": lambda a: loopback_rates(cfg, batch, optimizer, 2, rounds, calls,
+                                                                     turns=turns, arm=a),
+                "ray_deepspeed_w2_1t": lambda a: ray_train_rates(cfg, batch, optimizer, 2, rounds, calls,
+                                                                 turns=turns, arm=a),
+                "loopback_ddp_w2_1t": lambda a: loopback_rates(cfg, batch, optimizer, 2, rounds, calls,
+                                                               engine="ddp", turns=turns, arm=a)}
+        out: dict[str, list[float]] = {}
+        errors: dict[str, BaseException] = {}
+
+        def run(arm: str) -> None:
+            try:
+                out[arm] = runs[arm](arm)
+            except BaseException as e:                 # noqa: BLE001 - reported below, after the others stop
+                errors[arm] = e
+                turns.abort()
+
+        threads = [threading.Thread(target=run, args=(a,), name=f"bench-{a}") for a in W2_ARMS
+                   if a != "ray_deepspeed_w2_1t"]
+        for t in threads:
+            t.start()
+        run("ray_deepspeed_w2_1t")                     # Ray Train's driver in this thread
+        for t in threads:
+            t.join()
+        if errors:
+            first = next(iter(errors.values()))
+            raise RuntimeError("interleaved 2-worker arms failed: "
+                               + "; ".join(f"{a}: {type(e).__name__}: {e}" for a, e in errors.items())) from first
+        return out
+
+
+def ray_rates(cfg: ModelConfig, batch: int, optimizer: str, rounds: int, calls: int, laps: int) -> dict:
+    """Ray Train + DeepSpeed ZeRO 0 with 1 worker (all cores; ``rounds`` blocks), and the 2-worker arms of
+    :func:`interleaved_w2` (``laps``), on a
+    loopback Ray with its dashboard (the state API Ray Train's placement-group cleaner polls). Each arm's figure is
+    the median of its blocks; ``w2_blocks`` keeps every block."""
     import ray
 
-    from distributed.cluster.ray_local import start_local_ray
+    from distributed.cluster.ray_local import start_local_ray, train_state_api
     cores = os.cpu_count() or 1
-    start_local_ray(num_cpus=cores, object_store_memory=256 * 2**20)
+    start_local_ray(num_cpus=cores, object_store_memory=256 * 2**20, **train_state_api())
     try:
-        fig = {f"ray_deepspeed_w1_{cores}t": ray_train_rate(cfg, batch, optimizer, 1, rounds, calls)}
-        runs: dict[str, list[float]] = {"loopback_deepspeed_w2_1t": [], "ray_deepspeed_w2_1t": [],
-                                        "loopback_ddp_w2_1t": []}
-        for _ in range(pairs):
-            runs["loopback_deepspeed_w2_1t"].append(loopback_rate(cfg, batch, optimizer, 2, rounds, calls))
-            runs["ray_deepspeed_w2_1t"].append(ray_train_rate(cfg, batch, optimizer, 2, rounds, calls))
-            runs["loopback_ddp_w2_1t"].append(loopback_rate(cfg, batch, optimizer, 2, rounds, calls, engine="ddp"))
-        fig.update({k: statistics.median(v) for k, v in runs.items()})
-        fig["w2_runs"] = runs
+        fig: dict = {f"ray_deepspeed_w1_{cores}t": statistics.median(ray_train_rates(cfg, batch, optimizer, 1,
+                                                                                     rounds, calls))}
+        blocks = interleaved_w2(cfg, batch, optimizer, laps, calls)
+        fig.update({k: statistics.median(v) for k, v in blocks.items()})
+        fig["w2_blocks"] = blocks
         return fig
     finally:
         ray.shutdown()
+
+
+def paired_overhead_pct(blocks: dict[str, list[float]], arm: str, baseline: str) -> list[float]:
+    """Overhead % of ``arm`` against ``baseline`` in each lap of :func:`interleaved_w2`: 100·(1 − arm/baseline) of
+    blocks timed back to back."""
+    return [100.0 * (1 - a / b) for a, b in zip(blocks[arm], blocks[baseline])]
 
 
 def overheads(fig: dict, cores: int) -> dict[str, float]:
@@ -223,13 +297,19 @@ def overheads(fig: dict, cores: int) -> dict[str, float]:
     w2 = fig.get("ray_deepspeed_w2_1t") if cores >= 2 else None
     if w2 is not None:
         out["overhead_pct_ray_deepspeed_w2_1t_vs_2x_bare_1t"] = 100.0 * (1 - w2 / (2 * base1))
-    if w2 is not None and fig.get("loopback_deepspeed_w2_1t"):
-        out["overhead_pct_ray_deepspeed_w2_1t_vs_loopback_w2_1t"] = 100.0 * (1 - w2 / fig["loopback_deepspeed_w2_1t"])
+    blocks = fig.get("w2_blocks")
+    if w2 is not None and blocks:
+        per_lap = paired_overhead_pct(blocks, "ray_deepspeed_w2_1t", "loopback_deepspeed_w2_1t")
+        q = statistics.quantiles(per_lap, n=4) if len(per_lap) > 1 else per_lap * 3
+        out["overhead_pct_ray_deepspeed_w2_1t_vs_loopback_w2_1t"] = statistics.median(per_lap)
+        out["overhead_pct_ray_deepspeed_w2_1t_vs_loopback_w2_1t_quartiles"] = [q[0], q[2]]
+        out["overhead_pct_ray_deepspeed_w2_1t_vs_loopback_w2_1t_per_lap"] = per_lap
     return out
 
 
 def goals(fig: dict) -> list[dict]:
-    """The issue's training-step goal: Ray Train + DeepSpeed ≤ 10 % over the no-Ray loopback run at 2 workers."""
+    """The issue's training-step goal: Ray Train + DeepSpeed ≤ 10 % over the no-Ray loopback run at 2 workers (the
+    median over laps of the back-to-back blocks' overheads)."""
     ov = fig.get("overhead_pct_ray_deepspeed_w2_1t_vs_loopback_w2_1t")
     if ov is None:
         return []
@@ -244,16 +324,16 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32, help="per process")
     p.add_argument("--clusters", type=int, default=309)
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
-    p.add_argument("--rounds", type=int, default=5, help="timed blocks per arm")
+    p.add_argument("--rounds", type=int, default=5, help="timed blocks per arm (in process)")
     p.add_argument("--calls", type=int, default=4, help="steps per block")
     p.add_argument("--no-ray", action="store_true", help="skip the Ray Train arms")
-    p.add_argument("--pairs", type=int, default=3, help="alternating loopback / Ray Train runs at 2 workers")
+    p.add_argument("--laps", type=int, default=15, help="timed blocks per arm of the 2-worker arms, taken in turn")
     p.add_argument("--goals", action="store_true", help="write the goals to benchmarks/GOALS.json (make bench)")
     add_common_args(p, "train_step")
     args = p.parse_args(argv)
     if args.tiny:
         args.image_size, args.width, args.batch_size, args.clusters, args.rounds, args.calls = 64, 4, 4, 10, 2, 1
-        args.pairs = 1
+        args.laps = 2
     return args
 
 
@@ -270,17 +350,22 @@ def main(argv: list[str] | None = None) -> dict:
     fig = in_process(cfg, args.batch_size, args.optimizer, args.rounds, args.calls)
     log.info("in process: %s", {k: round(v, 1) for k, v in fig.items()})
     if not args.no_ray:
-        fig.update(ray_rates(cfg, args.batch_size, args.optimizer, args.rounds, args.calls, args.pairs))
+        fig.update(ray_rates(cfg, args.batch_size, args.optimizer, args.rounds, args.calls, args.laps))
     fig.update(overheads(fig, cores))
     fig["goals"] = goals(fig)
     fig.update({"model": to_dict(cfg), "batch_size_per_process": args.batch_size, "optimizer": args.optimizer,
                 "cores": cores, "loadavg_1m_start_end": [load0, loadavg()]})
-    ov = {k.replace("overhead_pct_", ""): round(v, 1) for k, v in fig.items() if k.startswith("overhead_pct_")}
+    ov = {k.replace("overhead_pct_", ""): round(v, 1) for k, v in fig.items()
+          if k.startswith("overhead_pct_") and isinstance(v, float)}
+    quart = fig.get("overhead_pct_ray_deepspeed_w2_1t_vs_loopback_w2_1t_quartiles")
     summary = (f"AVModel {cfg.image_size}px w{cfg.visual_width} K={cfg.num_clusters}, batch {args.batch_size}, "
                f"{args.optimizer}: bare {cores}t {fig[f'bare_{cores}t']:.1f}/s, bare 1t {fig['bare_1t']:.1f}/s, "
                + ", ".join(f"{k} {v:.1f}/s" for k, v in fig.items() if k.startswith(("deepspeed_", "ray_", "loopback_"))
                            and isinstance(v, float))
-               + f"; overhead % {ov}; load avg {fig['loadavg_1m_start_end'][0]:.1f}->"
+               + f"; overhead % {ov}"
+               + (f" (Ray Train vs loopback, {args.laps} laps in turn: quartiles {quart[0]:.1f} to {quart[1]:.1f})"
+                  if quart else "")
+               + f"; load avg {fig['loadavg_1m_start_end'][0]:.1f}->"
                  f"{fig['loadavg_1m_start_end'][1]:.1f}")
     path = finish("train_step", fig, summary, argv, args)
     log.info("%s -> %s", summary, path)

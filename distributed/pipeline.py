@@ -289,12 +289,9 @@ def run_pipeline(cfg: PipelineConfig, observer: Observer | None = None) -> dict:
     if cfg.dataset == "synthetic" and cfg.synthetic.num_multi_per_class:
         steps.append(("evaluate_multi", lambda: run_evaluation(multi_source_eval(cfg, syn_dir))))
     observer = observer or Observer()
-    from distributed.cluster.ray_local import connect_ray
+    from distributed.cluster.ray_local import connect_ray, train_state_api
     if cfg.ray_address == "local":
-        from distributed.cluster.net import LOOPBACK
-        # the dashboard (on 127.0.0.1) serves the state API that Ray Train's placement-group cleaner polls
-        connect_ray("local", num_cpus=local_cpus(cfg), include_dashboard=True, dashboard_host=LOOPBACK,
-                    log_to_driver=not observer.quiet)
+        connect_ray("local", num_cpus=local_cpus(cfg), log_to_driver=not observer.quiet, **train_state_api())
     elif observer.quiet:
         connect_ray(cfg.ray_address, log_to_driver=False)
     dirs = stage_dirs(cfg, syn_dir)

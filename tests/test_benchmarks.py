@@ -44,12 +44,87 @@ def test_train_step_in_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_step_ray(tmp_path):
+def test_train_step_ray(tmp_path, capfd):
+    """The 2-worker arms time every lap's block (the --tiny run has 2 laps), the goal is the median of the laps'
+    back-to-back overheads, and Ray Train's placement-group cleaner finds the state API (no warning each second)."""
     train_step.main(["--tiny", "--out", str(tmp_path)])
     fig = _doc(tmp_path, "train_step")
     _positive(fig, "ray_deepspeed_w1_2t", "ray_deepspeed_w2_1t", "loopback_deepspeed_w2_1t", "loopback_ddp_w2_1t")
     assert "overhead_pct_ray_deepspeed_w2_1t_vs_2x_bare_1t" in fig
+    blocks = fig["w2_blocks"]
+    assert sorted(blocks) == sorted(train_step.W2_ARMS) and all(len(v) == 2 for v in blocks.values())
+    per_lap = [100 * (1 - r / b) for r, b in zip(blocks["ray_deepspeed_w2_1t"], blocks["loopback_deepspeed_w2_1t"])]
+    assert fig["overhead_pct_ray_deepspeed_w2_1t_vs_loopback_w2_1t_per_lap"] == pytest.approx(per_lap)
+    assert fig["overhead_pct_ray_deepspeed_w2_1t_vs_loopback_w2_1t"] == pytest.approx(sum(per_lap) / 2)
     assert [g["goal"] for g in fig["goals"]] == ["stage1_step_ray_train_overhead_pct_w2"]
+    assert "Failed to query Ray Train Controller" not in capfd.readouterr().err
+
+
+def _arm(turns, arm, log, delay_ready=0.0, fail_at=None):
+    """A thread standing in for a process group: ready after ``delay_ready`` s, then its turns, logging each."""
+    import time
+    time.sleep(delay_ready)
+    log.append(("ready", arm, time.monotonic()))
+    turns.ready(arm)
+    try:
+        for i, p in enumerate(turns.positions(arm)):
+            turns.wait(p, arm)
+            log.append(("block", arm, p, time.monotonic()))
+            if i == fail_at:
+                raise RuntimeError(f"{arm} broke")
+            time.sleep(0.01)
+            turns.done(p)
+        turns.wait_end(arm)
+        log.append(("end", arm, time.monotonic()))
+    except BaseException as e:
+        log.append(("error", arm, str(e)))
+        turns.abort()
+
+
+def _run_arms(turns, **kw):
+    import threading
+    log = []
+    threads = [threading.Thread(target=_arm, args=(turns, a, log), kwargs=kw.get(a, {})) for a in ("a", "b", "c")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    return log
+
+
+def test_turns_run_the_schedule_in_order_after_every_arm_is_ready(tmp_path):
+    from benchmarks.common import Turns
+    schedule = ["a", "b", "c"] * 3
+    log = _run_arms(Turns(tmp_path, schedule, timeout_s=20), c={"delay_ready": 0.3})
+    blocks = [e for e in log if e[0] == "block"]
+    assert [e[2] for e in blocks] == list(range(9)) and [e[1] for e in blocks] == schedule
+    last_ready = max(e[2] for e in log if e[0] == "ready")
+    assert blocks[0][3] >= last_ready                           # no block while an arm was still starting
+    ends = [e[2] for e in log if e[0] == "end"]
+    assert len(ends) == 3 and min(ends) >= blocks[-1][3]         # nobody tears down before the last block
+
+
+def test_turns_abort_stops_every_arm_at_once(tmp_path):
+    import time
+
+    from benchmarks.common import Turns
+    t0 = time.monotonic()
+    log = _run_arms(Turns(tmp_path, ["a", "b", "c"] * 3, timeout_s=20), b={"fail_at": 1})
+    errors = {e[1]: e[2] for e in log if e[0] == "error"}
+    assert errors["b"] == "b broke" and "aborted" in errors["a"] and "aborted" in errors["c"]
+    assert not [e for e in log if e[0] == "block" and e[2] > 4]  # position 4 (b's second) was the last run
+    assert time.monotonic() - t0 < 10                            # not the 20 s timeout
+
+
+def test_turns_wait_times_out_naming_the_position(tmp_path):
+    from benchmarks.common import Turns
+    turns = Turns(tmp_path, ["a", "b"], timeout_s=0.2)
+    turns.ready("a")                                             # b never comes: the schedule never starts
+    with pytest.raises(RuntimeError, match=r"arm a waited 0 s for position 0 of 2, the turn is at None"):
+        turns.wait(0, "a")
+    with pytest.raises(ValueError, match="not in the schedule"):
+        turns.positions("z")
 
 
 def test_relabel(tmp_path):

@@ -107,6 +107,13 @@ def start_local_ray(num_cpus: int = 2, **kw):
     return ctx
 
 
+def train_state_api() -> dict:
+    """``ray.init`` keywords for a local Ray that runs Ray Train: its dashboard, on 127.0.0.1, serves the state API
+    that Ray Train's placement-group cleaner polls every second. Without it the cleaner logs "Failed to query Ray
+    Train Controller actor state" each time and could not free a dead controller's placement group."""
+    return {"include_dashboard": True, "dashboard_host": LOOPBACK}
+
+
 def connect_ray(address: str = "local", num_cpus: int = 2, **kw):
     """``address="local"``: :func:`start_local_ray`; anything else (``"auto"``, ``"ray://..."``) joins that cluster."""
     if address == "local":
