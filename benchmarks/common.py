@@ -124,10 +124,12 @@ def finish(name: str, figures: dict, summary: str, argv: list[str], args) -> Pat
     return path
 
 
-def interleaved_rates(arms: dict, rounds: int, calls: int, warmup: int = 1) -> dict[str, float]:
+def interleaved_rates(arms: dict, rounds: int, calls: int, warmup: int = 1,
+                      blocks: dict[str, list[float]] | None = None) -> dict[str, float]:
     """Median throughput of each arm, measured in interleaved blocks so that load from other jobs on this shared
     machine hits every arm alike. ``arms`` = {name: (fn, units_per_call)}; each block calls ``fn()`` ``calls``
-    times; ``warmup`` untimed calls per arm first. Returns {name: median units/s over ``rounds`` blocks}."""
+    times; ``warmup`` untimed calls per arm first. Returns {name: median units/s over ``rounds`` blocks}; every
+    block's rate goes into ``blocks`` when given (for :func:`paired_overhead`)."""
     import statistics
     import time
 
@@ -141,7 +143,19 @@ def interleaved_rates(arms: dict, rounds: int, calls: int, warmup: int = 1) -> d
             for _ in range(calls):
                 fn()
             rates[name].append(units * calls / (time.perf_counter() - t0))
+    if blocks is not None:
+        blocks.update(rates)
     return {k: statistics.median(v) for k, v in rates.items()}
+
+
+def paired_overhead(blocks: dict[str, list[float]], arm: str, baseline: str) -> dict:
+    """Overhead % of ``arm`` against ``baseline`` in each round of interleaved blocks, 100·(1 − arm/baseline) of
+    blocks timed back to back: {"per_round": [...], "median": m, "quartiles": [q1, q3]} (a drift of the machine
+    cancels within a round; the quartiles say how far one round's figure can be trusted)."""
+    import statistics
+    per = [100.0 * (1 - a / b) for a, b in zip(blocks[arm], blocks[baseline])]
+    q = statistics.quantiles(per, n=4) if len(per) > 1 else per * 3
+    return {"per_round": per, "median": statistics.median(per), "quartiles": [q[0], q[2]]}
 
 
 class Turns:

@@ -33,7 +33,7 @@ import torch
 from avdet.config import ModelConfig, from_dict, to_dict
 from avdet.losses import joint_loss
 from avdet.model import AVModel
-from benchmarks.common import Turns, add_common_args, finish, interleaved_rates, loadavg
+from benchmarks.common import Turns, add_common_args, finish, interleaved_rates, loadavg, paired_overhead
 from distributed.stage1.config import Stage1TrainConfig
 from distributed.stage1.engine import release_process_group
 
@@ -280,12 +280,6 @@ def ray_rates(cfg: ModelConfig, batch: int, optimizer: str, rounds: int, calls: 
         ray.shutdown()
 
 
-def paired_overhead_pct(blocks: dict[str, list[float]], arm: str, baseline: str) -> list[float]:
-    """Overhead % of ``arm`` against ``baseline`` in each lap of :func:`interleaved_w2`: 100·(1 − arm/baseline) of
-    blocks timed back to back."""
-    return [100.0 * (1 - a / b) for a, b in zip(blocks[arm], blocks[baseline])]
-
-
 def overheads(fig: dict, cores: int) -> dict[str, float]:
     """Overhead % = 100·(1 − rate/baseline): vs the bare loop at equal total threads, and for the 2-worker run
     also vs 2 × the bare 1-thread loop (same per-process threads, perfect scaling)."""
@@ -299,11 +293,10 @@ def overheads(fig: dict, cores: int) -> dict[str, float]:
         out["overhead_pct_ray_deepspeed_w2_1t_vs_2x_bare_1t"] = 100.0 * (1 - w2 / (2 * base1))
     blocks = fig.get("w2_blocks")
     if w2 is not None and blocks:
-        per_lap = paired_overhead_pct(blocks, "ray_deepspeed_w2_1t", "loopback_deepspeed_w2_1t")
-        q = statistics.quantiles(per_lap, n=4) if len(per_lap) > 1 else per_lap * 3
-        out["overhead_pct_ray_deepspeed_w2_1t_vs_loopback_w2_1t"] = statistics.median(per_lap)
-        out["overhead_pct_ray_deepspeed_w2_1t_vs_loopback_w2_1t_quartiles"] = [q[0], q[2]]
-        out["overhead_pct_ray_deepspeed_w2_1t_vs_loopback_w2_1t_per_lap"] = per_lap
+        laps = paired_overhead(blocks, "ray_deepspeed_w2_1t", "loopback_deepspeed_w2_1t")
+        out["overhead_pct_ray_deepspeed_w2_1t_vs_loopback_w2_1t"] = laps["median"]
+        out["overhead_pct_ray_deepspeed_w2_1t_vs_loopback_w2_1t_quartiles"] = laps["quartiles"]
+        out["overhead_pct_ray_deepspeed_w2_1t_vs_loopback_w2_1t_per_lap"] = laps["per_round"]
     return out
 
 

@@ -173,6 +173,20 @@ def test_detector(tmp_path):
     fig = _doc(tmp_path, "detector")
     _positive(fig, "train_images_per_s_plain", "train_images_per_s_ours", "infer_images_per_s_plain",
               "infer_images_per_s_ours")
+    b = fig["blocks"]["train"]
+    assert len(b["plain"]) == len(b["ours"]) == 2          # --tiny: 2 rounds, every block kept
+    assert fig["train_overhead_pct"] == pytest.approx(sum(100 * (1 - o / p) for o, p in zip(b["ours"], b["plain"])) / 2)
+
+
+def test_paired_overhead_is_the_median_of_back_to_back_blocks():
+    """A known answer: the machine halves its speed after round 2 and the arm is 10 % slower than its baseline in 3
+    rounds of 4 (55 % in one). The ratio of the medians would say 40 %; the rounds' own overheads say 10."""
+    from benchmarks.common import paired_overhead
+    skewed = {"base": [100.0, 100.0, 50.0, 50.0], "arm": [90.0, 45.0, 45.0, 45.0]}
+    assert 100 * (1 - 45.0 / 75.0) == pytest.approx(40.0)                   # the medians' ratio: 45 vs 75
+    out = paired_overhead(skewed, "arm", "base")
+    assert out["per_round"] == pytest.approx([10.0, 55.0, 10.0, 10.0]) and out["median"] == pytest.approx(10.0)
+    assert out["quartiles"][0] == pytest.approx(10.0) and out["quartiles"][1] > 10.0
 
 
 def test_end_to_end_reads_pipeline_json(tmp_path):
@@ -192,14 +206,13 @@ def test_runner_runs_named_benchmarks_into_out(tmp_path):
         "--tiny", "--out", str(tmp_path / "stream.json"), "--no-results-row"]
     assert bench_main.bench_argv("relabel", False, True, None) == ["--full", "--goals"]
     assert bench_main.bench_argv("stream", False, False, None) == ["--goals"]
-    import benchmarks.end_to_end as e2e
-    orig = e2e.newest_pipeline_json
-    e2e.newest_pipeline_json = lambda: pj
-    try:
-        assert bench_main.main(["end_to_end", "--tiny", "--out", str(tmp_path)]) == {"end_to_end": "ok"}
-    finally:
-        e2e.newest_pipeline_json = orig
+    assert bench_main.run_one("end_to_end", ["--pipeline", str(pj), "--out", str(tmp_path), "--tiny"]) == "ok"
     assert json.loads((tmp_path / "end_to_end.json").read_text())["figures"]["timings_s"] == {"detector": 1.5}
+    # each benchmark in its own process: one that fails is reported by its exit code and the next still runs
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    status = bench_main.main(["faiss_bench", "end_to_end", "--tiny", "--out", str(not_a_dir)])
+    assert status["faiss_bench"] == "exit 1" and list(status) == ["faiss_bench", "end_to_end"]
     with pytest.raises(SystemExit):
         bench_main.main(["nonsense"])
 
