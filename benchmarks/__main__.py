@@ -5,9 +5,10 @@
     python -m benchmarks faiss_bench --out /tmp/bench      # JSON + RESULTS.md rows into /tmp/bench
 
 Options after the names are --tiny, --full (relabel, faiss_bench) and --out DIR; each benchmark runs as
-``python -m benchmarks.<name>`` would, in a process of its own: its figures do not depend on what ran before it
-(in one process, the stream benchmark after the others gave ×0.92 of the plain reader, and ×1.11 right after, alone;
-2026-12-06), and it writes its JSON and appends its RESULTS.md row as when run alone. A benchmark that fails prints
+``python -m benchmarks.<name>`` would, in a process of its own, so its figures cannot depend on what ran before it
+(Ray sessions, process groups, threads, memory). When they shared one process, the stream benchmark gave ×0.92 of
+the plain reader after the others and ×1.11 alone right after (one pair, 2026-12-06: too few to say which it was).
+Each writes its JSON and appends its RESULTS.md row as when run alone. A benchmark that fails prints
 its traceback and the others still run; the exit status is 1 if any failed. The last line printed is a JSON summary
 {name: "ok" | "exit <code>"}.
 """
