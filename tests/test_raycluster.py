@@ -81,6 +81,34 @@ def test_head_on_loopback_runs_tasks_and_stops(short_tmp, ray_client):
     _assert_gone(pids)
 
 
+def test_a_head_that_still_leases_a_worker_stops_in_seconds_without_sigkill(short_tmp, ray_client, caplog):
+    """A detached actor outlives its driver and keeps a worker leased, so the head's raylet never goes idle: Ray's
+    SIGTERM drain (30 s by default) used to take all of stop()'s grace, and every process was SIGKILLed."""
+    import ray
+
+    head = raycluster.start_head(short_tmp, num_cpus=1)
+    try:
+        ray_client(head)
+
+        @ray.remote(num_cpus=0)
+        class Holder:
+            def ping(self):
+                return 1
+
+        h = Holder.options(name="holder", lifetime="detached").remote()
+        assert ray.get(h.ping.remote()) == 1
+        ray.shutdown()
+    finally:
+        pids = head.pids()
+        t0 = time.monotonic()
+        with caplog.at_level("WARNING", logger="distributed.cluster.raycluster"):
+            head.stop()
+        took = time.monotonic() - t0
+    _assert_gone(pids)
+    assert not [r for r in caplog.records if "SIGKILL" in r.getMessage()], "stop() had to SIGKILL the head"
+    assert took < 20, f"stop() took {took:.0f} s"
+
+
 def test_a_clusters_workers_get_the_ray_data_settings_through_the_jobs_runtime_env(short_tmp, ray_client,
                                                                                       monkeypatch):
     """A head started without ``RAY_DATA_ENV`` (as ``ray start`` on a cluster is): ``raycluster.connect`` hands it to

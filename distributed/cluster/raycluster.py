@@ -123,6 +123,14 @@ def _cli_main() -> None:
     scripts.main()
 
 
+# On SIGTERM, Ray 2.60's `ray start --block` first drains its node, up to this many seconds (Ray's default 30), and
+# waits for the raylet to go idle and exit. A head whose workers stay leased (a detached actor, a benchmark's
+# retained workers) never does, so the drain took :func:`stop`'s whole 30-s grace and every process of the node was
+# SIGKILLed (`benchmarks.stream_scaling`'s head, every full run). Our nodes are stopped when their work is done,
+# or by SLURM's SIGTERM before its SIGKILL: 5 s of drain, then Ray's own orderly teardown. The caller's environment
+# wins.
+DRAIN_ENV, DRAIN_S = "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "5"
+
 NODE_PORTS = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
               "runtime-env-agent-port", "metrics-export-port")
 
@@ -151,7 +159,8 @@ def _launch(args: list[str], tmp_dir: Path, env: dict[str, str], role: str,
     log_path = tmp_dir / f"ray-{role}.log"
     # `ray job submit -- python x.py` runs `python` from the node's PATH: make it this interpreter's venv
     venv_bin = str(Path(sys.executable).parent)
-    env = {**os.environ, **env, "PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "")])}
+    env = {DRAIN_ENV: DRAIN_S, **os.environ, **env,
+           "PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "")])}
     cmd = [*_ray_cli(), "start", "--block", "--disable-usage-stats", "--log-style", "record",
            "--temp-dir", str(tmp_dir / "ray"), *args]
     log.info("starting Ray %s: %s", role, " ".join(cmd))
