@@ -229,7 +229,8 @@ class Turns:
         self.wait(len(self.schedule), arm)
 
     def abort(self) -> None:
-        tmp = self._path("turn.abort.tmp")
+        import threading
+        tmp = self._path(f"turn.abort.{os.getpid()}.{threading.get_ident()}.tmp")   # two arms may abort at once
         tmp.write_text("abort")
         os.replace(tmp, self._path("turn"))
 
