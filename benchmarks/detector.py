@@ -9,8 +9,9 @@ models; data loading is excluded. Our train arm calls ``train_one_epoch`` on a l
 (its per-step all-ranks agreement, lr schedule and loss bookkeeping included; one process, no Ray), the plain arm
 is the torchvision reference loop inlined. Arms run in interleaved blocks (shared machine) and the figure is the
 median block rate; the overheads are the median over rounds of back-to-back blocks, with their quartiles (whole
-runs of 5 rounds gave train overheads from −8.5 to +11.8 % on 2026-12-06). Ray Train with one worker is not measured here: its per-step path is the same function, and
-its start-up and streaming costs belong to benchmarks.stream / end_to_end.
+runs of 5 rounds gave train overheads from −8.5 to +11.8 % on 2026-12-06). Ray Train with one worker is not
+measured here: its per-step path is the same function, and its start-up and streaming costs belong to
+benchmarks.stream / end_to_end.
 """
 from __future__ import annotations
 
@@ -139,11 +140,12 @@ def main(argv: list[str] | None = None) -> dict:
            "blocks": {"train": train_blocks, "infer": infer_blocks},
            "size": args.size, "batch_size": n, "classes": args.classes, "threads": torch.get_num_threads(),
            "cores": os.cpu_count(), "loadavg_1m_start_end": [load0, loadavg()]}
+    (tq1, tq3), (iq1, iq3) = train_ov["quartiles"], infer_ov["quartiles"]
     summary = (f"Faster R-CNN mobilenet_v3_fpn {args.size}px batch {n} K={args.classes}: train plain "
                f"{train['plain']:.2f} vs ours {train['ours']:.2f} images/s (overhead per round: median "
-               f"{train_ov['median']:.1f}%, quartiles {train_ov['quartiles'][0]:.1f} to {train_ov['quartiles'][1]:.1f}); "
+               f"{train_ov['median']:.1f}%, quartiles {tq1:.1f} to {tq3:.1f}); "
                f"inference plain {infer['plain']:.1f} vs ours {infer['ours']:.1f} images/s (median "
-               f"{infer_ov['median']:.1f}%, quartiles {infer_ov['quartiles'][0]:.1f} to {infer_ov['quartiles'][1]:.1f}); "
+               f"{infer_ov['median']:.1f}%, quartiles {iq1:.1f} to {iq3:.1f}); "
                f"load avg {load0:.1f}->{fig['loadavg_1m_start_end'][1]:.1f}")
     path = finish("detector", fig, summary, argv, args)
     log.info("%s -> %s", summary, path)
